@@ -1,0 +1,272 @@
+// Package oauth is the broker's client for OAuth2 token endpoints
+// (RFC 6749 §3.2). It posts one grant (§4.4 and its siblings), authenticates
+// the client the way the provider wants it (§2.3.1), and turns the answer into
+// a Token (§5.1) or an *Error (§5.2).
+//
+// Every error this package returns is safe to log: it never carries the
+// client secret, the request form, a token or a raw response body.
+package oauth
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// AuthStyle says how a client authenticates to a token endpoint.
+type AuthStyle int
+
+const (
+	AuthBasic        AuthStyle = iota + 1 // HTTP Basic (RFC 6749 §2.3.1: id and secret form-url-encoded, then base64)
+	AuthPost                              // client_id and client_secret in the form body
+	AuthBasicAndPost                      // both at once (MediaHound requires this)
+)
+
+var authStyleNames = [...]string{AuthBasic: "basic", AuthPost: "post", AuthBasicAndPost: "basic+post"}
+
+// String returns "basic", "post" or "basic+post", and "AuthStyle(N)" for
+// anything else.
+func (s AuthStyle) String() string {
+	if s.valid() {
+		return authStyleNames[s]
+	}
+	return "AuthStyle(" + strconv.Itoa(int(s)) + ")"
+}
+
+func (s AuthStyle) valid() bool { return s >= AuthBasic && s <= AuthBasicAndPost }
+
+// ParseAuthStyle is the inverse of AuthStyle.String. It returns an error for
+// any other string, the empty one included.
+func ParseAuthStyle(s string) (AuthStyle, error) {
+	for st := AuthBasic; st <= AuthBasicAndPost; st++ {
+		if authStyleNames[st] == s {
+			return st, nil
+		}
+	}
+	return 0, fmt.Errorf("oauth: unknown auth style %q (want basic, post or basic+post)", s)
+}
+
+// Request is one call to a token endpoint.
+type Request struct {
+	TokenURL     string
+	ClientID     string
+	ClientSecret string
+	AuthStyle    AuthStyle
+	Params       url.Values // grant_type and the grant's parameters (scope, username, refresh_token, extra provider params, ...)
+}
+
+// Token is a successful token response.
+type Token struct {
+	AccessToken  string
+	TokenType    string // as sent ("bearer", "Bearer"); "" when absent
+	RefreshToken string
+	IDToken      string
+	Scope        string        // space-separated as sent; "" when absent
+	ExpiresIn    time.Duration // 0 when the provider sent no expires_in
+	State        string        // echoed state (Mediaflow), "" when absent
+}
+
+// Client calls token endpoints. The zero value is ready to use; a Client is
+// safe for concurrent use as long as its fields are not changed.
+type Client struct {
+	HTTPClient       *http.Client  // nil: a private client with sane transport defaults
+	Timeout          time.Duration // per call, default 10s
+	MaxResponseBytes int64         // default 1 MiB
+	UserAgent        string        // default "tokenbroker"
+}
+
+var (
+	ErrTransport        = errors.New("oauth: token endpoint unreachable") // dial errors, resets, timeouts (NOT the caller's own ctx cancel)
+	ErrBadResponse      = errors.New("oauth: malformed token response")  // 2xx but not a usable token: not JSON/form, missing access_token, bad expires_in, ...
+	ErrResponseTooLarge = errors.New("oauth: token response too large")
+)
+
+const (
+	defaultTimeout          = 10 * time.Second
+	defaultMaxResponseBytes = 1 << 20
+	defaultUserAgent        = "tokenbroker"
+	drainBytes              = 4 << 10 // read past a body at most this much to keep the connection
+)
+
+// defaultHTTPClient serves Clients without an HTTPClient. It does not follow
+// redirects: a token endpoint that redirects is misconfigured, and following
+// a 307 would post the client's credentials to wherever it points. The 3xx
+// comes back as an *Error.
+var defaultHTTPClient = &http.Client{
+	Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     true,
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   5 * time.Second,
+		MaxIdleConns:          100,
+		MaxIdleConnsPerHost:   16,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	},
+	CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+}
+
+// secretParams are the form fields whose values must never show up in an
+// error, even when a provider echoes them in error_description.
+var secretParams = []string{
+	"client_secret", "password", "refresh_token", "code", "code_verifier",
+	"assertion", "client_assertion", "subject_token", "actor_token",
+}
+
+// Token posts r to the token endpoint and returns the parsed token.
+//
+// The call is bounded by c.Timeout on top of ctx. Token returns
+//   - an *Error when the endpoint answers with a non-2xx status, or with a 2xx
+//     body that carries an OAuth "error" field;
+//   - ErrBadResponse when a 2xx answer is not a usable token;
+//   - ErrResponseTooLarge when the body exceeds c.MaxResponseBytes, whatever
+//     the status;
+//   - ErrTransport when the endpoint cannot be reached or does not answer
+//     within c.Timeout;
+//   - an error matching ctx.Err() (context.Canceled or
+//     context.DeadlineExceeded) when ctx ends first;
+//   - a plain error when r itself is unusable (bad TokenURL or AuthStyle).
+//
+// Token does not modify r.Params.
+func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
+	if !r.AuthStyle.valid() {
+		return nil, fmt.Errorf("oauth: invalid auth style %v", r.AuthStyle)
+	}
+	if err := checkTokenURL(r.TokenURL); err != nil {
+		return nil, err
+	}
+
+	form := make(url.Values, len(r.Params)+2)
+	for k, v := range r.Params {
+		form[k] = slices.Clone(v)
+	}
+	if r.AuthStyle != AuthBasic {
+		form.Set("client_id", r.ClientID)
+		if r.ClientSecret != "" { // RFC 6749 §2.3.1: may be omitted when empty
+			form.Set("client_secret", r.ClientSecret)
+		}
+	}
+
+	callCtx, cancel := context.WithTimeout(ctx, orDefault(c.Timeout, defaultTimeout))
+	defer cancel()
+	req, err := http.NewRequestWithContext(callCtx, http.MethodPost, r.TokenURL, strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, errors.New("oauth: invalid token URL")
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", orDefault(c.UserAgent, defaultUserAgent))
+	if r.AuthStyle != AuthPost {
+		req.Header.Set("Authorization", basicAuth(r.ClientID, r.ClientSecret))
+	}
+
+	hc := defaultHTTPClient
+	if c.HTTPClient != nil {
+		hc = c.HTTPClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, transportError(ctx, err)
+	}
+	body, err := readBody(resp, orDefault(c.MaxResponseBytes, defaultMaxResponseBytes))
+	if err != nil {
+		if errors.Is(err, ErrResponseTooLarge) {
+			return nil, err
+		}
+		return nil, transportError(ctx, err)
+	}
+
+	secrets := []string{r.ClientSecret}
+	for _, k := range secretParams {
+		secrets = append(secrets, r.Params[k]...)
+	}
+	tok, err := parseResponse(resp.StatusCode, resp.Header.Get("Content-Type"), body, secrets)
+	if e, ok := err.(*Error); ok {
+		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	}
+	return tok, err
+}
+
+// checkTokenURL accepts absolute http and https URLs without userinfo. The
+// URL is left out of the error: it may carry secrets.
+func checkTokenURL(s string) error {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil, u.Scheme != "http" && u.Scheme != "https", u.Host == "":
+		return errors.New("oauth: invalid token URL (want an absolute http or https URL)")
+	case u.User != nil:
+		return errors.New("oauth: invalid token URL (credentials belong in ClientID and ClientSecret)")
+	}
+	return nil
+}
+
+// basicAuth builds the RFC 6749 §2.3.1 header: id and secret are
+// form-url-encoded before they are joined and base64-encoded.
+func basicAuth(id, secret string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(url.QueryEscape(id)+":"+url.QueryEscape(secret)))
+}
+
+// readBody reads at most limit bytes of resp's body, then drains a little
+// and closes it so the connection can be reused.
+func readBody(resp *http.Response, limit int64) ([]byte, error) {
+	defer func() {
+		_, _ = io.CopyN(io.Discard, resp.Body, drainBytes)
+		_ = resp.Body.Close()
+	}()
+	limit = min(limit, math.MaxInt64-1)
+	tooLarge := fmt.Errorf("%w (limit %d bytes)", ErrResponseTooLarge, limit)
+	if resp.ContentLength > limit {
+		return nil, tooLarge
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(body)) > limit {
+		return nil, tooLarge
+	}
+	return body, nil
+}
+
+// transportError classifies a failed exchange: the caller's own context
+// passes through as itself, anything else (our per-call timeout included)
+// is ErrTransport.
+func transportError(ctx context.Context, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return fmt.Errorf("oauth: token request: %w", ctxErr)
+	}
+	if ue, ok := err.(*url.Error); ok {
+		err = &url.Error{Op: ue.Op, URL: redactURL(ue.URL), Err: ue.Err}
+	}
+	return fmt.Errorf("%w: %v", ErrTransport, err)
+}
+
+// redactURL drops userinfo, query and fragment from s.
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "token endpoint"
+	}
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}).String()
+}
+
+// orDefault returns v, or def when v is the zero value or negative.
+func orDefault[T ~int64 | ~string](v, def T) T {
+	var zero T
+	if v <= zero {
+		return def
+	}
+	return v
+}
