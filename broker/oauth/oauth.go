@@ -87,8 +87,18 @@ type Client struct {
 }
 
 var (
-	ErrTransport        = errors.New("oauth: token endpoint unreachable") // dial errors, resets, timeouts (NOT the caller's own ctx cancel)
-	ErrBadResponse      = errors.New("oauth: malformed token response")  // 2xx but not a usable token: not JSON/form, missing access_token, bad expires_in, ...
+	// ErrTransport means the token endpoint could not be reached or did not
+	// answer in time: dial errors, resets, TLS failures, Client.Timeout. It
+	// is never used for the caller's own context ending.
+	ErrTransport = errors.New("oauth: token endpoint unreachable")
+
+	// ErrBadResponse means a 2xx answer was not a usable token: neither JSON
+	// nor form-encoded, no access_token, a bad expires_in, and so on. The
+	// error says which, never with the offending value.
+	ErrBadResponse = errors.New("oauth: malformed token response")
+
+	// ErrResponseTooLarge means the body exceeded Client.MaxResponseBytes,
+	// whatever the status.
 	ErrResponseTooLarge = errors.New("oauth: token response too large")
 )
 

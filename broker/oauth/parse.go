@@ -19,6 +19,10 @@ const (
 	maxExpiresIn  = 10 * 365 * 24 * time.Hour
 	maxRetryAfter = time.Hour
 	maxFieldBytes = 256 // cap on each sanitized *Error field
+
+	// minRedactLen is the shortest secret sanitize looks for: shorter ones
+	// would blank out ordinary words without protecting anything.
+	minRedactLen = 4
 )
 
 // Error is an error answer from the token endpoint: a non-2xx status, with the RFC 6749 §5.2 fields when the body had them.
@@ -245,7 +249,8 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 }
 
 // sanitize keeps s's printable characters (whitespace becomes a space),
-// redacts every secret, and cuts the result to maxFieldBytes.
+// redacts every secret of at least minRedactLen bytes, and cuts the result
+// to maxFieldBytes.
 func sanitize(s string, secrets []string) string {
 	s = strings.Map(func(r rune) rune {
 		switch {
@@ -259,7 +264,7 @@ func sanitize(s string, secrets []string) string {
 		return r
 	}, s)
 	for _, secret := range secrets {
-		if secret != "" {
+		if len(secret) >= minRedactLen {
 			s = strings.ReplaceAll(s, secret, "[redacted]")
 		}
 	}
