@@ -1,0 +1,36 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors of the broker. Errors returned by the broker wrap one of
+// these, a context error, or an error of package oauth (a provider's answer).
+var (
+	// ErrNotFound: the provider (or account) does not exist.
+	ErrNotFound = errors.New("broker: not found")
+	// ErrInvalidArgument: the request is malformed.
+	ErrInvalidArgument = errors.New("broker: invalid argument")
+	// ErrStoreUnavailable: etcd could not be reached in time.
+	ErrStoreUnavailable = errors.New("broker: store unavailable")
+	// ErrLockLost: the lock that fenced a write was lost before the write
+	// committed; the write was discarded.
+	ErrLockLost = errors.New("broker: lock lost")
+	// ErrConflict: a concurrent change won; the caller may retry.
+	ErrConflict = errors.New("broker: conflicting change")
+)
+
+func invalidf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidArgument, fmt.Sprintf(format, args...))
+}
+
+// storeError turns an etcd client error into ErrStoreUnavailable, except when
+// the caller's own context ended: then its error passes through.
+func storeError(ctx context.Context, op string, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return ctxErr
+	}
+	return fmt.Errorf("%w: %s: %v", ErrStoreUnavailable, op, err)
+}

@@ -1,0 +1,277 @@
+package broker
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/broker/oauth"
+)
+
+// GrantType is an OAuth2 grant type, as sent in grant_type.
+type GrantType string
+
+// The grant types a provider may allow.
+const (
+	GrantClientCredentials GrantType = "client_credentials"
+	GrantPassword          GrantType = "password"
+	GrantAuthorizationCode GrantType = "authorization_code"
+	GrantRefreshToken      GrantType = "refresh_token"
+)
+
+func (g GrantType) valid() bool {
+	switch g {
+	case GrantClientCredentials, GrantPassword, GrantAuthorizationCode, GrantRefreshToken:
+		return true
+	}
+	return false
+}
+
+// DefaultTokenLifetime is assumed when a provider's token response carries no
+// expires_in and the provider names no lifetime of its own.
+const DefaultTokenLifetime = time.Hour
+
+// Provider is an upstream authorization server and the broker's client
+// registration with it.
+type Provider struct {
+	Name             string
+	TokenURL         string
+	AuthorizeURL     string
+	IntrospectionURL string
+	RevocationURL    string
+	// GrantTokenURLs holds a token URL per grant where it differs from
+	// TokenURL (MediaHaven's password grant has its own endpoint).
+	GrantTokenURLs map[GrantType]string
+	ClientID       string
+	// ClientSecret is write-only: it is stored, used for token requests, and
+	// never returned by the admin API (only SecretFingerprint is).
+	ClientSecret string
+	ClientAuth   oauth.AuthStyle
+	// DefaultScopes are requested when a caller names none.
+	DefaultScopes []string
+	// TokenParams are extra form parameters sent with every token request.
+	TokenParams map[string]string
+	// GrantTypes the provider allows; empty means client_credentials only.
+	GrantTypes []GrantType
+	// DefaultTokenLifetime applies when a token response has no expires_in;
+	// zero means DefaultTokenLifetime.
+	DefaultTokenLifetime time.Duration
+
+	SecretUpdateTime time.Time
+	CreateTime       time.Time
+	UpdateTime       time.Time
+}
+
+// TokenURLFor returns the token endpoint of grant g.
+func (p *Provider) TokenURLFor(g GrantType) string {
+	if u, ok := p.GrantTokenURLs[g]; ok && u != "" {
+		return u
+	}
+	return p.TokenURL
+}
+
+// Allows reports whether the provider allows grant g.
+func (p *Provider) Allows(g GrantType) bool {
+	if len(p.GrantTypes) == 0 {
+		return g == GrantClientCredentials
+	}
+	return slices.Contains(p.GrantTypes, g)
+}
+
+// TokenLifetime is the lifetime assumed for tokens without expires_in.
+func (p *Provider) TokenLifetime() time.Duration {
+	if p.DefaultTokenLifetime > 0 {
+		return p.DefaultTokenLifetime
+	}
+	return DefaultTokenLifetime
+}
+
+// SecretFingerprint is a short, stable digest of the client secret that
+// tells admins whether and when it changed without revealing it; "" when no
+// secret is set.
+func (p *Provider) SecretFingerprint() string {
+	return Fingerprint(p.ClientSecret)
+}
+
+// Fingerprint returns the first 8 hex digits of a domain-separated SHA-256 of
+// secret, or "" for an empty secret. 32 bits identify a change; they do not
+// let anyone recover the secret.
+func Fingerprint(secret string) string {
+	if secret == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte("tokenbroker fingerprint\x00" + secret))
+	return hex.EncodeToString(sum[:4])
+}
+
+// Validate reports every problem of p at once, wrapped in ErrInvalidArgument.
+func (p *Provider) Validate() error {
+	var errs []error
+	if err := ValidateProviderName(p.Name); err != nil {
+		errs = append(errs, err)
+	}
+	if p.TokenURL == "" {
+		errs = append(errs, errors.New("token_url is required"))
+	}
+	for name, u := range map[string]string{
+		"token_url": p.TokenURL, "authorize_url": p.AuthorizeURL,
+		"introspection_url": p.IntrospectionURL, "revocation_url": p.RevocationURL,
+	} {
+		if err := validateURL(u); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+	}
+	for g, u := range p.GrantTokenURLs {
+		if !g.valid() {
+			errs = append(errs, fmt.Errorf("grant_token_urls: unknown grant type %q", g))
+		}
+		if err := validateURL(u); err != nil {
+			errs = append(errs, fmt.Errorf("grant_token_urls[%s]: %w", g, err))
+		}
+	}
+	if p.ClientID == "" {
+		errs = append(errs, errors.New("client_id is required"))
+	}
+	switch p.ClientAuth {
+	case oauth.AuthBasic, oauth.AuthPost, oauth.AuthBasicAndPost:
+	default:
+		errs = append(errs, fmt.Errorf("client_auth_style %d is not one of basic, post, basic+post", p.ClientAuth))
+	}
+	for _, g := range p.GrantTypes {
+		if !g.valid() {
+			errs = append(errs, fmt.Errorf("grant_types: unknown grant type %q", g))
+		}
+	}
+	if _, err := normalizeScopes(p.DefaultScopes); err != nil {
+		errs = append(errs, fmt.Errorf("default_scopes: %w", err))
+	}
+	for k := range p.TokenParams {
+		if reservedParam(k) {
+			errs = append(errs, fmt.Errorf("token_params: %q is set by the broker", k))
+		}
+	}
+	if p.DefaultTokenLifetime < 0 {
+		errs = append(errs, errors.New("default_token_lifetime must not be negative"))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: provider %q: %w", ErrInvalidArgument, p.Name, errors.Join(errs...))
+	}
+	return nil
+}
+
+func reservedParam(k string) bool {
+	switch k {
+	case "grant_type", "client_id", "client_secret", "scope", "username", "password", "refresh_token", "code", "redirect_uri", "code_verifier":
+		return true
+	}
+	return false
+}
+
+func validateURL(raw string) error {
+	if raw == "" {
+		return nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return errors.New("not a URL")
+	}
+	if u.Scheme != "https" && u.Scheme != "http" {
+		return errors.New("scheme must be https (or http)")
+	}
+	if u.Host == "" {
+		return errors.New("host is missing")
+	}
+	if u.User != nil {
+		return errors.New("credentials in the URL are not allowed")
+	}
+	return nil
+}
+
+const maxNameLen = 63
+
+// ValidateProviderName checks a provider name: 1 to 63 characters of
+// lowercase letters, digits, '-', '_' and '.', starting with a letter or digit.
+func ValidateProviderName(name string) error {
+	if name == "" {
+		return invalidf("provider name is empty")
+	}
+	if len(name) > maxNameLen {
+		return invalidf("provider name is longer than %d characters", maxNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case (c == '-' || c == '_' || c == '.') && i > 0:
+		default:
+			return invalidf("provider name %q: only lowercase letters, digits, '-', '_' and '.' are allowed, starting with a letter or digit", name)
+		}
+	}
+	return nil
+}
+
+const maxAccountLen = 128
+
+// ValidateAccountName checks an account name: empty (the provider's own
+// client identity) or up to 128 printable ASCII characters without spaces,
+// '/' or '%'.
+func ValidateAccountName(name string) error {
+	if len(name) > maxAccountLen {
+		return invalidf("account name is longer than %d characters", maxAccountLen)
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c <= ' ' || c >= 0x7f || c == '/' || c == '%' {
+			return invalidf("account name has a character that is not allowed at byte %d", i)
+		}
+	}
+	return nil
+}
+
+const (
+	maxScopes   = 64
+	maxScopeLen = 256
+)
+
+// normalizeScopes sorts and deduplicates scopes and joins them with spaces.
+// A scope is a non-empty run of the characters RFC 6749 §3.3 allows.
+func normalizeScopes(scopes []string) (string, error) {
+	switch len(scopes) {
+	case 0:
+		return "", nil
+	case 1:
+		return scopes[0], validateScope(scopes[0])
+	}
+	if len(scopes) > maxScopes {
+		return "", invalidf("more than %d scopes", maxScopes)
+	}
+	for _, s := range scopes {
+		if err := validateScope(s); err != nil {
+			return "", err
+		}
+	}
+	if !slices.IsSorted(scopes) {
+		scopes = slices.Sorted(slices.Values(scopes))
+	}
+	return strings.Join(slices.Compact(slices.Clone(scopes)), " "), nil
+}
+
+func validateScope(s string) error {
+	if s == "" {
+		return invalidf("empty scope")
+	}
+	if len(s) > maxScopeLen {
+		return invalidf("scope longer than %d characters", maxScopeLen)
+	}
+	for i := 0; i < len(s); i++ {
+		// RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+		if c := s[i]; c < 0x21 || c > 0x7e || c == '"' || c == '\\' {
+			return invalidf("scope %q has a character RFC 6749 does not allow", s)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,156 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+const maxCASAttempts = 5
+
+// PutProvider creates or replaces provider p. An empty secret keeps the
+// stored client secret. Changing where or as whom tokens are obtained (token
+// URLs, client_id, default scopes or token parameters) drops the provider's
+// cached tokens in the same transaction; rotating only the secret keeps
+// them. Errors wrap ErrInvalidArgument, ErrStoreUnavailable or ErrConflict.
+func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*Provider, error) {
+	p.ClientSecret = secret
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	key := b.prefix + providersPrefix + p.Name
+	for range maxCASAttempts {
+		sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+		resp, err := b.cli.Get(sctx, key)
+		cancel()
+		if err != nil {
+			return nil, storeError(ctx, "read provider", err)
+		}
+		next := p
+		now := b.now().UTC()
+		next.CreateTime, next.UpdateTime = now, now
+		cond := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+		ops := []clientv3.Op(nil)
+		if secret != "" {
+			next.SecretUpdateTime = now
+		}
+		if len(resp.Kvs) > 0 {
+			old, err := decodeProvider(resp.Kvs[0].Value)
+			if err != nil {
+				return nil, err
+			}
+			next.CreateTime = old.CreateTime
+			if secret == "" || secret == old.ClientSecret {
+				next.ClientSecret, next.SecretUpdateTime = old.ClientSecret, old.SecretUpdateTime
+			}
+			cond = clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)
+			if !sameIdentity(old, &next) {
+				ops = append(ops, clientv3.OpDelete(b.prefix+tokensPrefix+p.Name+"/", clientv3.WithPrefix()))
+			}
+		}
+		val, err := encodeProvider(&next)
+		if err != nil {
+			return nil, err
+		}
+		sctx, cancel = context.WithTimeout(ctx, b.storeTimeout)
+		txn, err := b.cli.Txn(sctx).If(cond).Then(append(ops, clientv3.OpPut(key, string(val)))...).Commit()
+		cancel()
+		if err != nil {
+			return nil, storeError(ctx, "write provider", err)
+		}
+		if txn.Succeeded {
+			return &next, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: provider %q changed %d times during the update", ErrConflict, p.Name, maxCASAttempts)
+}
+
+// sameIdentity reports whether tokens obtained under a stay valid under b.
+func sameIdentity(a, b *Provider) bool {
+	return a.TokenURL == b.TokenURL && a.ClientID == b.ClientID &&
+		maps.Equal(a.GrantTokenURLs, b.GrantTokenURLs) && maps.Equal(a.TokenParams, b.TokenParams) &&
+		slices.Equal(a.DefaultScopes, b.DefaultScopes)
+}
+
+// GetProvider reads provider name from etcd. The result includes the client
+// secret: callers that answer admins must not pass it on. Errors wrap
+// ErrInvalidArgument, ErrNotFound or ErrStoreUnavailable.
+func (b *Broker) GetProvider(ctx context.Context, name string) (*Provider, error) {
+	if err := ValidateProviderName(name); err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	defer cancel()
+	resp, err := b.cli.Get(sctx, b.prefix+providersPrefix+name)
+	if err != nil {
+		return nil, storeError(ctx, "read provider", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("%w: provider %q", ErrNotFound, name)
+	}
+	return decodeProvider(resp.Kvs[0].Value)
+}
+
+// ListProviders reads every provider from etcd, sorted by name. Errors wrap
+// ErrStoreUnavailable.
+func (b *Broker) ListProviders(ctx context.Context) ([]*Provider, error) {
+	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	defer cancel()
+	resp, err := b.cli.Get(sctx, b.prefix+providersPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, storeError(ctx, "list providers", err)
+	}
+	out := make([]*Provider, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		p, err := decodeProvider(kv.Value)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// DeleteProvider removes provider name and every token cached for it.
+// Errors wrap ErrInvalidArgument, ErrNotFound or ErrStoreUnavailable.
+func (b *Broker) DeleteProvider(ctx context.Context, name string) error {
+	if err := ValidateProviderName(name); err != nil {
+		return err
+	}
+	key := b.prefix + providersPrefix + name
+	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	defer cancel()
+	resp, err := b.cli.Txn(sctx).If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0)).Then(
+		clientv3.OpDelete(key),
+		clientv3.OpDelete(b.prefix+tokensPrefix+name+"/", clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return storeError(ctx, "delete provider", err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("%w: provider %q", ErrNotFound, name)
+	}
+	return nil
+}
+
+// provider returns provider name from memory, or from etcd when the watch
+// has not brought it yet.
+func (b *Broker) provider(ctx context.Context, name string) (*Provider, error) {
+	if v, ok := b.providers.Load(name); ok {
+		return v.(*Provider), nil
+	}
+	return b.GetProvider(ctx, name)
+}
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+func jsonUnmarshal(data []byte, v any) error {
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("decode %T: %w", v, err)
+	}
+	return nil
+}

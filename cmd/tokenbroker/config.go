@@ -1,0 +1,232 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/oauth"
+)
+
+// Config is the broker's configuration file. Unknown fields are errors.
+type Config struct {
+	// GRPCAddr and HTTPAddr are the listen addresses.
+	GRPCAddr string `yaml:"grpc_addr"`
+	HTTPAddr string `yaml:"http_addr"`
+	// DataDir holds the embedded etcd's data; unused with etcd.endpoints.
+	DataDir string     `yaml:"data_dir"`
+	Etcd    EtcdConfig `yaml:"etcd"`
+	Log     LogConfig  `yaml:"log"`
+	// DefaultMinTTL applies to GetToken calls that name no min_ttl.
+	DefaultMinTTL time.Duration `yaml:"default_min_ttl"`
+	// ShutdownTimeout bounds the drain of in-flight calls.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// Providers are registered (created or updated) at start.
+	Providers []ProviderConfig `yaml:"providers"`
+}
+
+// EtcdConfig selects the store.
+type EtcdConfig struct {
+	// Endpoints of an external etcd cluster; empty starts an embedded one in DataDir.
+	Endpoints   []string      `yaml:"endpoints"`
+	Prefix      string        `yaml:"prefix"`
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+}
+
+// LogConfig configures the logger.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // json or console
+}
+
+// ProviderConfig declares a provider. The client secret comes from exactly
+// one of ClientSecret, ClientSecretEnv and ClientSecretFile, or none: then
+// the stored secret is kept.
+type ProviderConfig struct {
+	Name                 string            `yaml:"name"`
+	TokenURL             string            `yaml:"token_url"`
+	AuthorizeURL         string            `yaml:"authorize_url"`
+	IntrospectionURL     string            `yaml:"introspection_url"`
+	RevocationURL        string            `yaml:"revocation_url"`
+	GrantTokenURLs       map[string]string `yaml:"grant_token_urls"`
+	ClientID             string            `yaml:"client_id"`
+	ClientSecret         string            `yaml:"client_secret"`
+	ClientSecretEnv      string            `yaml:"client_secret_env"`
+	ClientSecretFile     string            `yaml:"client_secret_file"`
+	ClientAuthStyle      string            `yaml:"client_auth_style"` // basic (default), post, basic+post
+	DefaultScopes        []string          `yaml:"default_scopes"`
+	TokenParams          map[string]string `yaml:"token_params"`
+	GrantTypes           []string          `yaml:"grant_types"`
+	DefaultTokenLifetime time.Duration     `yaml:"default_token_lifetime"`
+}
+
+// defaultConfig is what applies where neither file, environment nor flags
+// say otherwise.
+func defaultConfig() Config {
+	return Config{
+		GRPCAddr:        ":9090",
+		HTTPAddr:        ":8080",
+		DataDir:         "tokenbroker-data",
+		Etcd:            EtcdConfig{Prefix: broker.DefaultPrefix, DialTimeout: 5 * time.Second},
+		Log:             LogConfig{Level: "info", Format: "json"},
+		DefaultMinTTL:   time.Minute,
+		ShutdownTimeout: 15 * time.Second,
+	}
+}
+
+// decodeConfig reads YAML over cfg, strictly.
+func decodeConfig(r io.Reader, cfg *Config) error {
+	data, err := io.ReadAll(io.LimitReader(r, 4<<20))
+	if err != nil {
+		return err
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return nil
+}
+
+// applyEnv overrides cfg from TOKENBROKER_* variables.
+func applyEnv(cfg *Config, getenv func(string) string) {
+	set := func(dst *string, name string) {
+		if v := getenv(name); v != "" {
+			*dst = v
+		}
+	}
+	set(&cfg.GRPCAddr, "TOKENBROKER_GRPC_ADDR")
+	set(&cfg.HTTPAddr, "TOKENBROKER_HTTP_ADDR")
+	set(&cfg.DataDir, "TOKENBROKER_DATA_DIR")
+	set(&cfg.Log.Level, "TOKENBROKER_LOG_LEVEL")
+	set(&cfg.Log.Format, "TOKENBROKER_LOG_FORMAT")
+	set(&cfg.Etcd.Prefix, "TOKENBROKER_ETCD_PREFIX")
+	if v := getenv("TOKENBROKER_ETCD_ENDPOINTS"); v != "" {
+		cfg.Etcd.Endpoints = splitList(v)
+	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.GRPCAddr == "" {
+		errs = append(errs, errors.New("grpc_addr is empty"))
+	}
+	if c.HTTPAddr == "" {
+		errs = append(errs, errors.New("http_addr is empty"))
+	}
+	if len(c.Etcd.Endpoints) == 0 && c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir is empty and no etcd.endpoints are set"))
+	}
+	if !strings.HasPrefix(c.Etcd.Prefix, "/") {
+		errs = append(errs, errors.New("etcd.prefix must start with '/'"))
+	}
+	if c.DefaultMinTTL < 0 {
+		errs = append(errs, errors.New("default_min_ttl must not be negative"))
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log.level %q is not one of debug, info, warn, error", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		errs = append(errs, fmt.Errorf("log.format %q is not json or console", c.Log.Format))
+	}
+	seen := map[string]bool{}
+	for i, pc := range c.Providers {
+		if seen[pc.Name] {
+			errs = append(errs, fmt.Errorf("providers[%d]: %q is declared twice", i, pc.Name))
+		}
+		seen[pc.Name] = true
+		if _, _, err := pc.provider(os.Getenv); err != nil {
+			errs = append(errs, fmt.Errorf("providers[%d]: %w", i, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// provider converts the declaration, reading the secret from where it says.
+func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, string, error) {
+	var errs []error
+	auth := oauth.AuthBasic
+	if pc.ClientAuthStyle != "" {
+		a, err := oauth.ParseAuthStyle(pc.ClientAuthStyle)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("client_auth_style %q is not basic, post or basic+post", pc.ClientAuthStyle))
+		}
+		auth = a
+	}
+	secret, err := pc.secret(getenv)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	p := broker.Provider{
+		Name: pc.Name, TokenURL: pc.TokenURL, AuthorizeURL: pc.AuthorizeURL,
+		IntrospectionURL: pc.IntrospectionURL, RevocationURL: pc.RevocationURL,
+		ClientID: pc.ClientID, ClientAuth: auth, DefaultScopes: pc.DefaultScopes,
+		TokenParams: pc.TokenParams, DefaultTokenLifetime: pc.DefaultTokenLifetime,
+	}
+	if len(pc.GrantTokenURLs) > 0 {
+		p.GrantTokenURLs = map[broker.GrantType]string{}
+		for g, u := range pc.GrantTokenURLs {
+			p.GrantTokenURLs[broker.GrantType(g)] = u
+		}
+	}
+	for _, g := range pc.GrantTypes {
+		p.GrantTypes = append(p.GrantTypes, broker.GrantType(g))
+	}
+	if auth != 0 {
+		if err := p.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return p, secret, errors.Join(errs...)
+}
+
+func (pc ProviderConfig) secret(getenv func(string) string) (string, error) {
+	n := 0
+	for _, s := range []string{pc.ClientSecret, pc.ClientSecretEnv, pc.ClientSecretFile} {
+		if s != "" {
+			n++
+		}
+	}
+	switch {
+	case n > 1:
+		return "", errors.New("set only one of client_secret, client_secret_env and client_secret_file")
+	case pc.ClientSecretEnv != "":
+		v := getenv(pc.ClientSecretEnv)
+		if v == "" {
+			return "", fmt.Errorf("client_secret_env: $%s is empty", pc.ClientSecretEnv)
+		}
+		return v, nil
+	case pc.ClientSecretFile != "":
+		b, err := os.ReadFile(pc.ClientSecretFile)
+		if err != nil {
+			return "", fmt.Errorf("client_secret_file: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return pc.ClientSecret, nil
+}

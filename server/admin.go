@@ -1,0 +1,165 @@
+package server
+
+import (
+	"context"
+	"fmt"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/oauth"
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+)
+
+type adminServer struct {
+	tokenbrokerv1.UnsafeAdminServiceServer
+	broker *broker.Broker
+	log    *zap.Logger
+}
+
+// NewAdminServer returns the AdminService backed by b. No response carries
+// a secret: only whether one is set, its fingerprint and when it changed.
+func NewAdminServer(b *broker.Broker, log *zap.Logger) tokenbrokerv1.AdminServiceServer {
+	return &adminServer{broker: b, log: log}
+}
+
+func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutProviderRequest) (*tokenbrokerv1.PutProviderResponse, error) {
+	if req.GetProvider() == nil {
+		return nil, toStatus(s.log, fmt.Errorf("%w: provider is required", broker.ErrInvalidArgument))
+	}
+	p, err := fromProvider(req.GetProvider())
+	if err != nil {
+		return nil, toStatus(s.log, err)
+	}
+	stored, err := s.broker.PutProvider(ctx, p, req.GetClientSecret())
+	if err != nil {
+		return nil, toStatus(s.log, err)
+	}
+	s.log.Info("provider put", zap.String("provider", stored.Name), zap.Bool("secret_changed", req.GetClientSecret() != ""))
+	return &tokenbrokerv1.PutProviderResponse{Provider: toProvider(stored)}, nil
+}
+
+func (s *adminServer) GetProvider(ctx context.Context, req *tokenbrokerv1.GetProviderRequest) (*tokenbrokerv1.GetProviderResponse, error) {
+	p, err := s.broker.GetProvider(ctx, req.GetName())
+	if err != nil {
+		return nil, toStatus(s.log, err)
+	}
+	return &tokenbrokerv1.GetProviderResponse{Provider: toProvider(p)}, nil
+}
+
+func (s *adminServer) ListProviders(ctx context.Context, _ *tokenbrokerv1.ListProvidersRequest) (*tokenbrokerv1.ListProvidersResponse, error) {
+	ps, err := s.broker.ListProviders(ctx)
+	if err != nil {
+		return nil, toStatus(s.log, err)
+	}
+	out := make([]*tokenbrokerv1.Provider, len(ps))
+	for i, p := range ps {
+		out[i] = toProvider(p)
+	}
+	return &tokenbrokerv1.ListProvidersResponse{Providers: out}, nil
+}
+
+func (s *adminServer) DeleteProvider(ctx context.Context, req *tokenbrokerv1.DeleteProviderRequest) (*tokenbrokerv1.DeleteProviderResponse, error) {
+	if err := s.broker.DeleteProvider(ctx, req.GetName()); err != nil {
+		return nil, toStatus(s.log, err)
+	}
+	s.log.Info("provider deleted", zap.String("provider", req.GetName()))
+	return &tokenbrokerv1.DeleteProviderResponse{}, nil
+}
+
+var authStyles = map[tokenbrokerv1.ClientAuthStyle]oauth.AuthStyle{
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_UNSPECIFIED:    oauth.AuthBasic,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC:          oauth.AuthBasic,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST:           oauth.AuthPost,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST: oauth.AuthBasicAndPost,
+}
+
+var grantTypes = map[tokenbrokerv1.GrantType]broker.GrantType{
+	tokenbrokerv1.GrantType_GRANT_TYPE_CLIENT_CREDENTIALS: broker.GrantClientCredentials,
+	tokenbrokerv1.GrantType_GRANT_TYPE_PASSWORD:           broker.GrantPassword,
+	tokenbrokerv1.GrantType_GRANT_TYPE_AUTHORIZATION_CODE: broker.GrantAuthorizationCode,
+	tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN:      broker.GrantRefreshToken,
+}
+
+// fromProvider converts the API's provider; output-only fields are ignored.
+func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
+	auth, ok := authStyles[in.GetClientAuthStyle()]
+	if !ok {
+		return broker.Provider{}, fmt.Errorf("%w: unknown client_auth_style %d", broker.ErrInvalidArgument, in.GetClientAuthStyle())
+	}
+	p := broker.Provider{
+		Name:             in.GetName(),
+		TokenURL:         in.GetTokenUrl(),
+		AuthorizeURL:     in.GetAuthorizeUrl(),
+		IntrospectionURL: in.GetIntrospectionUrl(),
+		RevocationURL:    in.GetRevocationUrl(),
+		ClientID:         in.GetClientId(),
+		ClientAuth:       auth,
+		DefaultScopes:    in.GetDefaultScopes(),
+		TokenParams:      in.GetTokenParams(),
+	}
+	if len(in.GetGrantTokenUrls()) > 0 {
+		p.GrantTokenURLs = make(map[broker.GrantType]string, len(in.GetGrantTokenUrls()))
+		for g, u := range in.GetGrantTokenUrls() {
+			p.GrantTokenURLs[broker.GrantType(g)] = u
+		}
+	}
+	for _, g := range in.GetGrantTypes() {
+		bg, ok := grantTypes[g]
+		if !ok {
+			return broker.Provider{}, fmt.Errorf("%w: unknown grant type %d", broker.ErrInvalidArgument, g)
+		}
+		p.GrantTypes = append(p.GrantTypes, bg)
+	}
+	if d := in.GetDefaultTokenLifetime(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return broker.Provider{}, fmt.Errorf("%w: default_token_lifetime: %v", broker.ErrInvalidArgument, err)
+		}
+		p.DefaultTokenLifetime = d.AsDuration()
+	}
+	return p, nil
+}
+
+// toProvider converts a provider for an admin response, without its secret.
+func toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
+	out := &tokenbrokerv1.Provider{
+		Name:             p.Name,
+		TokenUrl:         p.TokenURL,
+		AuthorizeUrl:     p.AuthorizeURL,
+		IntrospectionUrl: p.IntrospectionURL,
+		RevocationUrl:    p.RevocationURL,
+		ClientId:         p.ClientID,
+		ClientSecret:     &tokenbrokerv1.SecretInfo{Set: p.ClientSecret != "", Fingerprint: p.SecretFingerprint()},
+		DefaultScopes:    p.DefaultScopes,
+		TokenParams:      p.TokenParams,
+		CreateTime:       timestamppb.New(p.CreateTime),
+		UpdateTime:       timestamppb.New(p.UpdateTime),
+	}
+	if !p.SecretUpdateTime.IsZero() {
+		out.ClientSecret.UpdateTime = timestamppb.New(p.SecretUpdateTime)
+	}
+	for k, v := range authStyles {
+		if v == p.ClientAuth && k != tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_UNSPECIFIED {
+			out.ClientAuthStyle = k
+		}
+	}
+	if len(p.GrantTokenURLs) > 0 {
+		out.GrantTokenUrls = make(map[string]string, len(p.GrantTokenURLs))
+		for g, u := range p.GrantTokenURLs {
+			out.GrantTokenUrls[string(g)] = u
+		}
+	}
+	for _, g := range p.GrantTypes {
+		for k, v := range grantTypes {
+			if v == g {
+				out.GrantTypes = append(out.GrantTypes, k)
+			}
+		}
+	}
+	if p.DefaultTokenLifetime > 0 {
+		out.DefaultTokenLifetime = durationpb.New(p.DefaultTokenLifetime)
+	}
+	return out
+}

@@ -1,0 +1,169 @@
+// Package server is tokenbroker's transport: the gRPC services, the REST
+// gateway guarded by the same interceptor chain, health, reflection and the
+// OpenAPI document.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/gen/openapiv2"
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+)
+
+// MaxRequestBytes bounds a request body on both listeners.
+const MaxRequestBytes = 1 << 20
+
+// Config configures a Server.
+type Config struct {
+	// GRPCAddr and HTTPAddr are the listen addresses; port 0 picks one.
+	GRPCAddr string
+	HTTPAddr string
+	Broker   *broker.Broker
+	// Logger is scoped with Named("server"); nop when nil.
+	Logger *zap.Logger
+}
+
+// Server serves the broker over gRPC and over the REST gateway, each on its
+// own listener.
+type Server struct {
+	log      *zap.Logger
+	grpc     *grpc.Server
+	http     *http.Server
+	health   *health.Server
+	grpcLis  net.Listener
+	httpLis  net.Listener
+	errc     chan error
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+}
+
+// New binds both listeners, so that an address in use is an error here, and
+// builds the servers; Start serves.
+func New(cfg Config) (*Server, error) {
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	log = log.Named("server")
+	chain := chainUnary(logUnary(log), recoverUnary(log))
+
+	tb := NewTokenBrokerServer(cfg.Broker, log)
+	admin := NewAdminServer(cfg.Broker, log)
+	gw, err := newGateway(context.Background(), tb, admin, chain)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+
+	s := &Server{log: log, health: health.NewServer(), errc: make(chan error, 2)}
+	s.grpc = grpc.NewServer(
+		grpc.UnaryInterceptor(chain),
+		grpc.MaxRecvMsgSize(MaxRequestBytes),
+	)
+	tokenbrokerv1.RegisterTokenBrokerServiceServer(s.grpc, tb)
+	tokenbrokerv1.RegisterAdminServiceServer(s.grpc, admin)
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+
+	mux := http.NewServeMux()
+	mux.Handle("/v1/", http.MaxBytesHandler(gw, MaxRequestBytes))
+	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	s.http = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          zap.NewStdLog(log.Named("http")),
+	}
+
+	if s.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
+		return nil, fmt.Errorf("grpc listener: %w", err)
+	}
+	if s.httpLis, err = net.Listen("tcp", cfg.HTTPAddr); err != nil {
+		s.grpcLis.Close()
+		return nil, fmt.Errorf("http listener: %w", err)
+	}
+	return s, nil
+}
+
+func serveOpenAPI(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(openapiv2.JSON)
+}
+
+// GRPCAddr is the address the gRPC listener is bound to.
+func (s *Server) GRPCAddr() string { return s.grpcLis.Addr().String() }
+
+// HTTPAddr is the address the REST listener is bound to.
+func (s *Server) HTTPAddr() string { return s.httpLis.Addr().String() }
+
+// Start serves both listeners in the background until Shutdown. A listener
+// that fails is reported on Err.
+func (s *Server) Start() {
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	for _, svc := range []string{tokenbrokerv1.TokenBrokerService_ServiceDesc.ServiceName, tokenbrokerv1.AdminService_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		if err := s.grpc.Serve(s.grpcLis); err != nil {
+			s.errc <- fmt.Errorf("grpc server: %w", err)
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		if err := s.http.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.errc <- fmt.Errorf("http server: %w", err)
+		}
+	}()
+	s.log.Info("serving", zap.String("grpc_addr", s.GRPCAddr()), zap.String("http_addr", s.HTTPAddr()))
+}
+
+// Err reports a listener that stopped serving on its own.
+func (s *Server) Err() <-chan error { return s.errc }
+
+// Shutdown stops accepting calls and waits for in-flight ones until ctx
+// ends; then it cuts the rest. It waits for the serving goroutines.
+func (s *Server) Shutdown(ctx context.Context) error {
+	var err error
+	s.stopOnce.Do(func() {
+		s.health.Shutdown()
+		done := make(chan struct{})
+		go func() {
+			s.grpc.GracefulStop()
+			close(done)
+		}()
+		err = s.http.Shutdown(ctx)
+		select {
+		case <-done:
+		case <-ctx.Done():
+			s.grpc.Stop()
+			<-done
+		}
+		if err != nil {
+			s.http.Close()
+		}
+		// Listeners that Start never served are closed here.
+		s.grpcLis.Close()
+		s.httpLis.Close()
+		s.wg.Wait()
+	})
+	return err
+}
