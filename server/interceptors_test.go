@@ -1,0 +1,124 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/tokenbroker/tokenbroker/broker"
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
+)
+
+// The REST gateway calls the services in-process; this shows that its calls
+// pass through the same interceptor chain as gRPC calls.
+func TestRESTAndGRPCCallsShareTheInterceptorChain(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	log := zap.New(core)
+	etcd := etcdtest.Start(t)
+	b, err := broker.New(context.Background(), broker.Config{Client: etcd.Client(t, nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	srv, err := New(Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: b, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+
+	resp, err := http.Post("http://"+srv.HTTPAddr()+"/v1/providers/unknown/token", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("REST status = %d, want 404", resp.StatusCode)
+	}
+	conn, err := grpc.NewClient(srv.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = tokenbrokerv1.NewTokenBrokerServiceClient(conn).GetToken(context.Background(), &tokenbrokerv1.GetTokenRequest{Provider: "unknown"})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("gRPC code = %v, want NotFound", status.Code(err))
+	}
+
+	calls := logs.FilterMessage("call").FilterField(zap.String("method", tokenbrokerv1.TokenBrokerService_GetToken_FullMethodName)).All()
+	if len(calls) != 2 {
+		t.Fatalf("logged %d GetToken calls, want 2 (one REST, one gRPC): %v", len(calls), logs.All())
+	}
+	for _, c := range calls {
+		if c.ContextMap()["code"] != "NotFound" {
+			t.Errorf("logged call %v, want code NotFound", c.ContextMap())
+		}
+	}
+}
+
+func TestRecoverTurnsPanicIntoInternalWithoutLeaking(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	chain := chainUnary(logUnary(zap.New(core)), recoverUnary(zap.New(core)))
+	const secret = "panic-secret-4d2f9a8b77"
+	_, err := chain(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: "/x/Y"}, func(context.Context, any) (any, error) {
+		panic("boom " + secret)
+	})
+	if st := status.Convert(err); st.Code() != codes.Internal || strings.Contains(st.Message(), secret) {
+		t.Errorf("error = %v, want Internal without the panic value", err)
+	}
+	if logs.FilterMessage("panic in handler").Len() != 1 {
+		t.Errorf("panic was not logged: %v", logs.All())
+	}
+	for _, e := range logs.All() {
+		for k, v := range e.ContextMap() {
+			if s, ok := v.(string); ok && strings.Contains(s, secret) {
+				t.Errorf("log field %s of %q holds the panic value", k, e.Message)
+			}
+		}
+	}
+}
+
+func TestToStatusTable(t *testing.T) {
+	tests := []struct {
+		give error
+		want codes.Code
+	}{
+		{context.Canceled, codes.Canceled},
+		{context.DeadlineExceeded, codes.DeadlineExceeded},
+		{broker.ErrNotFound, codes.NotFound},
+		{broker.ErrInvalidArgument, codes.InvalidArgument},
+		{broker.ErrStoreUnavailable, codes.Unavailable},
+		{broker.ErrLockLost, codes.Aborted},
+		{status.Error(codes.PermissionDenied, "no"), codes.PermissionDenied},
+		{errSomethingElse, codes.Internal},
+	}
+	for _, tt := range tests {
+		if got := status.Code(toStatus(zap.NewNop(), tt.give)); got != tt.want {
+			t.Errorf("toStatus(%v) = %v, want %v", tt.give, got, tt.want)
+		}
+	}
+	if msg := status.Convert(toStatus(zap.NewNop(), errSomethingElse)).Message(); msg != "internal error" {
+		t.Errorf("unknown error message = %q, want a generic one", msg)
+	}
+}
+
+var errSomethingElse = &customError{"disk on fire"}
+
+type customError struct{ s string }
+
+func (e *customError) Error() string { return e.s }
