@@ -142,10 +142,17 @@ func (b *Broker) Close() error {
 
 	b.cancel()
 	b.wg.Wait()
-	if sess != nil {
-		// Revoking the lease releases every lock at once; the session's
-		// own context is already done, so Close revokes with a fresh one.
-		return sess.Close()
+	if sess == nil {
+		return nil
+	}
+	// Revoking the lease releases every lock at once. The session's own
+	// context (b.ctx) is done already, so stop its keepalive and revoke
+	// with a fresh one.
+	sess.Orphan()
+	ctx, cancel := context.WithTimeout(context.Background(), b.storeTimeout)
+	defer cancel()
+	if _, err := b.cli.Revoke(ctx, sess.Lease()); err != nil {
+		return storeError(ctx, "revoke session lease", err)
 	}
 	return nil
 }

@@ -65,7 +65,7 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 		return nil, err
 	}
 	for _, pc := range cfg.Providers {
-		p, secret, err := pc.provider(os.Getenv)
+		p, secret, err := pc.provider(cfg.env())
 		if err != nil {
 			return nil, fmt.Errorf("provider %q: %w", pc.Name, err)
 		}

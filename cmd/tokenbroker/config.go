@@ -30,6 +30,16 @@ type Config struct {
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// Providers are registered (created or updated) at start.
 	Providers []ProviderConfig `yaml:"providers"`
+
+	// getenv resolves client_secret_env at start; os.Getenv when nil.
+	getenv func(string) string
+}
+
+func (c *Config) env() func(string) string {
+	if c.getenv == nil {
+		return os.Getenv
+	}
+	return c.getenv
 }
 
 // EtcdConfig selects the store.
@@ -93,7 +103,14 @@ func decodeConfig(r io.Reader, cfg *Config) error {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(cfg); err != nil {
+		if errors.Is(err, io.EOF) { // only comments
+			return nil
+		}
 		return fmt.Errorf("config: %w", err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return errors.New("config: more than one YAML document")
 	}
 	return nil
 }
@@ -126,8 +143,9 @@ func splitList(s string) []string {
 	return out
 }
 
-// Validate reports every problem at once.
-func (c *Config) Validate() error {
+// Validate reports every problem at once. Secrets named by
+// client_secret_env are looked up with getenv.
+func (c *Config) Validate(getenv func(string) string) error {
 	var errs []error
 	if c.GRPCAddr == "" {
 		errs = append(errs, errors.New("grpc_addr is empty"))
@@ -160,7 +178,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("providers[%d]: %q is declared twice", i, pc.Name))
 		}
 		seen[pc.Name] = true
-		if _, _, err := pc.provider(os.Getenv); err != nil {
+		if _, _, err := pc.provider(getenv); err != nil {
 			errs = append(errs, fmt.Errorf("providers[%d]: %w", i, err))
 		}
 	}
@@ -174,9 +192,11 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 	if pc.ClientAuthStyle != "" {
 		a, err := oauth.ParseAuthStyle(pc.ClientAuthStyle)
 		if err != nil {
+			// Reported here; Validate below checks the rest with the default.
 			errs = append(errs, fmt.Errorf("client_auth_style %q is not basic, post or basic+post", pc.ClientAuthStyle))
+		} else {
+			auth = a
 		}
-		auth = a
 	}
 	secret, err := pc.secret(getenv)
 	if err != nil {
@@ -197,10 +217,8 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 	for _, g := range pc.GrantTypes {
 		p.GrantTypes = append(p.GrantTypes, broker.GrantType(g))
 	}
-	if auth != 0 {
-		if err := p.Validate(); err != nil {
-			errs = append(errs, err)
-		}
+	if err := p.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return p, secret, errors.Join(errs...)
 }

@@ -99,7 +99,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	cfg := devConfig(dataDir, env.baseURL(), clientID, base64.RawURLEncoding.EncodeToString(secret))
 	cfg.GRPCAddr, cfg.HTTPAddr, cfg.Log.Level = *grpcAddr, *httpAddr, *logLevel
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.Validate(os.Getenv); err != nil {
 		return err
 	}
 	log, err := newLogger(cfg.Log, stderr)

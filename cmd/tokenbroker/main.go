@@ -89,7 +89,8 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 	if *endpoints != "" {
 		cfg.Etcd.Endpoints = splitList(*endpoints)
 	}
-	if err := cfg.Validate(); err != nil {
+	cfg.getenv = getenv
+	if err := cfg.Validate(getenv); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	log, err := newLogger(cfg.Log, stderr)

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// devCurl is the curl line `tokenbroker dev` prints, with the URL captured.
+var (
+	devCurl    = regexp.MustCompile(`(?m)^\s*curl -s -X POST (\S+)\s*$`)
+	devDataDir = regexp.MustCompile(`embedded etcd in (.+?), `)
+)
+
+// TestRunDev runs `tokenbroker dev` as a newcomer would: it waits for the
+// printed curl line, runs it twice, and stops the command.
+func TestRunDev(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr syncBuffer
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"dev", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-level", "warn"}, &stdout, &stderr, os.Getenv)
+	}()
+	// A failure below must not leave the command running.
+	stopped := false
+	stop := func() error {
+		cancel()
+		select {
+		case err := <-done:
+			stopped = true
+			return err
+		case <-time.After(60 * time.Second):
+			t.Fatalf("run did not return within a minute of ctx being cancelled; stderr:\n%s", stderr.String())
+			return nil
+		}
+	}
+	defer func() {
+		if !stopped {
+			stop()
+		}
+	}()
+
+	var url string
+	deadline := time.After(20 * time.Second)
+	for {
+		if m := devCurl.FindStringSubmatch(stdout.String()); m != nil {
+			url = m[1]
+			break
+		}
+		select {
+		case err := <-done:
+			stopped = true
+			t.Fatalf("run returned %v before printing the curl line; stdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+		case <-deadline:
+			t.Fatalf("no curl line on stdout after 20s; stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	m := devDataDir.FindStringSubmatch(stdout.String())
+	if m == nil {
+		t.Fatalf("stdout names no data directory (\"embedded etcd in <dir>, \"):\n%s", stdout.String())
+	}
+	dataDir := m[1]
+	if _, err := os.Stat(dataDir); err != nil {
+		t.Errorf("the printed data directory %s: %v, want it to exist while dev runs", dataDir, err)
+	}
+
+	// Exactly what the README says to run: a POST without a body.
+	type token struct {
+		AccessToken string `json:"access_token"`
+		IssuedAt    string `json:"issued_at"`
+	}
+	var got [2]token
+	for i := range got {
+		status, raw := httpCall(t, "POST", url, "", nil)
+		if status != 200 {
+			t.Fatalf("POST %s (call %d) status = %d, want 200; body %s", url, i+1, status, raw)
+		}
+		if err := json.Unmarshal(raw, &got[i]); err != nil {
+			t.Fatalf("POST %s (call %d): the answer is not JSON: %v: %s", url, i+1, err, raw)
+		}
+		if got[i].AccessToken == "" || got[i].IssuedAt == "" {
+			t.Fatalf("POST %s (call %d) = %s, want access_token and issued_at", url, i+1, raw)
+		}
+	}
+	if got[1].AccessToken != got[0].AccessToken {
+		t.Errorf("second call got access_token %q, want the first one %q (the provider was asked twice)", got[1].AccessToken, got[0].AccessToken)
+	}
+	if got[1].IssuedAt != got[0].IssuedAt {
+		t.Errorf("second call got issued_at %q, want the first one %q (the provider was asked twice)", got[1].IssuedAt, got[0].IssuedAt)
+	}
+
+	if err := stop(); err != nil {
+		t.Errorf("run returned %v, want nil", err)
+	}
+	if _, err := os.Stat(dataDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after run returned, stat %s = %v, want it removed", dataDir, err)
+	}
+	if s := stderr.String(); strings.Contains(s, "panic") {
+		t.Errorf("stderr mentions a panic:\n%s", s)
+	}
+}
