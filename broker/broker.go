@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
+	"github.com/tokenbroker/tokenbroker/broker/seal"
 )
 
 // ErrClosed is returned by calls on a closed Broker.
@@ -43,6 +44,8 @@ type Config struct {
 	// SessionTTL is the lease TTL of the locks, in seconds: a replica that
 	// dies holding a lock releases it after this long; 10 when zero.
 	SessionTTL int
+	// Keyring seals secrets and tokens before they reach etcd; required.
+	Keyring *seal.Keyring
 	// Logger is scoped with Named("broker"); nop when nil.
 	Logger *zap.Logger
 	// Now is the clock; time.Now when nil.

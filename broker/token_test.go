@@ -1,0 +1,150 @@
+package broker
+
+import (
+	"encoding/hex"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestTokenRecordFresh(t *testing.T) {
+	issued := t0
+	tests := []struct {
+		name         string
+		giveLifetime time.Duration
+		giveAge      time.Duration // now - issued
+		giveMinTTL   time.Duration
+		want         bool
+	}{
+		{name: "new", giveLifetime: time.Hour, giveAge: 0, giveMinTTL: time.Minute, want: true},
+		{name: "just above min_ttl", giveLifetime: time.Hour, giveAge: 59*time.Minute - time.Nanosecond, giveMinTTL: time.Minute, want: true},
+		{name: "exactly min_ttl left", giveLifetime: time.Hour, giveAge: 59 * time.Minute, giveMinTTL: time.Minute, want: false},
+		{name: "below min_ttl", giveLifetime: time.Hour, giveAge: 59*time.Minute + time.Second, giveMinTTL: time.Minute, want: false},
+		{name: "expired", giveLifetime: time.Hour, giveAge: 2 * time.Hour, giveMinTTL: time.Minute, want: false},
+		{name: "zero min_ttl, valid", giveLifetime: time.Hour, giveAge: time.Hour - time.Nanosecond, giveMinTTL: 0, want: true},
+		{name: "zero min_ttl, expiring now", giveLifetime: time.Hour, giveAge: time.Hour, giveMinTTL: 0, want: false},
+		// min_ttl is capped at half the lifetime: a 60s token asked for with
+		// min_ttl 5m is fresh while more than 30s remain.
+		{name: "cap: more than half left", giveLifetime: time.Minute, giveAge: 29 * time.Second, giveMinTTL: 5 * time.Minute, want: true},
+		{name: "cap: exactly half left", giveLifetime: time.Minute, giveAge: 30 * time.Second, giveMinTTL: 5 * time.Minute, want: false},
+		{name: "cap: min_ttl equal to the lifetime", giveLifetime: time.Hour, giveAge: 29 * time.Minute, giveMinTTL: time.Hour, want: true},
+		{name: "cap: min_ttl longer than the lifetime, past half", giveLifetime: time.Hour, giveAge: 31 * time.Minute, giveMinTTL: 2 * time.Hour, want: false},
+		{name: "min_ttl below half applies as given", giveLifetime: time.Hour, giveAge: 40 * time.Minute, giveMinTTL: 10 * time.Minute, want: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &TokenRecord{IssuedAt: issued, ExpiresAt: issued.Add(tt.giveLifetime)}
+			if got := r.Fresh(issued.Add(tt.giveAge), tt.giveMinTTL); got != tt.want {
+				t.Errorf("lifetime %v, age %v: Fresh(min_ttl %v) = %t, want %t", tt.giveLifetime, tt.giveAge, tt.giveMinTTL, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestTokenRecordTypeAndScope(t *testing.T) {
+	tests := []struct {
+		name         string
+		give         TokenRecord
+		wantType     string
+		wantGranted  string
+		wantLifetime time.Duration
+	}{
+		{name: "lowercase bearer", give: TokenRecord{TokenType: "bearer", Scope: "public"}, wantType: "Bearer", wantGranted: "public"},
+		{name: "no type, no granted scope", give: TokenRecord{Key: TokenKey{Scope: "api openid"}}, wantType: "Bearer", wantGranted: "api openid"},
+		{name: "BEARER", give: TokenRecord{TokenType: "BEARER"}, wantType: "Bearer"},
+		{name: "other type kept", give: TokenRecord{TokenType: "DPoP", Scope: "read", Key: TokenKey{Scope: "read write"}}, wantType: "DPoP", wantGranted: "read"},
+		{name: "lifetime", give: TokenRecord{IssuedAt: t0, ExpiresAt: t0.Add(7200 * time.Second)}, wantType: "Bearer", wantLifetime: 2 * time.Hour},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.give.Type(); got != tt.wantType {
+				t.Errorf("Type() = %q, want %q", got, tt.wantType)
+			}
+			if got := tt.give.GrantedScope(); got != tt.wantGranted {
+				t.Errorf("GrantedScope() = %q, want %q", got, tt.wantGranted)
+			}
+			if got := tt.give.Lifetime(); got != tt.wantLifetime {
+				t.Errorf("Lifetime() = %v, want %v", got, tt.wantLifetime)
+			}
+		})
+	}
+}
+
+func TestNewTokenKey(t *testing.T) {
+	tests := []struct {
+		name        string
+		giveAccount string
+		giveScopes  []string
+		want        TokenKey
+		wantID      string
+	}{
+		{name: "defaults", want: TokenKey{Provider: "mediavalet"}, wantID: "mediavalet//"},
+		{name: "one scope", giveScopes: []string{"api"}, want: TokenKey{Provider: "mediavalet", Scope: "api"}, wantID: "mediavalet//api"},
+		{name: "sorted and deduplicated", giveScopes: []string{"openid", "api", "offline_access", "api"},
+			want: TokenKey{Provider: "mediavalet", Scope: "api offline_access openid"}, wantID: "mediavalet//api%20offline_access%20openid"},
+		{name: "slash in a scope is escaped", giveScopes: []string{"https://graph.example.com/.default"},
+			want: TokenKey{Provider: "mediavalet", Scope: "https://graph.example.com/.default"}, wantID: "mediavalet//https:%2F%2Fgraph.example.com%2F.default"},
+		{name: "account", giveAccount: "alice@example.com", giveScopes: []string{"api"},
+			want: TokenKey{Provider: "mediavalet", Account: "alice@example.com", Scope: "api"}, wantID: "mediavalet/alice@example.com/api"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			scopes := slices.Clone(tt.giveScopes)
+			got, err := NewTokenKey("mediavalet", tt.giveAccount, scopes)
+			if err != nil {
+				t.Fatalf("NewTokenKey: %v", err)
+			}
+			if got != tt.want || got.id() != tt.wantID {
+				t.Errorf("NewTokenKey(%q, %q) = %+v with id %q, want %+v with id %q", tt.giveAccount, tt.giveScopes, got, got.id(), tt.want, tt.wantID)
+			}
+			if !slices.Equal(scopes, tt.giveScopes) {
+				t.Errorf("NewTokenKey changed the caller's scopes %q to %q", tt.giveScopes, scopes)
+			}
+		})
+	}
+}
+
+func TestValidateAccountName(t *testing.T) {
+	tests := []struct {
+		give string
+		want error
+	}{
+		{give: "", want: nil},
+		{give: "alice@example.com", want: nil},
+		{give: strings.Repeat("a", 128), want: nil},
+		{give: strings.Repeat("a", 129), want: ErrInvalidArgument},
+		{give: "a/b", want: ErrInvalidArgument},
+		{give: "a%2F", want: ErrInvalidArgument},
+		{give: "a b", want: ErrInvalidArgument},
+		{give: "tab\t", want: ErrInvalidArgument},
+		{give: "del\x7f", want: ErrInvalidArgument},
+		{give: "é", want: ErrInvalidArgument},
+	}
+	for _, tt := range tests {
+		if err := ValidateAccountName(tt.give); !errors.Is(err, tt.want) {
+			t.Errorf("ValidateAccountName(%q) = %v, want %v", tt.give, err, tt.want)
+		}
+	}
+}
+
+func TestFingerprint(t *testing.T) {
+	if got := Fingerprint(""); got != "" {
+		t.Errorf("Fingerprint(\"\") = %q, want \"\" (no secret set)", got)
+	}
+	got := Fingerprint("MyClientSecret")
+	if _, err := hex.DecodeString(got); err != nil || len(got) != 8 {
+		t.Errorf("Fingerprint(MyClientSecret) = %q, want 8 hex digits", got)
+	}
+	if again := Fingerprint("MyClientSecret"); again != got {
+		t.Errorf("Fingerprint(MyClientSecret) = %q, then %q; want it stable", got, again)
+	}
+	if a, b := Fingerprint("secret-a"), Fingerprint("secret-b"); a == b {
+		t.Errorf("Fingerprint(secret-a) = Fingerprint(secret-b) = %q, want them to differ", a)
+	}
+	p := Provider{ClientSecret: "MyClientSecret"}
+	if p.SecretFingerprint() != got {
+		t.Errorf("SecretFingerprint() = %q, want %q", p.SecretFingerprint(), got)
+	}
+}
