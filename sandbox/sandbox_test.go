@@ -266,7 +266,7 @@ func TestTokenErrors(t *testing.T) {
 		{name: "basic not url-encoded", give: call{header: http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte("odd:id é:p@ss word+&%=:"))}}, form: cc}, wantStatus: 401, wantError: "invalid_client", wantWWW: basicChallenge},
 		{name: "authorization not basic", give: call{header: http.Header{"Authorization": {"Bearer abc"}}, form: withClient(url.Values{"grant_type": {"client_credentials"}})}, wantStatus: 401, wantError: "invalid_client", wantWWW: basicChallenge},
 		{name: "unsupported grant", give: call{basic: []string{"svc", "s3cret"}, form: url.Values{"grant_type": {"urn:ietf:params:oauth:grant-type:device_code"}}}, wantStatus: 400, wantError: "unsupported_grant_type"},
-		{name: "password grant not yet", give: call{basic: []string{"svc", "s3cret"}, form: url.Values{"grant_type": {"password"}, "username": {"u"}, "password": {"p"}}}, wantStatus: 400, wantError: "unsupported_grant_type"},
+		{name: "password grant without users", give: call{basic: []string{"svc", "s3cret"}, form: url.Values{"grant_type": {"password"}, "username": {"u"}, "password": {"p"}}}, wantStatus: 400, wantError: "unsupported_grant_type"},
 		{name: "missing grant_type", give: call{basic: []string{"svc", "s3cret"}, form: url.Values{"scope": {"read"}}}, wantStatus: 400, wantError: "invalid_request"},
 		{name: "empty grant_type", give: call{basic: []string{"svc", "s3cret"}, form: url.Values{"grant_type": {""}}}, wantStatus: 400, wantError: "invalid_request"},
 		{name: "repeated parameter", give: call{basic: []string{"svc", "s3cret"}, form: url.Values{"grant_type": {"client_credentials", "client_credentials"}}}, wantStatus: 400, wantError: "invalid_request"},
