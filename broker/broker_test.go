@@ -79,9 +79,6 @@ func TestGetTokenMediaHound(t *testing.T) {
 	if want := t0.Add(86400 * time.Second); !rec.ExpiresAt.Equal(want) {
 		t.Errorf("ExpiresAt = %v, want %v (issue time + expires_in 86400)", rec.ExpiresAt, want)
 	}
-	if rec.RefreshToken != "" {
-		t.Errorf("RefreshToken = %q, want none (MediaHound issues none)", rec.RefreshToken)
-	}
 	if rec.Generation != 1 {
 		t.Errorf("Generation = %d, want 1", rec.Generation)
 	}
@@ -715,8 +712,9 @@ func TestWriteTokenFencedByLock(t *testing.T) {
 	// While the lock is held the write commits.
 	_, m := lock(t)
 	held := record("written-under-the-lock")
-	if err := b.writeToken(ctx, m, p, id, held); err != nil {
-		t.Fatalf("writeToken with the lock held: %v", err)
+	grant := &Grant{Provider: "orders", Type: GrantClientCredentials, Health: HealthOK}
+	if err := b.commit(ctx, m, p, grant, grant, id, held); err != nil {
+		t.Fatalf("commit with the lock held: %v", err)
 	}
 	if err := m.Unlock(ctx); err != nil {
 		t.Fatal(err)
@@ -736,10 +734,14 @@ func TestWriteTokenFencedByLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	lost := record("written-after-the-lease-was-lost")
-	err = b.writeToken(ctx, m, p, id, lost)
+	_, grant, err = b.readTokenAndGrant(ctx, id, grantID("orders", ""))
+	if err != nil || grant == nil {
+		t.Fatalf("read grant = %v, %v; want the grant written with the token", grant, err)
+	}
+	err = b.commit(ctx, m, p, grant, grant, id, lost)
 
 	if !errors.Is(err, ErrLockLost) {
-		t.Errorf("writeToken after the lease was revoked: error = %v, want ErrLockLost", err)
+		t.Errorf("commit after the lease was revoked: error = %v, want ErrLockLost", err)
 	}
 	stored, err = b.readToken(ctx, id)
 	if err != nil || stored == nil || stored.AccessToken != held.AccessToken {

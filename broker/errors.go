@@ -34,3 +34,18 @@ func storeError(ctx context.Context, op string, err error) error {
 	}
 	return fmt.Errorf("%w: %s: %v", ErrStoreUnavailable, op, err)
 }
+
+// ErrProviderTimeout: the provider did not answer within the fetch deadline.
+var ErrProviderTimeout = errors.New("broker: provider timed out")
+
+// ProviderError is a failed call to a provider. Err is an error of package
+// oauth: an *oauth.Error carrying the provider's OAuth2 error, or one of its
+// sentinels. Its text is safe to log and to return to callers.
+type ProviderError struct {
+	Provider string
+	Err      error
+}
+
+func (e *ProviderError) Error() string { return "provider " + e.Provider + ": " + e.Err.Error() }
+
+func (e *ProviderError) Unwrap() error { return e.Err }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
+	"github.com/tokenbroker/tokenbroker/internal/testkeys"
 	"github.com/tokenbroker/tokenbroker/sandbox"
 )
 
@@ -82,6 +83,8 @@ func newTestBroker(t *testing.T, e *etcdtest.Etcd, opts ...brokerOption) *Broker
 		StoreTimeout:  5 * time.Second,
 		FetchTimeout:  15 * time.Second,
 		DefaultMinTTL: time.Minute,
+		Keyring:       testkeys.Keyring(),
+		CooldownBase:  time.Millisecond,
 	}}
 	for _, o := range opts {
 		o(&s)
@@ -152,11 +155,7 @@ func settle(t *testing.T, c *etcdtest.Counter) {
 
 // inMemory returns the record of key in b's memory, or nil.
 func inMemory(b *Broker, key TokenKey) *TokenRecord {
-	v, ok := b.tokens.Load(key.id())
-	if !ok {
-		return nil
-	}
-	return v.(*TokenRecord)
+	return b.cached(key.id())
 }
 
 // seenRequest is what a fake provider received.

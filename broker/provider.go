@@ -61,10 +61,18 @@ type Provider struct {
 	// DefaultTokenLifetime applies when a token response has no expires_in;
 	// zero means DefaultTokenLifetime.
 	DefaultTokenLifetime time.Duration
+	// PKCE makes authorization requests carry an S256 code challenge.
+	PKCE bool
+	// RedirectURL is the broker's callback registered at the provider
+	// (…/v1/oauth/callback), for the authorization code grant.
+	RedirectURL string
 
 	SecretUpdateTime time.Time
 	CreateTime       time.Time
 	UpdateTime       time.Time
+	// Revision is the etcd revision the provider was read at; writes made
+	// on its behalf commit only while it is unchanged.
+	Revision int64
 }
 
 // TokenURLFor returns the token endpoint of grant g.
@@ -121,6 +129,7 @@ func (p *Provider) Validate() error {
 	for name, u := range map[string]string{
 		"token_url": p.TokenURL, "authorize_url": p.AuthorizeURL,
 		"introspection_url": p.IntrospectionURL, "revocation_url": p.RevocationURL,
+		"redirect_url": p.RedirectURL,
 	} {
 		if err := validateURL(u); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
@@ -274,4 +283,16 @@ func validateScope(s string) error {
 		}
 	}
 	return nil
+}
+
+// endpointRequest is a client-authenticated request to one of the
+// provider's endpoints. Introspection and revocation endpoints take HTTP
+// Basic client authentication (RFC 7662 §2.1, MediaHaven) unless the
+// provider sends credentials in the body only.
+func (p *Provider) endpointRequest(endpoint string, params url.Values) oauth.Request {
+	auth := p.ClientAuth
+	if auth == oauth.AuthBasicAndPost {
+		auth = oauth.AuthBasic
+	}
+	return oauth.Request{TokenURL: endpoint, ClientID: p.ClientID, ClientSecret: p.ClientSecret, AuthStyle: auth, Params: params}
 }

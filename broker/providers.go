@@ -39,7 +39,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 			next.SecretUpdateTime = now
 		}
 		if len(resp.Kvs) > 0 {
-			old, err := decodeProvider(resp.Kvs[0].Value)
+			old, err := b.decodeProvider(key, resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
 			if err != nil {
 				return nil, err
 			}
@@ -52,7 +52,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 				ops = append(ops, clientv3.OpDelete(b.prefix+tokensPrefix+p.Name+"/", clientv3.WithPrefix()))
 			}
 		}
-		val, err := encodeProvider(&next)
+		val, err := b.encodeProvider(key, &next)
 		if err != nil {
 			return nil, err
 		}
@@ -63,6 +63,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 			return nil, storeError(ctx, "write provider", err)
 		}
 		if txn.Succeeded {
+			next.Revision = txn.Header.Revision
 			return &next, nil
 		}
 	}
@@ -71,7 +72,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 
 // sameIdentity reports whether tokens obtained under a stay valid under b.
 func sameIdentity(a, b *Provider) bool {
-	return a.TokenURL == b.TokenURL && a.ClientID == b.ClientID &&
+	return a.TokenURL == b.TokenURL && a.ClientID == b.ClientID && a.PKCE == b.PKCE && a.RedirectURL == b.RedirectURL &&
 		maps.Equal(a.GrantTokenURLs, b.GrantTokenURLs) && maps.Equal(a.TokenParams, b.TokenParams) &&
 		slices.Equal(a.DefaultScopes, b.DefaultScopes)
 }
@@ -92,7 +93,8 @@ func (b *Broker) GetProvider(ctx context.Context, name string) (*Provider, error
 	if len(resp.Kvs) == 0 {
 		return nil, fmt.Errorf("%w: provider %q", ErrNotFound, name)
 	}
-	return decodeProvider(resp.Kvs[0].Value)
+	kv := resp.Kvs[0]
+	return b.decodeProvider(string(kv.Key), kv.Value, kv.ModRevision)
 }
 
 // ListProviders reads every provider from etcd, sorted by name. Errors wrap
@@ -106,7 +108,7 @@ func (b *Broker) ListProviders(ctx context.Context) ([]*Provider, error) {
 	}
 	out := make([]*Provider, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		p, err := decodeProvider(kv.Value)
+		p, err := b.decodeProvider(string(kv.Key), kv.Value, kv.ModRevision)
 		if err != nil {
 			return nil, err
 		}
@@ -115,7 +117,8 @@ func (b *Broker) ListProviders(ctx context.Context) ([]*Provider, error) {
 	return out, nil
 }
 
-// DeleteProvider removes provider name and every token cached for it.
+// DeleteProvider removes provider name, its accounts and every token cached
+// for it.
 // Errors wrap ErrInvalidArgument, ErrNotFound or ErrStoreUnavailable.
 func (b *Broker) DeleteProvider(ctx context.Context, name string) error {
 	if err := ValidateProviderName(name); err != nil {
@@ -127,6 +130,7 @@ func (b *Broker) DeleteProvider(ctx context.Context, name string) error {
 	resp, err := b.cli.Txn(sctx).If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0)).Then(
 		clientv3.OpDelete(key),
 		clientv3.OpDelete(b.prefix+tokensPrefix+name+"/", clientv3.WithPrefix()),
+		clientv3.OpDelete(b.prefix+grantsPrefix+name+"/", clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
 		return storeError(ctx, "delete provider", err)

@@ -13,13 +13,44 @@ import (
 // Key prefixes below the broker's etcd prefix.
 const (
 	providersPrefix  = "providers/"
+	grantsPrefix     = "grants/"
 	tokensPrefix     = "tokens/"
 	introspectPrefix = "introspect/"
 	locksPrefix      = "locks/"
+	statesPrefix     = "authorizations/"
+	electionPrefix   = "election/"
+	hotPrefix        = "hot/"
 )
 
 // DefaultPrefix is the etcd prefix of every key the broker writes.
 const DefaultPrefix = "/tokenbroker/"
+
+// Every secret and token is sealed (AES-256-GCM, see package seal) before
+// it reaches etcd. The additional data is the record's etcd key and the
+// field's name, so that a value moved to another record or another field
+// does not open.
+
+func (b *Broker) sealString(etcdKey, field, v string) ([]byte, error) {
+	if v == "" {
+		return nil, nil
+	}
+	out, err := b.keys.Seal(etcdKey+"#"+field, []byte(v))
+	if err != nil {
+		return nil, fmt.Errorf("seal %s: %w", field, err)
+	}
+	return out, nil
+}
+
+func (b *Broker) openString(etcdKey, field string, sealed []byte) (string, error) {
+	if len(sealed) == 0 {
+		return "", nil
+	}
+	v, err := b.keys.Open(etcdKey+"#"+field, sealed)
+	if err != nil {
+		return "", fmt.Errorf("open %s of %s: %w", field, etcdKey, err)
+	}
+	return string(v), nil
+}
 
 // storedProvider is the etcd encoding of a Provider.
 type storedProvider struct {
@@ -30,25 +61,31 @@ type storedProvider struct {
 	RevocationURL        string            `json:"revocation_url,omitempty"`
 	GrantTokenURLs       map[string]string `json:"grant_token_urls,omitempty"`
 	ClientID             string            `json:"client_id"`
-	ClientSecret         string            `json:"client_secret,omitempty"`
+	ClientSecret         []byte            `json:"client_secret_sealed,omitempty"`
 	ClientAuth           string            `json:"client_auth"`
 	DefaultScopes        []string          `json:"default_scopes,omitempty"`
 	TokenParams          map[string]string `json:"token_params,omitempty"`
 	GrantTypes           []string          `json:"grant_types,omitempty"`
 	DefaultTokenLifetime time.Duration     `json:"default_token_lifetime,omitempty"`
+	PKCE                 bool              `json:"pkce,omitempty"`
+	RedirectURL          string            `json:"redirect_url,omitempty"`
 	SecretUpdateTime     time.Time         `json:"secret_update_time"`
 	CreateTime           time.Time         `json:"create_time"`
 	UpdateTime           time.Time         `json:"update_time"`
 }
 
-func encodeProvider(p *Provider) ([]byte, error) {
+func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
+	secret, err := b.sealString(key, "client_secret", p.ClientSecret)
+	if err != nil {
+		return nil, err
+	}
 	s := storedProvider{
 		Name: p.Name, TokenURL: p.TokenURL, AuthorizeURL: p.AuthorizeURL,
 		IntrospectionURL: p.IntrospectionURL, RevocationURL: p.RevocationURL,
-		ClientID: p.ClientID, ClientSecret: p.ClientSecret, ClientAuth: p.ClientAuth.String(),
+		ClientID: p.ClientID, ClientSecret: secret, ClientAuth: p.ClientAuth.String(),
 		DefaultScopes: p.DefaultScopes, TokenParams: p.TokenParams,
-		DefaultTokenLifetime: p.DefaultTokenLifetime,
-		SecretUpdateTime:     p.SecretUpdateTime, CreateTime: p.CreateTime, UpdateTime: p.UpdateTime,
+		DefaultTokenLifetime: p.DefaultTokenLifetime, PKCE: p.PKCE, RedirectURL: p.RedirectURL,
+		SecretUpdateTime: p.SecretUpdateTime, CreateTime: p.CreateTime, UpdateTime: p.UpdateTime,
 	}
 	if len(p.GrantTokenURLs) > 0 {
 		s.GrantTokenURLs = make(map[string]string, len(p.GrantTokenURLs))
@@ -62,22 +99,27 @@ func encodeProvider(p *Provider) ([]byte, error) {
 	return json.Marshal(s)
 }
 
-func decodeProvider(b []byte) (*Provider, error) {
+func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, error) {
 	var s storedProvider
-	if err := json.Unmarshal(b, &s); err != nil {
+	if err := json.Unmarshal(data, &s); err != nil {
 		return nil, fmt.Errorf("decode provider: %w", err)
 	}
 	auth, err := oauth.ParseAuthStyle(s.ClientAuth)
 	if err != nil {
 		return nil, fmt.Errorf("decode provider %s: %w", s.Name, err)
 	}
+	secret, err := b.openString(key, "client_secret", s.ClientSecret)
+	if err != nil {
+		return nil, err
+	}
 	p := &Provider{
 		Name: s.Name, TokenURL: s.TokenURL, AuthorizeURL: s.AuthorizeURL,
 		IntrospectionURL: s.IntrospectionURL, RevocationURL: s.RevocationURL,
-		ClientID: s.ClientID, ClientSecret: s.ClientSecret, ClientAuth: auth,
+		ClientID: s.ClientID, ClientSecret: secret, ClientAuth: auth,
 		DefaultScopes: s.DefaultScopes, TokenParams: s.TokenParams,
-		DefaultTokenLifetime: s.DefaultTokenLifetime,
-		SecretUpdateTime:     s.SecretUpdateTime, CreateTime: s.CreateTime, UpdateTime: s.UpdateTime,
+		DefaultTokenLifetime: s.DefaultTokenLifetime, PKCE: s.PKCE, RedirectURL: s.RedirectURL,
+		SecretUpdateTime: s.SecretUpdateTime, CreateTime: s.CreateTime, UpdateTime: s.UpdateTime,
+		Revision: rev,
 	}
 	if len(s.GrantTokenURLs) > 0 {
 		p.GrantTokenURLs = make(map[GrantType]string, len(s.GrantTokenURLs))
@@ -96,35 +138,109 @@ type storedToken struct {
 	Provider     string    `json:"provider"`
 	Account      string    `json:"account,omitempty"`
 	Scope        string    `json:"scope,omitempty"`
-	AccessToken  string    `json:"access_token"`
+	AccessToken  []byte    `json:"access_token_sealed"`
 	TokenType    string    `json:"token_type,omitempty"`
 	GrantedScope string    `json:"granted_scope,omitempty"`
-	IDToken      string    `json:"id_token,omitempty"`
-	RefreshToken string    `json:"refresh_token,omitempty"`
+	IDToken      []byte    `json:"id_token_sealed,omitempty"`
 	IssuedAt     time.Time `json:"issued_at"`
 	ExpiresAt    time.Time `json:"expires_at"`
 	Generation   int64     `json:"generation"`
 }
 
-func encodeToken(r *TokenRecord) ([]byte, error) {
+func (b *Broker) encodeToken(key string, r *TokenRecord) ([]byte, error) {
+	access, err := b.sealString(key, "access_token", r.AccessToken)
+	if err != nil {
+		return nil, err
+	}
+	id, err := b.sealString(key, "id_token", r.IDToken)
+	if err != nil {
+		return nil, err
+	}
 	return json.Marshal(storedToken{
 		Provider: r.Key.Provider, Account: r.Key.Account, Scope: r.Key.Scope,
-		AccessToken: r.AccessToken, TokenType: r.TokenType, GrantedScope: r.Scope,
-		IDToken: r.IDToken, RefreshToken: r.RefreshToken,
+		AccessToken: access, TokenType: r.TokenType, GrantedScope: r.Scope, IDToken: id,
 		IssuedAt: r.IssuedAt, ExpiresAt: r.ExpiresAt, Generation: r.Generation,
 	})
 }
 
-func decodeToken(b []byte, rev int64) (*TokenRecord, error) {
+func (b *Broker) decodeToken(key string, data []byte, rev int64) (*TokenRecord, error) {
 	var s storedToken
-	if err := json.Unmarshal(b, &s); err != nil {
+	if err := json.Unmarshal(data, &s); err != nil {
 		return nil, fmt.Errorf("decode token record: %w", err)
+	}
+	access, err := b.openString(key, "access_token", s.AccessToken)
+	if err != nil {
+		return nil, err
+	}
+	id, err := b.openString(key, "id_token", s.IDToken)
+	if err != nil {
+		return nil, err
 	}
 	return &TokenRecord{
 		Key:         TokenKey{Provider: s.Provider, Account: s.Account, Scope: s.Scope},
-		AccessToken: s.AccessToken, TokenType: s.TokenType, Scope: s.GrantedScope,
-		IDToken: s.IDToken, RefreshToken: s.RefreshToken,
+		AccessToken: access, TokenType: s.TokenType, Scope: s.GrantedScope, IDToken: id,
 		IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt, Generation: s.Generation, Revision: rev,
+	}, nil
+}
+
+// storedGrant is the etcd encoding of a Grant.
+type storedGrant struct {
+	Provider     string    `json:"provider"`
+	Account      string    `json:"account,omitempty"`
+	Type         string    `json:"grant_type"`
+	Username     string    `json:"username,omitempty"`
+	Password     []byte    `json:"password_sealed,omitempty"`
+	RefreshToken []byte    `json:"refresh_token_sealed,omitempty"`
+	Scopes       []string  `json:"scopes,omitempty"`
+	Health       string    `json:"health"`
+	LastError    string    `json:"last_error,omitempty"`
+	LastRefresh  time.Time `json:"last_refresh_time"`
+	ExpireTime   time.Time `json:"expire_time"`
+	RefreshedBy  string    `json:"refreshed_by,omitempty"`
+	Generation   int64     `json:"generation"`
+	PasswordTime time.Time `json:"password_update_time"`
+	RefreshTime  time.Time `json:"refresh_token_update_time"`
+	CreateTime   time.Time `json:"create_time"`
+	UpdateTime   time.Time `json:"update_time"`
+}
+
+func (b *Broker) encodeGrant(key string, g *Grant) ([]byte, error) {
+	pw, err := b.sealString(key, "password", g.Password)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := b.sealString(key, "refresh_token", g.RefreshToken)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(storedGrant{
+		Provider: g.Provider, Account: g.Account, Type: string(g.Type), Username: g.Username,
+		Password: pw, RefreshToken: rt, Scopes: g.Scopes, Health: string(g.Health), LastError: g.LastError,
+		LastRefresh: g.LastRefresh, ExpireTime: g.ExpireTime, RefreshedBy: g.RefreshedBy, Generation: g.Generation,
+		PasswordTime: g.PasswordUpdateTime, RefreshTime: g.RefreshTokenUpdateTime,
+		CreateTime: g.CreateTime, UpdateTime: g.UpdateTime,
+	})
+}
+
+func (b *Broker) decodeGrant(key string, data []byte, rev int64) (*Grant, error) {
+	var s storedGrant
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("decode grant: %w", err)
+	}
+	pw, err := b.openString(key, "password", s.Password)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := b.openString(key, "refresh_token", s.RefreshToken)
+	if err != nil {
+		return nil, err
+	}
+	return &Grant{
+		Provider: s.Provider, Account: s.Account, Type: GrantType(s.Type), Username: s.Username,
+		Password: pw, RefreshToken: rt, Scopes: s.Scopes, Health: GrantHealth(s.Health), LastError: s.LastError,
+		LastRefresh: s.LastRefresh, ExpireTime: s.ExpireTime, RefreshedBy: s.RefreshedBy, Generation: s.Generation,
+		PasswordUpdateTime: s.PasswordTime, RefreshTokenUpdateTime: s.RefreshTime,
+		CreateTime: s.CreateTime, UpdateTime: s.UpdateTime, Revision: rev,
 	}, nil
 }
 
@@ -136,6 +252,7 @@ type storedIntrospection struct {
 	Scope     string    `json:"scope,omitempty"`
 	ClientID  string    `json:"client_id,omitempty"`
 	TokenType string    `json:"token_type,omitempty"`
+	Username  string    `json:"username,omitempty"`
 	IssuedAt  time.Time `json:"issued_at"`
 	ExpiresAt time.Time `json:"expires_at"`
 }

@@ -31,7 +31,12 @@ func (b *Broker) mirrors() []mirror {
 func syncMapKeys(m interface{ Range(func(k, v any) bool) }) func() []string {
 	return func() []string {
 		var out []string
-		m.Range(func(k, _ any) bool { out = append(out, k.(string)); return true })
+		m.Range(func(k, v any) bool {
+			if e, ok := v.(*cacheEntry); !ok || e.rec.Load() != nil {
+				out = append(out, k.(string))
+			}
+			return true
+		})
 		return out
 	}
 }
@@ -41,7 +46,7 @@ func (b *Broker) applyProvider(name string, kv *mvccpb.KeyValue, deleted bool) {
 		b.providers.Delete(name)
 		return
 	}
-	p, err := decodeProvider(kv.Value)
+	p, err := b.decodeProvider(string(kv.Key), kv.Value, kv.ModRevision)
 	if err != nil {
 		b.log.Error("skip undecodable provider", zap.String("provider", name), zap.Error(err))
 		return
@@ -54,7 +59,7 @@ func (b *Broker) applyToken(id string, kv *mvccpb.KeyValue, deleted bool) {
 		b.forget(id, kv.ModRevision)
 		return
 	}
-	rec, err := decodeToken(kv.Value, kv.ModRevision)
+	rec, err := b.decodeToken(string(kv.Key), kv.Value, kv.ModRevision)
 	if err != nil {
 		b.log.Error("skip undecodable token record", zap.String("key", id), zap.Error(err))
 		return

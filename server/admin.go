@@ -33,6 +33,14 @@ func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutPro
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
+	if preset := req.GetProvider().GetPreset(); preset != "" {
+		if err := s.broker.ApplyPreset(ctx, &p, preset, req.GetProvider().GetBaseUrl()); err != nil {
+			return nil, toStatus(s.log, err)
+		}
+	}
+	if p.ClientAuth == 0 {
+		p.ClientAuth = oauth.AuthBasic // RFC 6749 §2.3.1: every server supports it
+	}
 	stored, err := s.broker.PutProvider(ctx, p, req.GetClientSecret())
 	if err != nil {
 		return nil, toStatus(s.log, err)
@@ -70,7 +78,7 @@ func (s *adminServer) DeleteProvider(ctx context.Context, req *tokenbrokerv1.Del
 }
 
 var authStyles = map[tokenbrokerv1.ClientAuthStyle]oauth.AuthStyle{
-	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_UNSPECIFIED:    oauth.AuthBasic,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_UNSPECIFIED:    0, // the preset's, else basic
 	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC:          oauth.AuthBasic,
 	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST:           oauth.AuthPost,
 	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST: oauth.AuthBasicAndPost,
@@ -99,6 +107,8 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 		ClientAuth:       auth,
 		DefaultScopes:    in.GetDefaultScopes(),
 		TokenParams:      in.GetTokenParams(),
+		RedirectURL:      in.GetRedirectUri(),
+		PKCE:             in.GetPkce(),
 	}
 	if len(in.GetGrantTokenUrls()) > 0 {
 		p.GrantTokenURLs = make(map[broker.GrantType]string, len(in.GetGrantTokenUrls()))
@@ -131,17 +141,16 @@ func toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 		IntrospectionUrl: p.IntrospectionURL,
 		RevocationUrl:    p.RevocationURL,
 		ClientId:         p.ClientID,
-		ClientSecret:     &tokenbrokerv1.SecretInfo{Set: p.ClientSecret != "", Fingerprint: p.SecretFingerprint()},
+		ClientSecret:     secretInfo(p.ClientSecret, p.SecretUpdateTime),
 		DefaultScopes:    p.DefaultScopes,
 		TokenParams:      p.TokenParams,
 		CreateTime:       timestamppb.New(p.CreateTime),
 		UpdateTime:       timestamppb.New(p.UpdateTime),
-	}
-	if !p.SecretUpdateTime.IsZero() {
-		out.ClientSecret.UpdateTime = timestamppb.New(p.SecretUpdateTime)
+		RedirectUri:      p.RedirectURL,
+		Pkce:             p.PKCE,
 	}
 	for k, v := range authStyles {
-		if v == p.ClientAuth && k != tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_UNSPECIFIED {
+		if v == p.ClientAuth && v != 0 {
 			out.ClientAuthStyle = k
 		}
 	}
@@ -152,14 +161,19 @@ func toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 		}
 	}
 	for _, g := range p.GrantTypes {
-		for k, v := range grantTypes {
-			if v == g {
-				out.GrantTypes = append(out.GrantTypes, k)
-			}
-		}
+		out.GrantTypes = append(out.GrantTypes, toGrantType(g))
 	}
 	if p.DefaultTokenLifetime > 0 {
 		out.DefaultTokenLifetime = durationpb.New(p.DefaultTokenLifetime)
 	}
 	return out
+}
+
+func toGrantType(g broker.GrantType) tokenbrokerv1.GrantType {
+	for k, v := range grantTypes {
+		if v == g {
+			return k
+		}
+	}
+	return tokenbrokerv1.GrantType_GRANT_TYPE_UNSPECIFIED
 }

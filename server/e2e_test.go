@@ -21,7 +21,7 @@ import (
 
 func TestGetTokenColdFetchThenHitsFromMemory(t *testing.T) {
 	e := newEnv(t)
-	in := e.start(nil)
+	in := e.startWith(options{quiet: true})
 	e.register(in, "sandbox")
 	ctx := context.Background()
 
@@ -45,6 +45,7 @@ func TestGetTokenColdFetchThenHitsFromMemory(t *testing.T) {
 		t.Errorf("provider saw grant_type %q, want client_credentials", got)
 	}
 
+	settle(t, in.requests)
 	etcdBefore := in.requests.Load()
 	for i := range 100 {
 		got, err := in.tokens.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Provider: "sandbox"})
@@ -247,13 +248,8 @@ func TestBadRequests(t *testing.T) {
 	}
 	// The REST gateway answers malformed JSON and unknown fields with 400.
 	for _, body := range []string{`{"scopes": "notalist"}`, `{"bogus": 1}`, `{`} {
-		resp, err := http.Post(in.baseURL+"/v1/providers/sandbox/token", "application/json", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Errorf("REST body %s: status %d, want 400", body, resp.StatusCode)
+		if code := postAsAdmin(t, in.baseURL+"/v1/providers/sandbox/token", body); code != http.StatusBadRequest {
+			t.Errorf("REST body %s: status %d, want 400", body, code)
 		}
 	}
 }
@@ -471,7 +467,9 @@ func TestAdminNeverReturnsSecrets(t *testing.T) {
 func TestHealthAndOpenAPI(t *testing.T) {
 	e := newEnv(t)
 	in := e.start(nil)
-	resp, err := healthpb.NewHealthClient(in.conn).Check(context.Background(), &healthpb.HealthCheckRequest{Service: tokenbrokerv1.TokenBrokerService_ServiceDesc.ServiceName})
+	// Health checks need no credentials.
+	_, _, anonymous := in.clientAs(t, nil, "")
+	resp, err := healthpb.NewHealthClient(anonymous).Check(context.Background(), &healthpb.HealthCheckRequest{Service: tokenbrokerv1.TokenBrokerService_ServiceDesc.ServiceName})
 	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("health = %v, %v; want SERVING", resp, err)
 	}

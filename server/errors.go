@@ -27,6 +27,9 @@ var statusTable = []struct {
 }{
 	{broker.ErrInvalidArgument, codes.InvalidArgument},
 	{broker.ErrNotFound, codes.NotFound},
+	{broker.ErrReauthorizationRequired, codes.FailedPrecondition},
+	{broker.ErrAuthorizationDenied, codes.PermissionDenied},
+	{broker.ErrProviderCoolingDown, codes.Unavailable},
 	{broker.ErrStoreUnavailable, codes.Unavailable},
 	{broker.ErrProviderTimeout, codes.Unavailable},
 	{broker.ErrClosed, codes.Unavailable},

@@ -58,10 +58,40 @@ func (g *gatewayAdmin) DeleteProvider(ctx context.Context, req *tokenbrokerv1.De
 	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_DeleteProvider_FullMethodName, req, g.next.DeleteProvider)
 }
 
+func (g *gatewayAdmin) PutAccount(ctx context.Context, req *tokenbrokerv1.PutAccountRequest) (*tokenbrokerv1.PutAccountResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_PutAccount_FullMethodName, req, g.next.PutAccount)
+}
+
+func (g *gatewayAdmin) StartAuthorization(ctx context.Context, req *tokenbrokerv1.StartAuthorizationRequest) (*tokenbrokerv1.StartAuthorizationResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_StartAuthorization_FullMethodName, req, g.next.StartAuthorization)
+}
+
+func (g *gatewayAdmin) ListGrants(ctx context.Context, req *tokenbrokerv1.ListGrantsRequest) (*tokenbrokerv1.ListGrantsResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_ListGrants_FullMethodName, req, g.next.ListGrants)
+}
+
+func (g *gatewayAdmin) RevokeGrant(ctx context.Context, req *tokenbrokerv1.RevokeGrantRequest) (*tokenbrokerv1.RevokeGrantResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_RevokeGrant_FullMethodName, req, g.next.RevokeGrant)
+}
+
+func (g *gatewayAdmin) CreateApiKey(ctx context.Context, req *tokenbrokerv1.CreateApiKeyRequest) (*tokenbrokerv1.CreateApiKeyResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_CreateApiKey_FullMethodName, req, g.next.CreateApiKey)
+}
+
+func (g *gatewayAdmin) ListApiKeys(ctx context.Context, req *tokenbrokerv1.ListApiKeysRequest) (*tokenbrokerv1.ListApiKeysResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_ListApiKeys_FullMethodName, req, g.next.ListApiKeys)
+}
+
+func (g *gatewayAdmin) RetireApiKey(ctx context.Context, req *tokenbrokerv1.RetireApiKeyRequest) (*tokenbrokerv1.RetireApiKeyResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_RetireApiKey_FullMethodName, req, g.next.RetireApiKey)
+}
+
 // invoke runs handler h for method through the interceptor chain, as the
-// gRPC server would.
+// gRPC server would. The call is marked as a REST call, so authentication
+// uses the credentials of the HTTP request (see withRESTCredentials) and
+// never the metadata the gateway derived from headers.
 func invoke[Req, Resp any](ctx context.Context, intercept grpc.UnaryServerInterceptor, srv any, method string, req Req, h func(context.Context, Req) (Resp, error)) (Resp, error) {
-	resp, err := intercept(ctx, req, &grpc.UnaryServerInfo{Server: srv, FullMethod: method}, func(ctx context.Context, req any) (any, error) {
+	resp, err := intercept(asRESTCall(ctx), req, &grpc.UnaryServerInfo{Server: srv, FullMethod: method}, func(ctx context.Context, req any) (any, error) {
 		return h(ctx, req.(Req))
 	})
 	if err != nil {
@@ -73,13 +103,16 @@ func invoke[Req, Resp any](ctx context.Context, intercept grpc.UnaryServerInterc
 
 // newGateway returns the REST gateway of both services. JSON uses the proto
 // field names, and every field is present even when empty, so that callers
-// in other languages see a stable shape.
+// in other languages see a stable shape. The handler records the caller's
+// credentials before the gateway runs, and no header becomes gRPC metadata:
+// the services read none, and authentication must not see any.
 func newGateway(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServer, admin tokenbrokerv1.AdminServiceServer, intercept grpc.UnaryServerInterceptor) (http.Handler, error) {
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		}),
+		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
 	)
 	if err := tokenbrokerv1.RegisterTokenBrokerServiceHandlerServer(ctx, mux, &gatewayTokenBroker{next: tb, intercept: intercept}); err != nil {
 		return nil, err
@@ -87,5 +120,5 @@ func newGateway(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServer, 
 	if err := tokenbrokerv1.RegisterAdminServiceHandlerServer(ctx, mux, &gatewayAdmin{next: admin, intercept: intercept}); err != nil {
 		return nil, err
 	}
-	return mux, nil
+	return withRESTCredentials(mux), nil
 }

@@ -27,27 +27,61 @@ func bind(i grpc.UnaryServerInterceptor, info *grpc.UnaryServerInfo, next grpc.U
 	return func(ctx context.Context, req any) (any, error) { return i(ctx, req, info, next) }
 }
 
+// chainStream composes stream interceptors into one; the first is outermost.
+func chainStream(interceptors ...grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		next := handler
+		for i := len(interceptors) - 1; i >= 0; i-- {
+			next = bindStream(interceptors[i], info, next)
+		}
+		return next(srv, ss)
+	}
+}
+
+func bindStream(i grpc.StreamServerInterceptor, info *grpc.StreamServerInfo, next grpc.StreamHandler) grpc.StreamHandler {
+	return func(srv any, ss grpc.ServerStream) error { return i(srv, ss, info, next) }
+}
+
 // logUnary logs failed calls (Info for the caller's mistakes, Warn for the
-// server's) and, at Debug only, successful ones. It never logs requests or
-// responses: they carry tokens and secrets.
+// server's) and, at Debug only, successful ones, with the caller's identity
+// once authentication found it. It never logs requests, responses or
+// credentials: they carry tokens and secrets.
 func logUnary(log *zap.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()
+		ctx, st := withCallState(ctx)
 		resp, err := handler(ctx, req)
-		code := status.Code(err)
-		level := levelOf(code)
-		if ce := log.Check(level, "call"); ce != nil {
-			fields := []zap.Field{
-				zap.String("method", info.FullMethod),
-				zap.Stringer("code", code),
-				zap.Duration("duration", time.Since(start)),
-			}
-			if err != nil {
-				fields = append(fields, zap.String("error", status.Convert(err).Message()))
-			}
-			ce.Write(fields...)
-		}
+		logCall(log, info.FullMethod, st, err, start)
 		return resp, err
+	}
+}
+
+// logStream is logUnary for streams; it logs when the stream ends.
+func logStream(log *zap.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		start := time.Now()
+		ctx, st := withCallState(ss.Context())
+		err := handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
+		logCall(log, info.FullMethod, st, err, start)
+		return err
+	}
+}
+
+func logCall(log *zap.Logger, method string, st *callState, err error, start time.Time) {
+	code := status.Code(err)
+	if ce := log.Check(levelOf(code), "call"); ce != nil {
+		fields := []zap.Field{
+			zap.String("method", method),
+			zap.Stringer("code", code),
+			zap.Duration("duration", time.Since(start)),
+		}
+		if st.authenticated {
+			fields = append(fields, zap.String("caller", st.caller.Identity))
+		}
+		if err != nil {
+			fields = append(fields, zap.String("error", status.Convert(err).Message()))
+		}
+		ce.Write(fields...)
 	}
 }
 
@@ -73,5 +107,18 @@ func recoverUnary(log *zap.Logger) grpc.UnaryServerInterceptor {
 			}
 		}()
 		return handler(ctx, req)
+	}
+}
+
+// recoverStream is recoverUnary for streams.
+func recoverStream(log *zap.Logger) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("panic in handler", zap.String("method", info.FullMethod), zap.ByteString("stack", debug.Stack()))
+				err = status.Error(codes.Internal, "internal error")
+			}
+		}()
+		return handler(srv, ss)
 	}
 }

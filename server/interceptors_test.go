@@ -13,9 +13,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/apikey"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
 )
@@ -31,7 +34,24 @@ func TestRESTAndGRPCCallsShareTheInterceptorChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	srv, err := New(Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: b, Logger: log})
+	keys, err := apikey.NewStore(context.Background(), etcd.Client(t, nil), broker.DefaultPrefix, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { keys.Close() })
+	id, key, sum, err := apikey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := keys.SetStatic([]apikey.StaticKey{{ID: id, Identity: "chain-test", SHA256: sum}}); err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.New([]policy.Rule{{Identities: []string{"chain-test"}, Actions: policy.Actions}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: b, Logger: log,
+		Auth: AuthConfig{Keys: keys, Policy: pol}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +62,13 @@ func TestRESTAndGRPCCallsShareTheInterceptorChain(t *testing.T) {
 		srv.Shutdown(ctx)
 	})
 
-	resp, err := http.Post("http://"+srv.HTTPAddr()+"/v1/providers/unknown/token", "application/json", strings.NewReader("{}"))
+	req, err := http.NewRequest(http.MethodPost, "http://"+srv.HTTPAddr()+"/v1/providers/unknown/token", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +81,8 @@ func TestRESTAndGRPCCallsShareTheInterceptorChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_, err = tokenbrokerv1.NewTokenBrokerServiceClient(conn).GetToken(context.Background(), &tokenbrokerv1.GetTokenRequest{Provider: "unknown"})
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+key)
+	_, err = tokenbrokerv1.NewTokenBrokerServiceClient(conn).GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Provider: "unknown"})
 	if status.Code(err) != codes.NotFound {
 		t.Errorf("gRPC code = %v, want NotFound", status.Code(err))
 	}
@@ -67,6 +94,9 @@ func TestRESTAndGRPCCallsShareTheInterceptorChain(t *testing.T) {
 	for _, c := range calls {
 		if c.ContextMap()["code"] != "NotFound" {
 			t.Errorf("logged call %v, want code NotFound", c.ContextMap())
+		}
+		if c.ContextMap()["caller"] != "chain-test" {
+			t.Errorf("logged call %v, want caller chain-test", c.ContextMap())
 		}
 	}
 }

@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -14,11 +15,13 @@ import (
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/gen/openapiv2"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
@@ -32,7 +35,15 @@ type Config struct {
 	GRPCAddr string
 	HTTPAddr string
 	Broker   *broker.Broker
-	// Logger is scoped with Named("server"); nop when nil.
+	// Auth authenticates and authorizes every call but health checks, on
+	// both listeners. Its zero value lets no one in.
+	Auth AuthConfig
+	// TLS, when set, serves both listeners over TLS; with ClientCAs, client
+	// certificates authenticate callers (see LoadTLS). Nil serves plain
+	// text.
+	TLS *tls.Config
+	// Logger is scoped with Named("server"), audit events with
+	// Named(AuditLoggerName); nop when nil.
 	Logger *zap.Logger
 }
 
@@ -42,7 +53,9 @@ type Server struct {
 	log      *zap.Logger
 	grpc     *grpc.Server
 	http     *http.Server
+	tls      bool
 	health   *health.Server
+	guard    *guard
 	grpcLis  net.Listener
 	httpLis  net.Listener
 	errc     chan error
@@ -57,21 +70,31 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	audit := log.Named(AuditLoggerName)
 	log = log.Named("server")
-	chain := chainUnary(logUnary(log), recoverUnary(log))
+	g := newGuard(cfg.Auth, log, audit)
+	// One chain for both listeners, in this order: (metrics), logging,
+	// authentication, recovery.
+	chain := chainUnary(logUnary(log), g.unary, recoverUnary(log))
+	streamChain := chainStream(logStream(log), g.stream, recoverStream(log))
 
 	tb := NewTokenBrokerServer(cfg.Broker, log)
-	admin := NewAdminServer(cfg.Broker, log)
+	admin := withAPIKeys(NewAdminServer(cfg.Broker, log), cfg.Auth.Keys, log)
 	gw, err := newGateway(context.Background(), tb, admin, chain)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 
-	s := &Server{log: log, health: health.NewServer(), errc: make(chan error, 2)}
-	s.grpc = grpc.NewServer(
+	s := &Server{log: log, health: health.NewServer(), guard: g, errc: make(chan error, 2)}
+	opts := []grpc.ServerOption{
 		grpc.UnaryInterceptor(chain),
+		grpc.StreamInterceptor(streamChain),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
-	)
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS.Clone())))
+	}
+	s.grpc = grpc.NewServer(opts...)
 	tokenbrokerv1.RegisterTokenBrokerServiceServer(s.grpc, tb)
 	tokenbrokerv1.RegisterAdminServiceServer(s.grpc, admin)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -79,6 +102,9 @@ func New(cfg Config) (*Server, error) {
 
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", http.MaxBytesHandler(gw, MaxRequestBytes))
+	// The consent callback is authenticated by its single-use state, not
+	// by caller credentials: a browser following a redirect has none.
+	mux.Handle("GET "+CallbackPath, callbackHandler(cfg.Broker, log))
 	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -90,6 +116,10 @@ func New(cfg Config) (*Server, error) {
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          zap.NewStdLog(log.Named("http")),
+	}
+	if cfg.TLS != nil {
+		s.http.TLSConfig = cfg.TLS.Clone()
+		s.tls = true
 	}
 
 	if s.grpcLis, err = net.Listen("tcp", cfg.GRPCAddr); err != nil {
@@ -129,12 +159,28 @@ func (s *Server) Start() {
 	}()
 	go func() {
 		defer s.wg.Done()
-		if err := s.http.Serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		serve := s.http.Serve
+		if s.tls {
+			// The certificate is in TLSConfig; ServeTLS adds h2 to it.
+			serve = func(l net.Listener) error { return s.http.ServeTLS(l, "", "") }
+		}
+		if err := serve(s.httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.errc <- fmt.Errorf("http server: %w", err)
 		}
 	}()
-	s.log.Info("serving", zap.String("grpc_addr", s.GRPCAddr()), zap.String("http_addr", s.HTTPAddr()))
+	s.log.Info("serving", zap.String("grpc_addr", s.GRPCAddr()), zap.String("http_addr", s.HTTPAddr()), zap.Bool("tls", s.tls))
 }
+
+// SetPolicy replaces the authorization policy; calls already authorized
+// finish under the old one. Under AuthConfig.InsecureNoAuth every caller
+// keeps every action.
+func (s *Server) SetPolicy(p *policy.Policy) { s.guard.setPolicy(p) }
+
+// SetRateLimit replaces the per-caller rate limit; every bucket starts full.
+func (s *Server) SetRateLimit(l RateLimit) { s.guard.limiter.Store(newRateLimiter(l, nil)) }
+
+// AuthStats counts the calls refused since the server started.
+func (s *Server) AuthStats() AuthStats { return s.guard.stats() }
 
 // Err reports a listener that stopped serving on its own.
 func (s *Server) Err() <-chan error { return s.errc }

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
 
@@ -58,7 +59,10 @@ func (s *tokenBrokerServer) Introspect(ctx context.Context, req *tokenbrokerv1.I
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
-	if !in.Active {
+	// The caller was let in for introspection of some provider; it learns
+	// about this token only when it may introspect the token's provider
+	// and account. Otherwise the token is, to this caller, not active.
+	if !in.Active || !callerMay(ctx, policy.Introspect, in.Provider, in.Account) {
 		return &tokenbrokerv1.IntrospectResponse{}, nil
 	}
 	return &tokenbrokerv1.IntrospectResponse{

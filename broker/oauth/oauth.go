@@ -151,6 +151,29 @@ var secretParams = []string{
 //
 // Token does not modify r.Params.
 func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
+	resp, err := c.post(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := parseResponse(resp.status, resp.contentType, resp.body, resp.secrets)
+	if e, ok := err.(*Error); ok {
+		e.RetryAfter = resp.retryAfter
+	}
+	return tok, err
+}
+
+// answer is an endpoint's HTTP answer, read within the size limit.
+type answer struct {
+	status      int
+	contentType string
+	body        []byte
+	retryAfter  time.Duration
+	secrets     []string // values that must not appear in errors
+}
+
+// post sends r's form to r.TokenURL with client authentication, and reads
+// the answer. Its errors are those of Token for transport and size.
+func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
 	if !r.AuthStyle.valid() {
 		return nil, fmt.Errorf("oauth: invalid auth style %v", r.AuthStyle)
 	}
@@ -202,11 +225,14 @@ func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	for _, k := range secretParams {
 		secrets = append(secrets, r.Params[k]...)
 	}
-	tok, err := parseResponse(resp.StatusCode, resp.Header.Get("Content-Type"), body, secrets)
-	if e, ok := err.(*Error); ok {
-		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
-	}
-	return tok, err
+	secrets = append(secrets, r.Params["token"]...)
+	return &answer{
+		status:      resp.StatusCode,
+		contentType: resp.Header.Get("Content-Type"),
+		body:        body,
+		retryAfter:  parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
+		secrets:     secrets,
+	}, nil
 }
 
 // checkTokenURL accepts absolute http and https URLs without userinfo. The

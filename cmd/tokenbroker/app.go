@@ -2,14 +2,19 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/apikey"
 	"github.com/tokenbroker/tokenbroker/internal/embedetcd"
 	"github.com/tokenbroker/tokenbroker/server"
 )
@@ -22,11 +27,20 @@ type App struct {
 	etcd   *embedetcd.Server // nil with external endpoints
 	client *clientv3.Client
 	broker *broker.Broker
+	keys   *apikey.Store
 	server *server.Server
 }
 
+// errNoAuth is what StartApp says when no caller could ever authenticate.
+var errNoAuth = errors.New("no authentication configured: no API key in auth.api_keys or in etcd, and no tls.client_ca_file, " +
+	"so every call would be refused; declare a bootstrap admin key (`tokenbroker apikey new --identity admin` prints one " +
+	"with its config snippet) and a policy rule for it, or set tls.client_ca_file; " +
+	"--insecure-no-auth lets every caller in without credentials, for a trusted development network only")
+
 // StartApp starts everything cfg describes and registers its providers.
-// On error, whatever was started is stopped again.
+// It fails before starting anything when the master key or the TLS files
+// are unusable, and before serving when no caller could authenticate. On
+// error, whatever was started is stopped again.
 func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err error) {
 	a := &App{cfg: cfg, log: log}
 	defer func() {
@@ -34,6 +48,23 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 			a.Close()
 		}
 	}()
+	keyring, err := cfg.masterKeyring(log)
+	if err != nil {
+		return nil, err
+	}
+	var tlsConfig *tls.Config
+	if cfg.TLS.files().Enabled() {
+		if tlsConfig, err = server.LoadTLS(cfg.TLS.files(), time.Now()); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.insecureNoAuth && (len(cfg.Auth.APIKeys) > 0 || cfg.TLS.ClientCAFile != "") {
+		return nil, errors.New("--insecure-no-auth conflicts with auth.api_keys and tls.client_ca_file: authentication is configured; drop the flag")
+	}
+	pol, err := cfg.Auth.policy()
+	if err != nil {
+		return nil, err
+	}
 	endpoints := cfg.Etcd.Endpoints
 	if len(endpoints) == 0 {
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -55,10 +86,27 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 	if err != nil {
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}
+	a.keys, err = apikey.NewStore(ctx, a.client, cfg.Etcd.Prefix, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.keys.SetStatic(cfg.Auth.staticKeys()); err != nil {
+		return nil, fmt.Errorf("auth.api_keys: %w", err)
+	}
+	switch {
+	case cfg.insecureNoAuth:
+		log.Warn("INSECURE: authentication is off (--insecure-no-auth): callers without credentials are let in " +
+			"as \"" + server.AnonymousIdentity + "\" and every caller may do everything; use this on a trusted development network only")
+	case cfg.TLS.ClientCAFile == "" && !a.keys.Usable():
+		return nil, errNoAuth
+	case pol.Len() == 0:
+		log.Warn("auth.policy has no rule: every call but health checks will be refused")
+	}
 	a.broker, err = broker.New(ctx, broker.Config{
 		Client:        a.client,
 		Prefix:        cfg.Etcd.Prefix,
 		DefaultMinTTL: cfg.DefaultMinTTL,
+		Keyring:       keyring,
 		Logger:        log,
 	})
 	if err != nil {
@@ -74,10 +122,18 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 		}
 		log.Info("provider registered from config", zap.String("provider", p.Name))
 	}
-	a.server, err = server.New(server.Config{GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, Broker: a.broker, Logger: log})
+	a.server, err = server.New(server.Config{
+		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, Broker: a.broker, Logger: log, TLS: tlsConfig,
+		Auth: server.AuthConfig{Keys: a.keys, Policy: pol, RateLimit: cfg.Auth.rateLimit(), InsecureNoAuth: cfg.insecureNoAuth},
+	})
 	if err != nil {
 		return nil, err
 	}
+	public := strings.TrimRight(cfg.PublicURL, "/")
+	if public == "" {
+		public = "http://" + loopbackIfUnspecified(a.server.HTTPAddr())
+	}
+	a.broker.SetCallbackURL(public + server.CallbackPath)
 	a.server.Start()
 	return a, nil
 }
@@ -101,6 +157,28 @@ func (a *App) Wait(ctx context.Context) error {
 	}
 }
 
+// Err reports a listener that stopped serving on its own.
+func (a *App) Err() <-chan error { return a.server.Err() }
+
+// ReloadAuth applies a new auth section: static API keys, policy and rate
+// limit. It changes nothing when the section is invalid. Calls already
+// authorized finish under the old policy.
+func (a *App) ReloadAuth(auth AuthConfig) error {
+	if errs := auth.validate(); len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	pol, err := auth.policy()
+	if err != nil {
+		return err
+	}
+	if err := a.keys.SetStatic(auth.staticKeys()); err != nil {
+		return err
+	}
+	a.server.SetPolicy(pol)
+	a.server.SetRateLimit(auth.rateLimit())
+	return nil
+}
+
 // Close drains in-flight calls for up to the shutdown timeout, then stops
 // the broker, the etcd client and the embedded etcd, in that order.
 func (a *App) Close() error {
@@ -109,6 +187,9 @@ func (a *App) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
 		errs = append(errs, a.server.Shutdown(ctx))
 		cancel()
+	}
+	if a.keys != nil {
+		errs = append(errs, a.keys.Close())
 	}
 	if a.broker != nil {
 		errs = append(errs, a.broker.Close())
@@ -120,4 +201,17 @@ func (a *App) Close() error {
 		a.etcd.Close()
 	}
 	return errors.Join(errs...)
+}
+
+// loopbackIfUnspecified turns a wildcard listen address (":8080",
+// "0.0.0.0:8080") into one a browser on this machine can open.
+func loopbackIfUnspecified(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
 }

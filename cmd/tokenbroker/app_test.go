@@ -18,7 +18,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/apikey"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/testkeys"
 	"github.com/tokenbroker/tokenbroker/sandbox"
 )
 
@@ -45,14 +47,39 @@ func startFake(t *testing.T) *fakeProvider {
 	return &fakeProvider{Server: sb, url: ts.URL}
 }
 
+// testIdentity is the identity of testKey, a static API key of every App
+// the tests start, allowed everything.
+const testIdentity = "test-caller"
+
+var testKeyID, testKey, testKeySHA256 = func() (string, string, string) {
+	id, key, sum, err := apikey.Generate()
+	if err != nil {
+		panic(err)
+	}
+	return id, key, sum
+}()
+
+// bearer is gRPC per-call credentials: an API key in the authorization
+// metadata.
+type bearer string
+
+func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+
+func (bearer) RequireTransportSecurity() bool { return false }
+
 // appConfig is the configuration of an App on 127.0.0.1:0 with its data in
-// dataDir and the fake registered as "mediahound".
+// dataDir, the fake registered as "mediahound", a master key, and testKey.
 func appConfig(fakeURL, dataDir string) Config {
 	cfg := defaultConfig()
 	cfg.GRPCAddr = "127.0.0.1:0"
 	cfg.HTTPAddr = "127.0.0.1:0"
 	cfg.DataDir = dataDir
 	cfg.ShutdownTimeout = 5 * time.Second
+	cfg.keyring = testkeys.Keyring()
+	cfg.Auth.APIKeys = []APIKeyConfig{{ID: testKeyID, Identity: testIdentity, SHA256: testKeySHA256}}
+	cfg.Auth.Policy = []PolicyRule{{Identities: []string{testIdentity}, Actions: []string{"token", "introspect", "admin"}}}
 	cfg.Providers = []ProviderConfig{{
 		Name:            providerName,
 		TokenURL:        fakeURL + sandbox.TokenPath,
@@ -88,7 +115,7 @@ func startApp(t *testing.T, cfg Config) (*App, func() error) {
 // grpcGetToken asks the App at addr for a token of provider over gRPC.
 func grpcGetToken(t *testing.T, addr, provider string) *tokenbrokerv1.Token {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(bearer(testKey)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,9 +132,9 @@ func grpcGetToken(t *testing.T, addr, provider string) *tokenbrokerv1.Token {
 	return resp.GetToken()
 }
 
-// httpCall sends a request with a fresh client and returns the status and
-// the body.
-func httpCall(t *testing.T, method, url, contentType string, body []byte) (int, []byte) {
+// httpCall sends a request with a fresh client, authenticated with key
+// unless it is empty, and returns the status and the body.
+func httpCall(t *testing.T, method, url, key, contentType string, body []byte) (int, []byte) {
 	t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -121,6 +148,9 @@ func httpCall(t *testing.T, method, url, contentType string, body []byte) (int, 
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
 	}
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
@@ -196,7 +226,7 @@ func TestAppRestartKeepsTokens(t *testing.T) {
 		}
 	}
 
-	status, raw := httpCall(t, http.MethodGet, "http://"+second.HTTPAddr()+"/v1/admin/providers/"+providerName, "", nil)
+	status, raw := httpCall(t, http.MethodGet, "http://"+second.HTTPAddr()+"/v1/admin/providers/"+providerName, testKey, "", nil)
 	if status != http.StatusOK {
 		t.Fatalf("GET /v1/admin/providers/%s status = %d, want 200; body %s", providerName, status, raw)
 	}
@@ -248,7 +278,7 @@ func TestAppREST(t *testing.T) {
 	base := "http://" + app.HTTPAddr()
 
 	t.Run("token", func(t *testing.T) {
-		status, raw := httpCall(t, http.MethodPost, base+"/v1/providers/"+providerName+"/token", "application/json", []byte(`{}`))
+		status, raw := httpCall(t, http.MethodPost, base+"/v1/providers/"+providerName+"/token", testKey, "application/json", []byte(`{}`))
 		if status != http.StatusOK {
 			t.Fatalf("POST token status = %d, want 200; body %s", status, raw)
 		}
@@ -272,14 +302,14 @@ func TestAppREST(t *testing.T) {
 	})
 
 	t.Run("unknown provider", func(t *testing.T) {
-		status, raw := httpCall(t, http.MethodPost, base+"/v1/providers/nosuch/token", "application/json", []byte(`{}`))
+		status, raw := httpCall(t, http.MethodPost, base+"/v1/providers/nosuch/token", testKey, "application/json", []byte(`{}`))
 		if status != http.StatusNotFound {
 			t.Errorf("POST /v1/providers/nosuch/token status = %d, want 404; body %s", status, raw)
 		}
 	})
 
 	t.Run("openapi", func(t *testing.T) {
-		status, raw := httpCall(t, http.MethodGet, base+"/openapi.json", "", nil)
+		status, raw := httpCall(t, http.MethodGet, base+"/openapi.json", "", "", nil)
 		if status != http.StatusOK {
 			t.Fatalf("GET /openapi.json status = %d, want 200", status)
 		}
@@ -294,7 +324,7 @@ func TestAppREST(t *testing.T) {
 	})
 
 	t.Run("healthz", func(t *testing.T) {
-		status, raw := httpCall(t, http.MethodGet, base+"/healthz", "", nil)
+		status, raw := httpCall(t, http.MethodGet, base+"/healthz", "", "", nil)
 		if status != http.StatusOK {
 			t.Errorf("GET /healthz status = %d, want 200; body %q", status, raw)
 		}

@@ -5,14 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
 	"gopkg.in/yaml.v3"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/apikey"
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
+	"github.com/tokenbroker/tokenbroker/broker/seal"
+	"github.com/tokenbroker/tokenbroker/server"
 )
 
 // Config is the broker's configuration file. Unknown fields are errors.
@@ -20,6 +26,11 @@ type Config struct {
 	// GRPCAddr and HTTPAddr are the listen addresses.
 	GRPCAddr string `yaml:"grpc_addr"`
 	HTTPAddr string `yaml:"http_addr"`
+	// PublicURL is the REST listener's URL as browsers and providers reach
+	// it (e.g. https://tokenbroker.example.com); the consent callback is
+	// PublicURL + /v1/oauth/callback. Derived from the bound address when
+	// empty.
+	PublicURL string `yaml:"public_url"`
 	// DataDir holds the embedded etcd's data; unused with etcd.endpoints.
 	DataDir string     `yaml:"data_dir"`
 	Etcd    EtcdConfig `yaml:"etcd"`
@@ -30,10 +41,79 @@ type Config struct {
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// Providers are registered (created or updated) at start.
 	Providers []ProviderConfig `yaml:"providers"`
+	// Auth says who may call and what they may do; SIGHUP reloads it.
+	Auth AuthConfig `yaml:"auth"`
+	// TLS serves both listeners over TLS, with client certificates when it
+	// names a client CA.
+	TLS TLSConfig `yaml:"tls"`
+	// Seal names the master key file; $TOKENBROKER_MASTER_KEY is the
+	// alternative.
+	Seal SealConfig `yaml:"seal"`
 
 	// getenv resolves client_secret_env at start; os.Getenv when nil.
 	getenv func(string) string
+	// insecureNoAuth and insecureGenerateMasterKey are the --insecure-*
+	// flags of serve.
+	insecureNoAuth            bool
+	insecureGenerateMasterKey bool
+	// keyring is the master keyring when the caller made one (dev mode);
+	// nil resolves it from Seal and the environment at start.
+	keyring *seal.Keyring
 }
+
+// AuthConfig configures caller authentication and authorization.
+type AuthConfig struct {
+	// APIKeys are static keys, declared by id and the SHA-256 of their
+	// secret part (`tokenbroker apikey new` prints both), so that the first
+	// admin can get in; AdminService.CreateApiKey issues the others.
+	APIKeys []APIKeyConfig `yaml:"api_keys"`
+	// Policy rules; whatever no rule allows is denied.
+	Policy    []PolicyRule    `yaml:"policy"`
+	RateLimit RateLimitConfig `yaml:"rate_limit"`
+}
+
+// APIKeyConfig declares a static API key.
+type APIKeyConfig struct {
+	ID       string `yaml:"id"`
+	Identity string `yaml:"identity"`
+	SHA256   string `yaml:"sha256"`
+}
+
+// PolicyRule allows identities actions (token, introspect, admin) on
+// providers' accounts; each entry is an exact name or a pattern with '*'.
+// Empty providers or accounts mean all of them.
+type PolicyRule struct {
+	Identities []string `yaml:"identities"`
+	Providers  []string `yaml:"providers"`
+	Accounts   []string `yaml:"accounts"`
+	Actions    []string `yaml:"actions"`
+}
+
+// RateLimitConfig is the per-caller rate limit.
+type RateLimitConfig struct {
+	RPS   float64 `yaml:"rps"`
+	Burst int     `yaml:"burst"`
+}
+
+// TLSConfig names the PEM files of the listeners' TLS.
+type TLSConfig struct {
+	CertFile     string `yaml:"cert_file"`
+	KeyFile      string `yaml:"key_file"`
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+func (t TLSConfig) files() server.TLSFiles {
+	return server.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile}
+}
+
+// SealConfig locates the master key.
+type SealConfig struct {
+	// KeyFile holds "<id>:<base64 of 32 bytes>" lines, the primary first.
+	KeyFile string `yaml:"key_file"`
+}
+
+// masterKeyEnv holds the master key(s) when seal.key_file is not set.
+const masterKeyEnv = "TOKENBROKER_MASTER_KEY"
 
 func (c *Config) env() func(string) string {
 	if c.getenv == nil {
@@ -88,6 +168,9 @@ func defaultConfig() Config {
 		Log:             LogConfig{Level: "info", Format: "json"},
 		DefaultMinTTL:   time.Minute,
 		ShutdownTimeout: 15 * time.Second,
+		Auth: AuthConfig{RateLimit: RateLimitConfig{
+			RPS: server.DefaultRateLimit.RPS, Burst: server.DefaultRateLimit.Burst,
+		}},
 	}
 }
 
@@ -153,6 +236,11 @@ func (c *Config) Validate(getenv func(string) string) error {
 	if c.HTTPAddr == "" {
 		errs = append(errs, errors.New("http_addr is empty"))
 	}
+	if c.PublicURL != "" {
+		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("public_url %q is not an http(s) URL", c.PublicURL))
+		}
+	}
 	if len(c.Etcd.Endpoints) == 0 && c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir is empty and no etcd.endpoints are set"))
 	}
@@ -171,6 +259,16 @@ func (c *Config) Validate(getenv func(string) string) error {
 	case "json", "console":
 	default:
 		errs = append(errs, fmt.Errorf("log.format %q is not json or console", c.Log.Format))
+	}
+	errs = append(errs, c.Auth.validate()...)
+	switch t := c.TLS; {
+	case t.CertFile == "" && t.KeyFile == "" && t.ClientCAFile != "":
+		errs = append(errs, errors.New("tls.client_ca_file needs tls.cert_file and tls.key_file"))
+	case (t.CertFile == "") != (t.KeyFile == ""):
+		errs = append(errs, errors.New("tls.cert_file and tls.key_file go together"))
+	}
+	if c.Seal.KeyFile != "" && getenv(masterKeyEnv) != "" {
+		errs = append(errs, fmt.Errorf("seal.key_file and $%s are both set; set one", masterKeyEnv))
 	}
 	seen := map[string]bool{}
 	for i, pc := range c.Providers {
@@ -247,4 +345,75 @@ func (pc ProviderConfig) secret(getenv func(string) string) (string, error) {
 		return strings.TrimSpace(string(b)), nil
 	}
 	return pc.ClientSecret, nil
+}
+
+// validate reports every problem of the auth section.
+func (a AuthConfig) validate() []error {
+	var errs []error
+	if err := apikey.ValidateStatic(a.staticKeys()); err != nil {
+		errs = append(errs, fmt.Errorf("auth.api_keys: %w", err))
+	}
+	if _, err := a.policy(); err != nil {
+		errs = append(errs, fmt.Errorf("auth.policy: %w", err))
+	}
+	if a.RateLimit.RPS <= 0 || a.RateLimit.Burst < 1 {
+		errs = append(errs, errors.New("auth.rate_limit: rps must be above 0 and burst at least 1"))
+	}
+	return errs
+}
+
+func (a AuthConfig) staticKeys() []apikey.StaticKey {
+	out := make([]apikey.StaticKey, len(a.APIKeys))
+	for i, k := range a.APIKeys {
+		out[i] = apikey.StaticKey{ID: k.ID, Identity: k.Identity, SHA256: strings.ToLower(k.SHA256)}
+	}
+	return out
+}
+
+func (a AuthConfig) policy() (*policy.Policy, error) {
+	rules := make([]policy.Rule, len(a.Policy))
+	for i, r := range a.Policy {
+		rules[i] = policy.Rule{Identities: r.Identities, Providers: r.Providers, Accounts: r.Accounts}
+		for _, act := range r.Actions {
+			rules[i].Actions = append(rules[i].Actions, policy.Action(act))
+		}
+	}
+	return policy.New(rules)
+}
+
+func (a AuthConfig) rateLimit() server.RateLimit {
+	return server.RateLimit{RPS: a.RateLimit.RPS, Burst: a.RateLimit.Burst}
+}
+
+// errNoMasterKey is what serve says when no master key is configured.
+var errNoMasterKey = fmt.Errorf("no master key: set seal.key_file to a file of \"<id>:<base64 of 32 random bytes>\" lines "+
+	"(the first is primary; for example echo \"k1:$(head -c 32 /dev/urandom | base64)\" > master.key), or put the same in $%s; "+
+	"or pass --insecure-generate-master-key for a throwaway key that leaves every stored secret unreadable after a restart", masterKeyEnv)
+
+// masterKeyring returns the master keyring: the one the caller set, the
+// key file's, the environment's, or with insecureGenerateMasterKey a
+// generated one. It fails with errNoMasterKey when there is none.
+func (c *Config) masterKeyring(log *zap.Logger) (*seal.Keyring, error) {
+	switch {
+	case c.keyring != nil:
+		return c.keyring, nil
+	case c.Seal.KeyFile != "":
+		return seal.LoadKeyFile(c.Seal.KeyFile)
+	case c.env()(masterKeyEnv) != "":
+		kr, err := seal.ParseKeyEnv(c.env()(masterKeyEnv))
+		if err != nil {
+			return nil, fmt.Errorf("$%s: %w", masterKeyEnv, err)
+		}
+		return kr, nil
+	case c.insecureGenerateMasterKey:
+		k, err := seal.GenerateKey("ephemeral")
+		if err != nil {
+			return nil, err
+		}
+		defer clear(k.Secret)
+		log.Warn("INSECURE: using a generated, ephemeral master key (--insecure-generate-master-key): " +
+			"secrets and tokens stored now cannot be opened after a restart; do not use this in production")
+		return seal.NewKeyring(k)
+	}
+	return nil, errNoMasterKey
 }

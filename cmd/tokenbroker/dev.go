@@ -13,6 +13,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/broker/apikey"
+	"github.com/tokenbroker/tokenbroker/broker/seal"
 	"github.com/tokenbroker/tokenbroker/sandbox"
 )
 
@@ -53,10 +55,16 @@ func (d *devEnv) Close() {
 	<-d.done
 }
 
+// devIdentity is the identity of the API key `tokenbroker dev` prints.
+const devIdentity = "dev"
+
 // devConfig is the configuration `tokenbroker dev` runs: loopback
-// listeners, a throwaway data directory, and the sandbox provider.
-func devConfig(dataDir, sandboxURL, clientID, clientSecret string) Config {
+// listeners, a throwaway data directory, the sandbox provider, and the dev
+// API key (by its id and hash) whose caller may do everything.
+func devConfig(dataDir, sandboxURL, clientID, clientSecret, keyID, keySHA256 string) Config {
 	cfg := defaultConfig()
+	cfg.Auth.APIKeys = []APIKeyConfig{{ID: keyID, Identity: devIdentity, SHA256: keySHA256}}
+	cfg.Auth.Policy = []PolicyRule{{Identities: []string{devIdentity}, Actions: []string{"token", "introspect", "admin"}}}
 	cfg.GRPCAddr = "127.0.0.1:9090"
 	cfg.HTTPAddr = "127.0.0.1:8080"
 	cfg.DataDir = dataDir
@@ -97,8 +105,25 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	defer env.Close()
 
-	cfg := devConfig(dataDir, env.baseURL(), clientID, base64.RawURLEncoding.EncodeToString(secret))
+	// A throwaway master key and dev API key: the data directory goes away
+	// with them.
+	master, err := seal.GenerateKey("dev")
+	if err != nil {
+		return err
+	}
+	keyring, err := seal.NewKeyring(master)
+	clear(master.Secret)
+	if err != nil {
+		return err
+	}
+	keyID, key, keySHA256, err := apikey.Generate()
+	if err != nil {
+		return err
+	}
+
+	cfg := devConfig(dataDir, env.baseURL(), clientID, base64.RawURLEncoding.EncodeToString(secret), keyID, keySHA256)
 	cfg.GRPCAddr, cfg.HTTPAddr, cfg.Log.Level = *grpcAddr, *httpAddr, *logLevel
+	cfg.keyring = keyring
 	if err := cfg.Validate(os.Getenv); err != nil {
 		return err
 	}
@@ -114,12 +139,15 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fmt.Fprintf(stdout, `tokenbroker dev is running: embedded etcd in %s, sandbox OAuth2 provider at %s
   REST: http://%s   gRPC: %s   OpenAPI: http://%s/openapi.json
 
+Your dev API key (identity %q, allowed everything, admin included; it lasts as long as this run):
+  %s
+
 Get a token from the sandbox provider:
-  curl -s -X POST http://%s/v1/providers/sandbox/token
-  grpcurl -plaintext -d '{"provider":"sandbox"}' %s tokenbroker.v1.TokenBrokerService/GetToken
+  curl -s -X POST -H "Authorization: Bearer %s" http://%s/v1/providers/sandbox/token
+  grpcurl -plaintext -H 'authorization: Bearer %s' -d '{"provider":"sandbox"}' %s tokenbroker.v1.TokenBrokerService/GetToken
 
 Ctrl-C stops it and deletes the data directory.
-`, dataDir, env.baseURL(), app.HTTPAddr(), app.GRPCAddr(), app.HTTPAddr(), app.HTTPAddr(), app.GRPCAddr())
+`, dataDir, env.baseURL(), app.HTTPAddr(), app.GRPCAddr(), app.HTTPAddr(), devIdentity, key, key, app.HTTPAddr(), key, app.GRPCAddr())
 	err = app.Wait(ctx)
 	return errors.Join(err, app.Close())
 }

@@ -11,9 +11,11 @@ import (
 	"time"
 )
 
-// devCurl is the curl line `tokenbroker dev` prints, with the URL captured.
+// devCurl is the curl line `tokenbroker dev` prints, with the key and the
+// URL captured.
 var (
-	devCurl    = regexp.MustCompile(`(?m)^\s*curl -s -X POST (\S+)\s*$`)
+	devCurl    = regexp.MustCompile(`(?m)^\s*curl -s -X POST -H "Authorization: Bearer (\S+)" (\S+)\s*$`)
+	devGRPCurl = regexp.MustCompile(`(?m)^\s*grpcurl -plaintext -H 'authorization: Bearer (\S+)' -d '\{"provider":"sandbox"\}' \S+ tokenbroker\.v1\.TokenBrokerService/GetToken\s*$`)
 	devDataDir = regexp.MustCompile(`embedded etcd in (.+?), `)
 )
 
@@ -47,11 +49,11 @@ func TestRunDev(t *testing.T) {
 		}
 	}()
 
-	var url string
+	var url, key string
 	deadline := time.After(20 * time.Second)
 	for {
 		if m := devCurl.FindStringSubmatch(stdout.String()); m != nil {
-			url = m[1]
+			key, url = m[1], m[2]
 			break
 		}
 		select {
@@ -72,6 +74,14 @@ func TestRunDev(t *testing.T) {
 		t.Errorf("the printed data directory %s: %v, want it to exist while dev runs", dataDir, err)
 	}
 
+	if m := devGRPCurl.FindStringSubmatch(stdout.String()); m == nil || m[1] != key {
+		t.Errorf("stdout has no grpcurl line with the dev key:\n%s", stdout.String())
+	}
+	// Without the key, the broker refuses.
+	if status, raw := httpCall(t, "POST", url, "", "", nil); status != 401 {
+		t.Errorf("POST %s without the key: status = %d, want 401; body %s", url, status, raw)
+	}
+
 	// Exactly what the README says to run: a POST without a body.
 	type token struct {
 		AccessToken string `json:"access_token"`
@@ -79,7 +89,7 @@ func TestRunDev(t *testing.T) {
 	}
 	var got [2]token
 	for i := range got {
-		status, raw := httpCall(t, "POST", url, "", nil)
+		status, raw := httpCall(t, "POST", url, key, "", nil)
 		if status != 200 {
 			t.Fatalf("POST %s (call %d) status = %d, want 200; body %s", url, i+1, status, raw)
 		}

@@ -1,7 +1,8 @@
 // Command tokenbroker runs the token broker.
 //
-//	tokenbroker serve [--config FILE] [flags]   run the broker
+//	tokenbroker serve [--config FILE] [flags]   run the broker; SIGHUP reloads the config's auth section
 //	tokenbroker dev [flags]                     run it with a sandbox provider, for a first try
+//	tokenbroker apikey new --identity NAME      print a new API key and its config snippet
 package main
 
 import (
@@ -32,8 +33,9 @@ func main() {
 const usage = `usage: tokenbroker <command> [flags]
 
 commands:
-  serve   run the broker (embedded etcd unless --etcd-endpoints is set)
-  dev     run the broker with a built-in sandbox OAuth2 provider, for a first try
+  serve       run the broker (embedded etcd unless --etcd-endpoints is set)
+  dev         run the broker with a built-in sandbox OAuth2 provider, for a first try
+  apikey new  print a new API key and the auth.api_keys entry that declares it
 
 Run 'tokenbroker <command> -h' for the command's flags.
 `
@@ -48,6 +50,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runServe(ctx, args[1:], stderr, getenv)
 	case "dev":
 		return runDev(ctx, args[1:], stdout, stderr)
+	case "apikey":
+		return runAPIKey(args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -65,46 +69,87 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 	dataDir := fs.String("data-dir", "", "embedded etcd data directory (default tokenbroker-data; $TOKENBROKER_DATA_DIR)")
 	endpoints := fs.String("etcd-endpoints", "", "comma-separated endpoints of an external etcd; none starts an embedded one ($TOKENBROKER_ETCD_ENDPOINTS)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error ($TOKENBROKER_LOG_LEVEL)")
+	insecureNoAuth := fs.Bool("insecure-no-auth", false, "INSECURE: run without any authentication configured; callers without credentials may do everything")
+	insecureMasterKey := fs.Bool("insecure-generate-master-key", false, "INSECURE: run without a master key, sealing with a generated one that is lost at exit")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg := defaultConfig()
-	if *configPath != "" {
-		f, err := os.Open(*configPath)
-		if err != nil {
-			return err
+	// load reads the configuration: file, then environment, then flags.
+	load := func() (Config, error) {
+		cfg := defaultConfig()
+		if *configPath != "" {
+			f, err := os.Open(*configPath)
+			if err != nil {
+				return cfg, err
+			}
+			err = decodeConfig(f, &cfg)
+			f.Close()
+			if err != nil {
+				return cfg, fmt.Errorf("%s: %w", *configPath, err)
+			}
 		}
-		err = decodeConfig(f, &cfg)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("%s: %w", *configPath, err)
+		applyEnv(&cfg, getenv)
+		for dst, v := range map[*string]string{&cfg.GRPCAddr: *grpcAddr, &cfg.HTTPAddr: *httpAddr, &cfg.DataDir: *dataDir, &cfg.Log.Level: *logLevel} {
+			if v != "" {
+				*dst = v
+			}
 		}
-	}
-	applyEnv(&cfg, getenv)
-	for dst, v := range map[*string]string{&cfg.GRPCAddr: *grpcAddr, &cfg.HTTPAddr: *httpAddr, &cfg.DataDir: *dataDir, &cfg.Log.Level: *logLevel} {
-		if v != "" {
-			*dst = v
+		if *endpoints != "" {
+			cfg.Etcd.Endpoints = splitList(*endpoints)
 		}
+		cfg.getenv = getenv
+		cfg.insecureNoAuth, cfg.insecureGenerateMasterKey = *insecureNoAuth, *insecureMasterKey
+		if err := cfg.Validate(getenv); err != nil {
+			return cfg, fmt.Errorf("invalid configuration:\n%w", err)
+		}
+		return cfg, nil
 	}
-	if *endpoints != "" {
-		cfg.Etcd.Endpoints = splitList(*endpoints)
-	}
-	cfg.getenv = getenv
-	if err := cfg.Validate(getenv); err != nil {
-		return fmt.Errorf("invalid configuration:\n%w", err)
+	cfg, err := load()
+	if err != nil {
+		return err
 	}
 	log, err := newLogger(cfg.Log, stderr)
 	if err != nil {
 		return err
 	}
 	defer log.Sync() //nolint:errcheck // nothing to do about a failed flush
+	// Registered before the app starts: a SIGHUP from then on reloads
+	// instead of killing the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	app, err := StartApp(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	err = app.Wait(ctx)
+	err = serveUntilDone(ctx, app, hup, load, log)
 	log.Info("shutting down")
 	return errors.Join(err, app.Close())
+}
+
+// serveUntilDone serves until ctx ends (nil) or a listener fails (its
+// error). Each signal on reload re-reads the configuration and applies its
+// auth section; a configuration that does not load is logged and the
+// running one kept.
+func serveUntilDone(ctx context.Context, app *App, reload <-chan os.Signal, load func() (Config, error), log *zap.Logger) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-app.Err():
+			return err
+		case <-reload:
+			cfg, err := load()
+			if err == nil {
+				err = app.ReloadAuth(cfg.Auth)
+			}
+			if err != nil {
+				log.Error("reload failed; keeping the running auth configuration", zap.Error(err))
+				continue
+			}
+			log.Info("auth configuration reloaded", zap.Int("api_keys", len(cfg.Auth.APIKeys)), zap.Int("policy_rules", len(cfg.Auth.Policy)))
+		}
+	}
 }
 
 func newLogger(cfg LogConfig, w io.Writer) (*zap.Logger, error) {

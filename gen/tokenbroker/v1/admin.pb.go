@@ -142,6 +142,72 @@ func (GrantType) EnumDescriptor() ([]byte, []int) {
 	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{1}
 }
 
+// GrantHealth is the state of a grant.
+type GrantHealth int32
+
+const (
+	// Not known.
+	GrantHealth_GRANT_HEALTH_UNSPECIFIED GrantHealth = 0
+	// Tokens are being obtained normally.
+	GrantHealth_GRANT_HEALTH_OK GrantHealth = 1
+	// A refresh is in flight.
+	GrantHealth_GRANT_HEALTH_REFRESHING GrantHealth = 2
+	// The provider rejected the grant (for example a revoked refresh
+	// token); nothing is retried until an admin re-authorizes or updates it.
+	GrantHealth_GRANT_HEALTH_REAUTHORIZATION_REQUIRED GrantHealth = 3
+	// The last attempt failed for a reason that may pass (provider down).
+	GrantHealth_GRANT_HEALTH_FAILING GrantHealth = 4
+	// An authorization-code grant waiting for a person's consent.
+	GrantHealth_GRANT_HEALTH_PENDING GrantHealth = 5
+)
+
+// Enum value maps for GrantHealth.
+var (
+	GrantHealth_name = map[int32]string{
+		0: "GRANT_HEALTH_UNSPECIFIED",
+		1: "GRANT_HEALTH_OK",
+		2: "GRANT_HEALTH_REFRESHING",
+		3: "GRANT_HEALTH_REAUTHORIZATION_REQUIRED",
+		4: "GRANT_HEALTH_FAILING",
+		5: "GRANT_HEALTH_PENDING",
+	}
+	GrantHealth_value = map[string]int32{
+		"GRANT_HEALTH_UNSPECIFIED":              0,
+		"GRANT_HEALTH_OK":                       1,
+		"GRANT_HEALTH_REFRESHING":               2,
+		"GRANT_HEALTH_REAUTHORIZATION_REQUIRED": 3,
+		"GRANT_HEALTH_FAILING":                  4,
+		"GRANT_HEALTH_PENDING":                  5,
+	}
+)
+
+func (x GrantHealth) Enum() *GrantHealth {
+	p := new(GrantHealth)
+	*p = x
+	return p
+}
+
+func (x GrantHealth) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GrantHealth) Descriptor() protoreflect.EnumDescriptor {
+	return file_tokenbroker_v1_admin_proto_enumTypes[2].Descriptor()
+}
+
+func (GrantHealth) Type() protoreflect.EnumType {
+	return &file_tokenbroker_v1_admin_proto_enumTypes[2]
+}
+
+func (x GrantHealth) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GrantHealth.Descriptor instead.
+func (GrantHealth) EnumDescriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
 // SecretInfo describes a stored secret without revealing it.
 type SecretInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -240,7 +306,21 @@ type Provider struct {
 	// Output only: when the provider was created.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Output only: when the provider was last changed.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// The broker's callback registered at the provider for the authorization
+	// code grant; the broker's own /v1/oauth/callback URL when empty.
+	RedirectUri string `protobuf:"bytes,16,opt,name=redirect_uri,json=redirectUri,proto3" json:"redirect_uri,omitempty"`
+	// Send an S256 PKCE challenge (RFC 7636) with authorization requests.
+	Pkce bool `protobuf:"varint,17,opt,name=pkce,proto3" json:"pkce,omitempty"`
+	// A preset filling the endpoints, client authentication, grants and
+	// default scopes of a known provider from base_url: "mediacore",
+	// "mediahound", "mediavalet", "mediaflow", "mediahaven", or "oidc"
+	// (OpenID Connect discovery from the issuer in base_url). Fields set
+	// explicitly win over the preset.
+	Preset string `protobuf:"bytes,18,opt,name=preset,proto3" json:"preset,omitempty"`
+	// The preset's base URL: the instance (e.g.
+	// "https://integration.mediahaven.com") or the OIDC issuer.
+	BaseUrl       string `protobuf:"bytes,19,opt,name=base_url,json=baseUrl,proto3" json:"base_url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -378,6 +458,34 @@ func (x *Provider) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *Provider) GetRedirectUri() string {
+	if x != nil {
+		return x.RedirectUri
+	}
+	return ""
+}
+
+func (x *Provider) GetPkce() bool {
+	if x != nil {
+		return x.Pkce
+	}
+	return false
+}
+
+func (x *Provider) GetPreset() string {
+	if x != nil {
+		return x.Preset
+	}
+	return ""
+}
+
+func (x *Provider) GetBaseUrl() string {
+	if x != nil {
+		return x.BaseUrl
+	}
+	return ""
 }
 
 // PutProviderRequest creates or replaces a provider.
@@ -739,6 +847,978 @@ func (*DeleteProviderResponse) Descriptor() ([]byte, []int) {
 	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
+// Grant is an account under a provider: one lineage of tokens.
+type Grant struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The provider's name.
+	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	// The account's name; empty for the provider's own client identity.
+	Account string `protobuf:"bytes,2,opt,name=account,proto3" json:"account,omitempty"`
+	// The grant that obtains new tokens.
+	GrantType GrantType `protobuf:"varint,3,opt,name=grant_type,json=grantType,proto3,enum=tokenbroker.v1.GrantType" json:"grant_type,omitempty"`
+	// The resource owner's username (password grant).
+	Username string `protobuf:"bytes,4,opt,name=username,proto3" json:"username,omitempty"`
+	// Output only: the password's state; never the password.
+	Password *SecretInfo `protobuf:"bytes,5,opt,name=password,proto3" json:"password,omitempty"`
+	// Output only: the refresh token's state; never the token.
+	RefreshToken *SecretInfo `protobuf:"bytes,6,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
+	// Scopes requested for this account's tokens.
+	Scopes []string `protobuf:"bytes,7,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// Output only: health of the grant.
+	Health GrantHealth `protobuf:"varint,8,opt,name=health,proto3,enum=tokenbroker.v1.GrantHealth" json:"health,omitempty"`
+	// Output only: the last error, without secrets.
+	LastError string `protobuf:"bytes,9,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// Output only: when a token was last obtained.
+	LastRefreshTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=last_refresh_time,json=lastRefreshTime,proto3" json:"last_refresh_time,omitempty"`
+	// Output only: when the current access token expires.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// Output only: the replica that last obtained a token.
+	RefreshedBy string `protobuf:"bytes,12,opt,name=refreshed_by,json=refreshedBy,proto3" json:"refreshed_by,omitempty"`
+	// Output only: when the grant was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Output only: when the grant was last changed.
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Grant) Reset() {
+	*x = Grant{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Grant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Grant) ProtoMessage() {}
+
+func (x *Grant) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Grant.ProtoReflect.Descriptor instead.
+func (*Grant) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Grant) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *Grant) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *Grant) GetGrantType() GrantType {
+	if x != nil {
+		return x.GrantType
+	}
+	return GrantType_GRANT_TYPE_UNSPECIFIED
+}
+
+func (x *Grant) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *Grant) GetPassword() *SecretInfo {
+	if x != nil {
+		return x.Password
+	}
+	return nil
+}
+
+func (x *Grant) GetRefreshToken() *SecretInfo {
+	if x != nil {
+		return x.RefreshToken
+	}
+	return nil
+}
+
+func (x *Grant) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *Grant) GetHealth() GrantHealth {
+	if x != nil {
+		return x.Health
+	}
+	return GrantHealth_GRANT_HEALTH_UNSPECIFIED
+}
+
+func (x *Grant) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *Grant) GetLastRefreshTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastRefreshTime
+	}
+	return nil
+}
+
+func (x *Grant) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *Grant) GetRefreshedBy() string {
+	if x != nil {
+		return x.RefreshedBy
+	}
+	return ""
+}
+
+func (x *Grant) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Grant) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+// PutAccountRequest creates or replaces an account.
+type PutAccountRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The provider's name.
+	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	// The account's name.
+	Account string `protobuf:"bytes,2,opt,name=account,proto3" json:"account,omitempty"`
+	// GRANT_TYPE_PASSWORD or GRANT_TYPE_AUTHORIZATION_CODE.
+	GrantType GrantType `protobuf:"varint,3,opt,name=grant_type,json=grantType,proto3,enum=tokenbroker.v1.GrantType" json:"grant_type,omitempty"`
+	// The resource owner's username (password grant).
+	Username string `protobuf:"bytes,4,opt,name=username,proto3" json:"username,omitempty"`
+	// The resource owner's password (password grant); empty keeps the stored
+	// one. Never returned.
+	Password string `protobuf:"bytes,5,opt,name=password,proto3" json:"password,omitempty"`
+	// Scopes requested for this account's tokens; empty means the provider's
+	// default scopes.
+	Scopes        []string `protobuf:"bytes,6,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutAccountRequest) Reset() {
+	*x = PutAccountRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutAccountRequest) ProtoMessage() {}
+
+func (x *PutAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutAccountRequest.ProtoReflect.Descriptor instead.
+func (*PutAccountRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *PutAccountRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *PutAccountRequest) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *PutAccountRequest) GetGrantType() GrantType {
+	if x != nil {
+		return x.GrantType
+	}
+	return GrantType_GRANT_TYPE_UNSPECIFIED
+}
+
+func (x *PutAccountRequest) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *PutAccountRequest) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *PutAccountRequest) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+// PutAccountResponse returns the stored grant.
+type PutAccountResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The grant, without secrets.
+	Grant         *Grant `protobuf:"bytes,1,opt,name=grant,proto3" json:"grant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutAccountResponse) Reset() {
+	*x = PutAccountResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutAccountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutAccountResponse) ProtoMessage() {}
+
+func (x *PutAccountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutAccountResponse.ProtoReflect.Descriptor instead.
+func (*PutAccountResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PutAccountResponse) GetGrant() *Grant {
+	if x != nil {
+		return x.Grant
+	}
+	return nil
+}
+
+// StartAuthorizationRequest begins a consent flow.
+type StartAuthorizationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The provider's name.
+	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	// The account's name.
+	Account string `protobuf:"bytes,2,opt,name=account,proto3" json:"account,omitempty"`
+	// Scopes to ask consent for; empty means the account's or the provider's.
+	Scopes        []string `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartAuthorizationRequest) Reset() {
+	*x = StartAuthorizationRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartAuthorizationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartAuthorizationRequest) ProtoMessage() {}
+
+func (x *StartAuthorizationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartAuthorizationRequest.ProtoReflect.Descriptor instead.
+func (*StartAuthorizationRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *StartAuthorizationRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *StartAuthorizationRequest) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *StartAuthorizationRequest) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+// StartAuthorizationResponse tells where to send the person.
+type StartAuthorizationResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The provider's authorize URL to open in a browser.
+	AuthorizeUrl string `protobuf:"bytes,1,opt,name=authorize_url,json=authorizeUrl,proto3" json:"authorize_url,omitempty"`
+	// The single-use state bound to this provider and account.
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// When the state stops being accepted.
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartAuthorizationResponse) Reset() {
+	*x = StartAuthorizationResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartAuthorizationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartAuthorizationResponse) ProtoMessage() {}
+
+func (x *StartAuthorizationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartAuthorizationResponse.ProtoReflect.Descriptor instead.
+func (*StartAuthorizationResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *StartAuthorizationResponse) GetAuthorizeUrl() string {
+	if x != nil {
+		return x.AuthorizeUrl
+	}
+	return ""
+}
+
+func (x *StartAuthorizationResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *StartAuthorizationResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+// ListGrantsRequest filters grants.
+type ListGrantsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this provider's grants when set.
+	Provider      string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGrantsRequest) Reset() {
+	*x = ListGrantsRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGrantsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGrantsRequest) ProtoMessage() {}
+
+func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
+func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ListGrantsRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+// ListGrantsResponse returns grants.
+type ListGrantsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Grants sorted by provider and account.
+	Grants        []*Grant `protobuf:"bytes,1,rep,name=grants,proto3" json:"grants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGrantsResponse) Reset() {
+	*x = ListGrantsResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGrantsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGrantsResponse) ProtoMessage() {}
+
+func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
+func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListGrantsResponse) GetGrants() []*Grant {
+	if x != nil {
+		return x.Grants
+	}
+	return nil
+}
+
+// RevokeGrantRequest names the grant to revoke.
+type RevokeGrantRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The provider's name.
+	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	// The account's name.
+	Account       string `protobuf:"bytes,2,opt,name=account,proto3" json:"account,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeGrantRequest) Reset() {
+	*x = RevokeGrantRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeGrantRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeGrantRequest) ProtoMessage() {}
+
+func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
+func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RevokeGrantRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *RevokeGrantRequest) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+// RevokeGrantResponse is empty.
+type RevokeGrantResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeGrantResponse) Reset() {
+	*x = RevokeGrantResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeGrantResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeGrantResponse) ProtoMessage() {}
+
+func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
+func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+// ApiKey describes an API key without the key.
+type ApiKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's public id; the key itself starts with it.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The caller identity the key authenticates as.
+	Identity string `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	// What the key is for.
+	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	// When the key was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When the key was retired; unset while it is usable.
+	RetireTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=retire_time,json=retireTime,proto3" json:"retire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApiKey) Reset() {
+	*x = ApiKey{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApiKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApiKey) ProtoMessage() {}
+
+func (x *ApiKey) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApiKey.ProtoReflect.Descriptor instead.
+func (*ApiKey) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ApiKey) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ApiKey) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *ApiKey) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *ApiKey) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *ApiKey) GetRetireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RetireTime
+	}
+	return nil
+}
+
+// CreateApiKeyRequest asks for a new key.
+type CreateApiKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller identity the key authenticates as, e.g. "spiffe://corp/svc-a".
+	Identity string `protobuf:"bytes,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	// What the key is for.
+	Description   string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateApiKeyRequest) Reset() {
+	*x = CreateApiKeyRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateApiKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateApiKeyRequest) ProtoMessage() {}
+
+func (x *CreateApiKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateApiKeyRequest.ProtoReflect.Descriptor instead.
+func (*CreateApiKeyRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CreateApiKeyRequest) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+func (x *CreateApiKeyRequest) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+// CreateApiKeyResponse carries the key, once.
+type CreateApiKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's description.
+	ApiKey *ApiKey `protobuf:"bytes,1,opt,name=api_key,json=apiKey,proto3" json:"api_key,omitempty"`
+	// The key, to send as "Authorization: Bearer <key>". Shown only here.
+	Key           string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateApiKeyResponse) Reset() {
+	*x = CreateApiKeyResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateApiKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateApiKeyResponse) ProtoMessage() {}
+
+func (x *CreateApiKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateApiKeyResponse.ProtoReflect.Descriptor instead.
+func (*CreateApiKeyResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CreateApiKeyResponse) GetApiKey() *ApiKey {
+	if x != nil {
+		return x.ApiKey
+	}
+	return nil
+}
+
+func (x *CreateApiKeyResponse) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+// ListApiKeysRequest lists keys.
+type ListApiKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApiKeysRequest) Reset() {
+	*x = ListApiKeysRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApiKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApiKeysRequest) ProtoMessage() {}
+
+func (x *ListApiKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApiKeysRequest.ProtoReflect.Descriptor instead.
+func (*ListApiKeysRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+// ListApiKeysResponse returns keys without the keys themselves.
+type ListApiKeysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Keys sorted by id.
+	ApiKeys       []*ApiKey `protobuf:"bytes,1,rep,name=api_keys,json=apiKeys,proto3" json:"api_keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApiKeysResponse) Reset() {
+	*x = ListApiKeysResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApiKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApiKeysResponse) ProtoMessage() {}
+
+func (x *ListApiKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApiKeysResponse.ProtoReflect.Descriptor instead.
+func (*ListApiKeysResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListApiKeysResponse) GetApiKeys() []*ApiKey {
+	if x != nil {
+		return x.ApiKeys
+	}
+	return nil
+}
+
+// RetireApiKeyRequest names the key to retire.
+type RetireApiKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireApiKeyRequest) Reset() {
+	*x = RetireApiKeyRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireApiKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireApiKeyRequest) ProtoMessage() {}
+
+func (x *RetireApiKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireApiKeyRequest.ProtoReflect.Descriptor instead.
+func (*RetireApiKeyRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RetireApiKeyRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// RetireApiKeyResponse is empty.
+type RetireApiKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireApiKeyResponse) Reset() {
+	*x = RetireApiKeyResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireApiKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireApiKeyResponse) ProtoMessage() {}
+
+func (x *RetireApiKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireApiKeyResponse.ProtoReflect.Descriptor instead.
+func (*RetireApiKeyResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
 var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_admin_proto_rawDesc = "" +
@@ -749,7 +1829,7 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x03set\x18\x01 \x01(\bR\x03set\x12 \n" +
 	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\x12;\n" +
 	"\vupdate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xb6\a\n" +
+	"updateTime\"\xa0\b\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\ttoken_url\x18\x02 \x01(\tR\btokenUrl\x12#\n" +
@@ -769,7 +1849,11 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\vcreate_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\x1aA\n" +
+	"updateTime\x12!\n" +
+	"\fredirect_uri\x18\x10 \x01(\tR\vredirectUri\x12\x12\n" +
+	"\x04pkce\x18\x11 \x01(\bR\x04pkce\x12\x16\n" +
+	"\x06preset\x18\x12 \x01(\tR\x06preset\x12\x19\n" +
+	"\bbase_url\x18\x13 \x01(\tR\abaseUrl\x1aA\n" +
 	"\x13GrantTokenUrlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -790,7 +1874,75 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\tproviders\x18\x01 \x03(\v2\x18.tokenbroker.v1.ProviderR\tproviders\"+\n" +
 	"\x15DeleteProviderRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x18\n" +
-	"\x16DeleteProviderResponse*\x93\x01\n" +
+	"\x16DeleteProviderResponse\"\x9a\x05\n" +
+	"\x05Grant\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x18\n" +
+	"\aaccount\x18\x02 \x01(\tR\aaccount\x128\n" +
+	"\n" +
+	"grant_type\x18\x03 \x01(\x0e2\x19.tokenbroker.v1.GrantTypeR\tgrantType\x12\x1a\n" +
+	"\busername\x18\x04 \x01(\tR\busername\x126\n" +
+	"\bpassword\x18\x05 \x01(\v2\x1a.tokenbroker.v1.SecretInfoR\bpassword\x12?\n" +
+	"\rrefresh_token\x18\x06 \x01(\v2\x1a.tokenbroker.v1.SecretInfoR\frefreshToken\x12\x16\n" +
+	"\x06scopes\x18\a \x03(\tR\x06scopes\x123\n" +
+	"\x06health\x18\b \x01(\x0e2\x1b.tokenbroker.v1.GrantHealthR\x06health\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\t \x01(\tR\tlastError\x12F\n" +
+	"\x11last_refresh_time\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\x0flastRefreshTime\x12;\n" +
+	"\vexpire_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12!\n" +
+	"\frefreshed_by\x18\f \x01(\tR\vrefreshedBy\x12;\n" +
+	"\vcreate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\"\xd3\x01\n" +
+	"\x11PutAccountRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x18\n" +
+	"\aaccount\x18\x02 \x01(\tR\aaccount\x128\n" +
+	"\n" +
+	"grant_type\x18\x03 \x01(\x0e2\x19.tokenbroker.v1.GrantTypeR\tgrantType\x12\x1a\n" +
+	"\busername\x18\x04 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x05 \x01(\tR\bpassword\x12\x16\n" +
+	"\x06scopes\x18\x06 \x03(\tR\x06scopes\"A\n" +
+	"\x12PutAccountResponse\x12+\n" +
+	"\x05grant\x18\x01 \x01(\v2\x15.tokenbroker.v1.GrantR\x05grant\"i\n" +
+	"\x19StartAuthorizationRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x18\n" +
+	"\aaccount\x18\x02 \x01(\tR\aaccount\x12\x16\n" +
+	"\x06scopes\x18\x03 \x03(\tR\x06scopes\"\x94\x01\n" +
+	"\x1aStartAuthorizationResponse\x12#\n" +
+	"\rauthorize_url\x18\x01 \x01(\tR\fauthorizeUrl\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\"/\n" +
+	"\x11ListGrantsRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\"C\n" +
+	"\x12ListGrantsResponse\x12-\n" +
+	"\x06grants\x18\x01 \x03(\v2\x15.tokenbroker.v1.GrantR\x06grants\"J\n" +
+	"\x12RevokeGrantRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x18\n" +
+	"\aaccount\x18\x02 \x01(\tR\aaccount\"\x15\n" +
+	"\x13RevokeGrantResponse\"\xd0\x01\n" +
+	"\x06ApiKey\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
+	"\bidentity\x18\x02 \x01(\tR\bidentity\x12 \n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\x12;\n" +
+	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vretire_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"retireTime\"S\n" +
+	"\x13CreateApiKeyRequest\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\tR\bidentity\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\"Y\n" +
+	"\x14CreateApiKeyResponse\x12/\n" +
+	"\aapi_key\x18\x01 \x01(\v2\x16.tokenbroker.v1.ApiKeyR\x06apiKey\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\"\x14\n" +
+	"\x12ListApiKeysRequest\"H\n" +
+	"\x13ListApiKeysResponse\x121\n" +
+	"\bapi_keys\x18\x01 \x03(\v2\x16.tokenbroker.v1.ApiKeyR\aapiKeys\"%\n" +
+	"\x13RetireApiKeyRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x16\n" +
+	"\x14RetireApiKeyResponse*\x93\x01\n" +
 	"\x0fClientAuthStyle\x12!\n" +
 	"\x1dCLIENT_AUTH_STYLE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17CLIENT_AUTH_STYLE_BASIC\x10\x01\x12\x1a\n" +
@@ -801,12 +1953,28 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x1dGRANT_TYPE_CLIENT_CREDENTIALS\x10\x01\x12\x17\n" +
 	"\x13GRANT_TYPE_PASSWORD\x10\x02\x12!\n" +
 	"\x1dGRANT_TYPE_AUTHORIZATION_CODE\x10\x03\x12\x1c\n" +
-	"\x18GRANT_TYPE_REFRESH_TOKEN\x10\x042\x94\x04\n" +
+	"\x18GRANT_TYPE_REFRESH_TOKEN\x10\x04*\xbc\x01\n" +
+	"\vGrantHealth\x12\x1c\n" +
+	"\x18GRANT_HEALTH_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fGRANT_HEALTH_OK\x10\x01\x12\x1b\n" +
+	"\x17GRANT_HEALTH_REFRESHING\x10\x02\x12)\n" +
+	"%GRANT_HEALTH_REAUTHORIZATION_REQUIRED\x10\x03\x12\x18\n" +
+	"\x14GRANT_HEALTH_FAILING\x10\x04\x12\x18\n" +
+	"\x14GRANT_HEALTH_PENDING\x10\x052\xc8\v\n" +
 	"\fAdminService\x12\x86\x01\n" +
 	"\vPutProvider\x12\".tokenbroker.v1.PutProviderRequest\x1a#.tokenbroker.v1.PutProviderResponse\".\x82\xd3\xe4\x93\x02(:\x01*\x1a#/v1/admin/providers/{provider.name}\x12z\n" +
 	"\vGetProvider\x12\".tokenbroker.v1.GetProviderRequest\x1a#.tokenbroker.v1.GetProviderResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/admin/providers/{name}\x12y\n" +
 	"\rListProviders\x12$.tokenbroker.v1.ListProvidersRequest\x1a%.tokenbroker.v1.ListProvidersResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/admin/providers\x12\x83\x01\n" +
-	"\x0eDeleteProvider\x12%.tokenbroker.v1.DeleteProviderRequest\x1a&.tokenbroker.v1.DeleteProviderResponse\"\"\x82\xd3\xe4\x93\x02\x1c*\x1a/v1/admin/providers/{name}BEZCgithub.com/tokenbroker/tokenbroker/gen/tokenbroker/v1;tokenbrokerv1b\x06proto3"
+	"\x0eDeleteProvider\x12%.tokenbroker.v1.DeleteProviderRequest\x1a&.tokenbroker.v1.DeleteProviderResponse\"\"\x82\xd3\xe4\x93\x02\x1c*\x1a/v1/admin/providers/{name}\x12\x91\x01\n" +
+	"\n" +
+	"PutAccount\x12!.tokenbroker.v1.PutAccountRequest\x1a\".tokenbroker.v1.PutAccountResponse\"<\x82\xd3\xe4\x93\x026:\x01*\x1a1/v1/admin/providers/{provider}/accounts/{account}\x12\xb3\x01\n" +
+	"\x12StartAuthorization\x12).tokenbroker.v1.StartAuthorizationRequest\x1a*.tokenbroker.v1.StartAuthorizationResponse\"F\x82\xd3\xe4\x93\x02@:\x01*\";/v1/admin/providers/{provider}/accounts/{account}:authorize\x12m\n" +
+	"\n" +
+	"ListGrants\x12!.tokenbroker.v1.ListGrantsRequest\x1a\".tokenbroker.v1.ListGrantsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/admin/grants\x12\x91\x01\n" +
+	"\vRevokeGrant\x12\".tokenbroker.v1.RevokeGrantRequest\x1a#.tokenbroker.v1.RevokeGrantResponse\"9\x82\xd3\xe4\x93\x023*1/v1/admin/providers/{provider}/accounts/{account}\x12w\n" +
+	"\fCreateApiKey\x12#.tokenbroker.v1.CreateApiKeyRequest\x1a$.tokenbroker.v1.CreateApiKeyResponse\"\x1c\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/v1/admin/apikeys\x12q\n" +
+	"\vListApiKeys\x12\".tokenbroker.v1.ListApiKeysRequest\x1a#.tokenbroker.v1.ListApiKeysResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/admin/apikeys\x12y\n" +
+	"\fRetireApiKey\x12#.tokenbroker.v1.RetireApiKeyRequest\x1a$.tokenbroker.v1.RetireApiKeyResponse\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/v1/admin/apikeys/{id}BEZCgithub.com/tokenbroker/tokenbroker/gen/tokenbroker/v1;tokenbrokerv1b\x06proto3"
 
 var (
 	file_tokenbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -820,53 +1988,100 @@ func file_tokenbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_tokenbroker_v1_admin_proto_rawDescData
 }
 
-var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_tokenbroker_v1_admin_proto_goTypes = []any{
-	(ClientAuthStyle)(0),           // 0: tokenbroker.v1.ClientAuthStyle
-	(GrantType)(0),                 // 1: tokenbroker.v1.GrantType
-	(*SecretInfo)(nil),             // 2: tokenbroker.v1.SecretInfo
-	(*Provider)(nil),               // 3: tokenbroker.v1.Provider
-	(*PutProviderRequest)(nil),     // 4: tokenbroker.v1.PutProviderRequest
-	(*PutProviderResponse)(nil),    // 5: tokenbroker.v1.PutProviderResponse
-	(*GetProviderRequest)(nil),     // 6: tokenbroker.v1.GetProviderRequest
-	(*GetProviderResponse)(nil),    // 7: tokenbroker.v1.GetProviderResponse
-	(*ListProvidersRequest)(nil),   // 8: tokenbroker.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),  // 9: tokenbroker.v1.ListProvidersResponse
-	(*DeleteProviderRequest)(nil),  // 10: tokenbroker.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil), // 11: tokenbroker.v1.DeleteProviderResponse
-	nil,                            // 12: tokenbroker.v1.Provider.GrantTokenUrlsEntry
-	nil,                            // 13: tokenbroker.v1.Provider.TokenParamsEntry
-	(*timestamppb.Timestamp)(nil),  // 14: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 15: google.protobuf.Duration
+	(ClientAuthStyle)(0),               // 0: tokenbroker.v1.ClientAuthStyle
+	(GrantType)(0),                     // 1: tokenbroker.v1.GrantType
+	(GrantHealth)(0),                   // 2: tokenbroker.v1.GrantHealth
+	(*SecretInfo)(nil),                 // 3: tokenbroker.v1.SecretInfo
+	(*Provider)(nil),                   // 4: tokenbroker.v1.Provider
+	(*PutProviderRequest)(nil),         // 5: tokenbroker.v1.PutProviderRequest
+	(*PutProviderResponse)(nil),        // 6: tokenbroker.v1.PutProviderResponse
+	(*GetProviderRequest)(nil),         // 7: tokenbroker.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),        // 8: tokenbroker.v1.GetProviderResponse
+	(*ListProvidersRequest)(nil),       // 9: tokenbroker.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),      // 10: tokenbroker.v1.ListProvidersResponse
+	(*DeleteProviderRequest)(nil),      // 11: tokenbroker.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),     // 12: tokenbroker.v1.DeleteProviderResponse
+	(*Grant)(nil),                      // 13: tokenbroker.v1.Grant
+	(*PutAccountRequest)(nil),          // 14: tokenbroker.v1.PutAccountRequest
+	(*PutAccountResponse)(nil),         // 15: tokenbroker.v1.PutAccountResponse
+	(*StartAuthorizationRequest)(nil),  // 16: tokenbroker.v1.StartAuthorizationRequest
+	(*StartAuthorizationResponse)(nil), // 17: tokenbroker.v1.StartAuthorizationResponse
+	(*ListGrantsRequest)(nil),          // 18: tokenbroker.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),         // 19: tokenbroker.v1.ListGrantsResponse
+	(*RevokeGrantRequest)(nil),         // 20: tokenbroker.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),        // 21: tokenbroker.v1.RevokeGrantResponse
+	(*ApiKey)(nil),                     // 22: tokenbroker.v1.ApiKey
+	(*CreateApiKeyRequest)(nil),        // 23: tokenbroker.v1.CreateApiKeyRequest
+	(*CreateApiKeyResponse)(nil),       // 24: tokenbroker.v1.CreateApiKeyResponse
+	(*ListApiKeysRequest)(nil),         // 25: tokenbroker.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),        // 26: tokenbroker.v1.ListApiKeysResponse
+	(*RetireApiKeyRequest)(nil),        // 27: tokenbroker.v1.RetireApiKeyRequest
+	(*RetireApiKeyResponse)(nil),       // 28: tokenbroker.v1.RetireApiKeyResponse
+	nil,                                // 29: tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	nil,                                // 30: tokenbroker.v1.Provider.TokenParamsEntry
+	(*timestamppb.Timestamp)(nil),      // 31: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 32: google.protobuf.Duration
 }
 var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
-	14, // 0: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
-	12, // 1: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
-	2,  // 2: tokenbroker.v1.Provider.client_secret:type_name -> tokenbroker.v1.SecretInfo
+	31, // 0: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
+	29, // 1: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	3,  // 2: tokenbroker.v1.Provider.client_secret:type_name -> tokenbroker.v1.SecretInfo
 	0,  // 3: tokenbroker.v1.Provider.client_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	13, // 4: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
+	30, // 4: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
 	1,  // 5: tokenbroker.v1.Provider.grant_types:type_name -> tokenbroker.v1.GrantType
-	15, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
-	14, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	14, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
-	3,  // 9: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
-	3,  // 10: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	3,  // 11: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	3,  // 12: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
-	4,  // 13: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
-	6,  // 14: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
-	8,  // 15: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
-	10, // 16: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
-	5,  // 17: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
-	7,  // 18: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
-	9,  // 19: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
-	11, // 20: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
-	17, // [17:21] is the sub-list for method output_type
-	13, // [13:17] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	32, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
+	31, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	31, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	4,  // 9: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
+	4,  // 10: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	4,  // 11: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	4,  // 12: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
+	1,  // 13: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
+	3,  // 14: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
+	3,  // 15: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
+	2,  // 16: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
+	31, // 17: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
+	31, // 18: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
+	31, // 19: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	31, // 20: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 21: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
+	13, // 22: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
+	31, // 23: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	13, // 24: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
+	31, // 25: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
+	31, // 26: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
+	22, // 27: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
+	22, // 28: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
+	5,  // 29: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
+	7,  // 30: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
+	9,  // 31: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
+	11, // 32: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
+	14, // 33: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
+	16, // 34: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
+	18, // 35: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
+	20, // 36: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
+	23, // 37: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
+	25, // 38: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
+	27, // 39: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
+	6,  // 40: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
+	8,  // 41: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
+	10, // 42: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
+	12, // 43: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
+	15, // 44: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
+	17, // 45: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
+	19, // 46: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
+	21, // 47: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
+	24, // 48: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
+	26, // 49: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
+	28, // 50: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
+	40, // [40:51] is the sub-list for method output_type
+	29, // [29:40] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }
@@ -879,8 +2094,8 @@ func file_tokenbroker_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_admin_proto_rawDesc), len(file_tokenbroker_v1_admin_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   12,
+			NumEnums:      3,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

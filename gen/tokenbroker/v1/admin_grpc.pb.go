@@ -19,10 +19,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_PutProvider_FullMethodName    = "/tokenbroker.v1.AdminService/PutProvider"
-	AdminService_GetProvider_FullMethodName    = "/tokenbroker.v1.AdminService/GetProvider"
-	AdminService_ListProviders_FullMethodName  = "/tokenbroker.v1.AdminService/ListProviders"
-	AdminService_DeleteProvider_FullMethodName = "/tokenbroker.v1.AdminService/DeleteProvider"
+	AdminService_PutProvider_FullMethodName        = "/tokenbroker.v1.AdminService/PutProvider"
+	AdminService_GetProvider_FullMethodName        = "/tokenbroker.v1.AdminService/GetProvider"
+	AdminService_ListProviders_FullMethodName      = "/tokenbroker.v1.AdminService/ListProviders"
+	AdminService_DeleteProvider_FullMethodName     = "/tokenbroker.v1.AdminService/DeleteProvider"
+	AdminService_PutAccount_FullMethodName         = "/tokenbroker.v1.AdminService/PutAccount"
+	AdminService_StartAuthorization_FullMethodName = "/tokenbroker.v1.AdminService/StartAuthorization"
+	AdminService_ListGrants_FullMethodName         = "/tokenbroker.v1.AdminService/ListGrants"
+	AdminService_RevokeGrant_FullMethodName        = "/tokenbroker.v1.AdminService/RevokeGrant"
+	AdminService_CreateApiKey_FullMethodName       = "/tokenbroker.v1.AdminService/CreateApiKey"
+	AdminService_ListApiKeys_FullMethodName        = "/tokenbroker.v1.AdminService/ListApiKeys"
+	AdminService_RetireApiKey_FullMethodName       = "/tokenbroker.v1.AdminService/RetireApiKey"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -42,6 +49,31 @@ type AdminServiceClient interface {
 	// DeleteProvider removes a provider and every token cached for it.
 	// Errors: NOT_FOUND.
 	DeleteProvider(ctx context.Context, in *DeleteProviderRequest, opts ...grpc.CallOption) (*DeleteProviderResponse, error)
+	// PutAccount creates or replaces an account (a grant) under a provider:
+	// a password grant with its username and password, or an
+	// authorization-code grant that StartAuthorization completes. An empty
+	// password keeps the stored one. Errors: NOT_FOUND for an unknown
+	// provider, INVALID_ARGUMENT.
+	PutAccount(ctx context.Context, in *PutAccountRequest, opts ...grpc.CallOption) (*PutAccountResponse, error)
+	// StartAuthorization begins the browser consent flow of an
+	// authorization-code account: it returns the provider's authorize URL
+	// with a single-use state (and PKCE where the provider allows it). The
+	// gateway's /v1/oauth/callback completes the code exchange.
+	StartAuthorization(ctx context.Context, in *StartAuthorizationRequest, opts ...grpc.CallOption) (*StartAuthorizationResponse, error)
+	// ListGrants lists grants with their health, optionally of one provider.
+	ListGrants(ctx context.Context, in *ListGrantsRequest, opts ...grpc.CallOption) (*ListGrantsResponse, error)
+	// RevokeGrant deletes an account, revokes its tokens at the provider when
+	// it has a revocation endpoint, and drops them from every replica.
+	// Errors: NOT_FOUND.
+	RevokeGrant(ctx context.Context, in *RevokeGrantRequest, opts ...grpc.CallOption) (*RevokeGrantResponse, error)
+	// CreateApiKey issues an API key bound to a caller identity. The key is in
+	// this response only; the broker keeps a hash of it.
+	CreateApiKey(ctx context.Context, in *CreateApiKeyRequest, opts ...grpc.CallOption) (*CreateApiKeyResponse, error)
+	// ListApiKeys lists API keys, without the keys themselves.
+	ListApiKeys(ctx context.Context, in *ListApiKeysRequest, opts ...grpc.CallOption) (*ListApiKeysResponse, error)
+	// RetireApiKey makes a key unusable at once on every replica. Errors:
+	// NOT_FOUND.
+	RetireApiKey(ctx context.Context, in *RetireApiKeyRequest, opts ...grpc.CallOption) (*RetireApiKeyResponse, error)
 }
 
 type adminServiceClient struct {
@@ -92,6 +124,76 @@ func (c *adminServiceClient) DeleteProvider(ctx context.Context, in *DeleteProvi
 	return out, nil
 }
 
+func (c *adminServiceClient) PutAccount(ctx context.Context, in *PutAccountRequest, opts ...grpc.CallOption) (*PutAccountResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutAccountResponse)
+	err := c.cc.Invoke(ctx, AdminService_PutAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) StartAuthorization(ctx context.Context, in *StartAuthorizationRequest, opts ...grpc.CallOption) (*StartAuthorizationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartAuthorizationResponse)
+	err := c.cc.Invoke(ctx, AdminService_StartAuthorization_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListGrants(ctx context.Context, in *ListGrantsRequest, opts ...grpc.CallOption) (*ListGrantsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGrantsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListGrants_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RevokeGrant(ctx context.Context, in *RevokeGrantRequest, opts ...grpc.CallOption) (*RevokeGrantResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeGrantResponse)
+	err := c.cc.Invoke(ctx, AdminService_RevokeGrant_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) CreateApiKey(ctx context.Context, in *CreateApiKeyRequest, opts ...grpc.CallOption) (*CreateApiKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateApiKeyResponse)
+	err := c.cc.Invoke(ctx, AdminService_CreateApiKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListApiKeys(ctx context.Context, in *ListApiKeysRequest, opts ...grpc.CallOption) (*ListApiKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListApiKeysResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListApiKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RetireApiKey(ctx context.Context, in *RetireApiKeyRequest, opts ...grpc.CallOption) (*RetireApiKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetireApiKeyResponse)
+	err := c.cc.Invoke(ctx, AdminService_RetireApiKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -109,6 +211,31 @@ type AdminServiceServer interface {
 	// DeleteProvider removes a provider and every token cached for it.
 	// Errors: NOT_FOUND.
 	DeleteProvider(context.Context, *DeleteProviderRequest) (*DeleteProviderResponse, error)
+	// PutAccount creates or replaces an account (a grant) under a provider:
+	// a password grant with its username and password, or an
+	// authorization-code grant that StartAuthorization completes. An empty
+	// password keeps the stored one. Errors: NOT_FOUND for an unknown
+	// provider, INVALID_ARGUMENT.
+	PutAccount(context.Context, *PutAccountRequest) (*PutAccountResponse, error)
+	// StartAuthorization begins the browser consent flow of an
+	// authorization-code account: it returns the provider's authorize URL
+	// with a single-use state (and PKCE where the provider allows it). The
+	// gateway's /v1/oauth/callback completes the code exchange.
+	StartAuthorization(context.Context, *StartAuthorizationRequest) (*StartAuthorizationResponse, error)
+	// ListGrants lists grants with their health, optionally of one provider.
+	ListGrants(context.Context, *ListGrantsRequest) (*ListGrantsResponse, error)
+	// RevokeGrant deletes an account, revokes its tokens at the provider when
+	// it has a revocation endpoint, and drops them from every replica.
+	// Errors: NOT_FOUND.
+	RevokeGrant(context.Context, *RevokeGrantRequest) (*RevokeGrantResponse, error)
+	// CreateApiKey issues an API key bound to a caller identity. The key is in
+	// this response only; the broker keeps a hash of it.
+	CreateApiKey(context.Context, *CreateApiKeyRequest) (*CreateApiKeyResponse, error)
+	// ListApiKeys lists API keys, without the keys themselves.
+	ListApiKeys(context.Context, *ListApiKeysRequest) (*ListApiKeysResponse, error)
+	// RetireApiKey makes a key unusable at once on every replica. Errors:
+	// NOT_FOUND.
+	RetireApiKey(context.Context, *RetireApiKeyRequest) (*RetireApiKeyResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -130,6 +257,27 @@ func (UnimplementedAdminServiceServer) ListProviders(context.Context, *ListProvi
 }
 func (UnimplementedAdminServiceServer) DeleteProvider(context.Context, *DeleteProviderRequest) (*DeleteProviderResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteProvider not implemented")
+}
+func (UnimplementedAdminServiceServer) PutAccount(context.Context, *PutAccountRequest) (*PutAccountResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutAccount not implemented")
+}
+func (UnimplementedAdminServiceServer) StartAuthorization(context.Context, *StartAuthorizationRequest) (*StartAuthorizationResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StartAuthorization not implemented")
+}
+func (UnimplementedAdminServiceServer) ListGrants(context.Context, *ListGrantsRequest) (*ListGrantsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListGrants not implemented")
+}
+func (UnimplementedAdminServiceServer) RevokeGrant(context.Context, *RevokeGrantRequest) (*RevokeGrantResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeGrant not implemented")
+}
+func (UnimplementedAdminServiceServer) CreateApiKey(context.Context, *CreateApiKeyRequest) (*CreateApiKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateApiKey not implemented")
+}
+func (UnimplementedAdminServiceServer) ListApiKeys(context.Context, *ListApiKeysRequest) (*ListApiKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListApiKeys not implemented")
+}
+func (UnimplementedAdminServiceServer) RetireApiKey(context.Context, *RetireApiKeyRequest) (*RetireApiKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetireApiKey not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -224,6 +372,132 @@ func _AdminService_DeleteProvider_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_PutAccount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutAccountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PutAccount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PutAccount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PutAccount(ctx, req.(*PutAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_StartAuthorization_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartAuthorizationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).StartAuthorization(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_StartAuthorization_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).StartAuthorization(ctx, req.(*StartAuthorizationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListGrants_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGrantsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListGrants(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListGrants_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListGrants(ctx, req.(*ListGrantsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RevokeGrant_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeGrantRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RevokeGrant(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RevokeGrant_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RevokeGrant(ctx, req.(*RevokeGrantRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_CreateApiKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateApiKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).CreateApiKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_CreateApiKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).CreateApiKey(ctx, req.(*CreateApiKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListApiKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListApiKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListApiKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListApiKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListApiKeys(ctx, req.(*ListApiKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RetireApiKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetireApiKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RetireApiKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RetireApiKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RetireApiKey(ctx, req.(*RetireApiKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -246,6 +520,34 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteProvider",
 			Handler:    _AdminService_DeleteProvider_Handler,
+		},
+		{
+			MethodName: "PutAccount",
+			Handler:    _AdminService_PutAccount_Handler,
+		},
+		{
+			MethodName: "StartAuthorization",
+			Handler:    _AdminService_StartAuthorization_Handler,
+		},
+		{
+			MethodName: "ListGrants",
+			Handler:    _AdminService_ListGrants_Handler,
+		},
+		{
+			MethodName: "RevokeGrant",
+			Handler:    _AdminService_RevokeGrant_Handler,
+		},
+		{
+			MethodName: "CreateApiKey",
+			Handler:    _AdminService_CreateApiKey_Handler,
+		},
+		{
+			MethodName: "ListApiKeys",
+			Handler:    _AdminService_ListApiKeys_Handler,
+		},
+		{
+			MethodName: "RetireApiKey",
+			Handler:    _AdminService_RetireApiKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,272 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tokenbroker/tokenbroker/broker/oauth"
+)
+
+// AuthorizationTTL is how long a started authorization waits for the
+// person's consent.
+const AuthorizationTTL = 10 * time.Minute
+
+// ErrAuthorizationDenied: the person (or the provider) refused consent.
+var ErrAuthorizationDenied = errors.New("broker: authorization denied")
+
+// Authorization is a started consent flow.
+type Authorization struct {
+	// URL is the provider's authorize URL to open in a browser.
+	URL string
+	// State is single use and bound to the provider and account.
+	State     string
+	ExpiresAt time.Time
+}
+
+// storedAuthorization is a pending consent, kept under the hash of its
+// state with a lease of AuthorizationTTL.
+type storedAuthorization struct {
+	Provider    string    `json:"provider"`
+	Account     string    `json:"account"`
+	Scope       string    `json:"scope,omitempty"`
+	RedirectURI string    `json:"redirect_uri"`
+	Verifier    []byte    `json:"code_verifier_sealed,omitempty"`
+	ExpiresAt   time.Time `json:"expires_at"`
+}
+
+// StartAuthorization begins the consent flow of an authorization-code
+// account, creating the account when it does not exist. It returns the
+// provider's authorize URL carrying a fresh state (and an S256 PKCE
+// challenge when the provider takes one). Errors wrap ErrInvalidArgument,
+// ErrNotFound or ErrStoreUnavailable.
+func (b *Broker) StartAuthorization(ctx context.Context, provider, account string, scopes []string) (*Authorization, error) {
+	if account == "" {
+		return nil, invalidf("account name is empty")
+	}
+	if err := ValidateAccountName(account); err != nil {
+		return nil, err
+	}
+	p, err := b.GetProvider(ctx, provider)
+	if err != nil {
+		return nil, err
+	}
+	if !p.Allows(GrantAuthorizationCode) || p.AuthorizeURL == "" {
+		return nil, invalidf("provider %q has no authorization_code grant with an authorize_url", provider)
+	}
+	redirect := cmp(p.RedirectURL, *b.callbackURL.Load())
+	if redirect == "" {
+		return nil, invalidf("no redirect URL: set the provider's redirect_url or the broker's public URL")
+	}
+	g, err := b.readGrant(ctx, b.grantKey(provider, account))
+	if err != nil {
+		return nil, err
+	}
+	if g == nil {
+		if g, err = b.PutAccount(ctx, Account{Provider: provider, Account: account, Type: GrantAuthorizationCode, Scopes: scopes}); err != nil {
+			return nil, err
+		}
+	} else if g.Type != GrantAuthorizationCode {
+		return nil, invalidf("account %q is a %s account", account, g.Type)
+	}
+	if len(scopes) == 0 {
+		scopes = g.Scopes
+	}
+	scope, err := normalizeScopes(scopes)
+	if err != nil {
+		return nil, err
+	}
+	if scope == "" {
+		scope = strings.Join(p.DefaultScopes, " ")
+	}
+
+	state := randomToken()
+	key := b.prefix + statesPrefix + stateHash(state)
+	stored := storedAuthorization{Provider: provider, Account: account, Scope: scope, RedirectURI: redirect,
+		ExpiresAt: b.now().Add(AuthorizationTTL).UTC()}
+	q := url.Values{
+		"response_type": {"code"},
+		"client_id":     {p.ClientID},
+		"redirect_uri":  {redirect},
+		"state":         {state},
+	}
+	if scope != "" {
+		q.Set("scope", scope)
+	}
+	if p.PKCE {
+		verifier := randomToken()
+		sum := sha256.Sum256([]byte(verifier))
+		q.Set("code_challenge", base64.RawURLEncoding.EncodeToString(sum[:]))
+		q.Set("code_challenge_method", "S256")
+		if stored.Verifier, err = b.sealString(key, "code_verifier", verifier); err != nil {
+			return nil, err
+		}
+	}
+	val, err := json.Marshal(stored)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	defer cancel()
+	lease, err := b.cli.Grant(sctx, int64(AuthorizationTTL/time.Second))
+	if err != nil {
+		return nil, storeError(ctx, "grant authorization lease", err)
+	}
+	if _, err := b.cli.Put(sctx, key, string(val), clientv3.WithLease(lease.ID)); err != nil {
+		return nil, storeError(ctx, "store authorization", err)
+	}
+	u, err := url.Parse(p.AuthorizeURL)
+	if err != nil {
+		return nil, invalidf("provider %q has an invalid authorize_url", provider)
+	}
+	query := u.Query()
+	for k, v := range q {
+		query[k] = v
+	}
+	u.RawQuery = query.Encode()
+	return &Authorization{URL: u.String(), State: state, ExpiresAt: stored.ExpiresAt}, nil
+}
+
+// Callback is what the provider's redirect brought back to the broker.
+type Callback struct {
+	State            string
+	Code             string
+	Error            string
+	ErrorDescription string
+}
+
+// CompleteAuthorization finishes a consent flow: it takes the state (once),
+// exchanges the code at once (codes live briefly: MediaValet's 60 s) with
+// the same redirect_uri and the PKCE verifier, and stores the grant's
+// refresh token and first access token. Errors wrap ErrInvalidArgument
+// (missing, unknown, used or expired state), ErrAuthorizationDenied (the
+// provider's error, e.g. access_denied), a *ProviderError, or
+// ErrStoreUnavailable; a failure leaves the stored grant as it was.
+func (b *Broker) CompleteAuthorization(ctx context.Context, cb Callback) (*Grant, error) {
+	if cb.State == "" {
+		return nil, invalidf("the callback has no state")
+	}
+	key := b.prefix + statesPrefix + stateHash(cb.State)
+	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	resp, err := b.cli.Txn(sctx).If(clientv3.Compare(clientv3.CreateRevision(key), ">", 0)).
+		Then(clientv3.OpGet(key), clientv3.OpDelete(key)).Commit()
+	cancel()
+	if err != nil {
+		return nil, storeError(ctx, "take authorization state", err)
+	}
+	if !resp.Succeeded {
+		return nil, invalidf("unknown, used or expired state")
+	}
+	var a storedAuthorization
+	if err := json.Unmarshal(resp.Responses[0].GetResponseRange().GetKvs()[0].Value, &a); err != nil {
+		return nil, fmt.Errorf("decode authorization: %w", err)
+	}
+	if !b.now().Before(a.ExpiresAt) {
+		return nil, invalidf("expired state")
+	}
+	if cb.Error != "" {
+		return nil, fmt.Errorf("%w: provider %s answered %s: %s", ErrAuthorizationDenied, a.Provider,
+			printable(cb.Error, 64), printable(cb.ErrorDescription, 256))
+	}
+	if cb.Code == "" {
+		return nil, invalidf("the callback has neither code nor error")
+	}
+	verifier, err := b.openString(key, "code_verifier", a.Verifier)
+	if err != nil {
+		return nil, err
+	}
+	p, err := b.GetProvider(ctx, a.Provider)
+	if err != nil {
+		return nil, err
+	}
+	params := url.Values{"grant_type": {string(GrantAuthorizationCode)}, "code": {cb.Code}, "redirect_uri": {a.RedirectURI}}
+	if verifier != "" {
+		params.Set("code_verifier", verifier)
+	}
+	for k, v := range p.TokenParams {
+		params.Set(k, v)
+	}
+	issued := b.now()
+	tok, err := b.oauth.Token(ctx, oauth.Request{TokenURL: p.TokenURLFor(GrantAuthorizationCode), ClientID: p.ClientID,
+		ClientSecret: p.ClientSecret, AuthStyle: p.ClientAuth, Params: params})
+	if err != nil {
+		return nil, &ProviderError{Provider: p.Name, Err: err}
+	}
+	if tok.State != "" && tok.State != cb.State { // Mediaflow echoes the state
+		return nil, &ProviderError{Provider: p.Name, Err: fmt.Errorf("%w: the echoed state differs", oauth.ErrBadResponse)}
+	}
+	if tok.TokenType != "" && !isBearer(tok.TokenType) {
+		return nil, &ProviderError{Provider: p.Name, Err: fmt.Errorf("%w: token_type %q is not bearer", oauth.ErrBadResponse, tok.TokenType)}
+	}
+
+	gid := grantID(a.Provider, a.Account)
+	m, unlock, err := b.grantLock(ctx, gid)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	tkey, err := NewTokenKey(a.Provider, a.Account, nil)
+	if err != nil {
+		return nil, err
+	}
+	cur, g, err := b.readTokenAndGrant(ctx, tkey.id(), gid)
+	if err != nil {
+		return nil, err
+	}
+	if g == nil || g.Type != GrantAuthorizationCode {
+		return nil, fmt.Errorf("%w: account %q of provider %q was removed or changed during the consent", ErrConflict, a.Account, a.Provider)
+	}
+	lifetime := tok.ExpiresIn
+	if lifetime <= 0 {
+		lifetime = p.TokenLifetime()
+	}
+	rec := &TokenRecord{Key: tkey, AccessToken: tok.AccessToken, TokenType: tok.TokenType, Scope: tok.Scope,
+		IDToken: tok.IDToken, IssuedAt: issued, ExpiresAt: issued.Add(lifetime), Generation: 1}
+	if cur != nil {
+		rec.Generation = cur.Generation + 1
+	}
+	next := *g
+	next.Health, next.LastError = HealthOK, ""
+	next.RefreshToken, next.RefreshTokenUpdateTime = tok.RefreshToken, issued.UTC()
+	next.LastRefresh, next.ExpireTime, next.RefreshedBy = issued.UTC(), rec.ExpiresAt.UTC(), b.replica
+	next.Generation++
+	next.UpdateTime = issued.UTC()
+	if err := b.commit(ctx, m, p, g, &next, tkey.id(), rec); err != nil {
+		return nil, err
+	}
+	b.offer(tkey.id(), rec)
+	b.clearCooldown(gid)
+	b.log.Info("authorization completed", zap.String("provider", a.Provider), zap.String("account", a.Account),
+		zap.Bool("refresh_token", tok.RefreshToken != ""))
+	return &next, nil
+}
+
+func randomToken() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func stateHash(state string) string { return tokenHash("state\x00" + state) }
+
+// printable keeps at most n bytes of visible ASCII of s, for text that came
+// from a browser's query string.
+func printable(s string, n int) string {
+	out := make([]byte, 0, min(len(s), n))
+	for i := 0; i < len(s) && len(out) < n; i++ {
+		if c := s[i]; c >= 0x20 && c < 0x7f {
+			out = append(out, c)
+		}
+	}
+	return string(out)
+}

@@ -1,0 +1,535 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
+
+	"github.com/tokenbroker/tokenbroker/broker/oauth"
+)
+
+// TokenRequest names the token a caller wants.
+type TokenRequest struct {
+	Provider string
+	Account  string
+	Scopes   []string
+	// MinTTL is how long the token must stay valid; the broker's default
+	// when zero. It is capped at half the token's lifetime (see Fresh).
+	MinTTL time.Duration
+}
+
+// GetToken returns a token for r that stays valid for at least r.MinTTL.
+// A fresh token in memory is returned without touching etcd. Otherwise the
+// token is fetched once under the grant's etcd lock, however many callers
+// on however many replicas ask. When the provider fails while the current
+// token is still valid, the current token is returned.
+//
+// Errors wrap ErrInvalidArgument, ErrNotFound (unknown provider or
+// account), ErrReauthorizationRequired, ErrStoreUnavailable, ErrLockLost,
+// ErrConflict, a *ProviderError (the provider's answer) or the context's
+// error. A failed fetch stores no token.
+func (b *Broker) GetToken(ctx context.Context, r TokenRequest) (*TokenRecord, error) {
+	key, err := NewTokenKey(r.Provider, r.Account, r.Scopes)
+	if err != nil {
+		return nil, err
+	}
+	minTTL := r.MinTTL
+	if minTTL <= 0 {
+		minTTL = b.defaultMinTTL
+	}
+	id := key.id()
+	now := b.now()
+	if v, ok := b.tokens.Load(id); ok {
+		e := v.(*cacheEntry)
+		if rec := e.rec.Load(); rec != nil && rec.Fresh(now, minTTL) {
+			e.touch(now)
+			return rec, nil
+		}
+	}
+	rec, err := b.fetch(ctx, "get\x00"+id, key, func(cur *TokenRecord) bool {
+		return cur != nil && cur.Fresh(b.now(), minTTL)
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.entry(id).touch(now)
+	return rec, nil
+}
+
+// Refresh obtains a new token for r, ignoring r.MinTTL. When staleToken is
+// not empty and the current token differs from it and is still valid, the
+// current token is returned without a provider call: someone refreshed
+// first. Errors as for GetToken.
+func (b *Broker) Refresh(ctx context.Context, r TokenRequest, staleToken string) (*TokenRecord, error) {
+	key, err := NewTokenKey(r.Provider, r.Account, r.Scopes)
+	if err != nil {
+		return nil, err
+	}
+	id := key.id()
+	current := func(cur *TokenRecord) bool {
+		return staleToken != "" && cur != nil && cur.AccessToken != staleToken && cur.ExpiresAt.After(b.now())
+	}
+	if rec := b.cached(id); current(rec) {
+		return rec, nil
+	}
+	return b.fetch(ctx, "refresh\x00"+id+"\x00"+staleToken, key, current)
+}
+
+// fetch runs fetchLocked once per flight key however many callers wait, on
+// a context of the broker's own (bounded by FetchTimeout), so that one
+// caller giving up does not fail the others.
+func (b *Broker) fetch(ctx context.Context, flight string, key TokenKey, good func(*TokenRecord) bool) (*TokenRecord, error) {
+	ch := b.flights.DoChan(flight, func() (any, error) {
+		if !b.enter() {
+			return nil, ErrClosed
+		}
+		defer b.wg.Done()
+		fctx, cancel := context.WithTimeout(b.ctx, b.fetchTimeout)
+		defer cancel()
+		return b.fetchLocked(fctx, key, good)
+	})
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*TokenRecord), nil
+	}
+}
+
+// grantLock serializes everything that may call the provider for one grant:
+// a local mutex (the etcd mutex lets the same session in twice) and the
+// etcd lock that excludes other replicas. unlock must be called.
+func (b *Broker) grantLock(ctx context.Context, gid string) (m *concurrency.Mutex, unlock func(), err error) {
+	v, _ := b.local.LoadOrStore(gid, make(chan struct{}, 1))
+	local := v.(chan struct{})
+	select {
+	case local <- struct{}{}:
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
+	sess, err := b.session(ctx)
+	if err != nil {
+		<-local
+		return nil, nil, err
+	}
+	m = concurrency.NewMutex(sess, b.prefix+locksPrefix+gid)
+	if err := m.Lock(ctx); err != nil {
+		<-local
+		return nil, nil, storeError(ctx, "lock grant "+gid, err)
+	}
+	return m, func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.storeTimeout)
+		defer cancel()
+		if err := m.Unlock(uctx); err != nil {
+			// The session's lease releases it at the latest after SessionTTL.
+			b.log.Warn("unlock grant", zap.String("grant", gid), zap.Error(err))
+		}
+		<-local
+	}, nil
+}
+
+// fetchLocked takes the grant's lock, re-reads the token and the grant, and
+// when the token is still not good enough, obtains a new one and stores it
+// fenced by the lock, the provider's and the grant's revisions.
+func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*TokenRecord) bool) (*TokenRecord, error) {
+	p, err := b.provider(ctx, key.Provider)
+	if err != nil {
+		return nil, err
+	}
+	gid := grantID(key.Provider, key.Account)
+	m, unlock, err := b.grantLock(ctx, gid)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	id := key.id()
+	cur, g, err := b.readTokenAndGrant(ctx, id, gid)
+	if err != nil {
+		return nil, err
+	}
+	if cur != nil {
+		b.offer(id, cur)
+		if good(cur) {
+			return cur, nil
+		}
+	}
+	if key.Account != "" && g == nil {
+		return nil, fmt.Errorf("%w: account %q of provider %q", ErrNotFound, key.Account, key.Provider)
+	}
+	if g == nil {
+		g = &Grant{Provider: key.Provider, Type: GrantClientCredentials, Health: HealthOK}
+	}
+	if g.Health == HealthReauthorizationRequired || g.Health == HealthPending {
+		return b.serveStale(cur, fmt.Errorf("%w: account %q of provider %q: %s", ErrReauthorizationRequired, key.Account, key.Provider, cmp(g.LastError, "no consent yet")))
+	}
+	if err, ok := b.cooldown(gid); ok {
+		return b.serveStale(cur, err)
+	}
+
+	rec, next, err := b.obtain(ctx, p, g, key, cur)
+	if err != nil {
+		b.noteFailure(ctx, m, p, g, gid, err)
+		return b.serveStale(cur, err)
+	}
+	b.clearCooldown(gid)
+	if err := b.commit(ctx, m, p, g, next, id, rec); err != nil {
+		return nil, err
+	}
+	b.offer(id, rec)
+	b.log.Info("token obtained", zap.Stringer("key", key), zap.Int64("generation", rec.Generation),
+		zap.Duration("lifetime", rec.Lifetime()), zap.Bool("refresh_token_rotated", next.RefreshToken != g.RefreshToken))
+	return rec, nil
+}
+
+// ErrProviderCoolingDown: the provider failed recently for this grant and is
+// left alone for a while; callers without a valid token get the last error.
+var ErrProviderCoolingDown = errors.New("broker: provider cooling down")
+
+// serveStale returns cur when it is still valid, so that a failing provider
+// does not fail callers while their token lasts; else err.
+func (b *Broker) serveStale(cur *TokenRecord, err error) (*TokenRecord, error) {
+	if cur != nil && cur.ExpiresAt.After(b.now()) && !errors.Is(err, ErrConflict) {
+		b.log.Warn("serving a token that is still valid while its refresh fails",
+			zap.Stringer("key", cur.Key), zap.Time("expires_at", cur.ExpiresAt), zap.Error(err))
+		return cur, nil
+	}
+	return nil, err
+}
+
+// readTokenAndGrant reads a token record and its grant in one round trip.
+func (b *Broker) readTokenAndGrant(ctx context.Context, id, gid string) (*TokenRecord, *Grant, error) {
+	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	defer cancel()
+	tkey, gkey := b.prefix+tokensPrefix+id, b.prefix+grantsPrefix+gid
+	ops := []clientv3.Op{clientv3.OpGet(tkey)}
+	if gid != "" {
+		ops = append(ops, clientv3.OpGet(gkey))
+	}
+	resp, err := b.cli.Txn(sctx).Then(ops...).Commit()
+	if err != nil {
+		return nil, nil, storeError(ctx, "read token and grant", err)
+	}
+	var rec *TokenRecord
+	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		if rec, err = b.decodeToken(tkey, kvs[0].Value, kvs[0].ModRevision); err != nil {
+			// An undecodable record (say, sealed with a retired key) is
+			// replaced by a new token rather than failing every caller.
+			b.log.Error("ignore undecodable token record", zap.String("key", tkey), zap.Error(err))
+			rec = nil
+		}
+	}
+	var g *Grant
+	if gid == "" {
+		return rec, nil, nil
+	}
+	if kvs := resp.Responses[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		if g, err = b.decodeGrant(gkey, kvs[0].Value, kvs[0].ModRevision); err != nil {
+			return nil, nil, err
+		}
+	}
+	return rec, g, nil
+}
+
+// readToken reads a token record from etcd; nil when there is none.
+func (b *Broker) readToken(ctx context.Context, id string) (*TokenRecord, error) {
+	rec, _, err := b.readTokenAndGrant(ctx, id, "")
+	return rec, err
+}
+
+// obtain asks the provider for a new token of key through grant g, and
+// returns it with the grant as it must be stored next. prev is the current
+// record, or nil. A refresh token that the provider rejects falls back to
+// the password grant where the account has a password.
+func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey, prev *TokenRecord) (*TokenRecord, *Grant, error) {
+	method := g.Type
+	if g.RefreshToken != "" {
+		method = GrantRefreshToken
+	}
+	if method == GrantAuthorizationCode { // consented once, but holds no refresh token
+		return nil, nil, fmt.Errorf("%w: account %q of provider %q has no refresh token", ErrReauthorizationRequired, g.Account, p.Name)
+	}
+	if !p.Allows(method) && method != GrantRefreshToken {
+		return nil, nil, fmt.Errorf("%w: provider %q does not allow the %s grant", ErrNotFound, p.Name, method)
+	}
+	issued := b.now()
+	tok, err := b.call(ctx, p, g, method, grantScope(p, g, key))
+	if err != nil && method == GrantRefreshToken && g.Type == GrantPassword && rejectsGrant(err) {
+		method = GrantPassword
+		tok, err = b.call(ctx, p, g, method, grantScope(p, g, key))
+	}
+	if err != nil {
+		if rejectsGrant(err) && method != GrantClientCredentials {
+			return nil, nil, fmt.Errorf("%w: %w", ErrReauthorizationRequired, err)
+		}
+		return nil, nil, err
+	}
+	if tok.TokenType != "" && !isBearer(tok.TokenType) {
+		return nil, nil, &ProviderError{Provider: p.Name, Err: fmt.Errorf("%w: token_type %q is not bearer", oauth.ErrBadResponse, tok.TokenType)}
+	}
+	lifetime := tok.ExpiresIn
+	if lifetime <= 0 {
+		lifetime = p.TokenLifetime()
+	}
+	rec := &TokenRecord{
+		Key: key, AccessToken: tok.AccessToken, TokenType: tok.TokenType, Scope: tok.Scope, IDToken: tok.IDToken,
+		IssuedAt: issued, ExpiresAt: issued.Add(lifetime), Generation: 1,
+	}
+	if prev != nil {
+		rec.Generation = prev.Generation + 1
+	}
+	next := *g
+	next.Health, next.LastError = HealthOK, ""
+	next.LastRefresh, next.ExpireTime, next.RefreshedBy = issued.UTC(), rec.ExpiresAt.UTC(), b.replica
+	next.Generation++
+	next.UpdateTime = issued.UTC()
+	if next.CreateTime.IsZero() {
+		next.CreateTime = issued.UTC()
+	}
+	// RFC 6749 §4.4.3: client credentials need no refresh token; a new
+	// token is simply requested (MediaHound).
+	if g.Type != GrantClientCredentials && tok.RefreshToken != "" && tok.RefreshToken != g.RefreshToken {
+		// Rotation (MediaHaven): the old refresh token is dead from now on;
+		// the new one is stored with the token, before anyone uses it.
+		next.RefreshToken, next.RefreshTokenUpdateTime = tok.RefreshToken, issued.UTC()
+	}
+	return rec, &next, nil
+}
+
+// call makes one token request with bounded retries: temporary failures
+// (5xx, timeouts, connection errors, 429) are retried with exponential
+// backoff and jitter, honouring Retry-After while it fits the deadline.
+func (b *Broker) call(ctx context.Context, p *Provider, g *Grant, method GrantType, scope string) (*oauth.Token, error) {
+	params := url.Values{"grant_type": {string(method)}}
+	for k, v := range p.TokenParams {
+		params.Set(k, v)
+	}
+	if scope != "" {
+		params.Set("scope", scope)
+	}
+	switch method {
+	case GrantPassword:
+		params.Set("username", g.Username)
+		params.Set("password", g.Password)
+	case GrantRefreshToken:
+		params.Set("refresh_token", g.RefreshToken)
+	}
+	req := oauth.Request{
+		TokenURL: p.TokenURLFor(method), ClientID: p.ClientID, ClientSecret: p.ClientSecret,
+		AuthStyle: p.ClientAuth, Params: params,
+	}
+	var err error
+	for attempt := 0; ; attempt++ {
+		var tok *oauth.Token
+		tok, err = b.oauth.Token(ctx, req)
+		if err == nil {
+			return tok, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w: provider %s did not answer in time", ErrProviderTimeout, p.Name)
+		}
+		wait, retry := b.retryAfter(err, attempt)
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait {
+			retry = false
+		}
+		// A refresh token is never sent twice after a request without an
+		// answer: the provider may have rotated it already.
+		if method == GrantRefreshToken && !errors.As(err, new(*oauth.Error)) {
+			retry = false
+		}
+		if !retry {
+			break
+		}
+		b.log.Debug("retrying provider", zap.String("provider", p.Name), zap.Int("attempt", attempt+1), zap.Duration("wait", wait), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: provider %s did not answer in time", ErrProviderTimeout, p.Name)
+		case <-time.After(wait):
+		}
+	}
+	return nil, &ProviderError{Provider: p.Name, Err: err}
+}
+
+// retryAfter says whether err is worth another attempt and after how long.
+func (b *Broker) retryAfter(err error, attempt int) (time.Duration, bool) {
+	if attempt+1 >= b.retries {
+		return 0, false
+	}
+	var oe *oauth.Error
+	switch {
+	case errors.As(err, &oe):
+		if !oe.Temporary() {
+			return 0, false
+		}
+		if oe.RetryAfter > 0 {
+			return oe.RetryAfter, oe.RetryAfter <= b.maxRetryAfter
+		}
+	case errors.Is(err, oauth.ErrTransport):
+	default:
+		return 0, false
+	}
+	backoff := b.backoff << attempt
+	return backoff/2 + rand.N(backoff/2+1), true
+}
+
+// rejectsGrant reports whether the provider refused the grant itself (a
+// revoked refresh token, a wrong password): invalid_grant, or a 401 on a
+// grant request as MediaHaven answers a dead refresh token.
+func rejectsGrant(err error) bool {
+	var oe *oauth.Error
+	if !errors.As(err, &oe) {
+		return false
+	}
+	return oe.Code == "invalid_grant" || (oe.Code == "" && oe.StatusCode == 401)
+}
+
+func isBearer(t string) bool {
+	return len(t) == 6 && (t[0]|0x20) == 'b' && (t[1]|0x20) == 'e' && (t[2]|0x20) == 'a' &&
+		(t[3]|0x20) == 'r' && (t[4]|0x20) == 'e' && (t[5]|0x20) == 'r'
+}
+
+// commit stores rec, the grant as it must be next, and rec's introspection
+// entry in one transaction that commits only while m is held and neither
+// the provider nor the grant changed since they were read. When the lock
+// was lost but nobody touched the grant, a rotated refresh token is still
+// saved, since no one else can have used the old one.
+func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, g, next *Grant, id string, rec *TokenRecord) error {
+	tkey := b.prefix + tokensPrefix + id
+	gkey := b.grantKey(g.Provider, g.Account)
+	pkey := b.prefix + providersPrefix + p.Name
+	val, err := b.encodeToken(tkey, rec)
+	if err != nil {
+		return err
+	}
+	gval, err := b.encodeGrant(gkey, next)
+	if err != nil {
+		return err
+	}
+	idx, err := jsonMarshal(storedIntrospection{
+		Provider: rec.Key.Provider, Account: rec.Key.Account, Scope: rec.GrantedScope(), ClientID: p.ClientID,
+		TokenType: rec.Type(), Username: g.Username, IssuedAt: rec.IssuedAt, ExpiresAt: rec.ExpiresAt,
+	})
+	if err != nil {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	defer cancel()
+	// The index entry vanishes with the token: its lease outlives the token
+	// by a second at most.
+	ttl := int64(rec.ExpiresAt.Sub(b.now())/time.Second) + 1
+	lease, err := b.cli.Grant(sctx, max(ttl, 1))
+	if err != nil {
+		return storeError(ctx, "grant introspection lease", err)
+	}
+	unchanged := []clientv3.Cmp{
+		clientv3.Compare(clientv3.ModRevision(pkey), "=", p.Revision),
+		clientv3.Compare(clientv3.ModRevision(gkey), "=", g.Revision),
+	}
+	writes := []clientv3.Op{
+		clientv3.OpPut(tkey, string(val)),
+		clientv3.OpPut(gkey, string(gval)),
+		clientv3.OpPut(b.prefix+introspectPrefix+tokenHash(rec.AccessToken), string(idx), clientv3.WithLease(lease.ID)),
+	}
+	resp, err := b.cli.Txn(sctx).If(append(unchanged, m.IsOwner())...).Then(writes...).Commit()
+	if err != nil {
+		return storeError(ctx, "write token", err)
+	}
+	if resp.Succeeded {
+		rec.Revision = resp.Header.Revision
+		return nil
+	}
+	if next.RefreshToken != g.RefreshToken {
+		salvage, err := b.cli.Txn(sctx).If(unchanged...).Then(writes...).Commit()
+		if err == nil && salvage.Succeeded {
+			b.log.Warn("lock lost during a refresh; the rotated refresh token was saved", zap.Stringer("key", rec.Key))
+			rec.Revision = salvage.Header.Revision
+			return nil
+		}
+	}
+	b.revokeLease(lease.ID)
+	return fmt.Errorf("%w: write of %s discarded", errors.Join(ErrLockLost, ErrConflict), rec.Key)
+}
+
+// noteFailure records a failed attempt on the grant, fenced like a token
+// write: reauthorization_required when the provider rejected the grant,
+// failing otherwise, and starts the grant's cooldown.
+func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provider, g *Grant, gid string, cause error) {
+	if errors.Is(cause, ErrConflict) || ctx.Err() != nil {
+		return
+	}
+	next := *g
+	next.Health, next.LastError = HealthFailing, cause.Error()
+	if errors.Is(cause, ErrReauthorizationRequired) {
+		next.Health = HealthReauthorizationRequired
+	} else {
+		b.startCooldown(gid, cause)
+	}
+	next.UpdateTime = b.now().UTC()
+	gkey := b.grantKey(g.Provider, g.Account)
+	val, err := b.encodeGrant(gkey, &next)
+	if err != nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	defer cancel()
+	_, err = b.cli.Txn(sctx).If(m.IsOwner(),
+		clientv3.Compare(clientv3.ModRevision(gkey), "=", g.Revision),
+		clientv3.Compare(clientv3.ModRevision(b.prefix+providersPrefix+p.Name), "=", p.Revision),
+	).Then(clientv3.OpPut(gkey, string(val))).Commit()
+	if err != nil {
+		b.log.Warn("record grant failure", zap.String("grant", gid), zap.Error(err))
+	}
+	b.log.Warn("token request failed", zap.String("grant", gid), zap.String("health", string(next.Health)), zap.Error(cause))
+}
+
+// cooldownState is a grant's backoff after consecutive provider failures.
+type cooldownState struct {
+	until    time.Time
+	failures int
+	err      error
+}
+
+// cooldown returns the error of a grant that failed recently, while its
+// backoff lasts.
+func (b *Broker) cooldown(gid string) (error, bool) {
+	v, ok := b.cooldowns.Load(gid)
+	if !ok {
+		return nil, false
+	}
+	c := v.(*cooldownState)
+	if !time.Now().Before(c.until) {
+		return nil, false
+	}
+	return fmt.Errorf("%w until %s: %w", ErrProviderCoolingDown, c.until.UTC().Format(time.RFC3339), c.err), true
+}
+
+// startCooldown backs the grant off exponentially, from CooldownBase up to
+// 64 times it. Cooldowns run on the wall clock, not the token clock.
+func (b *Broker) startCooldown(gid string, err error) {
+	failures := 0
+	if v, ok := b.cooldowns.Load(gid); ok {
+		failures = v.(*cooldownState).failures
+	}
+	wait := b.cooldownBase << min(failures, 6)
+	b.cooldowns.Store(gid, &cooldownState{until: time.Now().Add(wait), failures: failures + 1, err: err})
+}
+
+func (b *Broker) clearCooldown(gid string) { b.cooldowns.Delete(gid) }
+
+func (b *Broker) revokeLease(id clientv3.LeaseID) {
+	ctx, cancel := context.WithTimeout(b.ctx, b.storeTimeout)
+	defer cancel()
+	if _, err := b.cli.Revoke(ctx, id); err != nil {
+		b.log.Debug("revoke unused lease", zap.Error(err))
+	}
+}

@@ -1,0 +1,304 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
+)
+
+// Background refresh. Every replica reports which tokens its callers asked
+// for recently (hot tokens) under hot/<replica>, leased to its session. The
+// token keys are split into shards; each shard has an election, and its
+// leader refreshes the shard's hot tokens when about a third of their
+// lifetime remains, so that callers never wait on a provider. Refreshes go
+// through the same per-grant lock and fenced write as a caller's miss: only
+// the holder of the lock, whose lease is the session's, can store a token,
+// so a deposed leader's late write is discarded.
+
+// RefreshConfig tunes the background refresher.
+type RefreshConfig struct {
+	// Disabled turns the background refresher off (callers then refresh on
+	// a miss).
+	Disabled bool
+	// Shards is the number of refresh shards, each with its own election;
+	// 1 when zero.
+	Shards int
+	// LeadFraction of a token's lifetime before its expiry starts a
+	// refresh; 1/3 when zero.
+	LeadFraction float64
+	// MinLead starts a refresh at least this long before expiry; 2s when
+	// zero (and never more than half the lifetime).
+	MinLead time.Duration
+	// IdleAfter is how long after the last call a token is no longer kept
+	// warm; 10m when zero.
+	IdleAfter time.Duration
+	// Tick is how often a leader looks for due tokens; 250ms when zero.
+	Tick time.Duration
+	// ReportInterval is how often a replica reports its hot tokens; 1s
+	// when zero.
+	ReportInterval time.Duration
+	// Workers bounds concurrent background refreshes per shard; 4 when zero.
+	Workers int
+}
+
+func (c RefreshConfig) withDefaults() RefreshConfig {
+	c.Shards = cmp(c.Shards, 1)
+	c.LeadFraction = cmp(c.LeadFraction, 1.0/3)
+	c.MinLead = cmp(c.MinLead, 2*time.Second)
+	c.IdleAfter = cmp(c.IdleAfter, 10*time.Minute)
+	c.Tick = cmp(c.Tick, 250*time.Millisecond)
+	c.ReportInterval = cmp(c.ReportInterval, time.Second)
+	c.Workers = cmp(c.Workers, 4)
+	return c
+}
+
+// due reports whether rec should be refreshed ahead of its expiry.
+func (c RefreshConfig) due(rec *TokenRecord, now time.Time) bool {
+	life := rec.Lifetime()
+	lead := max(time.Duration(float64(life)*c.LeadFraction), min(c.MinLead, life/2))
+	return rec.ExpiresAt.Sub(now) <= lead
+}
+
+// shardOf maps a token id to its shard.
+func shardOf(id string, shards int) int {
+	if shards <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	return int(h.Sum32() % uint32(shards))
+}
+
+// hotReport is what a replica says its callers asked for.
+type hotReport struct {
+	At  time.Time `json:"at"`
+	IDs []string  `json:"ids"`
+}
+
+// startRefresher starts the report loop and one campaign per shard; all of
+// them stop on Close.
+func (b *Broker) startRefresher() {
+	if b.refresh.Disabled {
+		return
+	}
+	b.leading = make([]bool, b.refresh.Shards)
+	b.wg.Add(1 + b.refresh.Shards)
+	go b.reportLoop()
+	for s := range b.refresh.Shards {
+		go b.campaign(s)
+	}
+}
+
+// LeadingShards lists the refresh shards this replica leads now.
+func (b *Broker) LeadingShards() []int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []int
+	for s, l := range b.leading {
+		if l {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (b *Broker) setLeading(shard int, v bool) {
+	b.mu.Lock()
+	b.leading[shard] = v
+	b.mu.Unlock()
+}
+
+// pause waits d or until Close; it reports whether to go on.
+func (b *Broker) pause(d time.Duration) bool {
+	select {
+	case <-b.ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
+}
+
+// campaign runs for shard's leadership until Close: campaign, lead while
+// the session lives, resign, again.
+func (b *Broker) campaign(shard int) {
+	defer b.wg.Done()
+	log := b.log.With(zap.Int("shard", shard))
+	for b.ctx.Err() == nil {
+		sess, err := b.session(b.ctx)
+		if err != nil {
+			log.Warn("refresher has no etcd session", zap.Error(err))
+			b.pause(time.Second)
+			continue
+		}
+		e := concurrency.NewElection(sess, b.prefix+electionPrefix+strconv.Itoa(shard))
+		if err := e.Campaign(b.ctx, b.replica); err != nil {
+			if b.ctx.Err() == nil {
+				log.Warn("campaign for refresh shard", zap.Error(err))
+				b.pause(time.Second)
+			}
+			continue
+		}
+		log.Info("leading refresh shard")
+		b.setLeading(shard, true)
+		b.lead(shard, sess)
+		b.setLeading(shard, false)
+		// Resign so that another replica takes over at once, not after the
+		// lease's TTL; after a lost session there is nothing to resign.
+		select {
+		case <-sess.Done():
+			log.Warn("lost refresh shard leadership: etcd session expired")
+		default:
+			ctx, cancel := context.WithTimeout(context.Background(), b.storeTimeout)
+			if err := e.Resign(ctx); err != nil {
+				log.Warn("resign refresh shard", zap.Error(err))
+			}
+			cancel()
+			log.Info("resigned refresh shard")
+		}
+	}
+}
+
+// lead refreshes shard's due hot tokens until Close or until the session,
+// and with it the leadership, is lost.
+func (b *Broker) lead(shard int, sess *concurrency.Session) {
+	ctx, cancel := context.WithCancel(b.ctx)
+	defer cancel()
+	go func() { // ends with lead: cancel is deferred above
+		select {
+		case <-sess.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	seen := map[string]time.Time{} // token id → last reported call
+	var lastRead time.Time
+	tick := time.NewTicker(b.refresh.Tick)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := b.now()
+		if time.Since(lastRead) >= b.refresh.ReportInterval {
+			b.readHot(ctx, seen)
+			lastRead = time.Now()
+		}
+		var due []TokenKey
+		b.tokens.Range(func(k, v any) bool {
+			id := k.(string)
+			if shardOf(id, b.refresh.Shards) != shard {
+				return true
+			}
+			rec := v.(*cacheEntry).rec.Load()
+			if rec == nil || now.Sub(seen[id]) > b.refresh.IdleAfter || !b.refresh.due(rec, now) {
+				return true
+			}
+			if _, cooling := b.cooldown(grantID(rec.Key.Provider, rec.Key.Account)); cooling {
+				return true
+			}
+			due = append(due, rec.Key)
+			return true
+		})
+		b.refreshAll(ctx, due)
+	}
+}
+
+// refreshAll refreshes keys with at most Workers at a time and waits.
+func (b *Broker) refreshAll(ctx context.Context, keys []TokenKey) {
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, b.refresh.Workers)
+	for _, key := range keys {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			_, err := b.fetch(ctx, "bg\x00"+key.id(), key, func(cur *TokenRecord) bool {
+				return cur != nil && !b.refresh.due(cur, b.now())
+			})
+			if err != nil && ctx.Err() == nil {
+				b.log.Warn("background refresh failed", zap.Stringer("key", key), zap.Error(err))
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// readHot merges every replica's report into seen, dropping what is idle.
+func (b *Broker) readHot(ctx context.Context, seen map[string]time.Time) {
+	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	defer cancel()
+	resp, err := b.cli.Get(sctx, b.prefix+hotPrefix, clientv3.WithPrefix())
+	if err != nil {
+		b.log.Debug("read hot tokens", zap.Error(err))
+		return
+	}
+	for _, kv := range resp.Kvs {
+		var r hotReport
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			continue
+		}
+		for _, id := range r.IDs {
+			if r.At.After(seen[id]) {
+				seen[id] = r.At
+			}
+		}
+	}
+	now := b.now()
+	for id, at := range seen {
+		if now.Sub(at) > b.refresh.IdleAfter {
+			delete(seen, id)
+		}
+	}
+}
+
+// reportLoop writes, every ReportInterval, the tokens this replica's
+// callers asked for since the last report.
+func (b *Broker) reportLoop() {
+	defer b.wg.Done()
+	key := b.prefix + hotPrefix + strings.ReplaceAll(b.replica, "/", "_")
+	var last time.Time
+	for b.pause(b.refresh.ReportInterval) {
+		now := b.now()
+		since := last.Add(-2 * time.Second).UnixNano() // touch is coarse: once a second
+		var ids []string
+		b.tokens.Range(func(k, v any) bool {
+			if v.(*cacheEntry).lastAccess.Load() >= since {
+				ids = append(ids, k.(string))
+			}
+			return true
+		})
+		if len(ids) == 0 {
+			continue
+		}
+		sess, err := b.session(b.ctx)
+		if err != nil {
+			continue
+		}
+		val, err := json.Marshal(hotReport{At: now, IDs: ids})
+		if err != nil {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(b.ctx, b.storeTimeout)
+		_, err = b.cli.Put(ctx, key, string(val), clientv3.WithLease(sess.Lease()))
+		cancel()
+		if err != nil {
+			b.log.Debug("report hot tokens", zap.Error(err))
+			continue
+		}
+		last = now
+	}
+}

@@ -1,0 +1,410 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/tokenbroker/tokenbroker/broker/apikey"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+)
+
+// AnonymousIdentity is the identity of callers without credentials on a
+// server run with AuthConfig.InsecureNoAuth.
+const AnonymousIdentity = "anonymous"
+
+// AuthConfig says how callers authenticate and what they may do.
+type AuthConfig struct {
+	// Keys checks API keys sent as "authorization: Bearer <key>"; nil
+	// accepts none. The Server does not close it.
+	Keys *apikey.Store
+	// Policy says who may do what; nil allows nothing. SetPolicy replaces it.
+	Policy *policy.Policy
+	// RateLimit applies per caller identity; DefaultRateLimit when zero.
+	RateLimit RateLimit
+	// InsecureNoAuth lets callers without credentials in as
+	// AnonymousIdentity and allows every caller every action. Credentials
+	// that are presented are still checked.
+	InsecureNoAuth bool
+}
+
+// How a caller authenticated (Caller.Via).
+const (
+	ViaAPIKey = "api_key"
+	ViaMTLS   = "mtls"
+	ViaNone   = "none" // InsecureNoAuth, no credentials
+)
+
+// Caller is an authenticated caller.
+type Caller struct {
+	// Identity is the API key's identity, the client certificate's first URI
+	// SAN or its subject CN, or AnonymousIdentity.
+	Identity string
+	// Via is ViaAPIKey, ViaMTLS or ViaNone.
+	Via string
+	// KeyID is the public id of the API key, when Via is ViaAPIKey.
+	KeyID string
+}
+
+// callState travels in the context of one call: the logging interceptor
+// creates it, authentication fills it in, the handlers and the log line
+// read it.
+type callState struct {
+	caller        Caller
+	authenticated bool
+	policy        *policy.Policy
+	peer          string
+}
+
+type callStateKey struct{}
+
+// withCallState returns ctx with a callState, reusing the one it has.
+func withCallState(ctx context.Context) (context.Context, *callState) {
+	if st, ok := ctx.Value(callStateKey{}).(*callState); ok {
+		return ctx, st
+	}
+	st := &callState{}
+	return context.WithValue(ctx, callStateKey{}, st), st
+}
+
+// CallerFrom returns the authenticated caller of the call ctx belongs to.
+func CallerFrom(ctx context.Context) (Caller, bool) {
+	st, ok := ctx.Value(callStateKey{}).(*callState)
+	if !ok || !st.authenticated {
+		return Caller{}, false
+	}
+	return st.caller, true
+}
+
+// callerMay reports whether the caller of ctx may perform action on
+// provider's account, under the policy that authorized the call. Without
+// an authenticated caller it is false.
+func callerMay(ctx context.Context, action policy.Action, provider, account string) bool {
+	st, ok := ctx.Value(callStateKey{}).(*callState)
+	if !ok || !st.authenticated {
+		return false
+	}
+	return st.policy.Allow(st.caller.Identity, action, provider, account)
+}
+
+// restRequest is what the REST gateway knows of a caller, captured from the
+// HTTP request before the gateway turns headers into gRPC metadata. Its
+// context key type is unexported: nothing a caller sends can forge it.
+type restRequest struct {
+	authorization []string
+	cert          *x509.Certificate // verified client certificate
+	remoteAddr    string
+}
+
+type restRequestKey struct{}
+
+// withRESTCredentials records the REST caller's Authorization header and
+// verified client certificate in the request context. The interceptors use
+// that and never the gRPC metadata of a REST call, which a caller shapes
+// with headers such as Grpc-Metadata-Authorization.
+func withRESTCredentials(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rr := &restRequest{authorization: r.Header.Values("Authorization"), remoteAddr: r.RemoteAddr}
+		rr.cert = verifiedLeaf(r.TLS)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), restRequestKey{}, rr)))
+	})
+}
+
+// asRESTCall marks ctx as a REST call with no credentials unless
+// withRESTCredentials marked it already: a gateway call never falls back to
+// gRPC metadata.
+func asRESTCall(ctx context.Context) context.Context {
+	if _, ok := ctx.Value(restRequestKey{}).(*restRequest); ok {
+		return ctx
+	}
+	return context.WithValue(ctx, restRequestKey{}, &restRequest{})
+}
+
+func verifiedLeaf(cs *tls.ConnectionState) *x509.Certificate {
+	if cs == nil || len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return cs.VerifiedChains[0][0]
+}
+
+// presented is what a caller presented.
+type presented struct {
+	authorization []string
+	cert          *x509.Certificate
+	peer          string
+}
+
+func credentialsOf(ctx context.Context) presented {
+	if rr, ok := ctx.Value(restRequestKey{}).(*restRequest); ok {
+		return presented{authorization: rr.authorization, cert: rr.cert, peer: rr.remoteAddr}
+	}
+	var p presented
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		p.authorization = md.Get("authorization")
+	}
+	if pr, ok := peer.FromContext(ctx); ok {
+		if pr.Addr != nil {
+			p.peer = pr.Addr.String()
+		}
+		if info, ok := pr.AuthInfo.(credentials.TLSInfo); ok {
+			p.cert = verifiedLeaf(&info.State)
+		}
+	}
+	return p
+}
+
+// certIdentity is a client certificate's first URI SAN (a SPIFFE ID, say)
+// or else its subject CN.
+func certIdentity(c *x509.Certificate) string {
+	if len(c.URIs) > 0 {
+		return c.URIs[0].String()
+	}
+	return c.Subject.CommonName
+}
+
+// bearer extracts the token of "Bearer <token>"; the scheme is case
+// insensitive.
+func bearer(v string) (string, bool) {
+	scheme, tok, ok := strings.Cut(v, " ")
+	if !ok || !strings.EqualFold(scheme, "bearer") {
+		return "", false
+	}
+	tok = strings.TrimSpace(tok)
+	return tok, tok != ""
+}
+
+// requirement is what a method asks of its caller.
+type requirement struct {
+	action policy.Action
+	scope  scope
+}
+
+type scope int
+
+const (
+	// scopeAuthenticated: any authenticated caller (reflection).
+	scopeAuthenticated scope = iota
+	// scopeRequest: the action on the request's provider and account.
+	scopeRequest
+	// scopeSome: the action on at least one provider (Introspect, whose
+	// handler narrows the answer to what the caller may see).
+	scopeSome
+	// scopeGlobal: the action, regardless of provider (admin).
+	scopeGlobal
+)
+
+// requirements maps every method the server serves to what it requires; a
+// method missing here is denied. Every AdminService method requires admin,
+// including ones added later.
+var requirements = func() map[string]requirement {
+	m := map[string]requirement{
+		tokenbrokerv1.TokenBrokerService_GetToken_FullMethodName:   {policy.Token, scopeRequest},
+		tokenbrokerv1.TokenBrokerService_Refresh_FullMethodName:    {policy.Token, scopeRequest},
+		tokenbrokerv1.TokenBrokerService_Introspect_FullMethodName: {policy.Introspect, scopeSome},
+	}
+	for _, md := range tokenbrokerv1.AdminService_ServiceDesc.Methods {
+		m["/"+tokenbrokerv1.AdminService_ServiceDesc.ServiceName+"/"+md.MethodName] = requirement{policy.Admin, scopeGlobal}
+	}
+	return m
+}()
+
+const (
+	healthPrefix     = "/grpc.health.v1.Health/"
+	reflectionPrefix = "/grpc.reflection."
+)
+
+func requirementOf(method string) (requirement, bool) {
+	if strings.HasPrefix(method, reflectionPrefix) {
+		return requirement{scope: scopeAuthenticated}, true
+	}
+	r, ok := requirements[method]
+	return r, ok
+}
+
+// scoped is a request that names a provider and an account.
+type scoped interface {
+	GetProvider() string
+	GetAccount() string
+}
+
+// AuthStats counts refused calls since the server started.
+type AuthStats struct {
+	Unauthenticated  uint64
+	PermissionDenied uint64
+	RateLimited      uint64
+}
+
+// guard authenticates, rate-limits, authorizes and audits calls.
+type guard struct {
+	keys     *apikey.Store
+	insecure bool
+	policy   atomic.Pointer[policy.Policy]
+	limiter  atomic.Pointer[rateLimiter]
+	log      *zap.Logger
+	audit    *zap.Logger
+
+	unauthenticated  atomic.Uint64
+	permissionDenied atomic.Uint64
+	rateLimited      atomic.Uint64
+}
+
+func newGuard(cfg AuthConfig, log, audit *zap.Logger) *guard {
+	g := &guard{keys: cfg.Keys, insecure: cfg.InsecureNoAuth, log: log.Named("auth"), audit: audit}
+	g.setPolicy(cfg.Policy)
+	g.limiter.Store(newRateLimiter(cfg.RateLimit, nil))
+	return g
+}
+
+func (g *guard) setPolicy(p *policy.Policy) {
+	if g.insecure {
+		p = policy.AllowAll()
+	}
+	g.policy.Store(p)
+}
+
+func (g *guard) stats() AuthStats {
+	return AuthStats{
+		Unauthenticated:  g.unauthenticated.Load(),
+		PermissionDenied: g.permissionDenied.Load(),
+		RateLimited:      g.rateLimited.Load(),
+	}
+}
+
+var errUnauthenticated = status.Error(codes.Unauthenticated, "missing or invalid credentials")
+
+// authenticate finds out who the caller is. An Authorization value wins
+// over a client certificate and must be a valid API key. The reason it
+// returns on failure is for the log; the caller sees errUnauthenticated.
+func (g *guard) authenticate(p presented) (Caller, string) {
+	switch {
+	case len(p.authorization) > 1:
+		return Caller{}, "more than one authorization value"
+	case len(p.authorization) == 1:
+		key, ok := bearer(p.authorization[0])
+		if !ok {
+			return Caller{}, "authorization is not a bearer token"
+		}
+		if g.keys == nil {
+			return Caller{}, "api keys are not enabled"
+		}
+		identity, err := g.keys.Authenticate(key)
+		if err != nil {
+			return Caller{}, "invalid, unknown or retired api key"
+		}
+		id, _ := apikey.ParseID(key)
+		return Caller{Identity: identity, Via: ViaAPIKey, KeyID: id}, ""
+	case p.cert != nil:
+		identity := certIdentity(p.cert)
+		if apikey.ValidateIdentity(identity) != nil {
+			return Caller{}, "client certificate has no usable URI SAN or CN"
+		}
+		return Caller{Identity: identity, Via: ViaMTLS}, ""
+	case g.insecure:
+		return Caller{Identity: AnonymousIdentity, Via: ViaNone}, ""
+	}
+	return Caller{}, "no credentials"
+}
+
+// admit authenticates the call, records the caller in st, and applies the
+// rate limit and the policy. It returns the status error to answer with.
+func (g *guard) admit(ctx context.Context, st *callState, method string, req any) error {
+	p := credentialsOf(ctx)
+	st.peer = p.peer
+	caller, reason := g.authenticate(p)
+	if reason != "" {
+		g.unauthenticated.Add(1)
+		g.log.Info("unauthenticated call", zap.String("method", method), zap.String("peer", p.peer), zap.String("reason", reason))
+		return errUnauthenticated
+	}
+	pol := g.policy.Load()
+	st.caller, st.authenticated, st.policy = caller, true, pol
+
+	if ok, wait := g.limiter.Load().allow(caller.Identity); !ok {
+		g.rateLimited.Add(1)
+		g.log.Info("rate limited", zap.String("caller", caller.Identity), zap.String("method", method))
+		s, err := status.New(codes.ResourceExhausted, "rate limit exceeded").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)})
+		if err != nil {
+			return status.Error(codes.ResourceExhausted, "rate limit exceeded")
+		}
+		return s.Err()
+	}
+
+	rq, known := requirementOf(method)
+	var provider, account string
+	allowed := false
+	switch {
+	case !known:
+	case rq.scope == scopeAuthenticated:
+		allowed = true
+	case rq.scope == scopeGlobal:
+		allowed = pol.Allow(caller.Identity, rq.action, "", "")
+	case rq.scope == scopeSome:
+		allowed = pol.AllowSome(caller.Identity, rq.action)
+	case rq.scope == scopeRequest:
+		if r, ok := req.(scoped); ok {
+			provider, account = r.GetProvider(), r.GetAccount()
+			allowed = pol.Allow(caller.Identity, rq.action, provider, account)
+		}
+	}
+	if !allowed {
+		g.permissionDenied.Add(1)
+		g.log.Info("permission denied",
+			zap.String("caller", caller.Identity), zap.String("method", method),
+			zap.String("provider", provider), zap.String("account", account), zap.String("peer", p.peer))
+		return status.Errorf(codes.PermissionDenied, "permission denied: %s may not call %s", caller.Identity, method)
+	}
+	return nil
+}
+
+// unary is the authentication interceptor: health checks pass; every other
+// call is authenticated, rate-limited and authorized, and admin changes are
+// audited.
+func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	if strings.HasPrefix(info.FullMethod, healthPrefix) {
+		return handler(ctx, req)
+	}
+	ctx, st := withCallState(ctx)
+	if audited(info.FullMethod) {
+		start := time.Now()
+		defer func() { g.auditCall(st, info.FullMethod, req, resp, err, start) }()
+	}
+	if err := g.admit(ctx, st, info.FullMethod, req); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+// stream is the streaming counterpart of unary (reflection is a stream).
+func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if strings.HasPrefix(info.FullMethod, healthPrefix) {
+		return handler(srv, ss)
+	}
+	ctx, st := withCallState(ss.Context())
+	if err := g.admit(ctx, st, info.FullMethod, nil); err != nil {
+		return err
+	}
+	return handler(srv, &contextStream{ServerStream: ss, ctx: ctx})
+}
+
+// contextStream is a ServerStream with another context.
+type contextStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *contextStream) Context() context.Context { return s.ctx }
