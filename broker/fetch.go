@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
@@ -93,7 +94,11 @@ func (b *Broker) fetch(ctx context.Context, flight string, key TokenKey, good fu
 		defer b.wg.Done()
 		fctx, cancel := context.WithTimeout(b.ctx, b.fetchTimeout)
 		defer cancel()
-		return b.fetchLocked(fctx, key, good)
+		rec, err := b.fetchLocked(fctx, key, good)
+		if errors.Is(err, ErrConflict) { // an admin changed the provider or grant meanwhile
+			rec, err = b.fetchLocked(fctx, key, good)
+		}
+		return rec, err
 	})
 	select {
 	case <-ctx.Done():
@@ -142,9 +147,8 @@ func (b *Broker) grantLock(ctx context.Context, gid string) (m *concurrency.Mute
 // when the token is still not good enough, obtains a new one and stores it
 // fenced by the lock, the provider's and the grant's revisions.
 func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*TokenRecord) bool) (*TokenRecord, error) {
-	p, err := b.provider(ctx, key.Provider)
-	if err != nil {
-		return nil, err
+	if _, err := b.provider(ctx, key.Provider); err != nil {
+		return nil, err // unknown provider: no lock taken
 	}
 	gid := grantID(key.Provider, key.Account)
 	m, unlock, err := b.grantLock(ctx, gid)
@@ -154,7 +158,7 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	defer unlock()
 
 	id := key.id()
-	cur, g, err := b.readTokenAndGrant(ctx, id, gid)
+	p, cur, g, err := b.readForFetch(ctx, key.Provider, id, gid)
 	if err != nil {
 		return nil, err
 	}
@@ -207,18 +211,42 @@ func (b *Broker) serveStale(cur *TokenRecord, err error) (*TokenRecord, error) {
 	return nil, err
 }
 
+// readForFetch reads, in one round trip and at one revision, the provider,
+// a token record and its grant. The provider comes from etcd, not from
+// memory, so that the fenced write compares the revision that is current.
+func (b *Broker) readForFetch(ctx context.Context, provider, id, gid string) (*Provider, *TokenRecord, *Grant, error) {
+	pkey := b.prefix + providersPrefix + provider
+	rec, g, presp, err := b.readTokenAndGrantWith(ctx, id, gid, clientv3.OpGet(pkey))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	kvs := presp.GetKvs()
+	if len(kvs) == 0 {
+		return nil, nil, nil, fmt.Errorf("%w: provider %q", ErrNotFound, provider)
+	}
+	p, err := b.decodeProvider(pkey, kvs[0].Value, kvs[0].ModRevision)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return p, rec, g, nil
+}
+
 // readTokenAndGrant reads a token record and its grant in one round trip.
 func (b *Broker) readTokenAndGrant(ctx context.Context, id, gid string) (*TokenRecord, *Grant, error) {
+	rec, g, _, err := b.readTokenAndGrantWith(ctx, id, gid)
+	return rec, g, err
+}
+
+// readTokenAndGrantWith reads a token record, its grant (unless gid is
+// empty) and the range of one more op, in one transaction.
+func (b *Broker) readTokenAndGrantWith(ctx context.Context, id, gid string, extra ...clientv3.Op) (*TokenRecord, *Grant, *etcdserverpb.RangeResponse, error) {
 	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
 	defer cancel()
 	tkey, gkey := b.prefix+tokensPrefix+id, b.prefix+grantsPrefix+gid
-	ops := []clientv3.Op{clientv3.OpGet(tkey)}
-	if gid != "" {
-		ops = append(ops, clientv3.OpGet(gkey))
-	}
+	ops := append([]clientv3.Op{clientv3.OpGet(tkey), clientv3.OpGet(gkey)}, extra...)
 	resp, err := b.cli.Txn(sctx).Then(ops...).Commit()
 	if err != nil {
-		return nil, nil, storeError(ctx, "read token and grant", err)
+		return nil, nil, nil, storeError(ctx, "read token and grant", err)
 	}
 	var rec *TokenRecord
 	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
@@ -230,15 +258,16 @@ func (b *Broker) readTokenAndGrant(ctx context.Context, id, gid string) (*TokenR
 		}
 	}
 	var g *Grant
-	if gid == "" {
-		return rec, nil, nil
-	}
-	if kvs := resp.Responses[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
+	if kvs := resp.Responses[1].GetResponseRange().GetKvs(); gid != "" && len(kvs) > 0 {
 		if g, err = b.decodeGrant(gkey, kvs[0].Value, kvs[0].ModRevision); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
-	return rec, g, nil
+	var extraResp *etcdserverpb.RangeResponse
+	if len(extra) > 0 {
+		extraResp = resp.Responses[2].GetResponseRange()
+	}
+	return rec, g, extraResp, nil
 }
 
 // readToken reads a token record from etcd; nil when there is none.
@@ -440,7 +469,8 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 		clientv3.OpPut(gkey, string(gval)),
 		clientv3.OpPut(b.prefix+introspectPrefix+tokenHash(rec.AccessToken), string(idx), clientv3.WithLease(lease.ID)),
 	}
-	resp, err := b.cli.Txn(sctx).If(append(unchanged, m.IsOwner())...).Then(writes...).Commit()
+	resp, err := b.cli.Txn(sctx).If(append(unchanged, m.IsOwner())...).Then(writes...).
+		Else(clientv3.OpGet(pkey), clientv3.OpGet(gkey)).Commit()
 	if err != nil {
 		return storeError(ctx, "write token", err)
 	}
@@ -457,7 +487,11 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 		}
 	}
 	b.revokeLease(lease.ID)
-	return fmt.Errorf("%w: write of %s discarded", errors.Join(ErrLockLost, ErrConflict), rec.Key)
+	if changed := resp.Responses; len(changed) == 2 &&
+		(modRevision(changed[0]) != p.Revision || modRevision(changed[1]) != g.Revision) {
+		return fmt.Errorf("%w: provider or grant changed while %s was fetched; token discarded", ErrConflict, rec.Key)
+	}
+	return fmt.Errorf("%w: write of %s discarded", ErrLockLost, rec.Key)
 }
 
 // noteFailure records a failed attempt on the grant, fenced like a token
@@ -532,4 +566,12 @@ func (b *Broker) revokeLease(id clientv3.LeaseID) {
 	if _, err := b.cli.Revoke(ctx, id); err != nil {
 		b.log.Debug("revoke unused lease", zap.Error(err))
 	}
+}
+
+// modRevision is the mod revision a range response found, 0 for none.
+func modRevision(r *etcdserverpb.ResponseOp) int64 {
+	if kvs := r.GetResponseRange().GetKvs(); len(kvs) > 0 {
+		return kvs[0].ModRevision
+	}
+	return 0
 }

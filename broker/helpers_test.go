@@ -84,7 +84,7 @@ func newTestBroker(t *testing.T, e *etcdtest.Etcd, opts ...brokerOption) *Broker
 		FetchTimeout:  15 * time.Second,
 		DefaultMinTTL: time.Minute,
 		Keyring:       testkeys.Keyring(),
-		CooldownBase:  time.Millisecond,
+		CooldownBase:  time.Nanosecond,
 	}}
 	for _, o := range opts {
 		o(&s)

@@ -153,7 +153,7 @@ func (e *env) startWith(o options) *instance {
 		// Replicas of one test share the master key; failures are retried
 		// at once, as each case of a test expects.
 		Keyring:      testkeys.Keyring(),
-		CooldownBase: time.Millisecond,
+		CooldownBase: time.Nanosecond,
 		Refresh:      broker.RefreshConfig{Disabled: o.quiet},
 	})
 	if err != nil {
