@@ -2,8 +2,10 @@ package server_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -477,5 +479,60 @@ func TestHealthAndOpenAPI(t *testing.T) {
 	paths, _ := body["paths"].(map[string]any)
 	if code != http.StatusOK || body["swagger"] != "2.0" || paths["/v1/providers/{provider}/token"] == nil {
 		t.Errorf("GET /openapi.json = %d with paths %v, want the generated document", code, paths)
+	}
+}
+
+func TestRFC7662IntrospectionEndpoint(t *testing.T) {
+	e := newEnv(t)
+	in := e.start(nil)
+	e.register(in, "sandbox")
+	got, err := in.tokens.GetToken(context.Background(), &tokenbrokerv1.GetTokenRequest{Provider: "sandbox", Scopes: []string{"read"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	post := func(key, token string) (int, map[string]any) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, in.baseURL+"/oauth2/introspect", strings.NewReader(url.Values{"token": {token}}.Encode()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var body map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+			t.Fatalf("answer is not JSON: %v", err)
+		}
+		return resp.StatusCode, body
+	}
+	tests := []struct {
+		name       string
+		key, token string
+		wantCode   int
+		wantActive any
+	}{
+		{"issued token", testAdminKey, got.GetToken().GetAccessToken(), http.StatusOK, true},
+		{"unknown token", testAdminKey, "never-issued", http.StatusOK, false},
+		{"no credentials", "", got.GetToken().GetAccessToken(), http.StatusUnauthorized, nil},
+		{"bad key", "tbk_aaaaaaaaaaaa_bad", got.GetToken().GetAccessToken(), http.StatusUnauthorized, nil},
+		{"no token", testAdminKey, "", http.StatusBadRequest, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, body := post(tt.key, tt.token)
+			if code != tt.wantCode || body["active"] != tt.wantActive {
+				t.Errorf("POST /oauth2/introspect = %d %v, want %d with active %v", code, body, tt.wantCode, tt.wantActive)
+			}
+		})
+	}
+	_, body := post(testAdminKey, got.GetToken().GetAccessToken())
+	if body["provider"] != "sandbox" || body["scope"] != "read" || body["client_id"] != testClientID || body["exp"] == nil {
+		t.Errorf("introspection of an issued token = %v, want provider, scope, client_id and exp", body)
 	}
 }

@@ -105,6 +105,7 @@ func New(cfg Config) (*Server, error) {
 	// The consent callback is authenticated by its single-use state, not
 	// by caller credentials: a browser following a redirect has none.
 	mux.Handle("GET "+CallbackPath, callbackHandler(cfg.Broker, log))
+	mux.Handle("POST "+IntrospectPath, introspectionHandler(tb, chain, log))
 	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -74,6 +74,8 @@ func (s *tokenBrokerServer) Introspect(ctx context.Context, req *tokenbrokerv1.I
 		Iat:       in.IssuedAt.Unix(),
 		Provider:  in.Provider,
 		Account:   in.Account,
+		Username:  in.Username,
+		Sub:       in.Subject,
 	}, nil
 }
 
