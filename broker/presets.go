@@ -106,10 +106,16 @@ func fillGrants(p *Provider, gs ...GrantType) {
 // unset. Errors wrap ErrInvalidArgument (unknown preset, bad base URL) or
 // are a *ProviderError (discovery failed).
 func (b *Broker) ApplyPreset(ctx context.Context, p *Provider, name, base string) error {
-	base = strings.TrimRight(base, "/")
 	if name == "oidc" {
-		return b.discover(ctx, p, base)
+		return b.discover(ctx, p, strings.TrimRight(base, "/"))
 	}
+	return ApplyStaticPreset(p, name, base)
+}
+
+// ApplyStaticPreset is ApplyPreset for the presets that need no network:
+// every one but "oidc".
+func ApplyStaticPreset(p *Provider, name, base string) error {
+	base = strings.TrimRight(base, "/")
 	pr, ok := presets[name]
 	if !ok {
 		return invalidf("unknown preset %q; known: %s", name, strings.Join(PresetNames(), ", "))

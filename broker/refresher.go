@@ -153,6 +153,10 @@ func (b *Broker) campaign(shard int) {
 		// Resign so that another replica takes over at once, not after the
 		// lease's TTL; after a lost session there is nothing to resign.
 		select {
+		case <-b.ctx.Done():
+			// Close revokes the session's lease, which removes the
+			// leadership key at once.
+			log.Info("leaving refresh shard: shutting down")
 		case <-sess.Done():
 			log.Warn("lost refresh shard leadership: etcd session expired")
 		default:

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
+	"github.com/tokenbroker/tokenbroker/broker/oauth"
 	"github.com/tokenbroker/tokenbroker/internal/embedetcd"
 	"github.com/tokenbroker/tokenbroker/server"
 )
@@ -22,13 +23,14 @@ import (
 // App is the running broker: its store (embedded or external etcd), the
 // broker, and the servers. End-to-end tests run the real wiring through it.
 type App struct {
-	cfg    Config
-	log    *zap.Logger
-	etcd   *embedetcd.Server // nil with external endpoints
-	client *clientv3.Client
-	broker *broker.Broker
-	keys   *apikey.Store
-	server *server.Server
+	callbackURL string
+	cfg         Config
+	log         *zap.Logger
+	etcd        *embedetcd.Server // nil with external endpoints
+	client      *clientv3.Client
+	broker      *broker.Broker
+	keys        *apikey.Store
+	server      *server.Server
 }
 
 // errNoAuth is what StartApp says when no caller could ever authenticate.
@@ -117,6 +119,14 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 		if err != nil {
 			return nil, fmt.Errorf("provider %q: %w", pc.Name, err)
 		}
+		if pc.Preset == "oidc" {
+			if err := a.broker.ApplyPreset(ctx, &p, pc.Preset, pc.BaseURL); err != nil {
+				return nil, fmt.Errorf("provider %q: %w", pc.Name, err)
+			}
+			if p.ClientAuth == 0 {
+				p.ClientAuth = oauth.AuthBasic
+			}
+		}
 		if _, err := a.broker.PutProvider(ctx, p, secret); err != nil {
 			return nil, fmt.Errorf("register provider %q: %w", pc.Name, err)
 		}
@@ -133,10 +143,14 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 	if public == "" {
 		public = "http://" + loopbackIfUnspecified(a.server.HTTPAddr())
 	}
-	a.broker.SetCallbackURL(public + server.CallbackPath)
+	a.callbackURL = public + server.CallbackPath
+	a.broker.SetCallbackURL(a.callbackURL)
 	a.server.Start()
 	return a, nil
 }
+
+// CallbackURL is where providers send a person back after consent.
+func (a *App) CallbackURL() string { return a.callbackURL }
 
 // Broker returns the app's broker.
 func (a *App) Broker() *broker.Broker { return a.broker }

@@ -155,6 +155,17 @@ type ProviderConfig struct {
 	TokenParams          map[string]string `yaml:"token_params"`
 	GrantTypes           []string          `yaml:"grant_types"`
 	DefaultTokenLifetime time.Duration     `yaml:"default_token_lifetime"`
+	// PKCE sends an S256 code challenge with authorization requests.
+	PKCE bool `yaml:"pkce"`
+	// RedirectURL is the callback registered at the provider; the broker's
+	// public_url + /v1/oauth/callback when empty.
+	RedirectURL string `yaml:"redirect_url"`
+	// Preset fills endpoints, client authentication, grants and scopes of a
+	// known provider from BaseURL: mediacore, mediahound, mediavalet,
+	// mediaflow, mediahaven, or oidc (discovery from the issuer BaseURL, at
+	// start). Fields set here win over the preset.
+	Preset  string `yaml:"preset"`
+	BaseURL string `yaml:"base_url"`
 }
 
 // defaultConfig is what applies where neither file, environment nor flags
@@ -286,7 +297,7 @@ func (c *Config) Validate(getenv func(string) string) error {
 // provider converts the declaration, reading the secret from where it says.
 func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, string, error) {
 	var errs []error
-	auth := oauth.AuthBasic
+	var auth oauth.AuthStyle // the preset's, else basic
 	if pc.ClientAuthStyle != "" {
 		a, err := oauth.ParseAuthStyle(pc.ClientAuthStyle)
 		if err != nil {
@@ -314,6 +325,23 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 	}
 	for _, g := range pc.GrantTypes {
 		p.GrantTypes = append(p.GrantTypes, broker.GrantType(g))
+	}
+	p.PKCE, p.RedirectURL = pc.PKCE, pc.RedirectURL
+	switch pc.Preset {
+	case "":
+	case "oidc":
+		// Discovery runs at start; the endpoints are checked then.
+		if pc.BaseURL == "" {
+			errs = append(errs, errors.New("preset oidc needs base_url (the issuer)"))
+		}
+		return p, secret, errors.Join(errs...)
+	default:
+		if err := broker.ApplyStaticPreset(&p, pc.Preset, pc.BaseURL); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if p.ClientAuth == 0 {
+		p.ClientAuth = oauth.AuthBasic
 	}
 	if err := p.Validate(); err != nil {
 		errs = append(errs, err)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
@@ -19,31 +20,59 @@ import (
 )
 
 // devEnv is the sandbox provider that `tokenbroker dev` runs beside the
-// broker, on loopback.
+// broker, on loopback. Its listener is bound first (the broker's config
+// needs its URL); the provider itself is made once the broker listens (it
+// needs the broker's callback URL).
 type devEnv struct {
-	provider *sandbox.Server
+	provider atomic.Pointer[sandbox.Server]
 	http     *http.Server
 	lis      net.Listener
 	done     chan struct{}
 }
 
-// startSandbox serves a sandbox OAuth2 server on a free loopback port.
-func startSandbox(clientID, clientSecret string) (*devEnv, error) {
-	sb, err := sandbox.New(sandbox.Config{Clients: map[string]string{clientID: clientSecret}, MaxRecorded: 1000})
-	if err != nil {
-		return nil, err
-	}
+// listenSandbox binds a free loopback port and serves the sandbox there
+// once setProvider is called (503 until then).
+func listenSandbox() (*devEnv, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("sandbox listener: %w", err)
 	}
-	d := &devEnv{provider: sb, lis: lis, done: make(chan struct{}),
-		http: &http.Server{Handler: sb, ReadHeaderTimeout: 5 * time.Second}}
+	d := &devEnv{lis: lis, done: make(chan struct{})}
+	d.http = &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if sb := d.provider.Load(); sb != nil {
+			sb.ServeHTTP(w, r)
+			return
+		}
+		http.Error(w, "sandbox starting", http.StatusServiceUnavailable)
+	})}
 	go func() {
 		defer close(d.done)
 		_ = d.http.Serve(lis) // returns ErrServerClosed after Close
 	}()
 	return d, nil
+}
+
+// devUser is the sandbox's resource owner, for the password and consent flows.
+const devUser, devPassword = "alice", "wonderland"
+
+// setProvider makes the sandbox serve every grant: client credentials,
+// password, authorization code with PKCE back to callback, and refresh
+// tokens that rotate (as MediaHaven's do).
+func (d *devEnv) setProvider(clientID, clientSecret, callback string) error {
+	sb, err := sandbox.New(sandbox.Config{
+		Clients:             map[string]string{clientID: clientSecret},
+		Users:               map[string]string{devUser: devPassword},
+		RedirectURIs:        map[string][]string{clientID: {callback}},
+		RefreshTokens:       true,
+		RotateRefreshTokens: true,
+		RequirePKCE:         true,
+		MaxRecorded:         1000,
+	})
+	if err != nil {
+		return err
+	}
+	d.provider.Store(sb)
+	return nil
 }
 
 // baseURL is the sandbox's URL.
@@ -70,11 +99,16 @@ func devConfig(dataDir, sandboxURL, clientID, clientSecret, keyID, keySHA256 str
 	cfg.DataDir = dataDir
 	cfg.Log.Format = "console"
 	cfg.Providers = []ProviderConfig{{
-		Name:            "sandbox",
-		TokenURL:        sandboxURL + sandbox.TokenPath,
-		ClientID:        clientID,
-		ClientSecret:    clientSecret,
-		ClientAuthStyle: "basic",
+		Name:             "sandbox",
+		TokenURL:         sandboxURL + sandbox.TokenPath,
+		AuthorizeURL:     sandboxURL + sandbox.AuthorizePath,
+		IntrospectionURL: sandboxURL + sandbox.IntrospectPath,
+		RevocationURL:    sandboxURL + sandbox.RevokePath,
+		ClientID:         clientID,
+		ClientSecret:     clientSecret,
+		ClientAuthStyle:  "basic",
+		GrantTypes:       []string{"client_credentials", "password", "authorization_code", "refresh_token"},
+		PKCE:             true,
 	}}
 	return cfg
 }
@@ -99,7 +133,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	const clientID = "sandbox-client"
-	env, err := startSandbox(clientID, base64.RawURLEncoding.EncodeToString(secret))
+	env, err := listenSandbox()
 	if err != nil {
 		return err
 	}
@@ -136,18 +170,30 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, `tokenbroker dev is running: embedded etcd in %s, sandbox OAuth2 provider at %s
-  REST: http://%s   gRPC: %s   OpenAPI: http://%s/openapi.json
+	if err := env.setProvider(clientID, base64.RawURLEncoding.EncodeToString(secret), app.CallbackURL()); err != nil {
+		return errors.Join(err, app.Close())
+	}
+	fmt.Fprintf(stdout, `tokenbroker dev is running: embedded etcd in %[1]s, sandbox OAuth2 provider at %[2]s
+  REST: http://%[3]s   gRPC: %[4]s   OpenAPI: http://%[3]s/openapi.json
 
-Your dev API key (identity %q, allowed everything, admin included; it lasts as long as this run):
-  %s
+Your dev API key (identity %[5]q, allowed everything, admin included; it lasts as long as this run):
+  %[6]s
 
 Get a token from the sandbox provider:
-  curl -s -X POST -H "Authorization: Bearer %s" http://%s/v1/providers/sandbox/token
-  grpcurl -plaintext -H 'authorization: Bearer %s' -d '{"provider":"sandbox"}' %s tokenbroker.v1.TokenBrokerService/GetToken
+  curl -s -X POST -H "Authorization: Bearer %[6]s" http://%[3]s/v1/providers/sandbox/token
+  grpcurl -plaintext -H 'authorization: Bearer %[6]s' -d '{"provider":"sandbox"}' %[4]s tokenbroker.v1.TokenBrokerService/GetToken
+
+The sandbox serves every grant. A password account (user %[7]s, password %[8]s):
+  curl -s -X PUT -H "Authorization: Bearer %[6]s" http://%[3]s/v1/admin/providers/sandbox/accounts/alice-pw -d '{"grant_type":"GRANT_TYPE_PASSWORD","username":"%[7]s","password":"%[8]s"}'
+  curl -s -X POST -H "Authorization: Bearer %[6]s" http://%[3]s/v1/providers/sandbox/token -d '{"account":"alice-pw"}'
+A consent (authorization code with PKCE): open the authorize_url this prints, sign in as %[7]s / %[8]s,
+and the broker's callback page confirms; refresh tokens rotate on every refresh:
+  curl -s -X POST -H "Authorization: Bearer %[6]s" http://%[3]s/v1/admin/providers/sandbox/accounts/alice:authorize -d '{}'
+  curl -s -X POST -H "Authorization: Bearer %[6]s" http://%[3]s/v1/providers/sandbox/token -d '{"account":"alice"}'
+  curl -s -H "Authorization: Bearer %[6]s" http://%[3]s/v1/admin/grants
 
 Ctrl-C stops it and deletes the data directory.
-`, dataDir, env.baseURL(), app.HTTPAddr(), app.GRPCAddr(), app.HTTPAddr(), devIdentity, key, key, app.HTTPAddr(), key, app.GRPCAddr())
+`, dataDir, env.baseURL(), app.HTTPAddr(), app.GRPCAddr(), devIdentity, key, devUser, devPassword)
 	err = app.Wait(ctx)
 	return errors.Join(err, app.Close())
 }
