@@ -361,6 +361,13 @@ func (b *Broker) call(ctx context.Context, p *Provider, g *Grant, method GrantTy
 	for attempt := 0; ; attempt++ {
 		var tok *oauth.Token
 		tok, err = b.oauth.Token(ctx, req)
+		if err != nil && refusesClient(err) && p.PreviousSecret != "" && time.Now().Before(p.PreviousSecretUntil) {
+			// Within a rotation's overlap: the old secret may still be the
+			// one the provider knows.
+			old := req
+			old.ClientSecret = p.PreviousSecret
+			tok, err = b.oauth.Token(ctx, old)
+		}
 		if err == nil {
 			return tok, nil
 		}
@@ -420,6 +427,13 @@ func rejectsGrant(err error) bool {
 		return false
 	}
 	return oe.Code == "invalid_grant" || (oe.Code == "" && oe.StatusCode == 401)
+}
+
+// refusesClient reports whether the provider refused the client's
+// credentials.
+func refusesClient(err error) bool {
+	var oe *oauth.Error
+	return errors.As(err, &oe) && oe.Code == "invalid_client"
 }
 
 func isBearer(t string) bool {

@@ -68,8 +68,12 @@ type Provider struct {
 	RedirectURL string
 
 	SecretUpdateTime time.Time
-	CreateTime       time.Time
-	UpdateTime       time.Time
+	// PreviousSecret is tried when ClientSecret is refused with
+	// invalid_client, until PreviousSecretUntil (a rotation's overlap).
+	PreviousSecret      string
+	PreviousSecretUntil time.Time
+	CreateTime          time.Time
+	UpdateTime          time.Time
 	// Revision is the etcd revision the provider was read at; writes made
 	// on its behalf commit only while it is unchanged.
 	Revision int64

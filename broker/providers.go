@@ -5,9 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/url"
 	"slices"
+	"strings"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tokenbroker/tokenbroker/broker/oauth"
 )
 
 const maxCASAttempts = 5
@@ -157,4 +162,68 @@ func jsonUnmarshal(data []byte, v any) error {
 		return fmt.Errorf("decode %T: %w", v, err)
 	}
 	return nil
+}
+
+// RotateClientSecret replaces provider name's client secret. With validate,
+// the new secret is first proven by a client_credentials token request
+// (providers without that grant cannot be checked this way and are refused
+// with ErrInvalidArgument: pass validate=false); a refusal leaves the old
+// secret in place and returns the *ProviderError. With overlap > 0 the old
+// secret is kept and tried, until overlap has passed, whenever the new one
+// is refused with invalid_client. Cached tokens are kept. Errors wrap
+// ErrInvalidArgument, ErrNotFound, ErrStoreUnavailable or ErrConflict.
+func (b *Broker) RotateClientSecret(ctx context.Context, name, secret string, validate bool, overlap time.Duration) (*Provider, error) {
+	if secret == "" {
+		return nil, invalidf("the new client secret is empty")
+	}
+	if overlap < 0 || overlap > 7*24*time.Hour {
+		return nil, invalidf("overlap must be between 0 and 7 days")
+	}
+	p, err := b.GetProvider(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if validate {
+		if !p.Allows(GrantClientCredentials) {
+			return nil, invalidf("provider %q has no client_credentials grant to prove the secret with; rotate with skip_validation", name)
+		}
+		params := url.Values{"grant_type": {string(GrantClientCredentials)}}
+		for k, v := range p.TokenParams {
+			params.Set(k, v)
+		}
+		if len(p.DefaultScopes) > 0 {
+			params.Set("scope", strings.Join(p.DefaultScopes, " "))
+		}
+		if _, err := b.oauth.Token(ctx, oauth.Request{TokenURL: p.TokenURLFor(GrantClientCredentials), ClientID: p.ClientID,
+			ClientSecret: secret, AuthStyle: p.ClientAuth, Params: params}); err != nil {
+			return nil, &ProviderError{Provider: name, Err: err}
+		}
+	}
+	key := b.prefix + providersPrefix + name
+	for range maxCASAttempts {
+		cur, err := b.GetProvider(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		now := b.now().UTC()
+		next := *cur
+		next.ClientSecret, next.SecretUpdateTime, next.UpdateTime = secret, now, now
+		next.PreviousSecret, next.PreviousSecretUntil = "", time.Time{}
+		if overlap > 0 && cur.ClientSecret != "" && cur.ClientSecret != secret {
+			next.PreviousSecret, next.PreviousSecretUntil = cur.ClientSecret, time.Now().Add(overlap).UTC()
+		}
+		val, err := b.encodeProvider(key, &next)
+		if err != nil {
+			return nil, err
+		}
+		ok, rev, err := b.casPut(ctx, key, cur.Revision, clientv3.OpPut(key, string(val)))
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			next.Revision = rev
+			return &next, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: provider %q changed %d times during the rotation", ErrConflict, name, maxCASAttempts)
 }

@@ -70,6 +70,8 @@ type storedProvider struct {
 	PKCE                 bool              `json:"pkce,omitempty"`
 	RedirectURL          string            `json:"redirect_url,omitempty"`
 	SecretUpdateTime     time.Time         `json:"secret_update_time"`
+	PreviousSecret       []byte            `json:"previous_client_secret_sealed,omitempty"`
+	PreviousSecretUntil  time.Time         `json:"previous_client_secret_until,omitzero"`
 	CreateTime           time.Time         `json:"create_time"`
 	UpdateTime           time.Time         `json:"update_time"`
 }
@@ -79,7 +81,12 @@ func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	previous, err := b.sealString(key, "previous_client_secret", p.PreviousSecret)
+	if err != nil {
+		return nil, err
+	}
 	s := storedProvider{
+		PreviousSecret: previous, PreviousSecretUntil: p.PreviousSecretUntil,
 		Name: p.Name, TokenURL: p.TokenURL, AuthorizeURL: p.AuthorizeURL,
 		IntrospectionURL: p.IntrospectionURL, RevocationURL: p.RevocationURL,
 		ClientID: p.ClientID, ClientSecret: secret, ClientAuth: p.ClientAuth.String(),
@@ -112,7 +119,12 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 	if err != nil {
 		return nil, err
 	}
+	previous, err := b.openString(key, "previous_client_secret", s.PreviousSecret)
+	if err != nil {
+		return nil, err
+	}
 	p := &Provider{
+		PreviousSecret: previous, PreviousSecretUntil: s.PreviousSecretUntil,
 		Name: s.Name, TokenURL: s.TokenURL, AuthorizeURL: s.AuthorizeURL,
 		IntrospectionURL: s.IntrospectionURL, RevocationURL: s.RevocationURL,
 		ClientID: s.ClientID, ClientSecret: secret, ClientAuth: auth,

@@ -128,7 +128,7 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 // client, the client's only registered URI when given is empty. The error
 // wraps ErrUnknownClient or ErrRedirectURI.
 func (s *Server) redirectURIFor(clientID, given string) (string, error) {
-	if _, ok := s.clients[clientID]; !ok {
+	if _, ok := (*s.clients.Load())[clientID]; !ok {
 		return "", fmt.Errorf("%w: %q", ErrUnknownClient, clientID)
 	}
 	uris := s.redirects[clientID]

@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
 	"net/url"
@@ -41,6 +42,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -245,10 +247,10 @@ type Config struct {
 //
 // A Server is safe for concurrent use.
 type Server struct {
-	clients      map[string][sha256.Size]byte // client_id → SHA-256 of its secret
-	secrets      map[string]string            // client_id → client_secret: the key of its id_tokens
-	users        map[string][sha256.Size]byte // username → SHA-256 of the password
-	redirects    map[string][]string          // client_id → registered redirect URIs
+	clients      atomic.Pointer[map[string][sha256.Size]byte] // client_id → SHA-256 of its secret
+	secrets      map[string]string                            // client_id → client_secret: the key of its id_tokens
+	users        map[string][sha256.Size]byte                 // username → SHA-256 of the password
+	redirects    map[string][]string                          // client_id → registered redirect URIs
 	lifetime     time.Duration
 	codeLifetime time.Duration
 	refreshLife  time.Duration
@@ -438,7 +440,6 @@ func New(cfg Config) (*Server, error) {
 	key := make([]byte, sha256.Size)
 	_, _ = rand.Read(key) // never fails: crypto/rand crashes the program instead
 	s := &Server{
-		clients:      clients,
 		secrets:      secrets,
 		users:        users,
 		redirects:    redirects,
@@ -472,6 +473,7 @@ func New(cfg Config) (*Server, error) {
 	s.mux.HandleFunc(WhoamiPath, s.handleWhoami)
 	s.mux.HandleFunc(AuthorizePath, s.handleAuthorize)
 	s.mux.HandleFunc(RevokePath, s.handleRevoke)
+	s.clients.Store(&clients)
 	return s, nil
 }
 
@@ -933,7 +935,7 @@ func (s *Server) authenticateClient(r *http.Request) (string, *oauthError) {
 // checkClient returns id when secret is its secret. It takes the same time
 // whether or not id is known and whatever the secret's length.
 func (s *Server) checkClient(id, secret string, basic bool) (string, *oauthError) {
-	want, known := s.clients[id]
+	want, known := (*s.clients.Load())[id]
 	if !equalSecrets(sha256.Sum256([]byte(secret)), want) || !known {
 		return "", errInvalidClient(basic, "unknown client or wrong secret")
 	}
@@ -1098,4 +1100,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write(append(body, '\n')) // the client went away; nothing to do
+}
+
+// SetClientSecret registers a new secret for client id (a rotation at the
+// provider); the old secret stops working at once.
+func (s *Server) SetClientSecret(id, secret string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := maps.Clone(*s.clients.Load())
+	next[id] = sha256.Sum256([]byte(secret))
+	s.clients.Store(&next)
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -176,4 +177,19 @@ func toGrantType(g broker.GrantType) tokenbrokerv1.GrantType {
 		}
 	}
 	return tokenbrokerv1.GrantType_GRANT_TYPE_UNSPECIFIED
+}
+
+func (s *adminServer) RotateClientSecret(ctx context.Context, req *tokenbrokerv1.RotateClientSecretRequest) (*tokenbrokerv1.RotateClientSecretResponse, error) {
+	var overlap time.Duration
+	if d := req.GetOverlap(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return nil, toStatus(s.log, fmt.Errorf("%w: overlap: %v", broker.ErrInvalidArgument, err))
+		}
+		overlap = d.AsDuration()
+	}
+	p, err := s.broker.RotateClientSecret(ctx, req.GetProvider(), req.GetClientSecret(), !req.GetSkipValidation(), overlap)
+	if err != nil {
+		return nil, toStatus(s.log, err)
+	}
+	return &tokenbrokerv1.RotateClientSecretResponse{Provider: toProvider(p)}, nil
 }

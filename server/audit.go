@@ -41,6 +41,9 @@ func (g *guard) auditCall(st *callState, method string, req, resp any, err error
 	switch r := req.(type) {
 	case *tokenbrokerv1.PutProviderRequest:
 		fields = append(fields, zap.String("provider", r.GetProvider().GetName()), zap.Bool("secret_set", r.GetClientSecret() != ""))
+	case *tokenbrokerv1.RotateClientSecretRequest:
+		fields = append(fields, zap.String("provider", r.GetProvider()), zap.Bool("validated", !r.GetSkipValidation()),
+			zap.Duration("overlap", r.GetOverlap().AsDuration()))
 	case *tokenbrokerv1.DeleteProviderRequest:
 		fields = append(fields, zap.String("provider", r.GetName()))
 	case *tokenbrokerv1.PutAccountRequest:

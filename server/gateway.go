@@ -86,6 +86,10 @@ func (g *gatewayAdmin) RetireApiKey(ctx context.Context, req *tokenbrokerv1.Reti
 	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_RetireApiKey_FullMethodName, req, g.next.RetireApiKey)
 }
 
+func (g *gatewayAdmin) RotateClientSecret(ctx context.Context, req *tokenbrokerv1.RotateClientSecretRequest) (*tokenbrokerv1.RotateClientSecretResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_RotateClientSecret_FullMethodName, req, g.next.RotateClientSecret)
+}
+
 // invoke runs handler h for method through the interceptor chain, as the
 // gRPC server would. The call is marked as a REST call, so authentication
 // uses the credentials of the HTTP request (see withRESTCredentials) and

@@ -1819,6 +1819,125 @@ func (*RetireApiKeyResponse) Descriptor() ([]byte, []int) {
 	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
+// RotateClientSecretRequest names the provider and its new secret.
+type RotateClientSecretRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The provider's name.
+	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	// The new client secret. Never returned.
+	ClientSecret string `protobuf:"bytes,2,opt,name=client_secret,json=clientSecret,proto3" json:"client_secret,omitempty"`
+	// Store the secret without proving it against the provider first.
+	SkipValidation bool `protobuf:"varint,3,opt,name=skip_validation,json=skipValidation,proto3" json:"skip_validation,omitempty"`
+	// How long the old secret is still tried when the new one is refused.
+	Overlap       *durationpb.Duration `protobuf:"bytes,4,opt,name=overlap,proto3" json:"overlap,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateClientSecretRequest) Reset() {
+	*x = RotateClientSecretRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateClientSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateClientSecretRequest) ProtoMessage() {}
+
+func (x *RotateClientSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateClientSecretRequest.ProtoReflect.Descriptor instead.
+func (*RotateClientSecretRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RotateClientSecretRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *RotateClientSecretRequest) GetClientSecret() string {
+	if x != nil {
+		return x.ClientSecret
+	}
+	return ""
+}
+
+func (x *RotateClientSecretRequest) GetSkipValidation() bool {
+	if x != nil {
+		return x.SkipValidation
+	}
+	return false
+}
+
+func (x *RotateClientSecretRequest) GetOverlap() *durationpb.Duration {
+	if x != nil {
+		return x.Overlap
+	}
+	return nil
+}
+
+// RotateClientSecretResponse returns the provider.
+type RotateClientSecretResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The provider, without secrets.
+	Provider      *Provider `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateClientSecretResponse) Reset() {
+	*x = RotateClientSecretResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateClientSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateClientSecretResponse) ProtoMessage() {}
+
+func (x *RotateClientSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateClientSecretResponse.ProtoReflect.Descriptor instead.
+func (*RotateClientSecretResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RotateClientSecretResponse) GetProvider() *Provider {
+	if x != nil {
+		return x.Provider
+	}
+	return nil
+}
+
 var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_admin_proto_rawDesc = "" +
@@ -1942,7 +2061,14 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\bapi_keys\x18\x01 \x03(\v2\x16.tokenbroker.v1.ApiKeyR\aapiKeys\"%\n" +
 	"\x13RetireApiKeyRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x16\n" +
-	"\x14RetireApiKeyResponse*\x93\x01\n" +
+	"\x14RetireApiKeyResponse\"\xba\x01\n" +
+	"\x19RotateClientSecretRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12#\n" +
+	"\rclient_secret\x18\x02 \x01(\tR\fclientSecret\x12'\n" +
+	"\x0fskip_validation\x18\x03 \x01(\bR\x0eskipValidation\x123\n" +
+	"\aoverlap\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\aoverlap\"R\n" +
+	"\x1aRotateClientSecretResponse\x124\n" +
+	"\bprovider\x18\x01 \x01(\v2\x18.tokenbroker.v1.ProviderR\bprovider*\x93\x01\n" +
 	"\x0fClientAuthStyle\x12!\n" +
 	"\x1dCLIENT_AUTH_STYLE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17CLIENT_AUTH_STYLE_BASIC\x10\x01\x12\x1a\n" +
@@ -1960,12 +2086,13 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x17GRANT_HEALTH_REFRESHING\x10\x02\x12)\n" +
 	"%GRANT_HEALTH_REAUTHORIZATION_REQUIRED\x10\x03\x12\x18\n" +
 	"\x14GRANT_HEALTH_FAILING\x10\x04\x12\x18\n" +
-	"\x14GRANT_HEALTH_PENDING\x10\x052\xc8\v\n" +
+	"\x14GRANT_HEALTH_PENDING\x10\x052\xf4\f\n" +
 	"\fAdminService\x12\x86\x01\n" +
 	"\vPutProvider\x12\".tokenbroker.v1.PutProviderRequest\x1a#.tokenbroker.v1.PutProviderResponse\".\x82\xd3\xe4\x93\x02(:\x01*\x1a#/v1/admin/providers/{provider.name}\x12z\n" +
 	"\vGetProvider\x12\".tokenbroker.v1.GetProviderRequest\x1a#.tokenbroker.v1.GetProviderResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/admin/providers/{name}\x12y\n" +
 	"\rListProviders\x12$.tokenbroker.v1.ListProvidersRequest\x1a%.tokenbroker.v1.ListProvidersResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/admin/providers\x12\x83\x01\n" +
-	"\x0eDeleteProvider\x12%.tokenbroker.v1.DeleteProviderRequest\x1a&.tokenbroker.v1.DeleteProviderResponse\"\"\x82\xd3\xe4\x93\x02\x1c*\x1a/v1/admin/providers/{name}\x12\x91\x01\n" +
+	"\x0eDeleteProvider\x12%.tokenbroker.v1.DeleteProviderRequest\x1a&.tokenbroker.v1.DeleteProviderResponse\"\"\x82\xd3\xe4\x93\x02\x1c*\x1a/v1/admin/providers/{name}\x12\xa9\x01\n" +
+	"\x12RotateClientSecret\x12).tokenbroker.v1.RotateClientSecretRequest\x1a*.tokenbroker.v1.RotateClientSecretResponse\"<\x82\xd3\xe4\x93\x026:\x01*\"1/v1/admin/providers/{provider}:rotateClientSecret\x12\x91\x01\n" +
 	"\n" +
 	"PutAccount\x12!.tokenbroker.v1.PutAccountRequest\x1a\".tokenbroker.v1.PutAccountResponse\"<\x82\xd3\xe4\x93\x026:\x01*\x1a1/v1/admin/providers/{provider}/accounts/{account}\x12\xb3\x01\n" +
 	"\x12StartAuthorization\x12).tokenbroker.v1.StartAuthorizationRequest\x1a*.tokenbroker.v1.StartAuthorizationResponse\"F\x82\xd3\xe4\x93\x02@:\x01*\";/v1/admin/providers/{provider}/accounts/{account}:authorize\x12m\n" +
@@ -1989,7 +2116,7 @@ func file_tokenbroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_tokenbroker_v1_admin_proto_goTypes = []any{
 	(ClientAuthStyle)(0),               // 0: tokenbroker.v1.ClientAuthStyle
 	(GrantType)(0),                     // 1: tokenbroker.v1.GrantType
@@ -2020,21 +2147,23 @@ var file_tokenbroker_v1_admin_proto_goTypes = []any{
 	(*ListApiKeysResponse)(nil),        // 26: tokenbroker.v1.ListApiKeysResponse
 	(*RetireApiKeyRequest)(nil),        // 27: tokenbroker.v1.RetireApiKeyRequest
 	(*RetireApiKeyResponse)(nil),       // 28: tokenbroker.v1.RetireApiKeyResponse
-	nil,                                // 29: tokenbroker.v1.Provider.GrantTokenUrlsEntry
-	nil,                                // 30: tokenbroker.v1.Provider.TokenParamsEntry
-	(*timestamppb.Timestamp)(nil),      // 31: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 32: google.protobuf.Duration
+	(*RotateClientSecretRequest)(nil),  // 29: tokenbroker.v1.RotateClientSecretRequest
+	(*RotateClientSecretResponse)(nil), // 30: tokenbroker.v1.RotateClientSecretResponse
+	nil,                                // 31: tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	nil,                                // 32: tokenbroker.v1.Provider.TokenParamsEntry
+	(*timestamppb.Timestamp)(nil),      // 33: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 34: google.protobuf.Duration
 }
 var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
-	31, // 0: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
-	29, // 1: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	33, // 0: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
+	31, // 1: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
 	3,  // 2: tokenbroker.v1.Provider.client_secret:type_name -> tokenbroker.v1.SecretInfo
 	0,  // 3: tokenbroker.v1.Provider.client_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	30, // 4: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
+	32, // 4: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
 	1,  // 5: tokenbroker.v1.Provider.grant_types:type_name -> tokenbroker.v1.GrantType
-	32, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
-	31, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	31, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	34, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
+	33, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	33, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
 	4,  // 9: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
 	4,  // 10: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
 	4,  // 11: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
@@ -2043,45 +2172,49 @@ var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
 	3,  // 14: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
 	3,  // 15: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
 	2,  // 16: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
-	31, // 17: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
-	31, // 18: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
-	31, // 19: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	31, // 20: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
+	33, // 17: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
+	33, // 18: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
+	33, // 19: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	33, // 20: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
 	1,  // 21: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
 	13, // 22: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
-	31, // 23: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	33, // 23: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
 	13, // 24: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
-	31, // 25: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
-	31, // 26: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
+	33, // 25: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
+	33, // 26: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
 	22, // 27: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
 	22, // 28: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
-	5,  // 29: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
-	7,  // 30: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
-	9,  // 31: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
-	11, // 32: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
-	14, // 33: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
-	16, // 34: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
-	18, // 35: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
-	20, // 36: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
-	23, // 37: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
-	25, // 38: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
-	27, // 39: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
-	6,  // 40: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
-	8,  // 41: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
-	10, // 42: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
-	12, // 43: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
-	15, // 44: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
-	17, // 45: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
-	19, // 46: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
-	21, // 47: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
-	24, // 48: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
-	26, // 49: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
-	28, // 50: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
-	40, // [40:51] is the sub-list for method output_type
-	29, // [29:40] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	34, // 29: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
+	4,  // 30: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
+	5,  // 31: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
+	7,  // 32: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
+	9,  // 33: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
+	11, // 34: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
+	29, // 35: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
+	14, // 36: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
+	16, // 37: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
+	18, // 38: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
+	20, // 39: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
+	23, // 40: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
+	25, // 41: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
+	27, // 42: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
+	6,  // 43: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
+	8,  // 44: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
+	10, // 45: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
+	12, // 46: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
+	30, // 47: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
+	15, // 48: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
+	17, // 49: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
+	19, // 50: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
+	21, // 51: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
+	24, // 52: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
+	26, // 53: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
+	28, // 54: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
+	43, // [43:55] is the sub-list for method output_type
+	31, // [31:43] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }
@@ -2095,7 +2228,7 @@ func file_tokenbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_admin_proto_rawDesc), len(file_tokenbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,7 @@ const (
 	AdminService_GetProvider_FullMethodName        = "/tokenbroker.v1.AdminService/GetProvider"
 	AdminService_ListProviders_FullMethodName      = "/tokenbroker.v1.AdminService/ListProviders"
 	AdminService_DeleteProvider_FullMethodName     = "/tokenbroker.v1.AdminService/DeleteProvider"
+	AdminService_RotateClientSecret_FullMethodName = "/tokenbroker.v1.AdminService/RotateClientSecret"
 	AdminService_PutAccount_FullMethodName         = "/tokenbroker.v1.AdminService/PutAccount"
 	AdminService_StartAuthorization_FullMethodName = "/tokenbroker.v1.AdminService/StartAuthorization"
 	AdminService_ListGrants_FullMethodName         = "/tokenbroker.v1.AdminService/ListGrants"
@@ -49,6 +50,13 @@ type AdminServiceClient interface {
 	// DeleteProvider removes a provider and every token cached for it.
 	// Errors: NOT_FOUND.
 	DeleteProvider(ctx context.Context, in *DeleteProviderRequest, opts ...grpc.CallOption) (*DeleteProviderResponse, error)
+	// RotateClientSecret replaces a provider's client secret. Unless
+	// skip_validation is set, the new secret is first proven with a
+	// client_credentials token request (for providers that allow that grant);
+	// a refused secret leaves the old one in place (FAILED_PRECONDITION with
+	// the provider's error). During overlap, token requests the new secret
+	// fails with invalid_client are retried with the old one.
+	RotateClientSecret(ctx context.Context, in *RotateClientSecretRequest, opts ...grpc.CallOption) (*RotateClientSecretResponse, error)
 	// PutAccount creates or replaces an account (a grant) under a provider:
 	// a password grant with its username and password, or an
 	// authorization-code grant that StartAuthorization completes. An empty
@@ -118,6 +126,16 @@ func (c *adminServiceClient) DeleteProvider(ctx context.Context, in *DeleteProvi
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DeleteProviderResponse)
 	err := c.cc.Invoke(ctx, AdminService_DeleteProvider_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RotateClientSecret(ctx context.Context, in *RotateClientSecretRequest, opts ...grpc.CallOption) (*RotateClientSecretResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateClientSecretResponse)
+	err := c.cc.Invoke(ctx, AdminService_RotateClientSecret_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -211,6 +229,13 @@ type AdminServiceServer interface {
 	// DeleteProvider removes a provider and every token cached for it.
 	// Errors: NOT_FOUND.
 	DeleteProvider(context.Context, *DeleteProviderRequest) (*DeleteProviderResponse, error)
+	// RotateClientSecret replaces a provider's client secret. Unless
+	// skip_validation is set, the new secret is first proven with a
+	// client_credentials token request (for providers that allow that grant);
+	// a refused secret leaves the old one in place (FAILED_PRECONDITION with
+	// the provider's error). During overlap, token requests the new secret
+	// fails with invalid_client are retried with the old one.
+	RotateClientSecret(context.Context, *RotateClientSecretRequest) (*RotateClientSecretResponse, error)
 	// PutAccount creates or replaces an account (a grant) under a provider:
 	// a password grant with its username and password, or an
 	// authorization-code grant that StartAuthorization completes. An empty
@@ -257,6 +282,9 @@ func (UnimplementedAdminServiceServer) ListProviders(context.Context, *ListProvi
 }
 func (UnimplementedAdminServiceServer) DeleteProvider(context.Context, *DeleteProviderRequest) (*DeleteProviderResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteProvider not implemented")
+}
+func (UnimplementedAdminServiceServer) RotateClientSecret(context.Context, *RotateClientSecretRequest) (*RotateClientSecretResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateClientSecret not implemented")
 }
 func (UnimplementedAdminServiceServer) PutAccount(context.Context, *PutAccountRequest) (*PutAccountResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PutAccount not implemented")
@@ -368,6 +396,24 @@ func _AdminService_DeleteProvider_Handler(srv interface{}, ctx context.Context, 
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).DeleteProvider(ctx, req.(*DeleteProviderRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RotateClientSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateClientSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RotateClientSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RotateClientSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RotateClientSecret(ctx, req.(*RotateClientSecretRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -520,6 +566,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteProvider",
 			Handler:    _AdminService_DeleteProvider_Handler,
+		},
+		{
+			MethodName: "RotateClientSecret",
+			Handler:    _AdminService_RotateClientSecret_Handler,
 		},
 		{
 			MethodName: "PutAccount",
