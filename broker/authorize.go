@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -102,6 +103,11 @@ func (b *Broker) StartAuthorization(ctx context.Context, provider, account strin
 	}
 	if scope != "" {
 		q.Set("scope", scope)
+	}
+	if slices.Contains(strings.Fields(scope), "offline_access") {
+		// OpenID Connect Core §11: offline_access needs prompt=consent, or
+		// a strict provider issues no refresh token.
+		q.Set("prompt", "consent")
 	}
 	if p.PKCE {
 		verifier := randomToken()

@@ -201,9 +201,10 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 var ErrProviderCoolingDown = errors.New("broker: provider cooling down")
 
 // serveStale returns cur when it is still valid, so that a failing provider
-// does not fail callers while their token lasts; else err.
+// does not fail callers while their token lasts; else err. A grant the
+// provider rejected is not served: its tokens were revoked with it.
 func (b *Broker) serveStale(cur *TokenRecord, err error) (*TokenRecord, error) {
-	if cur != nil && cur.ExpiresAt.After(b.now()) && !errors.Is(err, ErrConflict) {
+	if cur != nil && cur.ExpiresAt.After(b.now()) && !errors.Is(err, ErrConflict) && !errors.Is(err, ErrReauthorizationRequired) {
 		b.log.Warn("serving a token that is still valid while its refresh fails",
 			zap.Stringer("key", cur.Key), zap.Time("expires_at", cur.ExpiresAt), zap.Error(err))
 		return cur, nil
@@ -292,7 +293,13 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 		return nil, nil, fmt.Errorf("%w: provider %q does not allow the %s grant", ErrNotFound, p.Name, method)
 	}
 	issued := b.now()
-	tok, err := b.call(ctx, p, g, method, grantScope(p, g, key))
+	scope := grantScope(p, g, key)
+	if method == GrantRefreshToken && key.Scope == "" {
+		// RFC 6749 §6: without a scope the refresh keeps the scope granted,
+		// which may be narrower than the one asked for at consent.
+		scope = ""
+	}
+	tok, err := b.call(ctx, p, g, method, scope)
 	if err != nil && method == GrantRefreshToken && g.Type == GrantPassword && rejectsGrant(err) {
 		method = GrantPassword
 		tok, err = b.call(ctx, p, g, method, grantScope(p, g, key))
@@ -530,10 +537,16 @@ func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provi
 	}
 	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
 	defer cancel()
+	ops := []clientv3.Op{clientv3.OpPut(gkey, string(val))}
+	if next.Health == HealthReauthorizationRequired {
+		// The provider revoked the grant, and its tokens with it: every
+		// replica forgets them.
+		ops = append(ops, clientv3.OpDelete(b.prefix+tokensPrefix+gid+"/", clientv3.WithPrefix()))
+	}
 	_, err = b.cli.Txn(sctx).If(m.IsOwner(),
 		clientv3.Compare(clientv3.ModRevision(gkey), "=", g.Revision),
 		clientv3.Compare(clientv3.ModRevision(b.prefix+providersPrefix+p.Name), "=", p.Revision),
-	).Then(clientv3.OpPut(gkey, string(val))).Commit()
+	).Then(ops...).Commit()
 	if err != nil {
 		b.log.Warn("record grant failure", zap.String("grant", gid), zap.Error(err))
 	}
