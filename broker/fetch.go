@@ -56,7 +56,7 @@ func (b *Broker) GetToken(ctx context.Context, r TokenRequest) (*TokenRecord, er
 	}
 	rec, err := b.fetch(ctx, "get\x00"+id, key, func(cur *TokenRecord) bool {
 		return cur != nil && cur.Fresh(b.now(), minTTL)
-	})
+	}, "")
 	if err != nil {
 		return nil, err
 	}
@@ -80,13 +80,15 @@ func (b *Broker) Refresh(ctx context.Context, r TokenRequest, staleToken string)
 	if rec := b.cached(id); current(rec) {
 		return rec, nil
 	}
-	return b.fetch(ctx, "refresh\x00"+id+"\x00"+staleToken, key, current)
+	return b.fetch(ctx, "refresh\x00"+id+"\x00"+staleToken, key, current, staleToken)
 }
 
 // fetch runs fetchLocked once per flight key however many callers wait, on
 // a context of the broker's own (bounded by FetchTimeout), so that one
 // caller giving up does not fail the others.
-func (b *Broker) fetch(ctx context.Context, flight string, key TokenKey, good func(*TokenRecord) bool) (*TokenRecord, error) {
+// A failing provider does not fail callers while the current token is
+// valid, except that stale (a token a caller found refused) is never served.
+func (b *Broker) fetch(ctx context.Context, flight string, key TokenKey, good func(*TokenRecord) bool, stale string) (*TokenRecord, error) {
 	ch := b.flights.DoChan(flight, func() (any, error) {
 		if !b.enter() {
 			return nil, ErrClosed
@@ -94,9 +96,9 @@ func (b *Broker) fetch(ctx context.Context, flight string, key TokenKey, good fu
 		defer b.wg.Done()
 		fctx, cancel := context.WithTimeout(b.ctx, b.fetchTimeout)
 		defer cancel()
-		rec, err := b.fetchLocked(fctx, key, good)
+		rec, err := b.fetchLocked(fctx, key, good, stale)
 		if errors.Is(err, ErrConflict) { // an admin changed the provider or grant meanwhile
-			rec, err = b.fetchLocked(fctx, key, good)
+			rec, err = b.fetchLocked(fctx, key, good, stale)
 		}
 		return rec, err
 	})
@@ -146,7 +148,7 @@ func (b *Broker) grantLock(ctx context.Context, gid string) (m *concurrency.Mute
 // fetchLocked takes the grant's lock, re-reads the token and the grant, and
 // when the token is still not good enough, obtains a new one and stores it
 // fenced by the lock, the provider's and the grant's revisions.
-func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*TokenRecord) bool) (*TokenRecord, error) {
+func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*TokenRecord) bool, stale string) (*TokenRecord, error) {
 	if _, err := b.provider(ctx, key.Provider); err != nil {
 		return nil, err // unknown provider: no lock taken
 	}
@@ -175,16 +177,16 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 		g = &Grant{Provider: key.Provider, Type: GrantClientCredentials, Health: HealthOK}
 	}
 	if g.Health == HealthReauthorizationRequired || g.Health == HealthPending {
-		return b.serveStale(cur, fmt.Errorf("%w: account %q of provider %q: %s", ErrReauthorizationRequired, key.Account, key.Provider, cmp(g.LastError, "no consent yet")))
+		return b.serveStale(cur, stale, fmt.Errorf("%w: account %q of provider %q: %s", ErrReauthorizationRequired, key.Account, key.Provider, cmp(g.LastError, "no consent yet")))
 	}
 	if err, ok := b.cooldown(gid); ok {
-		return b.serveStale(cur, err)
+		return b.serveStale(cur, stale, err)
 	}
 
 	rec, next, err := b.obtain(ctx, p, g, key, cur)
 	if err != nil {
 		b.noteFailure(ctx, m, p, g, gid, err)
-		return b.serveStale(cur, err)
+		return b.serveStale(cur, stale, err)
 	}
 	b.clearCooldown(gid)
 	if err := b.commit(ctx, m, p, g, next, id, rec); err != nil {
@@ -203,8 +205,8 @@ var ErrProviderCoolingDown = errors.New("broker: provider cooling down")
 // serveStale returns cur when it is still valid, so that a failing provider
 // does not fail callers while their token lasts; else err. A grant the
 // provider rejected is not served: its tokens were revoked with it.
-func (b *Broker) serveStale(cur *TokenRecord, err error) (*TokenRecord, error) {
-	if cur != nil && cur.ExpiresAt.After(b.now()) && !errors.Is(err, ErrConflict) && !errors.Is(err, ErrReauthorizationRequired) {
+func (b *Broker) serveStale(cur *TokenRecord, stale string, err error) (*TokenRecord, error) {
+	if cur != nil && cur.AccessToken != stale && cur.ExpiresAt.After(b.now()) && !errors.Is(err, ErrConflict) && !errors.Is(err, ErrReauthorizationRequired) {
 		b.log.Warn("serving a token that is still valid while its refresh fails",
 			zap.Stringer("key", cur.Key), zap.Time("expires_at", cur.ExpiresAt), zap.Error(err))
 		return cur, nil

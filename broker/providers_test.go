@@ -117,8 +117,10 @@ func TestPutProviderInvalid(t *testing.T) {
 	if strings.Contains(err.Error(), "audience") {
 		t.Errorf("PutProvider error = %q, want no complaint about the allowed token param audience", err)
 	}
-	if kvs := etcdKeys(t, inspect, DefaultPrefix); len(kvs) != 0 {
-		t.Errorf("etcd holds %v after an invalid PutProvider, want nothing", kvs)
+	for _, prefix := range []string{providersPrefix, tokensPrefix, grantsPrefix} {
+		if kvs := etcdKeys(t, inspect, DefaultPrefix+prefix); len(kvs) != 0 {
+			t.Errorf("etcd holds %v after an invalid PutProvider, want nothing", kvs)
+		}
 	}
 }
 

@@ -232,7 +232,7 @@ func (b *Broker) refreshAll(ctx context.Context, keys []TokenKey) {
 			defer func() { <-sem }()
 			_, err := b.fetch(ctx, "bg\x00"+key.id(), key, func(cur *TokenRecord) bool {
 				return cur != nil && !b.refresh.due(cur, b.now())
-			})
+			}, "")
 			if err != nil && ctx.Err() == nil {
 				b.log.Warn("background refresh failed", zap.Stringer("key", key), zap.Error(err))
 			}
