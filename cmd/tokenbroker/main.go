@@ -23,7 +23,11 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
+		var code exitStatus
+		switch {
+		case errors.As(err, &code):
+			os.Exit(int(code))
+		case !errors.Is(err, flag.ErrHelp):
 			fmt.Fprintln(os.Stderr, "tokenbroker:", err)
 		}
 		os.Exit(2)
@@ -36,6 +40,13 @@ commands:
   serve       run the broker (embedded etcd unless --etcd-endpoints is set)
   dev         run the broker with a built-in sandbox OAuth2 provider, for a first try
   apikey new  print a new API key and the auth.api_keys entry that declares it
+
+admin commands, over gRPC to a running broker ($TOKENBROKER_ADDR, $TOKENBROKER_API_KEY):
+  provider    put|get|list|delete|rotate-secret providers
+  account     put password and authorization-code accounts
+  grant       list|revoke|authorize grants
+  token       get|refresh|introspect access tokens
+  apikeys     create|list|retire API keys
 
 Run 'tokenbroker <command> -h' for the command's flags.
 `
@@ -52,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runDev(ctx, args[1:], stdout, stderr)
 	case "apikey":
 		return runAPIKey(args[1:], stdout, stderr)
+	case "provider", "account", "grant", "token", "apikeys":
+		return runCLI(ctx, args, stdout, stderr, getenv)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,0 +1,266 @@
+//go:build unix
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/sandbox"
+)
+
+// What `tokenbroker dev` prints: the gRPC address and the sandbox's URL
+// (the key is in devCurl's line, dev_test.go).
+var (
+	devGRPCAddr   = regexp.MustCompile(`gRPC: (\S+)`)
+	devSandboxURL = regexp.MustCompile(`sandbox OAuth2 provider at (\S+)`)
+)
+
+// devProcess is `tokenbroker dev` run as a subprocess.
+type devProcess struct {
+	bin        string // the tokenbroker binary
+	addr       string // gRPC address
+	key        string // the dev API key
+	sandboxURL string
+}
+
+// buildTokenbroker builds the command into dir and returns the binary.
+func buildTokenbroker(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "tokenbroker")
+	cmd := exec.CommandContext(t.Context(), "go", "build", "-o", bin, "./cmd/tokenbroker")
+	cmd.Dir = filepath.Join("..", "..") // the module root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/tokenbroker: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startDev runs `tokenbroker dev` on free loopback ports in its own
+// process group, and stops the group when the test ends.
+func startDev(t *testing.T, bin string) *devProcess {
+	t.Helper()
+	var stdout, stderr syncBuffer
+	cmd := exec.Command(bin, "dev", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-level", "warn")
+	cmd.Env = cliEnv(nil)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		// SIGINT lets dev remove its data directory; SIGKILL if it hangs.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
+		select {
+		case <-exited:
+		case <-time.After(20 * time.Second):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+			t.Errorf("tokenbroker dev did not stop within 20s of SIGINT; stderr:\n%s", stderr.String())
+		}
+	})
+
+	deadline := time.After(30 * time.Second)
+	for {
+		out := stdout.String()
+		key, addr, sb := devCurl.FindStringSubmatch(out), devGRPCAddr.FindStringSubmatch(out), devSandboxURL.FindStringSubmatch(out)
+		if key != nil && addr != nil && sb != nil {
+			return &devProcess{bin: bin, addr: addr[1], key: key[1], sandboxURL: sb[1]}
+		}
+		select {
+		case err := <-exited:
+			exited <- err // for the cleanup
+			t.Fatalf("tokenbroker dev exited (%v) before printing its key and addresses; stdout:\n%s\nstderr:\n%s", err, out, stderr.String())
+		case <-deadline:
+			t.Fatalf("tokenbroker dev printed no key and addresses within 30s; stdout:\n%s\nstderr:\n%s", out, stderr.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// cliEnv is this process's environment without TOKENBROKER_ variables,
+// plus set (an empty value leaves the variable out).
+func cliEnv(set map[string]string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "TOKENBROKER_") {
+			env = append(env, kv)
+		}
+	}
+	for k, v := range set {
+		if v != "" {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
+
+// cliResult is what a CLI subprocess did.
+type cliResult struct {
+	stdout, stderr string
+	code           int
+}
+
+// cli runs the CLI against dev with stdin and the environment of an admin
+// (TOKENBROKER_ADDR and TOKENBROKER_API_KEY) overlaid by env.
+func (d *devProcess) cli(t *testing.T, stdin string, env map[string]string, args ...string) cliResult {
+	t.Helper()
+	set := map[string]string{"TOKENBROKER_ADDR": d.addr, "TOKENBROKER_API_KEY": d.key}
+	for k, v := range env {
+		set[k] = v
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, d.bin, args...)
+	cmd.Env = cliEnv(set)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exitErr *exec.ExitError
+	if err != nil && !errors.As(err, &exitErr) {
+		t.Fatalf("tokenbroker %q: %v", args, err)
+	}
+	return cliResult{stdout: stdout.String(), stderr: stderr.String(), code: cmd.ProcessState.ExitCode()}
+}
+
+// TestCLIAgainstDev runs the admin CLI as a subprocess against
+// `tokenbroker dev`, as an admin would from a shell, and asserts on its
+// output and exit codes.
+func TestCLIAgainstDev(t *testing.T) {
+	t.Parallel()
+	dev := startDev(t, buildTokenbroker(t, t.TempDir()))
+
+	// token get prints the token alone, so that $(tokenbroker token get p)
+	// works; -o json prints the whole token (the same one: cached).
+	got := dev.cli(t, "", nil, "token", "get", "sandbox")
+	if got.code != 0 || !regexp.MustCompile(`^[A-Za-z0-9._~+/=-]+\n$`).MatchString(got.stdout) {
+		t.Fatalf("token get sandbox: exit %d, stdout %q, stderr %q; want 0 and a token alone on a line", got.code, got.stdout, got.stderr)
+	}
+	token := strings.TrimSuffix(got.stdout, "\n")
+	got = dev.cli(t, "", nil, "token", "get", "sandbox", "-o", "json")
+	var asJSON struct {
+		AccessToken string `json:"access_token"`
+		TokenType   string `json:"token_type"`
+		Provider    string `json:"provider"`
+		ExpiresAt   string `json:"expires_at"`
+	}
+	if err := json.Unmarshal([]byte(got.stdout), &asJSON); err != nil || got.code != 0 {
+		t.Fatalf("token get sandbox -o json: exit %d, %v: %s", got.code, err, got.stdout)
+	}
+	if asJSON.AccessToken != token || asJSON.TokenType != "Bearer" || asJSON.Provider != "sandbox" || asJSON.ExpiresAt == "" {
+		t.Errorf("token get sandbox -o json = %+v, want access_token %q, token_type Bearer, provider sandbox, expires_at", asJSON, token)
+	}
+
+	// The sandbox's client secret is dev's secret. "second" is registered
+	// with the sandbox's token URL and a wrong one.
+	const wrongSecret = "not-the-sandbox-secret-4711"
+	tokenURL := dev.sandboxURL + sandbox.TokenPath
+	steps := []struct {
+		name       string
+		give       []string
+		stdin      string
+		env        map[string]string
+		wantCode   int
+		wantStdout string // regexp
+		wantStderr string // substring
+	}{
+		{
+			name: "put a provider",
+			give: []string{"provider", "put", "second", "--token-url", tokenURL, "--client-id", "sandbox-client", "--client-secret-env", "SECOND_SECRET", "--auth-style", "basic+post", "--scope", "read,write", "--grant", "client_credentials"},
+			env:  map[string]string{"SECOND_SECRET": wrongSecret}, wantStdout: `(?m)^NAME\s+second\n[\s\S]*^CLIENT SECRET\s+set \(\w+\)\n[\s\S]*^AUTH STYLE\s+basic\+post\n[\s\S]*^SCOPES\s+read,write\n`,
+		},
+		{name: "list providers", give: []string{"provider", "list"}, wantStdout: `(?m)^NAME\s+TOKEN URL\s.*\n(?:.*\n)*second\s+` + regexp.QuoteMeta(tokenURL) + `\s+sandbox-client\s+basic\+post\s+client_credentials\s+set `},
+		{name: "get a provider as JSON", give: []string{"provider", "get", "second", "-o", "json"}, wantStdout: `"token_url": "` + regexp.QuoteMeta(tokenURL) + `"[\s\S]*"client_secret": \{\s*"set": true`},
+		{name: "a wrong secret is refused", give: []string{"token", "get", "second"}, wantCode: exitRefused, wantStderr: "invalid_client"},
+		{name: "rotating to a wrong secret is refused", give: []string{"provider", "rotate-secret", "sandbox", "--client-secret-stdin"}, stdin: wrongSecret + "\n", wantCode: exitRefused, wantStderr: "provider sandbox: oauth: token endpoint answered 401: invalid_client"},
+		{name: "the old secret still works", give: []string{"token", "refresh", "sandbox"}, wantStdout: `^[A-Za-z0-9._~+/=-]+\n$`},
+		{name: "rotate without validation", give: []string{"provider", "rotate-secret", "second", "--client-secret-env", "NEW", "--skip-validation", "--overlap", "1m"}, env: map[string]string{"NEW": wrongSecret + "-2"}, wantStdout: `(?m)^NAME\s+second$`},
+		{name: "put a password account", give: []string{"account", "put", "sandbox", "alice-pw", "--grant", "password", "--username", "alice", "--password-stdin"}, stdin: "wonderland\n", wantStdout: `(?m)^sandbox\s+alice-pw\s+password\s`},
+		{name: "get the account's token", give: []string{"token", "get", "sandbox", "--account", "alice-pw", "--min-ttl", "5m"}, wantStdout: `^[A-Za-z0-9._~+/=-]+\n$`},
+		{name: "list grants", give: []string{"grant", "list"}, wantStdout: `(?m)^PROVIDER\s+ACCOUNT\s+GRANT\s+HEALTH\s.*\n(?:.*\n)*sandbox\s+alice-pw\s+password\s+ok\s`},
+		{name: "list a provider's grants as JSON", give: []string{"grant", "list", "--provider", "sandbox", "-o", "json"}, wantStdout: `"account": "alice-pw"[\s\S]*"health": "GRANT_HEALTH_OK"`},
+		{name: "authorize", give: []string{"grant", "authorize", "sandbox", "alice"}, wantStdout: `^` + regexp.QuoteMeta(dev.sandboxURL+sandbox.AuthorizePath) + `\?\S*state=\S+\n$`, wantStderr: "Open this URL in a browser"},
+		{name: "revoke a grant", give: []string{"grant", "revoke", "sandbox", "alice-pw"}, wantStdout: `^grant sandbox/alice-pw revoked\n$`},
+		{name: "a revoked grant is gone", give: []string{"grant", "revoke", "sandbox", "alice-pw"}, wantCode: exitNotFound, wantStderr: `account "alice-pw" of provider "sandbox"`},
+		{name: "a revoked grant has no tokens", give: []string{"token", "get", "sandbox", "--account", "alice-pw"}, wantCode: exitNotFound, wantStderr: `"alice-pw"`},
+		{name: "introspect an unknown token", give: []string{"token", "introspect", "--token-stdin", "-o", "json"}, stdin: "no-such-token\n", wantStdout: `^\{\s*\}\n$`},
+		{name: "bad flag", give: []string{"provider", "put", "x", "--bogus"}, wantCode: exitUsage, wantStderr: "tokenbroker: unknown flag: --bogus (see 'tokenbroker provider put --help')"},
+		{name: "a secret as a flag", give: []string{"provider", "rotate-secret", "sandbox", "--client-secret", wrongSecret}, wantCode: exitUsage, wantStderr: "unknown flag: --client-secret"},
+		{name: "unknown provider", give: []string{"token", "get", "nope"}, wantCode: exitNotFound, wantStderr: `tokenbroker: broker: not found: provider "nope"`},
+		{name: "no API key", give: []string{"provider", "list"}, env: map[string]string{"TOKENBROKER_API_KEY": ""}, wantCode: exitDenied, wantStderr: "missing or invalid credentials (no API key given"},
+		{name: "a wrong API key", give: []string{"provider", "list"}, env: map[string]string{"TOKENBROKER_API_KEY": "tbk_nope_nope"}, wantCode: exitDenied, wantStderr: "tokenbroker: missing or invalid credentials\n"},
+		{name: "no broker", give: []string{"provider", "list", "--addr", "127.0.0.1:1"}, wantCode: exitUnavailable, wantStderr: "cannot reach the broker at 127.0.0.1:1"},
+		{name: "delete a provider", give: []string{"provider", "delete", "second"}, wantStdout: `^provider "second" deleted\n$`},
+		{name: "a deleted provider is gone", give: []string{"provider", "get", "second"}, wantCode: exitNotFound, wantStderr: `provider "second"`},
+	}
+	for _, tt := range steps {
+		got := dev.cli(t, tt.stdin, tt.env, tt.give...)
+		if got.code != tt.wantCode {
+			t.Errorf("%s: tokenbroker %q: exit code %d, want %d; stderr %q", tt.name, tt.give, got.code, tt.wantCode, got.stderr)
+		}
+		if !regexp.MustCompile(tt.wantStdout).MatchString(got.stdout) {
+			t.Errorf("%s: tokenbroker %q: stdout does not match %q:\n%s", tt.name, tt.give, tt.wantStdout, got.stdout)
+		}
+		if !strings.Contains(got.stderr, tt.wantStderr) {
+			t.Errorf("%s: tokenbroker %q: stderr = %q, want it to contain %q", tt.name, tt.give, got.stderr, tt.wantStderr)
+		}
+		// A failure is one line "tokenbroker: <message>"; success prints no error.
+		if wantLines := min(tt.wantCode, 1); strings.Count(got.stderr, "tokenbroker: ") != wantLines || (wantLines == 1 && strings.Count(got.stderr, "\n") != 1) {
+			t.Errorf("%s: tokenbroker %q: stderr = %q, want %d error line(s)", tt.name, tt.give, got.stderr, wantLines)
+		}
+		if strings.Contains(got.stdout+got.stderr, wrongSecret) {
+			t.Errorf("%s: tokenbroker %q printed a client secret:\n%s%s", tt.name, tt.give, got.stdout, got.stderr)
+		}
+	}
+
+	t.Run("introspect a token", func(t *testing.T) {
+		tok := strings.TrimSpace(dev.cli(t, "", nil, "token", "get", "sandbox").stdout)
+		got := dev.cli(t, tok+"\n", nil, "token", "introspect", "--token-stdin")
+		if got.code != 0 || !regexp.MustCompile(`(?m)^ACTIVE\s+true\n[\s\S]*^PROVIDER\s+sandbox\n`).MatchString(got.stdout) {
+			t.Errorf("token introspect: exit %d, stdout:\n%s\nstderr %q; want 0, active, provider sandbox", got.code, got.stdout, got.stderr)
+		}
+	})
+
+	t.Run("API keys", func(t *testing.T) {
+		// A key for an identity the policy allows nothing: denied (4);
+		// once retired, unknown (4 too).
+		created := dev.cli(t, "", nil, "apikeys", "create", "--identity", "ci", "--description", "ci runner", "-o", "json")
+		var resp struct {
+			Key    string `json:"key"`
+			APIKey struct {
+				ID       string `json:"id"`
+				Identity string `json:"identity"`
+			} `json:"api_key"`
+		}
+		if err := json.Unmarshal([]byte(created.stdout), &resp); err != nil || created.code != 0 || resp.Key == "" || resp.APIKey.Identity != "ci" {
+			t.Fatalf("apikeys create: exit %d, %v, stdout %q stderr %q; want a key for ci", created.code, err, created.stdout, created.stderr)
+		}
+		list := dev.cli(t, "", nil, "apikeys", "list")
+		if list.code != 0 || !regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(resp.APIKey.ID)+`\s+ci\s+ci runner\s`).MatchString(list.stdout) || strings.Contains(list.stdout, resp.Key) {
+			t.Errorf("apikeys list: exit %d, stdout:\n%s\nwant a row for %s without the key", list.code, list.stdout, resp.APIKey.ID)
+		}
+		asCI := map[string]string{"TOKENBROKER_API_KEY": "", "CI_KEY": resp.Key}
+		if got := dev.cli(t, "", asCI, "provider", "list", "--api-key-env", "CI_KEY"); got.code != exitDenied || !strings.Contains(got.stderr, "permission denied: ci may not call") {
+			t.Errorf("provider list as ci: exit %d, stderr %q; want %d and permission denied", got.code, got.stderr, exitDenied)
+		}
+		if got := dev.cli(t, "", nil, "apikeys", "retire", resp.APIKey.ID); got.code != 0 || got.stdout != "API key "+resp.APIKey.ID+" retired\n" {
+			t.Errorf("apikeys retire: exit %d, stdout %q, stderr %q", got.code, got.stdout, got.stderr)
+		}
+		if got := dev.cli(t, "", asCI, "provider", "list", "--api-key-env", "CI_KEY"); got.code != exitDenied || !strings.Contains(got.stderr, "missing or invalid credentials") {
+			t.Errorf("provider list with a retired key: exit %d, stderr %q; want %d and invalid credentials", got.code, got.stderr, exitDenied)
+		}
+	})
+}

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
+
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+)
+
+// authStyles are the --auth-style values.
+var authStyles = map[string]tokenbrokerv1.ClientAuthStyle{
+	"basic":      tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC,
+	"post":       tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST,
+	"basic+post": tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST,
+}
+
+// grantTypeNames are the --grant values: the OAuth2 grant_type names.
+var grantTypeNames = map[string]tokenbrokerv1.GrantType{
+	"client_credentials": tokenbrokerv1.GrantType_GRANT_TYPE_CLIENT_CREDENTIALS,
+	"password":           tokenbrokerv1.GrantType_GRANT_TYPE_PASSWORD,
+	"authorization_code": tokenbrokerv1.GrantType_GRANT_TYPE_AUTHORIZATION_CODE,
+	"refresh_token":      tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN,
+}
+
+func parseGrantType(flag, s string) (tokenbrokerv1.GrantType, error) {
+	g, ok := grantTypeNames[strings.ReplaceAll(strings.ToLower(s), "-", "_")]
+	if !ok {
+		return 0, usageErrorf("--%s %q: want one of %s", flag, s, strings.Join(slices.Sorted(maps.Keys(grantTypeNames)), ", "))
+	}
+	return g, nil
+}
+
+func grantTypeCell(g tokenbrokerv1.GrantType) string { return enumCell(g.String(), "GRANT_TYPE_") }
+
+func authStyleCell(s tokenbrokerv1.ClientAuthStyle) string {
+	for name, v := range authStyles {
+		if v == s {
+			return name
+		}
+	}
+	return "basic (default)"
+}
+
+func (c *cli) providerCommand() *cobra.Command {
+	return group("provider", "Register providers and rotate their client secrets",
+		`Providers are the upstream OAuth2 authorization servers and the broker's client
+registration with each. Client secrets are write-only: they are read from
+stdin or an environment variable, never from a flag, and never printed.`,
+		c.providerPutCommand(), c.providerGetCommand(), c.providerListCommand(),
+		c.providerDeleteCommand(), c.providerRotateSecretCommand())
+}
+
+func (c *cli) providerPutCommand() *cobra.Command {
+	var (
+		p           tokenbrokerv1.Provider
+		secretStdin bool
+		secretEnv   string
+		authStyle   string
+		grants      []string
+		lifetime    time.Duration
+		tokenParams map[string]string
+		grantURLs   map[string]string
+		redirectURI string
+	)
+	cmd := &cobra.Command{
+		Use:   "put NAME",
+		Short: "Create or replace a provider",
+		Long: `Create or replace a provider. Put replaces the whole provider with what the
+flags say; only the client secret is kept when none is given. A --preset fills
+the endpoints, client authentication, grants and scopes of a known provider
+from --base-url; flags given explicitly win over the preset.`,
+		Example: `  printf %s "$SECRET" | tokenbroker provider put acme --token-url https://idp.example/token \
+      --client-id broker --client-secret-stdin --auth-style post --scope read --scope write
+  tokenbroker provider put media --preset mediahaven --base-url https://integration.mediahaven.com \
+      --client-id broker --client-secret-env MEDIAHAVEN_SECRET`,
+		Args: exactArgs("NAME"),
+		RunE: c.run(func(ctx context.Context, cmd *cobra.Command, args []string) error {
+			p.Name = args[0]
+			if authStyle != "" {
+				s, ok := authStyles[authStyle]
+				if !ok {
+					return usageErrorf("--auth-style %q: want basic, post or basic+post", authStyle)
+				}
+				p.ClientAuthStyle = s
+			}
+			for _, g := range grants {
+				gt, err := parseGrantType("grant", g)
+				if err != nil {
+					return err
+				}
+				p.GrantTypes = append(p.GrantTypes, gt)
+			}
+			d, err := durationFlag(cmd, "default-token-lifetime", lifetime)
+			if err != nil {
+				return err
+			}
+			p.DefaultTokenLifetime, p.TokenParams, p.GrantTokenUrls, p.RedirectUri = d, tokenParams, grantURLs, redirectURI
+			req := &tokenbrokerv1.PutProviderRequest{Provider: &p}
+			if secretStdin || secretEnv != "" {
+				if req.ClientSecret, err = c.readSecret("client secret", secretStdin, secretEnv); err != nil {
+					return err
+				}
+			}
+			admin, err := c.admin(cmd)
+			if err != nil {
+				return err
+			}
+			resp, err := admin.PutProvider(ctx, req)
+			if err != nil {
+				return err
+			}
+			return c.printProvider(resp.GetProvider())
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&p.TokenUrl, "token-url", "", "token endpoint URL")
+	f.StringVar(&p.AuthorizeUrl, "authorize-url", "", "authorization endpoint URL (authorization_code grant)")
+	f.StringVar(&p.IntrospectionUrl, "introspection-url", "", "RFC 7662 introspection endpoint URL")
+	f.StringVar(&p.RevocationUrl, "revocation-url", "", "RFC 7009 revocation endpoint URL")
+	f.StringVar(&p.ClientId, "client-id", "", "the broker's client_id at the provider")
+	f.BoolVar(&secretStdin, "client-secret-stdin", false, "read the client secret from stdin")
+	f.StringVar(&secretEnv, "client-secret-env", "", "read the client secret from this environment variable")
+	f.StringVar(&authStyle, "auth-style", "", "client authentication at the token endpoint: basic, post or basic+post (default basic)")
+	f.StringSliceVar(&p.DefaultScopes, "scope", nil, "default scope, repeatable or comma-separated")
+	f.StringSliceVar(&grants, "grant", nil, "allowed grant, repeatable: client_credentials, password, authorization_code, refresh_token (default client_credentials)")
+	f.StringVar(&p.Preset, "preset", "", "preset of a known provider: mediacore, mediahound, mediavalet, mediaflow, mediahaven or oidc")
+	f.StringVar(&p.BaseUrl, "base-url", "", "the preset's base URL: the instance, or the OIDC issuer")
+	f.BoolVar(&p.Pkce, "pkce", false, "send an S256 PKCE challenge with authorization requests")
+	f.StringVar(&redirectURI, "redirect-uri", "", "callback registered at the provider (default: the broker's own /v1/oauth/callback)")
+	f.StringToStringVar(&tokenParams, "token-param", nil, "extra form parameter for every token request, KEY=VALUE, repeatable (e.g. audience=api)")
+	f.StringToStringVar(&grantURLs, "grant-token-url", nil, "token endpoint of one grant where it differs, GRANT=URL, repeatable")
+	f.DurationVar(&lifetime, "default-token-lifetime", 0, "lifetime assumed when a token response has no expires_in (default 1h)")
+	cmd.MarkFlagsMutuallyExclusive("client-secret-stdin", "client-secret-env")
+	return cmd
+}
+
+func (c *cli) providerGetCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "get NAME",
+		Short: "Show a provider, without its secret",
+		Args:  exactArgs("NAME"),
+		RunE: c.run(func(ctx context.Context, cmd *cobra.Command, args []string) error {
+			admin, err := c.admin(cmd)
+			if err != nil {
+				return err
+			}
+			resp, err := admin.GetProvider(ctx, &tokenbrokerv1.GetProviderRequest{Name: args[0]})
+			if err != nil {
+				return err
+			}
+			return c.printProvider(resp.GetProvider())
+		}),
+	}
+}
+
+func (c *cli) providerListCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List the providers",
+		Args:  cobra.NoArgs,
+		RunE: c.run(func(ctx context.Context, cmd *cobra.Command, _ []string) error {
+			admin, err := c.admin(cmd)
+			if err != nil {
+				return err
+			}
+			resp, err := admin.ListProviders(ctx, &tokenbrokerv1.ListProvidersRequest{})
+			if err != nil {
+				return err
+			}
+			if c.output == outputJSON {
+				return c.printJSON(resp)
+			}
+			rows := [][]string{{"NAME", "TOKEN URL", "CLIENT ID", "AUTH STYLE", "GRANTS", "CLIENT SECRET", "UPDATED"}}
+			for _, p := range resp.GetProviders() {
+				rows = append(rows, []string{p.GetName(), cell(p.GetTokenUrl()), cell(p.GetClientId()), authStyleCell(p.GetClientAuthStyle()),
+					grantsCell(p.GetGrantTypes()), secretCell(p.GetClientSecret()), timeCell(p.GetUpdateTime())})
+			}
+			return c.table(rows)
+		}),
+	}
+}
+
+func (c *cli) providerDeleteCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a provider and every token cached for it",
+		Args:  exactArgs("NAME"),
+		RunE: c.run(func(ctx context.Context, cmd *cobra.Command, args []string) error {
+			admin, err := c.admin(cmd)
+			if err != nil {
+				return err
+			}
+			resp, err := admin.DeleteProvider(ctx, &tokenbrokerv1.DeleteProviderRequest{Name: args[0]})
+			if err != nil {
+				return err
+			}
+			return c.printDone(resp, "provider %q deleted", args[0])
+		}),
+	}
+}
+
+func (c *cli) providerRotateSecretCommand() *cobra.Command {
+	var (
+		secretStdin    bool
+		secretEnv      string
+		skipValidation bool
+		overlap        time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "rotate-secret NAME (--client-secret-stdin | --client-secret-env VAR)",
+		Short: "Replace a provider's client secret, proving the new one first",
+		Long: `Replace a provider's client secret. The broker first proves the new secret
+with a client_credentials token request; a refused secret leaves the old one
+in place and the command fails with the provider's error (exit code 5).
+During --overlap, token requests the new secret fails are retried with the
+old one.`,
+		Example: `  vault read -field=secret kv/acme | tokenbroker provider rotate-secret acme --client-secret-stdin --overlap 5m`,
+		Args:    exactArgs("NAME"),
+		RunE: c.run(func(ctx context.Context, cmd *cobra.Command, args []string) error {
+			secret, err := c.readSecret("client secret", secretStdin, secretEnv)
+			if err != nil {
+				return err
+			}
+			d, err := durationFlag(cmd, "overlap", overlap)
+			if err != nil {
+				return err
+			}
+			admin, err := c.admin(cmd)
+			if err != nil {
+				return err
+			}
+			resp, err := admin.RotateClientSecret(ctx, &tokenbrokerv1.RotateClientSecretRequest{
+				Provider: args[0], ClientSecret: secret, SkipValidation: skipValidation, Overlap: d,
+			})
+			if err != nil {
+				return err
+			}
+			return c.printProvider(resp.GetProvider())
+		}),
+	}
+	f := cmd.Flags()
+	f.BoolVar(&secretStdin, "client-secret-stdin", false, "read the new client secret from stdin")
+	f.StringVar(&secretEnv, "client-secret-env", "", "read the new client secret from this environment variable")
+	f.BoolVar(&skipValidation, "skip-validation", false, "store the secret without proving it against the provider first")
+	f.DurationVar(&overlap, "overlap", 0, "how long the old secret is still tried when the new one is refused (e.g. 5m)")
+	cmd.MarkFlagsMutuallyExclusive("client-secret-stdin", "client-secret-env")
+	cmd.MarkFlagsOneRequired("client-secret-stdin", "client-secret-env")
+	return cmd
+}
+
+// printProvider prints one provider: JSON, or a field per line.
+func (c *cli) printProvider(p *tokenbrokerv1.Provider) error {
+	if c.output == outputJSON {
+		return c.printJSON(p)
+	}
+	kv := func(m map[string]string) string {
+		var parts []string
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			parts = append(parts, k+"="+m[k])
+		}
+		return listCell(parts)
+	}
+	return c.table([][]string{
+		{"NAME", p.GetName()},
+		{"PRESET", cell(p.GetPreset())},
+		{"BASE URL", cell(p.GetBaseUrl())},
+		{"TOKEN URL", cell(p.GetTokenUrl())},
+		{"GRANT TOKEN URLS", kv(p.GetGrantTokenUrls())},
+		{"AUTHORIZE URL", cell(p.GetAuthorizeUrl())},
+		{"INTROSPECTION URL", cell(p.GetIntrospectionUrl())},
+		{"REVOCATION URL", cell(p.GetRevocationUrl())},
+		{"REDIRECT URI", cell(p.GetRedirectUri())},
+		{"CLIENT ID", cell(p.GetClientId())},
+		{"CLIENT SECRET", secretCell(p.GetClientSecret())},
+		{"SECRET UPDATED", timeCell(p.GetClientSecret().GetUpdateTime())},
+		{"AUTH STYLE", authStyleCell(p.GetClientAuthStyle())},
+		{"GRANTS", grantsCell(p.GetGrantTypes())},
+		{"SCOPES", listCell(p.GetDefaultScopes())},
+		{"TOKEN PARAMS", kv(p.GetTokenParams())},
+		{"PKCE", fmt.Sprint(p.GetPkce())},
+		{"TOKEN LIFETIME", durationCell(p.GetDefaultTokenLifetime())},
+		{"CREATED", timeCell(p.GetCreateTime())},
+		{"UPDATED", timeCell(p.GetUpdateTime())},
+	})
+}
+
+func grantsCell(gs []tokenbrokerv1.GrantType) string {
+	names := make([]string, len(gs))
+	for i, g := range gs {
+		names[i] = grantTypeCell(g)
+	}
+	return listCell(names)
+}
+
+// printDone reports a change that returns nothing: "{}" in JSON, else the
+// sentence.
+func (c *cli) printDone(resp proto.Message, format string, args ...any) error {
+	if c.output == outputJSON {
+		return c.printJSON(resp)
+	}
+	_, err := fmt.Fprintf(c.stdout, format+"\n", args...)
+	return err
+}
+
+// exactArgs requires the named positional arguments, naming the missing
+// ones in its error.
+func exactArgs(names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		switch {
+		case len(args) < len(names):
+			return usageErrorf("%s: missing %s", commandName(cmd), strings.Join(names[len(args):], " and "))
+		case len(args) > len(names):
+			return usageErrorf("%s: unexpected argument %q (want %s)", commandName(cmd), args[len(names)], strings.Join(names, " "))
+		}
+		return nil
+	}
+}
