@@ -65,6 +65,8 @@ type Config struct {
 	// MaxRetryAfter is the longest Retry-After honoured within one request;
 	// 5s when zero. A longer one fails the request.
 	MaxRetryAfter time.Duration
+	// Observer receives metrics events; none when nil.
+	Observer Observer
 	// Refresh tunes the leader-elected background refresher.
 	Refresh RefreshConfig
 	// CallbackURL is where providers send a person back after consent: the
@@ -97,6 +99,7 @@ type Broker struct {
 	cooldownBase  time.Duration
 	callbackURL   atomic.Pointer[string]
 	refresh       RefreshConfig
+	obs           Observer
 	leading       []bool // per shard; guarded by mu
 	// discoveryClient reads OIDC discovery documents.
 	discoveryClient *http.Client
@@ -139,6 +142,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		maxRetryAfter: cmp(cfg.MaxRetryAfter, 5*time.Second),
 		cooldownBase:  cmp(cfg.CooldownBase, time.Second),
 		refresh:       cfg.Refresh.withDefaults(),
+		obs:           cfg.Observer,
 		discoveryClient: &http.Client{Timeout: 10 * time.Second,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 	}
@@ -156,6 +160,9 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		b.log = zap.NewNop()
 	}
 	b.log = b.log.Named("broker")
+	if b.obs == nil {
+		b.obs = nopObserver{}
+	}
 	b.SetCallbackURL(cfg.CallbackURL)
 	if b.keys == nil {
 		k, err := seal.GenerateKey("ephemeral")
@@ -337,3 +344,13 @@ func (b *Broker) Introspect(ctx context.Context, token string) (*Introspection, 
 // SetCallbackURL sets where providers send a person back after consent,
 // when the URL is known only once the gateway listens.
 func (b *Broker) SetCallbackURL(u string) { b.callbackURL.Store(&u) }
+
+// Ready reports whether etcd answers, within a second.
+func (b *Broker) Ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if _, err := b.cli.Get(ctx, b.prefix+providersPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
+		return storeError(ctx, "ready check", err)
+	}
+	return nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 )
 
 // Sentinel errors of the broker. Errors returned by the broker wrap one of
@@ -29,6 +30,7 @@ func invalidf(format string, args ...any) error {
 // storeError turns an etcd client error into ErrStoreUnavailable, except when
 // the caller's own context ended: then its error passes through.
 func storeError(ctx context.Context, op string, err error) error {
+	storeErrors.Add(1)
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return ctxErr
 	}
@@ -49,3 +51,10 @@ type ProviderError struct {
 func (e *ProviderError) Error() string { return "provider " + e.Provider + ": " + e.Err.Error() }
 
 func (e *ProviderError) Unwrap() error { return e.Err }
+
+// storeErrors counts failed etcd calls, for metrics (StoreErrors).
+var storeErrors atomic.Int64
+
+// StoreErrors is the number of failed etcd calls of every broker in this
+// process.
+func StoreErrors() int64 { return storeErrors.Load() }

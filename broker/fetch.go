@@ -51,6 +51,7 @@ func (b *Broker) GetToken(ctx context.Context, r TokenRequest) (*TokenRecord, er
 		e := v.(*cacheEntry)
 		if rec := e.rec.Load(); rec != nil && rec.Fresh(now, minTTL) {
 			e.touch(now)
+			b.obs.TokenServed(OutcomeHit)
 			return rec, nil
 		}
 	}
@@ -58,8 +59,10 @@ func (b *Broker) GetToken(ctx context.Context, r TokenRequest) (*TokenRecord, er
 		return cur != nil && cur.Fresh(b.now(), minTTL)
 	}, "")
 	if err != nil {
+		b.obs.TokenServed(OutcomeError)
 		return nil, err
 	}
+	b.obs.TokenServed(OutcomeMiss)
 	b.entry(id).touch(now)
 	return rec, nil
 }
@@ -369,7 +372,9 @@ func (b *Broker) call(ctx context.Context, p *Provider, g *Grant, method GrantTy
 	var err error
 	for attempt := 0; ; attempt++ {
 		var tok *oauth.Token
+		start := time.Now()
 		tok, err = b.oauth.Token(ctx, req)
+		b.obs.ProviderCall(p.Name, method, callOutcome(err), time.Since(start))
 		if err != nil && refusesClient(err) && p.PreviousSecret != "" && time.Now().Before(p.PreviousSecretUntil) {
 			// Within a rotation's overlap: the old secret may still be the
 			// one the provider knows.
@@ -436,6 +441,20 @@ func rejectsGrant(err error) bool {
 		return false
 	}
 	return oe.Code == "invalid_grant" || (oe.Code == "" && oe.StatusCode == 401)
+}
+
+// callOutcome classifies a token request's result for metrics.
+func callOutcome(err error) string {
+	var oe *oauth.Error
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.As(err, &oe) && !oe.Temporary():
+		return "rejected"
+	case errors.Is(err, oauth.ErrBadResponse), errors.Is(err, oauth.ErrResponseTooLarge):
+		return "malformed"
+	}
+	return "unavailable"
 }
 
 // refusesClient reports whether the provider refused the client's

@@ -114,6 +114,7 @@ func (b *Broker) setLeading(shard int, v bool) {
 	b.mu.Lock()
 	b.leading[shard] = v
 	b.mu.Unlock()
+	b.obs.Leading(shard, v)
 }
 
 // pause waits d or until Close; it reports whether to go on.
@@ -230,11 +231,16 @@ func (b *Broker) refreshAll(ctx context.Context, keys []TokenKey) {
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			_, err := b.fetch(ctx, "bg\x00"+key.id(), key, func(cur *TokenRecord) bool {
+			before := b.cached(key.id())
+			rec, err := b.fetch(ctx, "bg\x00"+key.id(), key, func(cur *TokenRecord) bool {
 				return cur != nil && !b.refresh.due(cur, b.now())
 			}, "")
-			if err != nil && ctx.Err() == nil {
+			switch {
+			case err != nil && ctx.Err() == nil:
+				b.obs.RefreshFailed(key.Provider)
 				b.log.Warn("background refresh failed", zap.Stringer("key", key), zap.Error(err))
+			case err == nil && before != nil && rec != before:
+				b.obs.Refreshed(key.Provider, before.ExpiresAt.Sub(rec.IssuedAt))
 			}
 		})
 	}

@@ -42,6 +42,9 @@ type Config struct {
 	// certificates authenticate callers (see LoadTLS). Nil serves plain
 	// text.
 	TLS *tls.Config
+	// Metrics, when set, instruments the interceptor chain and serves
+	// /metrics on the REST listener.
+	Metrics *Metrics
 	// Logger is scoped with Named("server"), audit events with
 	// Named(AuditLoggerName); nop when nil.
 	Logger *zap.Logger
@@ -75,8 +78,14 @@ func New(cfg Config) (*Server, error) {
 	g := newGuard(cfg.Auth, log, audit)
 	// One chain for both listeners, in this order: (metrics), logging,
 	// authentication, recovery.
-	chain := chainUnary(logUnary(log), g.unary, recoverUnary(log))
-	streamChain := chainStream(logStream(log), g.stream, recoverStream(log))
+	unary := []grpc.UnaryServerInterceptor{logUnary(log), g.unary, recoverUnary(log)}
+	stream := []grpc.StreamServerInterceptor{logStream(log), g.stream, recoverStream(log)}
+	if cfg.Metrics != nil {
+		unary = append([]grpc.UnaryServerInterceptor{cfg.Metrics.grpc.UnaryServerInterceptor()}, unary...)
+		stream = append([]grpc.StreamServerInterceptor{cfg.Metrics.grpc.StreamServerInterceptor()}, stream...)
+	}
+	chain := chainUnary(unary...)
+	streamChain := chainStream(stream...)
 
 	tb := NewTokenBrokerServer(cfg.Broker, log)
 	admin := withAPIKeys(NewAdminServer(cfg.Broker, log), cfg.Auth.Keys, log)
@@ -99,6 +108,9 @@ func New(cfg Config) (*Server, error) {
 	tokenbrokerv1.RegisterAdminServiceServer(s.grpc, admin)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+	if cfg.Metrics != nil {
+		cfg.Metrics.grpc.InitializeMetrics(s.grpc)
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", http.MaxBytesHandler(gw, MaxRequestBytes))
@@ -111,6 +123,19 @@ func New(cfg Config) (*Server, error) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	// Ready: etcd answers. Leadership is shown, for operators.
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := cfg.Broker.Ready(r.Context()); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = fmt.Fprintf(w, "not ready: etcd unreachable\n")
+			return
+		}
+		_, _ = fmt.Fprintf(w, "ok\nleading refresh shards: %v\n", cfg.Broker.LeadingShards())
+	})
+	if cfg.Metrics != nil {
+		mux.Handle("GET "+MetricsPath, cfg.Metrics.Handler())
+	}
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,

@@ -104,12 +104,14 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 	case pol.Len() == 0:
 		log.Warn("auth.policy has no rule: every call but health checks will be refused")
 	}
+	metrics := server.NewMetrics()
 	a.broker, err = broker.New(ctx, broker.Config{
 		Client:        a.client,
 		Prefix:        cfg.Etcd.Prefix,
 		DefaultMinTTL: cfg.DefaultMinTTL,
 		Keyring:       keyring,
 		Logger:        log,
+		Observer:      metrics,
 	})
 	if err != nil {
 		return nil, err
@@ -132,8 +134,9 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 		}
 		log.Info("provider registered from config", zap.String("provider", p.Name))
 	}
+	metrics.WatchGrants(a.broker)
 	a.server, err = server.New(server.Config{
-		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, Broker: a.broker, Logger: log, TLS: tlsConfig,
+		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, Broker: a.broker, Logger: log, TLS: tlsConfig, Metrics: metrics,
 		Auth: server.AuthConfig{Keys: a.keys, Policy: pol, RateLimit: cfg.Auth.rateLimit(), InsecureNoAuth: cfg.insecureNoAuth},
 	})
 	if err != nil {

@@ -1,0 +1,38 @@
+package broker
+
+import "time"
+
+// Observer is told what the broker does, for metrics. Its methods are
+// called on the hot path (TokenServed) and must be cheap and safe for
+// concurrent use; they must not block.
+type Observer interface {
+	// TokenServed reports a GetToken answer: "hit" (from memory), "miss"
+	// (fetched or re-read) or "error".
+	TokenServed(outcome string)
+	// ProviderCall reports one token-endpoint request: outcome "ok",
+	// "rejected" (an OAuth2 error), "unavailable" (5xx, 429, timeout,
+	// transport) or "malformed".
+	ProviderCall(provider string, grant GrantType, outcome string, d time.Duration)
+	// Refreshed reports a token obtained by the background refresher,
+	// with how long before expiry it was refreshed.
+	Refreshed(provider string, ahead time.Duration)
+	// RefreshFailed reports a failed background refresh.
+	RefreshFailed(provider string)
+	// Leading reports whether this replica leads shard.
+	Leading(shard int, leading bool)
+}
+
+// Outcomes of TokenServed.
+const (
+	OutcomeHit   = "hit"
+	OutcomeMiss  = "miss"
+	OutcomeError = "error"
+)
+
+type nopObserver struct{}
+
+func (nopObserver) TokenServed(string)                                    {}
+func (nopObserver) ProviderCall(string, GrantType, string, time.Duration) {}
+func (nopObserver) Refreshed(string, time.Duration)                       {}
+func (nopObserver) RefreshFailed(string)                                  {}
+func (nopObserver) Leading(int, bool)                                     {}
