@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -188,7 +189,7 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 
 	rec, next, err := b.obtain(ctx, p, g, key, cur)
 	if err != nil {
-		b.noteFailure(ctx, m, p, g, gid, err)
+		b.noteFailure(ctx, m, p, g, next, gid, err)
 		return b.serveStale(cur, stale, err)
 	}
 	b.clearCooldown(gid)
@@ -316,7 +317,16 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 		return nil, nil, err
 	}
 	if tok.TokenType != "" && !isBearer(tok.TokenType) {
-		return nil, nil, &ProviderError{Provider: p.Name, Err: fmt.Errorf("%w: token_type %q is not bearer", oauth.ErrBadResponse, tok.TokenType)}
+		err := &ProviderError{Provider: p.Name, Err: fmt.Errorf("%w: token_type %q is not bearer", oauth.ErrBadResponse, tok.TokenType)}
+		if g.Type != GrantClientCredentials && tok.RefreshToken != "" && tok.RefreshToken != g.RefreshToken {
+			// The access token is refused, but the provider rotated the
+			// refresh token all the same: the new one must be kept, or the
+			// lineage breaks on the next refresh.
+			next := *g
+			next.RefreshToken, next.RefreshTokenUpdateTime = tok.RefreshToken, issued.UTC()
+			return nil, &next, err
+		}
+		return nil, nil, err
 	}
 	lifetime := tok.ExpiresIn
 	if lifetime <= 0 {
@@ -511,6 +521,11 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 		clientv3.OpPut(gkey, string(gval)),
 		clientv3.OpPut(b.prefix+introspectPrefix+tokenHash(rec.AccessToken), string(idx), clientv3.WithLease(lease.ID)),
 	}
+	if next.RefreshToken != g.RefreshToken && g.RefreshToken != "" {
+		// A rotating provider (MediaHaven) invalidates the previous access
+		// tokens with the refresh token: the grant's other tokens go too.
+		writes = append(writes, b.otherTokens(id, grantID(g.Provider, g.Account))...)
+	}
 	resp, err := b.cli.Txn(sctx).If(append(unchanged, m.IsOwner())...).Then(writes...).
 		Else(clientv3.OpGet(pkey), clientv3.OpGet(gkey)).Commit()
 	if err != nil {
@@ -520,15 +535,18 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 		rec.Revision = resp.Header.Revision
 		return nil
 	}
+	b.revokeLease(lease.ID)
 	if next.RefreshToken != g.RefreshToken {
-		salvage, err := b.cli.Txn(sctx).If(unchanged...).Then(writes...).Commit()
+		// The token is discarded, but the provider rotated the refresh
+		// token already: as long as no one else changed the grant (no one
+		// else can have used the old refresh token then), the new one is
+		// saved, or the lineage would break on the next refresh.
+		salvage, err := b.cli.Txn(sctx).If(clientv3.Compare(clientv3.ModRevision(gkey), "=", g.Revision)).
+			Then(clientv3.OpPut(gkey, string(gval))).Commit()
 		if err == nil && salvage.Succeeded {
-			b.log.Warn("lock lost during a refresh; the rotated refresh token was saved", zap.Stringer("key", rec.Key))
-			rec.Revision = salvage.Header.Revision
-			return nil
+			b.log.Warn("token write discarded; the rotated refresh token was saved", zap.Stringer("key", rec.Key))
 		}
 	}
-	b.revokeLease(lease.ID)
 	if changed := resp.Responses; len(changed) == 2 &&
 		(modRevision(changed[0]) != p.Revision || modRevision(changed[1]) != g.Revision) {
 		return fmt.Errorf("%w: provider or grant changed while %s was fetched; token discarded", ErrConflict, rec.Key)
@@ -539,11 +557,16 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 // noteFailure records a failed attempt on the grant, fenced like a token
 // write: reauthorization_required when the provider rejected the grant,
 // failing otherwise, and starts the grant's cooldown.
-func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provider, g *Grant, gid string, cause error) {
+// next, when not nil, is the grant as the failed answer left it (a rotated
+// refresh token).
+func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provider, g, rotated *Grant, gid string, cause error) {
 	if errors.Is(cause, ErrConflict) || ctx.Err() != nil {
 		return
 	}
 	next := *g
+	if rotated != nil {
+		next = *rotated
+	}
 	next.Health, next.LastError = HealthFailing, cause.Error()
 	if errors.Is(cause, ErrReauthorizationRequired) {
 		next.Health = HealthReauthorizationRequired
@@ -622,4 +645,22 @@ func modRevision(r *etcdserverpb.ResponseOp) int64 {
 		return kvs[0].ModRevision
 	}
 	return 0
+}
+
+// otherTokens deletes the grant's token records other than id, and their
+// introspection entries, as this replica's memory knows them.
+func (b *Broker) otherTokens(id, gid string) []clientv3.Op {
+	var ops []clientv3.Op
+	b.tokens.Range(func(k, v any) bool {
+		other := k.(string)
+		if other == id || !strings.HasPrefix(other, gid+"/") {
+			return true
+		}
+		ops = append(ops, clientv3.OpDelete(b.prefix+tokensPrefix+other))
+		if rec := v.(*cacheEntry).rec.Load(); rec != nil {
+			ops = append(ops, clientv3.OpDelete(b.prefix+introspectPrefix+tokenHash(rec.AccessToken)))
+		}
+		return true
+	})
+	return ops
 }

@@ -62,6 +62,9 @@ var presets = map[string]preset{
 		fill(&p.AuthorizeURL, base+"/auth")
 		fill(&p.TokenURL, base+"/auth/oauth2/token")
 		fill(&p.IntrospectionURL, base+"/auth/introspect.php")
+		if p.IntrospectionAuth == 0 {
+			p.IntrospectionAuth = oauth.AuthBasic // "It requires BASIC Auth"
+		}
 		if p.GrantTokenURLs == nil {
 			p.GrantTokenURLs = map[GrantType]string{}
 		}

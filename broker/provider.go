@@ -52,6 +52,11 @@ type Provider struct {
 	// never returned by the admin API (only SecretFingerprint is).
 	ClientSecret string
 	ClientAuth   oauth.AuthStyle
+	// IntrospectionAuth is how the broker authenticates to the
+	// introspection endpoint; ClientAuth when zero (MediaHaven takes
+	// credentials in the body at its token endpoint, HTTP Basic at its
+	// introspection endpoint).
+	IntrospectionAuth oauth.AuthStyle
 	// DefaultScopes are requested when a caller names none.
 	DefaultScopes []string
 	// TokenParams are extra form parameters sent with every token request.
@@ -289,14 +294,17 @@ func validateScope(s string) error {
 	return nil
 }
 
-// endpointRequest is a client-authenticated request to one of the
-// provider's endpoints. Introspection and revocation endpoints take HTTP
-// Basic client authentication (RFC 7662 §2.1, MediaHaven) unless the
-// provider sends credentials in the body only.
-func (p *Provider) endpointRequest(endpoint string, params url.Values) oauth.Request {
+// endpointRequest is a client-authenticated request to the provider's
+// introspection or revocation endpoint: authenticated as at the token
+// endpoint (RFC 7009 §2.1), Basic when the token endpoint takes both, and
+// with IntrospectionAuth for introspection when it is set.
+func (p *Provider) endpointRequest(endpoint string, params url.Values, introspection bool) oauth.Request {
 	auth := p.ClientAuth
 	if auth == oauth.AuthBasicAndPost {
 		auth = oauth.AuthBasic
+	}
+	if introspection && p.IntrospectionAuth != 0 {
+		auth = p.IntrospectionAuth
 	}
 	return oauth.Request{TokenURL: endpoint, ClientID: p.ClientID, ClientSecret: p.ClientSecret, AuthStyle: auth, Params: params}
 }

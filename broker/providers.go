@@ -77,7 +77,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 
 // sameIdentity reports whether tokens obtained under a stay valid under b.
 func sameIdentity(a, b *Provider) bool {
-	return a.TokenURL == b.TokenURL && a.ClientID == b.ClientID && a.PKCE == b.PKCE && a.RedirectURL == b.RedirectURL &&
+	return a.TokenURL == b.TokenURL && a.ClientID == b.ClientID && a.PKCE == b.PKCE && a.IntrospectionAuth == b.IntrospectionAuth && a.RedirectURL == b.RedirectURL &&
 		maps.Equal(a.GrantTokenURLs, b.GrantTokenURLs) && maps.Equal(a.TokenParams, b.TokenParams) &&
 		slices.Equal(a.DefaultScopes, b.DefaultScopes)
 }
@@ -208,9 +208,14 @@ func (b *Broker) RotateClientSecret(ctx context.Context, name, secret string, va
 		now := b.now().UTC()
 		next := *cur
 		next.ClientSecret, next.SecretUpdateTime, next.UpdateTime = secret, now, now
-		next.PreviousSecret, next.PreviousSecretUntil = "", time.Time{}
-		if overlap > 0 && cur.ClientSecret != "" && cur.ClientSecret != secret {
+		switch {
+		case cur.ClientSecret == secret:
+			// A repeated rotation keeps the overlap of the first one.
+			next.SecretUpdateTime = cur.SecretUpdateTime
+		case overlap > 0 && cur.ClientSecret != "":
 			next.PreviousSecret, next.PreviousSecretUntil = cur.ClientSecret, time.Now().Add(overlap).UTC()
+		default:
+			next.PreviousSecret, next.PreviousSecretUntil = "", time.Time{}
 		}
 		val, err := b.encodeProvider(key, &next)
 		if err != nil {

@@ -63,6 +63,7 @@ type storedProvider struct {
 	ClientID             string            `json:"client_id"`
 	ClientSecret         []byte            `json:"client_secret_sealed,omitempty"`
 	ClientAuth           string            `json:"client_auth"`
+	IntrospectionAuth    string            `json:"introspection_auth,omitempty"`
 	DefaultScopes        []string          `json:"default_scopes,omitempty"`
 	TokenParams          map[string]string `json:"token_params,omitempty"`
 	GrantTypes           []string          `json:"grant_types,omitempty"`
@@ -103,6 +104,9 @@ func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
 	for _, g := range p.GrantTypes {
 		s.GrantTypes = append(s.GrantTypes, string(g))
 	}
+	if p.IntrospectionAuth != 0 {
+		s.IntrospectionAuth = p.IntrospectionAuth.String()
+	}
 	return json.Marshal(s)
 }
 
@@ -141,6 +145,11 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 	}
 	for _, g := range s.GrantTypes {
 		p.GrantTypes = append(p.GrantTypes, GrantType(g))
+	}
+	if s.IntrospectionAuth != "" {
+		if p.IntrospectionAuth, err = oauth.ParseAuthStyle(s.IntrospectionAuth); err != nil {
+			return nil, fmt.Errorf("decode provider %s: %w", s.Name, err)
+		}
 	}
 	return p, nil
 }

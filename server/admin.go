@@ -111,6 +111,11 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 		RedirectURL:      in.GetRedirectUri(),
 		PKCE:             in.GetPkce(),
 	}
+	if ia, ok := authStyles[in.GetIntrospectionAuthStyle()]; ok {
+		p.IntrospectionAuth = ia
+	} else {
+		return broker.Provider{}, fmt.Errorf("%w: unknown introspection_auth_style %d", broker.ErrInvalidArgument, in.GetIntrospectionAuthStyle())
+	}
 	if len(in.GetGrantTokenUrls()) > 0 {
 		p.GrantTokenURLs = make(map[broker.GrantType]string, len(in.GetGrantTokenUrls()))
 		for g, u := range in.GetGrantTokenUrls() {
@@ -153,6 +158,9 @@ func toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 	for k, v := range authStyles {
 		if v == p.ClientAuth && v != 0 {
 			out.ClientAuthStyle = k
+		}
+		if v == p.IntrospectionAuth && v != 0 {
+			out.IntrospectionAuthStyle = k
 		}
 	}
 	if len(p.GrantTokenURLs) > 0 {

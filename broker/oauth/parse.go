@@ -267,6 +267,7 @@ func sanitize(s string, secrets []string) string {
 		if len(secret) >= minRedactLen {
 			s = strings.ReplaceAll(s, secret, "[redacted]")
 		}
+		s = redactParts(s, secret)
 	}
 	s = strings.TrimSpace(s)
 	if len(s) > maxFieldBytes {
@@ -280,3 +281,31 @@ func sanitize(s string, secrets []string) string {
 }
 
 func badResponse(reason string) error { return fmt.Errorf("%w: %s", ErrBadResponse, reason) }
+
+// partLen is the shortest run of a secret that is redacted where a provider
+// quotes part of it.
+const partLen = 8
+
+// redactParts replaces every run of at least partLen bytes that s shares
+// with secret.
+func redactParts(s, secret string) string {
+	if len(secret) < partLen {
+		return s
+	}
+	for i := 0; i+partLen <= len(secret); i++ {
+		part := secret[i : i+partLen]
+		for {
+			j := strings.Index(s, part)
+			if j < 0 {
+				break
+			}
+			// Grow the match as far as it goes on.
+			end := j + partLen
+			for k := i + partLen; end < len(s) && k < len(secret) && s[end] == secret[k]; k++ {
+				end++
+			}
+			s = s[:j] + "[redacted]" + s[end:]
+		}
+	}
+	return s
+}

@@ -47,6 +47,7 @@ admin commands, over gRPC to a running broker ($TOKENBROKER_ADDR, $TOKENBROKER_A
   grant       list|revoke|authorize grants
   token       get|refresh|introspect access tokens
   apikeys     create|list|retire API keys
+  keys        generate a master key; reseal every record under the primary key
 
 Run 'tokenbroker <command> -h' for the command's flags.
 `
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runAPIKey(args[1:], stdout, stderr)
 	case "provider", "account", "grant", "token", "apikeys":
 		return runCLI(ctx, args, stdout, stderr, getenv)
+	case "keys":
+		return runKeys(ctx, args[1:], stdout, stderr, getenv)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -320,9 +320,12 @@ type Provider struct {
 	Preset string `protobuf:"bytes,18,opt,name=preset,proto3" json:"preset,omitempty"`
 	// The preset's base URL: the instance (e.g.
 	// "https://integration.mediahaven.com") or the OIDC issuer.
-	BaseUrl       string `protobuf:"bytes,19,opt,name=base_url,json=baseUrl,proto3" json:"base_url,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	BaseUrl string `protobuf:"bytes,19,opt,name=base_url,json=baseUrl,proto3" json:"base_url,omitempty"`
+	// How the broker authenticates to the introspection endpoint; as at the
+	// token endpoint when unset (MediaHaven: basic).
+	IntrospectionAuthStyle ClientAuthStyle `protobuf:"varint,20,opt,name=introspection_auth_style,json=introspectionAuthStyle,proto3,enum=tokenbroker.v1.ClientAuthStyle" json:"introspection_auth_style,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *Provider) Reset() {
@@ -486,6 +489,13 @@ func (x *Provider) GetBaseUrl() string {
 		return x.BaseUrl
 	}
 	return ""
+}
+
+func (x *Provider) GetIntrospectionAuthStyle() ClientAuthStyle {
+	if x != nil {
+		return x.IntrospectionAuthStyle
+	}
+	return ClientAuthStyle_CLIENT_AUTH_STYLE_UNSPECIFIED
 }
 
 // PutProviderRequest creates or replaces a provider.
@@ -1948,7 +1958,7 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x03set\x18\x01 \x01(\bR\x03set\x12 \n" +
 	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\x12;\n" +
 	"\vupdate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xa0\b\n" +
+	"updateTime\"\xfb\b\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\ttoken_url\x18\x02 \x01(\tR\btokenUrl\x12#\n" +
@@ -1972,7 +1982,8 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\fredirect_uri\x18\x10 \x01(\tR\vredirectUri\x12\x12\n" +
 	"\x04pkce\x18\x11 \x01(\bR\x04pkce\x12\x16\n" +
 	"\x06preset\x18\x12 \x01(\tR\x06preset\x12\x19\n" +
-	"\bbase_url\x18\x13 \x01(\tR\abaseUrl\x1aA\n" +
+	"\bbase_url\x18\x13 \x01(\tR\abaseUrl\x12Y\n" +
+	"\x18introspection_auth_style\x18\x14 \x01(\x0e2\x1f.tokenbroker.v1.ClientAuthStyleR\x16introspectionAuthStyle\x1aA\n" +
 	"\x13GrantTokenUrlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -2164,57 +2175,58 @@ var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
 	34, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
 	33, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
 	33, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
-	4,  // 9: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
-	4,  // 10: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	4,  // 11: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	4,  // 12: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
-	1,  // 13: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
-	3,  // 14: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
-	3,  // 15: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
-	2,  // 16: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
-	33, // 17: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
-	33, // 18: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
-	33, // 19: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	33, // 20: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 21: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
-	13, // 22: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
-	33, // 23: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
-	13, // 24: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
-	33, // 25: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
-	33, // 26: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
-	22, // 27: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
-	22, // 28: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
-	34, // 29: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
-	4,  // 30: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
-	5,  // 31: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
-	7,  // 32: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
-	9,  // 33: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
-	11, // 34: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
-	29, // 35: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
-	14, // 36: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
-	16, // 37: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
-	18, // 38: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
-	20, // 39: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
-	23, // 40: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
-	25, // 41: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
-	27, // 42: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
-	6,  // 43: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
-	8,  // 44: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
-	10, // 45: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
-	12, // 46: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
-	30, // 47: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
-	15, // 48: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
-	17, // 49: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
-	19, // 50: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
-	21, // 51: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
-	24, // 52: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
-	26, // 53: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
-	28, // 54: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
-	43, // [43:55] is the sub-list for method output_type
-	31, // [31:43] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	0,  // 9: tokenbroker.v1.Provider.introspection_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
+	4,  // 10: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
+	4,  // 11: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	4,  // 12: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	4,  // 13: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
+	1,  // 14: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
+	3,  // 15: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
+	3,  // 16: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
+	2,  // 17: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
+	33, // 18: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
+	33, // 19: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
+	33, // 20: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	33, // 21: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 22: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
+	13, // 23: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
+	33, // 24: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	13, // 25: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
+	33, // 26: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
+	33, // 27: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
+	22, // 28: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
+	22, // 29: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
+	34, // 30: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
+	4,  // 31: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
+	5,  // 32: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
+	7,  // 33: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
+	9,  // 34: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
+	11, // 35: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
+	29, // 36: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
+	14, // 37: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
+	16, // 38: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
+	18, // 39: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
+	20, // 40: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
+	23, // 41: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
+	25, // 42: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
+	27, // 43: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
+	6,  // 44: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
+	8,  // 45: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
+	10, // 46: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
+	12, // 47: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
+	30, // 48: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
+	15, // 49: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
+	17, // 50: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
+	19, // 51: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
+	21, // 52: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
+	24, // 53: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
+	26, // 54: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
+	28, // 55: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
+	44, // [44:56] is the sub-list for method output_type
+	32, // [32:44] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }

@@ -1,0 +1,255 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/seal"
+	"github.com/tokenbroker/tokenbroker/internal/embedetcd"
+)
+
+const keysUsage = `usage: tokenbroker keys <subcommand> [flags]
+
+subcommands:
+  generate --id ID        print a new master key as a key-file line, "<id>:<base64>"
+  reseal [--config FILE]  re-seal every stored secret and token under the primary master key
+
+Rotating the master key:
+  1. tokenbroker keys generate --id k2 prints the new key. Make it the FIRST
+     line of the key file (seal.key_file, or $TOKENBROKER_MASTER_KEY) and keep
+     the old key on the lines after it.
+  2. Restart every broker: they seal with the new key and still open what
+     the old one sealed.
+  3. tokenbroker keys reseal --config FILE re-seals every record under the
+     new key. With the embedded etcd (no etcd.endpoints), stop the broker
+     first: etcd locks its data directory. With an external etcd it may run
+     while the brokers serve.
+  4. When reseal reports 0 failed, remove the old key from the key file and
+     restart the brokers.
+`
+
+// runKeys runs `tokenbroker keys`.
+func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, keysUsage)
+		return errors.New("keys: no subcommand given")
+	}
+	switch args[0] {
+	case "generate":
+		return runKeysGenerate(args[1:], stdout, stderr)
+	case "reseal":
+		return runKeysReseal(ctx, args[1:], stdout, stderr, getenv)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, keysUsage)
+		return nil
+	}
+	fmt.Fprint(stderr, keysUsage)
+	return fmt.Errorf("keys: unknown subcommand %q", args[0])
+}
+
+// runKeysGenerate prints a new master key on stdout, alone, so that it can
+// be redirected into a file; the advice on where it goes is on stderr.
+func runKeysGenerate(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("keys generate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	id := fs.String("id", "", "the new key's id: 1–16 characters of [a-z0-9-], unlike every key in the key file (required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("keys generate: unexpected argument %q", fs.Arg(0))
+	}
+	k, err := seal.GenerateKey(*id)
+	if err != nil {
+		return fmt.Errorf("keys generate: --id: %w", err)
+	}
+	defer clear(k.Secret)
+	if _, err := fmt.Fprintln(stdout, seal.FormatKey(k)); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "# New master key %q. To rotate, make it the first line of the key file, keep the old keys after it,\n"+
+		"# restart the brokers, run `tokenbroker keys reseal`, then drop the old keys.\n", k.ID)
+	return nil
+}
+
+// embeddedStartTimeout bounds the start of the embedded etcd: when a
+// running broker holds its data directory, etcd waits for the lock forever.
+const embeddedStartTimeout = 20 * time.Second
+
+// runKeysReseal re-seals the store the configuration names with its master
+// keyring and prints the counts. It fails when any record is left under an
+// older key.
+func runKeysReseal(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("keys reseal", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", getenv("TOKENBROKER_CONFIG"), "YAML config file of the brokers ($TOKENBROKER_CONFIG)")
+	dataDir := fs.String("data-dir", "", "embedded etcd data directory (default tokenbroker-data; $TOKENBROKER_DATA_DIR)")
+	endpoints := fs.String("etcd-endpoints", "", "comma-separated endpoints of an external etcd ($TOKENBROKER_ETCD_ENDPOINTS)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("keys reseal: unexpected argument %q", fs.Arg(0))
+	}
+	cfg := defaultConfig()
+	if *configPath != "" {
+		f, err := os.Open(*configPath)
+		if err != nil {
+			return fmt.Errorf("keys reseal: %w", err)
+		}
+		err = decodeConfig(f, &cfg)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("keys reseal: %s: %w", *configPath, err)
+		}
+	}
+	applyEnv(&cfg, getenv)
+	if *dataDir != "" {
+		cfg.DataDir = *dataDir
+	}
+	if *endpoints != "" {
+		cfg.Etcd.Endpoints = splitList(*endpoints)
+	}
+	cfg.getenv = getenv
+	if err := cfg.validateForReseal(); err != nil {
+		return fmt.Errorf("keys reseal: %w", err)
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		return fmt.Errorf("keys reseal: %w", err)
+	}
+	defer log.Sync() //nolint:errcheck // nothing to do about a failed flush
+	keyring, err := cfg.masterKeyring(log)
+	if err != nil {
+		return fmt.Errorf("keys reseal: %w", err)
+	}
+
+	cli, closeStore, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return fmt.Errorf("keys reseal: %w", err)
+	}
+	defer closeStore()
+	fmt.Fprintf(stdout, "re-sealing %s under key %q (keyring: %s)\n", cfg.Etcd.Prefix, keyring.PrimaryID(), strings.Join(keyring.IDs(), ", "))
+	stats, err := broker.Reseal(ctx, cli, cfg.Etcd.Prefix, keyring)
+	fmt.Fprintf(stdout, "%d records with sealed values scanned, %d re-sealed, %d failed\n", stats.Scanned, stats.Resealed, stats.Failed)
+	for _, f := range stats.Failures {
+		fmt.Fprintf(stderr, "failed: %v\n", f)
+	}
+	if err != nil {
+		return fmt.Errorf("keys reseal: %w; keep the old keys in the key file", err)
+	}
+	if older := keyring.IDs()[1:]; len(older) > 0 {
+		fmt.Fprintf(stdout, "no record needs %s any more: drop it from the key file and restart the brokers\n", strings.Join(older, ", "))
+	}
+	return nil
+}
+
+// validateForReseal checks what `keys reseal` needs of the configuration:
+// a store and a master key. The rest (listeners, auth, providers and their
+// secrets) is for serve.
+func (c *Config) validateForReseal() error {
+	var errs []error
+	if len(c.Etcd.Endpoints) == 0 && c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir is empty and no etcd.endpoints are set"))
+	}
+	if !strings.HasPrefix(c.Etcd.Prefix, "/") {
+		errs = append(errs, errors.New("etcd.prefix must start with '/'"))
+	}
+	switch {
+	case c.Seal.KeyFile != "" && c.env()(masterKeyEnv) != "":
+		errs = append(errs, fmt.Errorf("seal.key_file and $%s are both set; set one", masterKeyEnv))
+	case c.Seal.KeyFile == "" && c.env()(masterKeyEnv) == "":
+		errs = append(errs, fmt.Errorf("no master key: set seal.key_file (or $%s) to the new key first, then the old keys", masterKeyEnv))
+	}
+	return errors.Join(errs...)
+}
+
+// openStore connects to the configuration's etcd: the external cluster, or
+// the embedded member in the data directory, which must exist already.
+func openStore(ctx context.Context, cfg Config, log *zap.Logger) (*clientv3.Client, func(), error) {
+	endpoints := cfg.Etcd.Endpoints
+	var srv *embedetcd.Server
+	if len(endpoints) == 0 {
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, "member")); err != nil {
+			return nil, nil, fmt.Errorf("data dir %s holds no etcd data (%v); set --data-dir or etcd.endpoints to the brokers' store", cfg.DataDir, err)
+		}
+		var err error
+		if srv, err = startEmbedded(ctx, cfg.DataDir, log); err != nil {
+			return nil, nil, err
+		}
+		endpoints = []string{srv.Endpoint()}
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: cfg.Etcd.DialTimeout,
+		Logger:      log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.WarnLevel)),
+		Context:     context.Background(),
+	})
+	if err != nil {
+		if srv != nil {
+			srv.Close()
+		}
+		return nil, nil, fmt.Errorf("etcd client: %w", err)
+	}
+	return cli, func() {
+		cli.Close()
+		if srv != nil {
+			srv.Close()
+		}
+	}, nil
+}
+
+// startEmbedded starts the embedded etcd in dir, giving up after
+// embeddedStartTimeout: etcd blocks on its data directory's lock while a
+// broker holds it. A member that starts after the give-up is closed at once.
+func startEmbedded(ctx context.Context, dir string, log *zap.Logger) (*embedetcd.Server, error) {
+	type started struct {
+		srv *embedetcd.Server
+		err error
+	}
+	ch := make(chan started) // unbuffered: after the give-up, nobody takes a late start
+	abandon := make(chan struct{})
+	go func() {
+		srv, err := embedetcd.Start(ctx, embedetcd.Config{Dir: dir, Logger: log.Named("etcd").WithOptions(zap.IncreaseLevel(zap.ErrorLevel))})
+		select {
+		case ch <- started{srv, err}:
+		case <-abandon:
+			if srv != nil {
+				srv.Close()
+			}
+		}
+	}()
+	timer := time.NewTimer(embeddedStartTimeout)
+	defer timer.Stop()
+	select {
+	case s := <-ch:
+		return s.srv, s.err
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	close(abandon)
+	// The start may have completed meanwhile.
+	select {
+	case s := <-ch:
+		if s.srv != nil {
+			s.srv.Close()
+		}
+	default:
+	}
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return nil, fmt.Errorf("the embedded etcd in %s did not start within %s: a running broker holds its data directory; "+
+		"stop it and run keys reseal again (or point etcd.endpoints at an external etcd)", dir, embeddedStartTimeout)
+}
