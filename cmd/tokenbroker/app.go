@@ -79,12 +79,11 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 		endpoints = []string{a.etcd.Endpoint()}
 		log.Info("embedded etcd started", zap.String("data_dir", cfg.DataDir), zap.String("endpoint", a.etcd.Endpoint()))
 	}
-	a.client, err = clientv3.New(clientv3.Config{
-		Endpoints:   endpoints,
-		DialTimeout: cfg.Etcd.DialTimeout,
-		Logger:      log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.WarnLevel)),
-		Context:     context.Background(),
-	})
+	ccfg, err := etcdClientConfig(cfg.Etcd, endpoints, log)
+	if err != nil {
+		return nil, err
+	}
+	a.client, err = clientv3.New(ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}

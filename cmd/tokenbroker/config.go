@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"gopkg.in/yaml.v3"
 
@@ -128,6 +132,56 @@ type EtcdConfig struct {
 	Endpoints   []string      `yaml:"endpoints"`
 	Prefix      string        `yaml:"prefix"`
 	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// TLS secures the connection to an external etcd cluster (https://
+	// endpoints): the cluster's CA, and a client certificate when the
+	// cluster authenticates clients.
+	TLS EtcdTLSConfig `yaml:"tls"`
+}
+
+// EtcdTLSConfig names the files of the etcd client's TLS.
+type EtcdTLSConfig struct {
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// etcdClientConfig is the etcd client configuration of cfg for endpoints.
+// A TLS misconfiguration (unreadable file, key not matching the
+// certificate, no certificate in the CA file) is an error naming the file.
+func etcdClientConfig(cfg EtcdConfig, endpoints []string, log *zap.Logger) (clientv3.Config, error) {
+	cc := clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: cfg.DialTimeout,
+		Logger:      log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.WarnLevel)),
+		Context:     context.Background(),
+	}
+	t := cfg.TLS
+	if t == (EtcdTLSConfig{}) || len(cfg.Endpoints) == 0 { // the embedded member is local
+		return cc, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return cc, fmt.Errorf("etcd.tls.ca_file: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return cc, fmt.Errorf("etcd.tls.ca_file %s holds no PEM certificate", t.CAFile)
+		}
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		return cc, errors.New("etcd.tls: cert_file and key_file go together")
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return cc, fmt.Errorf("etcd.tls: client certificate %s and key %s: %w", t.CertFile, t.KeyFile, err)
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	cc.TLS = tc
+	return cc, nil
 }
 
 // LogConfig configures the logger.
@@ -254,6 +308,9 @@ func (c *Config) Validate(getenv func(string) string) error {
 	}
 	if len(c.Etcd.Endpoints) == 0 && c.DataDir == "" {
 		errs = append(errs, errors.New("data_dir is empty and no etcd.endpoints are set"))
+	}
+	if c.Etcd.TLS != (EtcdTLSConfig{}) && len(c.Etcd.Endpoints) == 0 {
+		errs = append(errs, errors.New("etcd.tls applies to an external cluster: set etcd.endpoints"))
 	}
 	if !strings.HasPrefix(c.Etcd.Prefix, "/") {
 		errs = append(errs, errors.New("etcd.prefix must start with '/'"))

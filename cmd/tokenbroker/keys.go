@@ -190,12 +190,14 @@ func openStore(ctx context.Context, cfg Config, log *zap.Logger) (*clientv3.Clie
 		}
 		endpoints = []string{srv.Endpoint()}
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   endpoints,
-		DialTimeout: cfg.Etcd.DialTimeout,
-		Logger:      log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.WarnLevel)),
-		Context:     context.Background(),
-	})
+	ccfg, err := etcdClientConfig(cfg.Etcd, endpoints, log)
+	if err != nil {
+		if srv != nil {
+			srv.Close()
+		}
+		return nil, nil, err
+	}
+	cli, err := clientv3.New(ccfg)
 	if err != nil {
 		if srv != nil {
 			srv.Close()
