@@ -48,6 +48,7 @@ admin commands, over gRPC to a running broker ($TOKENBROKER_ADDR, $TOKENBROKER_A
   token       get|refresh|introspect access tokens
   apikeys     create|list|retire API keys
   keys        generate a master key; reseal every record under the primary key
+  config      validate FILE: report every problem of a config file at once
 
 Run 'tokenbroker <command> -h' for the command's flags.
 `
@@ -68,6 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runCLI(ctx, args, stdout, stderr, getenv)
 	case "keys":
 		return runKeys(ctx, args[1:], stdout, stderr, getenv)
+	case "config":
+		return runConfig(args[1:], stdout, stderr, getenv)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
