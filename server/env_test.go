@@ -129,6 +129,9 @@ type options struct {
 	// quiet turns the background refresher off, so that a test can count
 	// the etcd requests of calls alone.
 	quiet bool
+	// transport, when set, carries the broker's requests to providers
+	// (say, one that trusts a fake's test certificate).
+	transport http.RoundTripper
 }
 
 func (e *env) start(log *zap.Logger) *instance {
@@ -147,7 +150,7 @@ func (e *env) startWith(o options) *instance {
 	cli := e.etcd.Client(t, in.requests)
 	b, err := broker.New(context.Background(), broker.Config{
 		Client: cli,
-		OAuth:  &oauth.Client{Timeout: 2 * time.Second, MaxResponseBytes: 64 << 10},
+		OAuth:  oauthClient(o.transport),
 		Logger: log,
 		Now:    e.clock.Now,
 		// Replicas of one test share the master key; failures are retried
@@ -320,4 +323,17 @@ func settle(t testing.TB, c *etcdtest.Counter) {
 		last = n
 	}
 	t.Fatalf("etcd client still sends requests after 10s (%d so far)", last)
+}
+
+// oauthClient is the broker's token-endpoint client of the tests: short
+// timeouts, a small response limit, rt as transport when set.
+func oauthClient(rt http.RoundTripper) *oauth.Client {
+	c := &oauth.Client{Timeout: 2 * time.Second, MaxResponseBytes: 64 << 10}
+	if rt != nil {
+		c.HTTPClient = &http.Client{
+			Transport:     rt,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}
+	}
+	return c
 }

@@ -1,0 +1,551 @@
+package server_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"maps"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tokenbroker/tokenbroker/broker"
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/internal/fakes"
+	"github.com/tokenbroker/tokenbroker/server"
+)
+
+// This file runs every grant each seed provider offers (../shared/seeds)
+// through the real gRPC API and the gateway's consent callback, against the
+// provider's fake (internal/fakes), and asserts on what the fake received.
+// The fakes fail the test by themselves when the broker does what a
+// document forbids. broker/seeds_test.go holds the same table one level
+// down, on the broker's Go API.
+
+// seedFake is a seed provider's fake and what an admin gives PutProvider
+// for it besides the name, client and redirect URI.
+type seedFake struct {
+	fake     *fakes.Server
+	provider *tokenbrokerv1.Provider
+}
+
+// seedStarter starts a seed provider's fake.
+type seedStarter struct {
+	// tls: the fake serves HTTPS only, with a certificate the broker's
+	// default HTTP client does not trust.
+	tls   bool
+	start func(t *testing.T, opts ...fakes.Option) seedFake
+}
+
+// seedFakes start each seed provider's fake, by preset name.
+var seedFakes = map[string]seedStarter{
+	// MediaCore's document names no endpoints: the admin gives them (and
+	// no client auth style: the broker's default, HTTP Basic).
+	"mediacore": {tls: true, start: func(t *testing.T, opts ...fakes.Option) seedFake {
+		f := fakes.NewMediaCore(t, opts...)
+		return seedFake{fake: f.Server, provider: &tokenbrokerv1.Provider{
+			Preset: "mediacore", BaseUrl: f.URL(),
+			TokenUrl: f.URL() + fakes.MediaCoreTokenPath, AuthorizeUrl: f.URL() + fakes.MediaCoreAuthorizePath,
+		}}
+	}},
+	"mediahound": {start: func(t *testing.T, opts ...fakes.Option) seedFake {
+		f := fakes.NewMediaHound(t, opts...)
+		return seedFake{fake: f.Server, provider: &tokenbrokerv1.Provider{Preset: "mediahound", BaseUrl: f.URL()}}
+	}},
+	"mediavalet": {start: func(t *testing.T, opts ...fakes.Option) seedFake {
+		f := fakes.NewMediaValet(t, opts...)
+		return seedFake{fake: f.Server, provider: &tokenbrokerv1.Provider{Preset: "mediavalet", BaseUrl: f.URL()}}
+	}},
+	// Mediaflow's authorize page is on another host than its token
+	// endpoint: the admin gives it.
+	"mediaflow": {start: func(t *testing.T, opts ...fakes.Option) seedFake {
+		f := fakes.NewMediaflow(t, opts...)
+		return seedFake{fake: f.Server, provider: &tokenbrokerv1.Provider{
+			Preset: "mediaflow", BaseUrl: f.URL(), AuthorizeUrl: f.LoginURL() + fakes.MediaflowAuthorizePath,
+		}}
+	}},
+	"mediahaven": {start: func(t *testing.T, opts ...fakes.Option) seedFake {
+		f := fakes.NewMediaHaven(t, opts...)
+		return seedFake{fake: f.Server, provider: &tokenbrokerv1.Provider{Preset: "mediahaven", BaseUrl: f.URL()}}
+	}},
+}
+
+// seedTransport sends the broker's token requests with the transport of
+// an HTTP client set after the broker started: a TLS fake is started once
+// the gateway's callback URL (its redirect URI) is known, and its
+// certificate is trusted by its own client only.
+type seedTransport struct{ client atomic.Pointer[http.Client] }
+
+func (s *seedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c := s.client.Load()
+	if c == nil {
+		return nil, errors.New("seedTransport: no fake to reach yet")
+	}
+	return c.Transport.RoundTrip(r)
+}
+
+// seedWant is what the test wants a fake to have received.
+type seedWant struct {
+	path string
+	// auth is the Authorization header: "client" for the client's HTTP
+	// Basic credentials, "user" for the user's (the browser signing in),
+	// "" for none.
+	auth string
+	// params are exactly the parameters (query or form) wanted. A value in
+	// braces stands for one known at run time: {code}, {state},
+	// {redirect} (the gateway's callback), {verifier} (its S256 is the
+	// authorization request's code_challenge), {challenge} (an S256
+	// challenge), {refresh} (the refresh token of the previous token
+	// answer), {client_id}, {client_secret}, {user}, {password}.
+	params map[string]string
+}
+
+// seedValues are the values the braces in seedWant.params stand for.
+type seedValues struct {
+	code, state, challenge, refresh, redirect string
+}
+
+func seedS256(verifier string) string {
+	sum := sha256.Sum256([]byte(verifier))
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// checkSeedRequest compares a request the fake received, whose parameters
+// are params, with want.
+func checkSeedRequest(t *testing.T, f *fakes.Server, what string, got fakes.Request, params url.Values, want seedWant, v seedValues) {
+	t.Helper()
+	if got.Path != want.path {
+		t.Errorf("%s went to %s, want %s", what, got.Path, want.path)
+	}
+	basic := func(id, secret string) string {
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(id+":"+secret))
+	}
+	wantAuth := map[string]string{"client": basic(f.ClientID(), f.ClientSecret()), "user": basic(fakes.User, fakes.Password)}[want.auth]
+	if a := got.Header.Get("Authorization"); a != wantAuth {
+		t.Errorf("%s has Authorization %q, want %q", what, a, wantAuth)
+	}
+	known := map[string]string{
+		"{code}": v.code, "{state}": v.state, "{redirect}": v.redirect, "{refresh}": v.refresh,
+		"{client_id}": f.ClientID(), "{client_secret}": f.ClientSecret(), "{user}": fakes.User, "{password}": fakes.Password,
+	}
+	for _, k := range slices.Sorted(maps.Keys(want.params)) {
+		w, g := want.params[k], params[k]
+		if len(g) != 1 {
+			t.Errorf("%s has %s = %q, want one value (%s)", what, k, g, w)
+			continue
+		}
+		switch w {
+		case "{verifier}":
+			if v.challenge == "" || seedS256(g[0]) != v.challenge {
+				t.Errorf("%s has code_verifier %q whose S256 is %q, want the authorization request's challenge %q", what, g[0], seedS256(g[0]), v.challenge)
+			}
+			continue
+		case "{challenge}":
+			if len(g[0]) != 43 {
+				t.Errorf("%s has code_challenge %q, want 43 base64url characters (S256)", what, g[0])
+			}
+			continue
+		}
+		if val, ok := known[w]; ok {
+			if val == "" {
+				t.Errorf("%s: the test knows no value for %s %s (got %q)", what, k, w, g[0])
+				continue
+			}
+			w = val
+		}
+		if g[0] != w {
+			t.Errorf("%s has %s = %q, want %q", what, k, g[0], w)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(params)) {
+		if _, ok := want.params[k]; !ok {
+			t.Errorf("%s has %s = %q, want no such parameter", what, k, params[k])
+		}
+	}
+}
+
+// seedThen is what a case does once the account has its first token.
+type seedThen int
+
+const (
+	// seedAgain asks GetToken again at once: the broker serves the token it
+	// holds.
+	seedAgain seedThen = iota
+	// seedExpire moves the clock of the broker and the fake past the
+	// token's lifetime and asks GetToken again.
+	seedExpire
+	// seedStale calls Refresh with the token GetToken served, as a caller
+	// whose token the provider refused would.
+	seedStale
+)
+
+// TestSeedGrantsOverGRPC runs every grant of every seed provider through
+// the gRPC API and the gateway: AdminService.PutProvider with the seed's
+// preset, then GetToken (client credentials), PutAccount + GetToken
+// (password), StartAuthorization + the browser at the authorize URL + the
+// gateway's callback page + GetToken (authorization code), then GetToken
+// after expiry or Refresh with the stale token (refresh). It asserts what
+// the provider received in its last token request (endpoint, client
+// authentication, every form field, the PKCE verifier, the redirect URI),
+// how many token requests it got, and that the broker serves what the
+// provider issued.
+func TestSeedGrantsOverGRPC(t *testing.T) {
+	const (
+		code     = tokenbrokerv1.GrantType_GRANT_TYPE_AUTHORIZATION_CODE
+		password = tokenbrokerv1.GrantType_GRANT_TYPE_PASSWORD
+		client   = tokenbrokerv1.GrantType_GRANT_TYPE_CLIENT_CREDENTIALS
+	)
+	// The authorization requests wanted, per seed; the browser signs the
+	// user in with the sandbox's Basic shortcut.
+	authorize := func(path string, params map[string]string) seedWant {
+		return seedWant{path: path, auth: "user", params: params}
+	}
+	plainAuthorize := map[string]string{"response_type": "code", "client_id": "{client_id}", "redirect_uri": "{redirect}", "state": "{state}"}
+	valetAuthorize := map[string]string{"response_type": "code", "client_id": "{client_id}", "redirect_uri": "{redirect}", "state": "{state}",
+		"scope": "api offline_access openid", "prompt": "consent", "code_challenge": "{challenge}", "code_challenge_method": "S256"}
+	inBody := map[string]string{"client_id": "{client_id}", "client_secret": "{client_secret}"}
+	with := func(base map[string]string, kv ...string) map[string]string {
+		m := maps.Clone(base)
+		if m == nil {
+			m = map[string]string{}
+		}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	refreshInBody := with(inBody, "grant_type", "refresh_token", "refresh_token", "{refresh}")
+
+	type give struct {
+		seed  string
+		grant tokenbrokerv1.GrantType
+		then  seedThen
+	}
+	type want struct {
+		authorize seedWant // for the authorization_code grant
+		token     seedWant // the last token request
+		// tokenRequests is how many token requests the fake got in all.
+		tokenRequests int
+		idToken       bool
+	}
+	tests := []struct {
+		name string
+		give give
+		want want
+	}{
+		{
+			name: "mediacore/authorization_code",
+			give: give{seed: "mediacore", grant: code},
+			want: want{
+				authorize: authorize(fakes.MediaCoreAuthorizePath, plainAuthorize),
+				token: seedWant{path: fakes.MediaCoreTokenPath, auth: "client",
+					params: map[string]string{"grant_type": "authorization_code", "code": "{code}", "redirect_uri": "{redirect}"}},
+				tokenRequests: 1,
+			},
+		},
+		{
+			name: "mediacore/refresh_token after expiry",
+			give: give{seed: "mediacore", grant: code, then: seedExpire},
+			want: want{
+				authorize: authorize(fakes.MediaCoreAuthorizePath, plainAuthorize),
+				token: seedWant{path: fakes.MediaCoreTokenPath, auth: "client",
+					params: map[string]string{"grant_type": "refresh_token", "refresh_token": "{refresh}"}},
+				tokenRequests: 2,
+			},
+		},
+		{
+			name: "mediahound/client_credentials",
+			give: give{seed: "mediahound", grant: client},
+			want: want{
+				token:         seedWant{path: fakes.MediaHoundTokenPath, auth: "client", params: with(inBody, "grant_type", "client_credentials")},
+				tokenRequests: 1,
+			},
+		},
+		{
+			name: "mediahound/client_credentials again after expiry",
+			give: give{seed: "mediahound", grant: client, then: seedExpire},
+			want: want{
+				token:         seedWant{path: fakes.MediaHoundTokenPath, auth: "client", params: with(inBody, "grant_type", "client_credentials")},
+				tokenRequests: 2,
+			},
+		},
+		{
+			name: "mediavalet/authorization_code with PKCE",
+			give: give{seed: "mediavalet", grant: code},
+			want: want{
+				authorize: authorize(fakes.MediaValetAuthorizePath, valetAuthorize),
+				token: seedWant{path: fakes.MediaValetTokenPath,
+					params: with(inBody, "grant_type", "authorization_code", "code", "{code}", "redirect_uri", "{redirect}", "code_verifier", "{verifier}")},
+				tokenRequests: 1, idToken: true,
+			},
+		},
+		{
+			name: "mediavalet/password",
+			give: give{seed: "mediavalet", grant: password},
+			want: want{
+				token: seedWant{path: fakes.MediaValetTokenPath,
+					params: with(inBody, "grant_type", "password", "username", "{user}", "password", "{password}", "scope", "api offline_access openid")},
+				tokenRequests: 1, idToken: true,
+			},
+		},
+		{
+			name: "mediavalet/refresh_token of a consent after expiry",
+			give: give{seed: "mediavalet", grant: code, then: seedExpire},
+			want: want{
+				authorize:     authorize(fakes.MediaValetAuthorizePath, valetAuthorize),
+				token:         seedWant{path: fakes.MediaValetTokenPath, params: refreshInBody},
+				tokenRequests: 2, idToken: true,
+			},
+		},
+		{
+			name: "mediavalet/refresh_token of a password grant by Refresh",
+			give: give{seed: "mediavalet", grant: password, then: seedStale},
+			want: want{
+				token:         seedWant{path: fakes.MediaValetTokenPath, params: refreshInBody},
+				tokenRequests: 2, idToken: true,
+			},
+		},
+		{
+			name: "mediaflow/authorization_code",
+			give: give{seed: "mediaflow", grant: code},
+			want: want{
+				authorize: authorize(fakes.MediaflowAuthorizePath, plainAuthorize),
+				token: seedWant{path: fakes.MediaflowTokenPath,
+					params: with(inBody, "grant_type", "authorization_code", "code", "{code}", "redirect_uri", "{redirect}")},
+				tokenRequests: 1,
+			},
+		},
+		{
+			name: "mediaflow/password",
+			give: give{seed: "mediaflow", grant: password},
+			want: want{
+				token: seedWant{path: fakes.MediaflowTokenPath,
+					params: with(inBody, "grant_type", "password", "username", "{user}", "password", "{password}")},
+				tokenRequests: 1,
+			},
+		},
+		{
+			name: "mediaflow/refresh_token of a consent after expiry",
+			give: give{seed: "mediaflow", grant: code, then: seedExpire},
+			want: want{
+				authorize:     authorize(fakes.MediaflowAuthorizePath, plainAuthorize),
+				token:         seedWant{path: fakes.MediaflowTokenPath, params: refreshInBody},
+				tokenRequests: 2,
+			},
+		},
+		{
+			name: "mediaflow/refresh_token of a password grant by Refresh",
+			give: give{seed: "mediaflow", grant: password, then: seedStale},
+			want: want{
+				token:         seedWant{path: fakes.MediaflowTokenPath, params: refreshInBody},
+				tokenRequests: 2,
+			},
+		},
+		{
+			name: "mediahaven/authorization_code",
+			give: give{seed: "mediahaven", grant: code},
+			want: want{
+				authorize: authorize(fakes.MediaHavenAuthorizePath, plainAuthorize),
+				token: seedWant{path: fakes.MediaHavenTokenPath,
+					params: with(inBody, "grant_type", "authorization_code", "code", "{code}", "redirect_uri", "{redirect}")},
+				tokenRequests: 1,
+			},
+		},
+		{
+			name: "mediahaven/password at its own endpoint",
+			give: give{seed: "mediahaven", grant: password},
+			want: want{
+				token: seedWant{path: fakes.MediaHavenPasswordPath,
+					params: with(inBody, "grant_type", "password", "username", "{user}", "password", "{password}")},
+				tokenRequests: 1,
+			},
+		},
+		{
+			name: "mediahaven/rotating refresh_token of a consent after expiry",
+			give: give{seed: "mediahaven", grant: code, then: seedExpire},
+			want: want{
+				authorize:     authorize(fakes.MediaHavenAuthorizePath, plainAuthorize),
+				token:         seedWant{path: fakes.MediaHavenTokenPath, params: refreshInBody},
+				tokenRequests: 2,
+			},
+		},
+		{
+			name: "mediahaven/rotating refresh_token of a password grant by Refresh",
+			give: give{seed: "mediahaven", grant: password, then: seedStale},
+			want: want{
+				token:         seedWant{path: fakes.MediaHavenTokenPath, params: refreshInBody},
+				tokenRequests: 2,
+			},
+		},
+	}
+	// accountFor is the account a grant is tried with; "" is the
+	// provider's own client identity.
+	accountFor := map[tokenbrokerv1.GrantType]string{client: "", password: "bob", code: "alice"}
+
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := context.Background()
+			e := newEnv(t)
+			seed := seedFakes[tt.give.seed]
+			// The broker starts first: the fake registers the gateway's
+			// callback as its client's redirect URI.
+			var in *instance
+			var late *seedTransport
+			if seed.tls {
+				late = &seedTransport{}
+				in = e.startWith(options{quiet: true, transport: late})
+			} else {
+				in = e.startWith(options{quiet: true})
+			}
+			callback := in.baseURL + server.CallbackPath
+			sf := seed.start(t, fakes.WithClock(e.clock.Now), fakes.WithRedirectURIs(callback))
+			f := sf.fake
+			if late != nil {
+				late.client.Store(f.Client())
+			}
+			provider, account := tt.give.seed, accountFor[tt.give.grant]
+
+			p := proto.Clone(sf.provider).(*tokenbrokerv1.Provider)
+			p.Name, p.ClientId, p.RedirectUri = provider, f.ClientID(), callback
+			if _, err := in.admin.PutProvider(ctx, &tokenbrokerv1.PutProviderRequest{Provider: p, ClientSecret: f.ClientSecret()}); err != nil {
+				t.Fatalf("PutProvider(%s, preset %s): %v", provider, p.Preset, err)
+			}
+
+			getToken := func() *tokenbrokerv1.Token {
+				t.Helper()
+				resp, err := in.tokens.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Provider: provider, Account: account})
+				if err != nil {
+					t.Fatalf("GetToken(%s, %q): %v", provider, account, err)
+				}
+				return resp.GetToken()
+			}
+
+			v := seedValues{redirect: callback}
+			switch tt.give.grant {
+			case password:
+				if _, err := in.admin.PutAccount(ctx, &tokenbrokerv1.PutAccountRequest{Provider: provider, Account: account,
+					GrantType: password, Username: fakes.User, Password: fakes.Password}); err != nil {
+					t.Fatalf("PutAccount(%s, %s): %v", provider, account, err)
+				}
+			case code:
+				authz, err := in.admin.StartAuthorization(ctx, &tokenbrokerv1.StartAuthorizationRequest{Provider: provider, Account: account})
+				if err != nil {
+					t.Fatalf("StartAuthorization(%s, %s): %v", provider, account, err)
+				}
+				// The browser: sign in at the provider, which sends it back
+				// to the gateway's callback page.
+				loc, err := f.Consent(authz.GetAuthorizeUrl(), fakes.User, fakes.Password)
+				if err != nil {
+					t.Fatalf("consent at %s: %v", authz.GetAuthorizeUrl(), err)
+				}
+				if back := strings.TrimSuffix(loc.String(), "?"+loc.RawQuery); back != callback {
+					t.Fatalf("the provider sent the browser to %s, want the gateway's callback %s", back, callback)
+				}
+				if got := loc.Query().Get("state"); got != authz.GetState() {
+					t.Errorf("the callback carries state %q, want %q", got, authz.GetState())
+				}
+				if pg := getPage(t, loc.String()); pg.code != http.StatusOK || !strings.Contains(pg.body, "Authorization complete") {
+					t.Fatalf("callback page = %d %q, want 200 with the success page", pg.code, pg.body)
+				}
+				calls := f.Calls(tt.want.authorize.path)
+				if len(calls) != 1 {
+					t.Fatalf("the fake got %d requests at %s, want 1 authorization request", len(calls), tt.want.authorize.path)
+				}
+				v.code, v.state, v.challenge = loc.Query().Get("code"), authz.GetState(), calls[0].Query.Get("code_challenge")
+				checkSeedRequest(t, f, "authorization request", calls[0], calls[0].Query, tt.want.authorize, v)
+			}
+			first := getToken()
+			if reqs := f.TokenRequests(""); len(reqs) > 0 {
+				v.refresh = reqs[len(reqs)-1].AnswerString("refresh_token")
+			}
+
+			var tok *tokenbrokerv1.Token
+			switch tt.give.then {
+			case seedAgain:
+				tok = getToken()
+			case seedExpire:
+				e.clock.Advance(2 * time.Hour) // the fakes' tokens live 1 h, refresh tokens 24 h
+				tok = getToken()
+			case seedStale:
+				resp, err := in.tokens.Refresh(ctx, &tokenbrokerv1.RefreshRequest{Provider: provider, Account: account,
+					StaleAccessToken: first.GetAccessToken()})
+				if err != nil {
+					t.Fatalf("Refresh(%s, %q): %v", provider, account, err)
+				}
+				tok = resp.GetToken()
+			}
+
+			reqs := f.TokenRequests("")
+			if len(reqs) != tt.want.tokenRequests {
+				t.Fatalf("the fake got %d token requests, want %d", len(reqs), tt.want.tokenRequests)
+			}
+			last := reqs[len(reqs)-1]
+			checkSeedRequest(t, f, "token request", last, last.Form, tt.want.token, v)
+			for _, h := range []struct{ name, want string }{
+				{"Accept", "application/json"}, {"Content-Type", "application/x-www-form-urlencoded"},
+			} {
+				if got := last.Header.Get(h.name); got != h.want {
+					t.Errorf("token request has %s %q, want %q", h.name, got, h.want)
+				}
+			}
+			if last.Status != http.StatusOK {
+				t.Fatalf("the fake answered the token request %d %v, want 200", last.Status, last.Answer)
+			}
+			if got, want := tok.GetAccessToken(), last.AnswerString("access_token"); got != want {
+				t.Errorf("the broker served access token %q, want %q, the one the provider issued last", got, want)
+			}
+			if tt.give.then != seedAgain && tok.GetAccessToken() == first.GetAccessToken() {
+				t.Errorf("the broker served the first access token %q again, want a new one", first.GetAccessToken())
+			}
+			if got, want := tok.GetIdToken(), last.AnswerString("id_token"); got != want || (want != "") != tt.want.idToken {
+				t.Errorf("the broker served id_token %q, want %q (an id_token wanted: %t)", got, want, tt.want.idToken)
+			}
+			if got := tok.GetTokenType(); got != "Bearer" {
+				t.Errorf("the broker served token type %q, want Bearer", got)
+			}
+			if got, want := tok.GetProvider()+"/"+tok.GetAccount(), provider+"/"+account; got != want {
+				t.Errorf("the broker served a token of %s, want %s", got, want)
+			}
+			expiresIn, _ := last.Answer["expires_in"].(float64)
+			if got, want := tok.GetExpiresAt().AsTime(), e.clock.Now().Add(time.Duration(expiresIn)*time.Second); !got.Equal(want) {
+				t.Errorf("the broker served a token expiring at %v, want %v (expires_in %v)", got, want, last.Answer["expires_in"])
+			}
+			if n := f.ReusedRefreshTokens(); n != 0 {
+				t.Errorf("the provider saw %d reused refresh tokens, want 0", n)
+			}
+			if account == "" {
+				return // client credentials: no account, no grant
+			}
+			grants, err := in.admin.ListGrants(ctx, &tokenbrokerv1.ListGrantsRequest{Provider: provider})
+			if err != nil {
+				t.Fatalf("ListGrants(%s): %v", provider, err)
+			}
+			var g *tokenbrokerv1.Grant
+			for _, gr := range grants.GetGrants() {
+				if gr.GetAccount() == account {
+					g = gr
+				}
+			}
+			if g == nil {
+				t.Fatalf("ListGrants(%s) = %v, want account %q", provider, grants.GetGrants(), account)
+			}
+			issued := f.RefreshTokens()
+			if len(issued) == 0 {
+				t.Fatalf("the fake issued no refresh token, want one for %s", tt.give.grant)
+			}
+			if got, want := g.GetRefreshToken().GetFingerprint(), broker.Fingerprint(issued[len(issued)-1]); got != want {
+				t.Errorf("the grant holds refresh token fingerprint %q, want %q (the last one the provider issued)", got, want)
+			}
+			if got, want := g.GetHealth(), tokenbrokerv1.GrantHealth_GRANT_HEALTH_OK; got != want {
+				t.Errorf("the grant's health is %s (last error %q), want %s", got, g.GetLastError(), want)
+			}
+		})
+	}
+}
