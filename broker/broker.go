@@ -37,6 +37,9 @@ type Config struct {
 	Prefix string
 	// OAuth calls the providers' token endpoints; a default client when nil.
 	OAuth *oauth.Client
+	// RequireHTTPS refuses providers with plain http endpoints. Without it,
+	// plain http is allowed to loopback addresses only (development).
+	RequireHTTPS bool
 	// DefaultMinTTL applies when a caller names no min_ttl; 60s when zero.
 	DefaultMinTTL time.Duration
 	// StoreTimeout bounds each etcd call; 5s when zero.
@@ -99,6 +102,7 @@ type Broker struct {
 	cooldownBase  time.Duration
 	callbackURL   atomic.Pointer[string]
 	refresh       RefreshConfig
+	requireHTTPS  bool
 	obs           Observer
 	leading       []bool // per shard; guarded by mu
 	// discoveryClient reads OIDC discovery documents.
@@ -156,6 +160,12 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 	if b.oauth == nil {
 		b.oauth = &oauth.Client{}
 	}
+	if cfg.RequireHTTPS {
+		c := *b.oauth
+		c.RequireHTTPS = true
+		b.oauth = &c
+	}
+	b.requireHTTPS = cfg.RequireHTTPS
 	if b.log == nil {
 		b.log = zap.NewNop()
 	}

@@ -199,10 +199,13 @@ func validateURL(raw string) error {
 		return errors.New("not a URL")
 	}
 	if u.Scheme != "https" && u.Scheme != "http" {
-		return errors.New("scheme must be https (or http)")
+		return errors.New("scheme must be https")
 	}
 	if u.Host == "" {
 		return errors.New("host is missing")
+	}
+	if u.Scheme == "http" && !oauth.IsLoopback(u.Hostname()) {
+		return errors.New("scheme must be https (plain http only to a loopback address in development)")
 	}
 	if u.User != nil {
 		return errors.New("credentials in the URL are not allowed")

@@ -27,6 +27,13 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
+	if b.requireHTTPS {
+		for _, u := range append([]string{p.TokenURL, p.AuthorizeURL, p.IntrospectionURL, p.RevocationURL}, slices.Collect(maps.Values(p.GrantTokenURLs))...) {
+			if strings.HasPrefix(u, "http:") {
+				return nil, invalidf("provider %q: %s: plain http is refused (serve --insecure-http-loopback allows it to loopback addresses)", p.Name, u)
+			}
+		}
+	}
 	key := b.prefix + providersPrefix + p.Name
 	for range maxCASAttempts {
 		sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)

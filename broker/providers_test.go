@@ -311,3 +311,27 @@ func TestDeleteProvider(t *testing.T) {
 		}
 	}
 }
+
+func TestPutProviderRefusesPlainHTTP(t *testing.T) {
+	e := etcdtest.Start(t)
+	tests := []struct {
+		name         string
+		requireHTTPS bool
+		give         string
+		wantErr      bool
+	}{
+		{"https always", true, "https://idp.example.com/token", false},
+		{"http to another host, never", false, "http://idp.example.com/token", true},
+		{"http to loopback in development", false, "http://127.0.0.1:9/token", false},
+		{"http to loopback when https is required", true, "http://127.0.0.1:9/token", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newTestBroker(t, e, withPrefix("/"+strings.ReplaceAll(tt.name, " ", "-")+"/"), func(s *brokerSetup) { s.cfg.RequireHTTPS = tt.requireHTTPS })
+			_, err := b.PutProvider(context.Background(), Provider{Name: "p", TokenURL: tt.give, ClientID: "id", ClientAuth: oauth.AuthBasic}, "s")
+			if (err != nil) != tt.wantErr || (err != nil && !errors.Is(err, ErrInvalidArgument)) {
+				t.Errorf("PutProvider(%s) = %v, want error %v (InvalidArgument)", tt.give, err, tt.wantErr)
+			}
+		})
+	}
+}

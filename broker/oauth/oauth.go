@@ -84,6 +84,10 @@ type Client struct {
 	Timeout          time.Duration // per call, default 10s
 	MaxResponseBytes int64         // default 1 MiB
 	UserAgent        string        // default "tokenbroker"
+	// RequireHTTPS refuses plain http endpoints. Without it, plain http
+	// is allowed to loopback addresses only (development and tests); https
+	// is required everywhere else in any case.
+	RequireHTTPS bool
 }
 
 var (
@@ -177,7 +181,7 @@ func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
 	if !r.AuthStyle.valid() {
 		return nil, fmt.Errorf("oauth: invalid auth style %v", r.AuthStyle)
 	}
-	if err := checkTokenURL(r.TokenURL); err != nil {
+	if err := checkTokenURL(r.TokenURL, c.RequireHTTPS); err != nil {
 		return nil, err
 	}
 
@@ -237,15 +241,27 @@ func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
 
 // checkTokenURL accepts absolute http and https URLs without userinfo. The
 // URL is left out of the error: it may carry secrets.
-func checkTokenURL(s string) error {
+func checkTokenURL(s string, requireHTTPS bool) error {
 	u, err := url.Parse(s)
 	switch {
 	case err != nil, u.Scheme != "http" && u.Scheme != "https", u.Host == "":
 		return errors.New("oauth: invalid token URL (want an absolute http or https URL)")
 	case u.User != nil:
 		return errors.New("oauth: invalid token URL (credentials belong in ClientID and ClientSecret)")
+	case u.Scheme == "http" && (requireHTTPS || !IsLoopback(u.Hostname())):
+		return errors.New("oauth: token URL must use https (plain http only to a loopback address in development)")
 	}
 	return nil
+}
+
+// IsLoopback reports whether host names this machine: localhost or a
+// loopback IP address.
+func IsLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // basicAuth builds the RFC 6749 §2.3.1 header: id and secret are

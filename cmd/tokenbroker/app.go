@@ -111,6 +111,7 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 		Keyring:       keyring,
 		Logger:        log,
 		Observer:      metrics,
+		RequireHTTPS:  !cfg.insecureHTTPLoopback,
 	})
 	if err != nil {
 		return nil, err

@@ -78,6 +78,7 @@ func appConfig(fakeURL, dataDir string) Config {
 	cfg.DataDir = dataDir
 	cfg.ShutdownTimeout = 5 * time.Second
 	cfg.keyring = testkeys.Keyring()
+	cfg.insecureHTTPLoopback = true // the fake provider is plain http on loopback
 	cfg.Auth.APIKeys = []APIKeyConfig{{ID: testKeyID, Identity: testIdentity, SHA256: testKeySHA256}}
 	cfg.Auth.Policy = []PolicyRule{{Identities: []string{testIdentity}, Actions: []string{"token", "introspect", "admin"}}}
 	cfg.Providers = []ProviderConfig{{

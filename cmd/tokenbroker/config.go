@@ -54,6 +54,10 @@ type Config struct {
 	// alternative.
 	Seal SealConfig `yaml:"seal"`
 
+	// insecureHTTPLoopback lets providers use plain http on loopback
+	// addresses (--insecure-http-loopback; tokenbroker dev).
+	insecureHTTPLoopback bool
+
 	// getenv resolves client_secret_env at start; os.Getenv when nil.
 	getenv func(string) string
 	// insecureNoAuth and insecureGenerateMasterKey are the --insecure-*

@@ -158,6 +158,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cfg := devConfig(dataDir, env.baseURL(), clientID, base64.RawURLEncoding.EncodeToString(secret), keyID, keySHA256)
 	cfg.GRPCAddr, cfg.HTTPAddr, cfg.Log.Level = *grpcAddr, *httpAddr, *logLevel
 	cfg.keyring = keyring
+	cfg.insecureHTTPLoopback = true // the sandbox is plain http on loopback
 	if err := cfg.Validate(os.Getenv); err != nil {
 		return err
 	}

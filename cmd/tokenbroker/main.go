@@ -90,6 +90,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 	logLevel := fs.String("log-level", "", "debug, info, warn or error ($TOKENBROKER_LOG_LEVEL)")
 	insecureNoAuth := fs.Bool("insecure-no-auth", false, "INSECURE: run without any authentication configured; callers without credentials may do everything")
 	insecureMasterKey := fs.Bool("insecure-generate-master-key", false, "INSECURE: run without a master key, sealing with a generated one that is lost at exit")
+	insecureHTTP := fs.Bool("insecure-http-loopback", false, "INSECURE: allow providers with plain http endpoints on loopback addresses (development); https is required otherwise")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -118,6 +119,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 		}
 		cfg.getenv = getenv
 		cfg.insecureNoAuth, cfg.insecureGenerateMasterKey = *insecureNoAuth, *insecureMasterKey
+		cfg.insecureHTTPLoopback = *insecureHTTP
 		if err := cfg.Validate(getenv); err != nil {
 			return cfg, fmt.Errorf("invalid configuration:\n%w", err)
 		}
