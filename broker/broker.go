@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
@@ -150,6 +151,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		discoveryClient: &http.Client{Timeout: 10 * time.Second,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 	}
+	b.refresh.callerMinTTL = b.defaultMinTTL
 	if b.replica == "" {
 		host, _ := os.Hostname()
 		b.replica = fmt.Sprintf("%s/%d", host, os.Getpid())
@@ -233,7 +235,7 @@ func (b *Broker) Close() error {
 	sess.Orphan()
 	ctx, cancel := context.WithTimeout(context.Background(), b.storeTimeout)
 	defer cancel()
-	if _, err := b.cli.Revoke(ctx, sess.Lease()); err != nil {
+	if _, err := b.cli.Revoke(ctx, sess.Lease()); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return storeError(ctx, "revoke session lease", err)
 	}
 	return nil

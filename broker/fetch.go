@@ -157,13 +157,24 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 		return nil, err // unknown provider: no lock taken
 	}
 	gid := grantID(key.Provider, key.Account)
+	id := key.id()
+	// Read before waiting for the lock: with etcd unreachable this fails
+	// within StoreTimeout (the lock would wait for the whole fetch), and a
+	// still-valid token is served meanwhile.
+	if _, _, _, err := b.readForFetch(ctx, key.Provider, id, gid); err != nil {
+		return b.serveStale(b.cached(id), stale, err)
+	}
 	m, unlock, err := b.grantLock(ctx, gid)
 	if err != nil {
-		return nil, err
+		if errors.Is(err, context.DeadlineExceeded) && b.ctx.Err() == nil {
+			// The fetch's own budget ran out while another fetch of the
+			// grant (here or on another replica) held the lock.
+			err = fmt.Errorf("%w: grant %s busy for %s", ErrProviderTimeout, gid, b.fetchTimeout)
+		}
+		return b.serveStale(b.cached(id), stale, err)
 	}
 	defer unlock()
 
-	id := key.id()
 	p, cur, g, err := b.readForFetch(ctx, key.Provider, id, gid)
 	if err != nil {
 		return nil, err
@@ -187,7 +198,22 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 		return b.serveStale(cur, stale, err)
 	}
 
-	rec, next, err := b.obtain(ctx, p, g, key, cur)
+	// held confirms, before a request is sent again, that the lock is
+	// still ours: a deposed holder must not present the grant's refresh
+	// token once another may have used it.
+	held := func(ctx context.Context) error {
+		sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+		defer cancel()
+		resp, err := b.cli.Txn(sctx).If(m.IsOwner()).Commit()
+		if err != nil {
+			return storeError(ctx, "check grant lock", err)
+		}
+		if !resp.Succeeded {
+			return fmt.Errorf("%w: grant %s: not retrying the provider", ErrLockLost, gid)
+		}
+		return nil
+	}
+	rec, next, err := b.obtain(ctx, p, g, key, cur, held)
 	if err != nil {
 		b.noteFailure(ctx, m, p, g, next, gid, err)
 		return b.serveStale(cur, stale, err)
@@ -287,7 +313,7 @@ func (b *Broker) readToken(ctx context.Context, id string) (*TokenRecord, error)
 // returns it with the grant as it must be stored next. prev is the current
 // record, or nil. A refresh token that the provider rejects falls back to
 // the password grant where the account has a password.
-func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey, prev *TokenRecord) (*TokenRecord, *Grant, error) {
+func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey, prev *TokenRecord, held func(context.Context) error) (*TokenRecord, *Grant, error) {
 	method := g.Type
 	if g.RefreshToken != "" {
 		method = GrantRefreshToken
@@ -305,10 +331,10 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 		// which may be narrower than the one asked for at consent.
 		scope = ""
 	}
-	tok, err := b.call(ctx, p, g, method, scope)
+	tok, err := b.call(ctx, p, g, method, scope, held)
 	if err != nil && method == GrantRefreshToken && g.Type == GrantPassword && rejectsGrant(err) {
 		method = GrantPassword
-		tok, err = b.call(ctx, p, g, method, grantScope(p, g, key))
+		tok, err = b.call(ctx, p, g, method, grantScope(p, g, key), held)
 	}
 	if err != nil {
 		if rejectsGrant(err) && method != GrantClientCredentials {
@@ -360,7 +386,7 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 // call makes one token request with bounded retries: temporary failures
 // (5xx, timeouts, connection errors, 429) are retried with exponential
 // backoff and jitter, honouring Retry-After while it fits the deadline.
-func (b *Broker) call(ctx context.Context, p *Provider, g *Grant, method GrantType, scope string) (*oauth.Token, error) {
+func (b *Broker) call(ctx context.Context, p *Provider, g *Grant, method GrantType, scope string, held func(context.Context) error) (*oauth.Token, error) {
 	params := url.Values{"grant_type": {string(method)}}
 	for k, v := range p.TokenParams {
 		params.Set(k, v)
@@ -415,6 +441,9 @@ func (b *Broker) call(ctx context.Context, p *Provider, g *Grant, method GrantTy
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: provider %s did not answer in time", ErrProviderTimeout, p.Name)
 		case <-time.After(wait):
+		}
+		if err := held(ctx); err != nil {
+			return nil, err
 		}
 	}
 	return nil, &ProviderError{Provider: p.Name, Err: err}
@@ -560,9 +589,10 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 // next, when not nil, is the grant as the failed answer left it (a rotated
 // refresh token).
 func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provider, g, rotated *Grant, gid string, cause error) {
-	if errors.Is(cause, ErrConflict) || ctx.Err() != nil {
+	if errors.Is(cause, ErrConflict) || b.ctx.Err() != nil {
 		return
 	}
+	ctx = context.WithoutCancel(ctx) // a timed-out fetch still records its failure
 	next := *g
 	if rotated != nil {
 		next = *rotated
@@ -626,6 +656,9 @@ func (b *Broker) startCooldown(gid string, err error) {
 		failures = v.(*cooldownState).failures
 	}
 	wait := b.cooldownBase << min(failures, 6)
+	if oe := (*oauth.Error)(nil); errors.As(err, &oe) {
+		wait = max(wait, oe.RetryAfter)
+	}
 	b.cooldowns.Store(gid, &cooldownState{until: time.Now().Add(wait), failures: failures + 1, err: err})
 }
 

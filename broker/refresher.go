@@ -47,6 +47,10 @@ type RefreshConfig struct {
 	ReportInterval time.Duration
 	// Workers bounds concurrent background refreshes per shard; 4 when zero.
 	Workers int
+
+	// callerMinTTL is the broker's DefaultMinTTL: a token must be refreshed
+	// before it stops being fresh for a caller who names no min_ttl.
+	callerMinTTL time.Duration
 }
 
 func (c RefreshConfig) withDefaults() RefreshConfig {
@@ -64,6 +68,10 @@ func (c RefreshConfig) withDefaults() RefreshConfig {
 func (c RefreshConfig) due(rec *TokenRecord, now time.Time) bool {
 	life := rec.Lifetime()
 	lead := max(time.Duration(float64(life)*c.LeadFraction), min(c.MinLead, life/2))
+	// Callers at the default min_ttl leave the hot path when less than
+	// min(DefaultMinTTL, life/2) remains (TokenRecord.Fresh): start two
+	// ticks before that, so that the new token is there when they ask.
+	lead = max(lead, min(c.callerMinTTL, life/2)+2*c.Tick)
 	return rec.ExpiresAt.Sub(now) <= lead
 }
 

@@ -1,0 +1,173 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestRefresherEtcdOutage is acceptance 6. Three replicas keep two hot
+// tokens fresh, one of them a rotating refresh-token grant, while callers
+// ask continuously; etcd is unreachable for at least 3 s (short: about
+// 6 s in practice, as the embedded member's own Close takes 5.2 s) or 10 s
+// (long), and comes back on the same data directory at a new address. Throughout, every call
+// for the cached tokens succeeds; a call for a token never obtained fails
+// within its 1 s deadline with ErrStoreUnavailable or the deadline; after
+// etcd returns the refresher resumes, and nothing written before is lost:
+// the tokens are in etcd, and the rotating grant's refresh token still
+// works at the provider (no invalid_grant, no reuse).
+func TestRefresherEtcdOutage(t *testing.T) {
+	t.Parallel() // mostly waiting: overlaps with the other long scenarios
+	outage := shortOrLong(t, "etcd outage", 3*time.Second, 10*time.Second)
+	// Refreshed when 90% of its lifetime remains, a token outlives the
+	// outage (at least 5.2 s: see below) and the recovery.
+	lifetime := shortOrLong(t, "token lifetime", 12*time.Second, 26*time.Second)
+	const (
+		minTTL   = 500 * time.Millisecond
+		deadline = time.Second // of the calls that need etcd
+	)
+	etcd := startRestartableEtcd(t)
+	f := rotatingSandbox(t, lifetime)
+	cfg := fleetConfig()
+	cfg.StoreTimeout = time.Second
+	cfg.FetchTimeout = 5 * time.Second
+	cfg.Refresh = RefreshConfig{LeadFraction: 0.9}
+	var rs []*fleetReplica
+	for i := range 3 {
+		rs = append(rs, newFleetReplica(t, etcd.endpoint(), fmt.Sprintf("outage-%d", i), cfg))
+	}
+	putRotatingAccount(t, rs[0].Broker, f)
+	putProvider(t, rs[0].Broker, sandboxProvider("orders", f.TokenURL()), sandboxClientSecret)
+	reqs := []TokenRequest{
+		{Provider: "media", Account: "alice", MinTTL: minTTL},
+		{Provider: "orders", MinTTL: minTTL},
+	}
+	var ids []string
+	for _, req := range reqs {
+		key, err := NewTokenKey(req.Provider, req.Account, req.Scopes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, key.id())
+		if _, err := rs[0].GetToken(context.Background(), req); err != nil {
+			t.Fatalf("GetToken(%v): %v", key, err)
+		}
+	}
+
+	var stats callerStats
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, req := range reqs {
+		callContinuously(ctx, &wg, 3, func() *fleetReplica { return rs[rand.IntN(len(rs))] }, req, &stats)
+	}
+	defer func() { stop(); wg.Wait() }()
+
+	// generations are the token generations every replica holds (0 where
+	// they differ).
+	generations := func() []int64 {
+		out := make([]int64, len(ids))
+		for i, id := range ids {
+			for j, r := range rs {
+				rec := r.cached(id)
+				switch {
+				case rec == nil:
+					out[i] = 0
+				case j == 0:
+					out[i] = rec.Generation
+				case rec.Generation != out[i]:
+					out[i] = 0
+				}
+			}
+		}
+		return out
+	}
+	// Stop etcd once the refresher keeps both tokens fresh.
+	var before []int64
+	pollFor(t, "a background refresh of both tokens on every replica", 3*lifetime, func() bool {
+		before = generations()
+		return before[0] >= 2 && before[1] >= 2
+	})
+
+	// etcd is unreachable from the moment Close starts: it stops accepting
+	// at once, then waits up to its request timeout (5.2 s here) for the
+	// streams still open before it is gone.
+	stopped := time.Now()
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		etcd.stop()
+	}()
+	var probes []time.Duration
+	for time.Since(stopped) < outage || !isClosed(closed) {
+		r := rs[len(probes)%len(rs)]
+		pctx, cancel := context.WithTimeout(context.Background(), deadline)
+		start := time.Now()
+		_, err := r.GetToken(pctx, TokenRequest{Provider: "orders", Scopes: []string{"never-asked"}})
+		took := time.Since(start)
+		cancel()
+		probes = append(probes, took)
+		if !errors.Is(err, ErrStoreUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("GetToken of a missing token on %s during the outage: %v, want ErrStoreUnavailable or the deadline", r.name, err)
+		}
+		if took > deadline+500*time.Millisecond {
+			t.Errorf("GetToken of a missing token on %s during the outage took %v, want it to answer within its %v deadline", r.name, took, deadline)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	etcd.start()
+	restarted := time.Now()
+	ep := etcd.endpoint()
+	for _, r := range rs {
+		r.cli.SetEndpoints(ep)
+	}
+	resumed := pollFor(t, "background refresh of both tokens after etcd returned", 30*time.Second, func() bool {
+		g := generations()
+		return g[0] > before[0] && g[1] > before[1]
+	})
+	stop()
+	wg.Wait()
+	t.Logf("etcd unreachable for %v; %d calls for a missing token during it answered within max %v; the refresher resumed %v after etcd returned",
+		restarted.Sub(stopped).Round(time.Millisecond), len(probes), longestOf(probes), resumed)
+
+	stats.check(t)
+	for i, id := range ids {
+		if rec, err := rs[0].readToken(context.Background(), id); err != nil || rec == nil || rec.Generation <= before[i] {
+			t.Errorf("etcd holds %+v (%v) for %s, want a record newer than generation %d", rec, err, id, before[i])
+		}
+	}
+	if n := f.sb.ReusedRefreshTokens(); n != 0 {
+		t.Errorf("the provider saw %d replaced refresh tokens presented again, want 0", n)
+	}
+	if n := grantTypeCounts(f.sb)["password"]; n != 1 {
+		t.Errorf("the provider got %d password grants, want 1: the refresh token was lost or rejected", n)
+	}
+	g := aliceGrant(t, rs[0].Broker)
+	if g.Health != HealthOK || g.RefreshToken == "" {
+		t.Errorf("grant media/alice: health %q (%s), refresh token set %v; want ok and set", g.Health, g.LastError, g.RefreshToken != "")
+	}
+	rec, err := rs[1].GetToken(context.Background(), reqs[0])
+	if err != nil {
+		t.Fatalf("GetToken after the outage: %v", err)
+	}
+	if code := f.whoami(t, rec.AccessToken); code != 200 {
+		t.Errorf("the provider answers %d to the token served after the outage, want 200", code)
+	}
+	if _, err := rs[2].GetToken(context.Background(), TokenRequest{Provider: "orders", Scopes: []string{"never-asked"}}); err != nil {
+		t.Errorf("GetToken of a new token after the outage: %v", err)
+	}
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
