@@ -68,6 +68,15 @@ type Provider struct {
 	DefaultTokenLifetime time.Duration
 	// PKCE makes authorization requests carry an S256 code challenge.
 	PKCE bool
+	// RefreshLeadFraction, RefreshMinLead and RefreshIdleAfter override the
+	// broker's RefreshConfig for this provider's tokens when set.
+	RefreshLeadFraction float64
+	RefreshMinLead      time.Duration
+	RefreshIdleAfter    time.Duration
+	// KeepAlive refreshes the tokens of named accounts (password and
+	// authorization-code grants) at least this often even when no caller
+	// asks, so that their refresh token does not lapse; 0 turns it off.
+	KeepAlive time.Duration
 	// RedirectURL is the broker's callback registered at the provider
 	// (…/v1/oauth/callback), for the authorization code grant.
 	RedirectURL string
@@ -172,6 +181,12 @@ func (p *Provider) Validate() error {
 		if reservedParam(k) {
 			errs = append(errs, fmt.Errorf("token_params: %q is set by the broker", k))
 		}
+	}
+	if p.RefreshLeadFraction < 0 || p.RefreshLeadFraction >= 1 {
+		errs = append(errs, errors.New("refresh_lead_fraction must be between 0 and 1"))
+	}
+	if p.RefreshMinLead < 0 || p.RefreshIdleAfter < 0 || p.KeepAlive < 0 {
+		errs = append(errs, errors.New("refresh_min_lead, refresh_idle_after and keep_alive must not be negative"))
 	}
 	if p.DefaultTokenLifetime < 0 {
 		errs = append(errs, errors.New("default_token_lifetime must not be negative"))

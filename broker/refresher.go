@@ -48,6 +48,9 @@ type RefreshConfig struct {
 	// Workers bounds concurrent background refreshes per shard; 4 when zero.
 	Workers int
 
+	// keepAlive is the provider's KeepAlive (see tuning).
+	keepAlive time.Duration
+
 	// callerMinTTL is the broker's DefaultMinTTL: a token must be refreshed
 	// before it stops being fresh for a caller who names no min_ttl.
 	callerMinTTL time.Duration
@@ -206,31 +209,69 @@ func (b *Broker) lead(shard int, sess *concurrency.Session) {
 			b.readHot(ctx, seen)
 			lastRead = time.Now()
 		}
-		var due []TokenKey
+		var due []dueToken
+		kept := map[string]bool{} // grants a keep-alive refresh is planned for
 		b.tokens.Range(func(k, v any) bool {
 			id := k.(string)
 			if shardOf(id, b.refresh.Shards) != shard {
 				return true
 			}
 			rec := v.(*cacheEntry).rec.Load()
-			if rec == nil || now.Sub(seen[id]) > b.refresh.IdleAfter || !b.refresh.due(rec, now) {
+			if rec == nil {
 				return true
 			}
-			if _, cooling := b.cooldown(grantID(rec.Key.Provider, rec.Key.Account)); cooling {
+			gid := grantID(rec.Key.Provider, rec.Key.Account)
+			if _, cooling := b.cooldown(gid); cooling {
 				return true
 			}
-			due = append(due, rec.Key)
+			c := b.tuning(rec.Key.Provider)
+			switch {
+			case now.Sub(seen[id]) <= c.IdleAfter && c.due(rec, now):
+				due = append(due, dueToken{rec.Key, func(cur *TokenRecord) bool { return cur != nil && !c.due(cur, b.now()) }})
+			case c.keepAlive > 0 && rec.Key.Account != "" && now.Sub(rec.IssuedAt) >= c.keepAlive && !kept[gid]:
+				// An idle account: refreshing it keeps its refresh token
+				// from lapsing.
+				kept[gid] = true
+				due = append(due, dueToken{rec.Key, func(cur *TokenRecord) bool { return cur != nil && b.now().Sub(cur.IssuedAt) < c.keepAlive }})
+			}
 			return true
 		})
 		b.refreshAll(ctx, due)
 	}
 }
 
-// refreshAll refreshes keys with at most Workers at a time and waits.
-func (b *Broker) refreshAll(ctx context.Context, keys []TokenKey) {
+// dueToken is a token the leader refreshes, and when the token it finds
+// is good enough already (another replica refreshed it).
+type dueToken struct {
+	key  TokenKey
+	good func(*TokenRecord) bool
+}
+
+// tuning is the refresh configuration of provider name's tokens: the
+// broker's, with the provider's overrides.
+func (b *Broker) tuning(name string) RefreshConfig {
+	c := b.refresh
+	if v, ok := b.providers.Load(name); ok {
+		p := v.(*Provider)
+		if p.RefreshLeadFraction > 0 {
+			c.LeadFraction = p.RefreshLeadFraction
+		}
+		if p.RefreshMinLead > 0 {
+			c.MinLead = p.RefreshMinLead
+		}
+		if p.RefreshIdleAfter > 0 {
+			c.IdleAfter = p.RefreshIdleAfter
+		}
+		c.keepAlive = p.KeepAlive
+	}
+	return c
+}
+
+// refreshAll refreshes tokens with at most Workers at a time and waits.
+func (b *Broker) refreshAll(ctx context.Context, tokens []dueToken) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, b.refresh.Workers)
-	for _, key := range keys {
+	for _, t := range tokens {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -239,10 +280,9 @@ func (b *Broker) refreshAll(ctx context.Context, keys []TokenKey) {
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
+			key := t.key
 			before := b.cached(key.id())
-			rec, err := b.fetch(ctx, "bg\x00"+key.id(), key, func(cur *TokenRecord) bool {
-				return cur != nil && !b.refresh.due(cur, b.now())
-			}, "")
+			rec, err := b.fetch(ctx, "bg\x00"+key.id(), key, t.good, "")
 			switch {
 			case err != nil && ctx.Err() == nil:
 				b.obs.RefreshFailed(key.Provider)

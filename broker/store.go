@@ -69,6 +69,10 @@ type storedProvider struct {
 	GrantTypes           []string          `json:"grant_types,omitempty"`
 	DefaultTokenLifetime time.Duration     `json:"default_token_lifetime,omitempty"`
 	PKCE                 bool              `json:"pkce,omitempty"`
+	RefreshLeadFraction  float64           `json:"refresh_lead_fraction,omitempty"`
+	RefreshMinLead       time.Duration     `json:"refresh_min_lead,omitempty"`
+	RefreshIdleAfter     time.Duration     `json:"refresh_idle_after,omitempty"`
+	KeepAlive            time.Duration     `json:"keep_alive,omitempty"`
 	RedirectURL          string            `json:"redirect_url,omitempty"`
 	SecretUpdateTime     time.Time         `json:"secret_update_time"`
 	PreviousSecret       []byte            `json:"previous_client_secret_sealed,omitempty"`
@@ -93,6 +97,8 @@ func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
 		ClientID: p.ClientID, ClientSecret: secret, ClientAuth: p.ClientAuth.String(),
 		DefaultScopes: p.DefaultScopes, TokenParams: p.TokenParams,
 		DefaultTokenLifetime: p.DefaultTokenLifetime, PKCE: p.PKCE, RedirectURL: p.RedirectURL,
+		RefreshLeadFraction: p.RefreshLeadFraction, RefreshMinLead: p.RefreshMinLead,
+		RefreshIdleAfter: p.RefreshIdleAfter, KeepAlive: p.KeepAlive,
 		SecretUpdateTime: p.SecretUpdateTime, CreateTime: p.CreateTime, UpdateTime: p.UpdateTime,
 	}
 	if len(p.GrantTokenURLs) > 0 {
@@ -134,6 +140,8 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 		ClientID: s.ClientID, ClientSecret: secret, ClientAuth: auth,
 		DefaultScopes: s.DefaultScopes, TokenParams: s.TokenParams,
 		DefaultTokenLifetime: s.DefaultTokenLifetime, PKCE: s.PKCE, RedirectURL: s.RedirectURL,
+		RefreshLeadFraction: s.RefreshLeadFraction, RefreshMinLead: s.RefreshMinLead,
+		RefreshIdleAfter: s.RefreshIdleAfter, KeepAlive: s.KeepAlive,
 		SecretUpdateTime: s.SecretUpdateTime, CreateTime: s.CreateTime, UpdateTime: s.UpdateTime,
 		Revision: rev,
 	}

@@ -111,6 +111,24 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 		RedirectURL:      in.GetRedirectUri(),
 		PKCE:             in.GetPkce(),
 	}
+	p.RefreshLeadFraction = in.GetRefreshLeadFraction()
+	for _, d := range []struct {
+		name string
+		in   *durationpb.Duration
+		out  *time.Duration
+	}{
+		{"refresh_min_lead", in.GetRefreshMinLead(), &p.RefreshMinLead},
+		{"refresh_idle_after", in.GetRefreshIdleAfter(), &p.RefreshIdleAfter},
+		{"keep_alive", in.GetKeepAlive(), &p.KeepAlive},
+	} {
+		if d.in == nil {
+			continue
+		}
+		if err := d.in.CheckValid(); err != nil {
+			return broker.Provider{}, fmt.Errorf("%w: %s: %v", broker.ErrInvalidArgument, d.name, err)
+		}
+		*d.out = d.in.AsDuration()
+	}
 	if ia, ok := authStyles[in.GetIntrospectionAuthStyle()]; ok {
 		p.IntrospectionAuth = ia
 	} else {
@@ -141,19 +159,28 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 // toProvider converts a provider for an admin response, without its secret.
 func toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 	out := &tokenbrokerv1.Provider{
-		Name:             p.Name,
-		TokenUrl:         p.TokenURL,
-		AuthorizeUrl:     p.AuthorizeURL,
-		IntrospectionUrl: p.IntrospectionURL,
-		RevocationUrl:    p.RevocationURL,
-		ClientId:         p.ClientID,
-		ClientSecret:     secretInfo(p.ClientSecret, p.SecretUpdateTime),
-		DefaultScopes:    p.DefaultScopes,
-		TokenParams:      p.TokenParams,
-		CreateTime:       timestamppb.New(p.CreateTime),
-		UpdateTime:       timestamppb.New(p.UpdateTime),
-		RedirectUri:      p.RedirectURL,
-		Pkce:             p.PKCE,
+		Name:                p.Name,
+		TokenUrl:            p.TokenURL,
+		AuthorizeUrl:        p.AuthorizeURL,
+		IntrospectionUrl:    p.IntrospectionURL,
+		RevocationUrl:       p.RevocationURL,
+		ClientId:            p.ClientID,
+		ClientSecret:        secretInfo(p.ClientSecret, p.SecretUpdateTime),
+		DefaultScopes:       p.DefaultScopes,
+		TokenParams:         p.TokenParams,
+		CreateTime:          timestamppb.New(p.CreateTime),
+		UpdateTime:          timestamppb.New(p.UpdateTime),
+		RedirectUri:         p.RedirectURL,
+		Pkce:                p.PKCE,
+		RefreshLeadFraction: p.RefreshLeadFraction,
+	}
+	for _, d := range []struct {
+		in  time.Duration
+		out **durationpb.Duration
+	}{{p.RefreshMinLead, &out.RefreshMinLead}, {p.RefreshIdleAfter, &out.RefreshIdleAfter}, {p.KeepAlive, &out.KeepAlive}} {
+		if d.in > 0 {
+			*d.out = durationpb.New(d.in)
+		}
 	}
 	for k, v := range authStyles {
 		if v == p.ClientAuth && v != 0 {

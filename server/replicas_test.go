@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
@@ -60,4 +61,33 @@ func TestAdminChangeReachesOtherReplica(t *testing.T) {
 		return status.Code(err) == codes.NotFound
 	})
 	t.Logf("a provider deleted on A gone from B after %s", d)
+}
+
+// TestProviderRefreshTuningRoundTrip: the refresh tuning an admin sets is
+// stored and returned as given; a lead fraction out of range is refused.
+func TestProviderRefreshTuningRoundTrip(t *testing.T) {
+	e := newEnv(t)
+	in := e.start(nil)
+	ctx := context.Background()
+	p := &tokenbrokerv1.Provider{
+		Name: "tuned", TokenUrl: e.url + "/oauth2/token", ClientId: testClientID,
+		RefreshLeadFraction: 0.5, RefreshMinLead: durationpb.New(30 * time.Second),
+		RefreshIdleAfter: durationpb.New(time.Hour), KeepAlive: durationpb.New(6 * time.Hour),
+	}
+	if _, err := in.admin.PutProvider(ctx, &tokenbrokerv1.PutProviderRequest{Provider: p, ClientSecret: testClientSecret}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := in.admin.GetProvider(ctx, &tokenbrokerv1.GetProviderRequest{Name: "tuned"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := got.GetProvider()
+	if g.GetRefreshLeadFraction() != 0.5 || g.GetRefreshMinLead().AsDuration() != 30*time.Second ||
+		g.GetRefreshIdleAfter().AsDuration() != time.Hour || g.GetKeepAlive().AsDuration() != 6*time.Hour {
+		t.Errorf("GetProvider = %v, want the tuning as put", g)
+	}
+	p.RefreshLeadFraction = 1.5
+	if _, err := in.admin.PutProvider(ctx, &tokenbrokerv1.PutProviderRequest{Provider: p}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("PutProvider with lead fraction 1.5 = %v, want InvalidArgument", err)
+	}
 }

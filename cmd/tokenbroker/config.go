@@ -224,6 +224,11 @@ type ProviderConfig struct {
 	// start). Fields set here win over the preset.
 	Preset  string `yaml:"preset"`
 	BaseURL string `yaml:"base_url"`
+	// Refresh tuning of this provider's tokens (see the broker's defaults).
+	RefreshLeadFraction float64       `yaml:"refresh_lead_fraction"`
+	RefreshMinLead      time.Duration `yaml:"refresh_min_lead"`
+	RefreshIdleAfter    time.Duration `yaml:"refresh_idle_after"`
+	KeepAlive           time.Duration `yaml:"keep_alive"`
 }
 
 // defaultConfig is what applies where neither file, environment nor flags
@@ -388,6 +393,7 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 		p.GrantTypes = append(p.GrantTypes, broker.GrantType(g))
 	}
 	p.PKCE, p.RedirectURL = pc.PKCE, pc.RedirectURL
+	p.RefreshLeadFraction, p.RefreshMinLead, p.RefreshIdleAfter, p.KeepAlive = pc.RefreshLeadFraction, pc.RefreshMinLead, pc.RefreshIdleAfter, pc.KeepAlive
 	switch pc.Preset {
 	case "":
 	case "oidc":

@@ -324,8 +324,20 @@ type Provider struct {
 	// How the broker authenticates to the introspection endpoint; as at the
 	// token endpoint when unset (MediaHaven: basic).
 	IntrospectionAuthStyle ClientAuthStyle `protobuf:"varint,20,opt,name=introspection_auth_style,json=introspectionAuthStyle,proto3,enum=tokenbroker.v1.ClientAuthStyle" json:"introspection_auth_style,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// Fraction of a token's lifetime before its expiry at which the elected
+	// refresher renews it; the broker's (1/3) when 0.
+	RefreshLeadFraction float64 `protobuf:"fixed64,21,opt,name=refresh_lead_fraction,json=refreshLeadFraction,proto3" json:"refresh_lead_fraction,omitempty"`
+	// The refresher renews a token at least this long before expiry; the
+	// broker's when unset.
+	RefreshMinLead *durationpb.Duration `protobuf:"bytes,22,opt,name=refresh_min_lead,json=refreshMinLead,proto3" json:"refresh_min_lead,omitempty"`
+	// A token no caller asked for this long is no longer kept warm; the
+	// broker's when unset.
+	RefreshIdleAfter *durationpb.Duration `protobuf:"bytes,23,opt,name=refresh_idle_after,json=refreshIdleAfter,proto3" json:"refresh_idle_after,omitempty"`
+	// Named accounts' tokens are refreshed at least this often even when
+	// idle, so that their refresh token does not lapse; off when unset.
+	KeepAlive     *durationpb.Duration `protobuf:"bytes,24,opt,name=keep_alive,json=keepAlive,proto3" json:"keep_alive,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Provider) Reset() {
@@ -496,6 +508,34 @@ func (x *Provider) GetIntrospectionAuthStyle() ClientAuthStyle {
 		return x.IntrospectionAuthStyle
 	}
 	return ClientAuthStyle_CLIENT_AUTH_STYLE_UNSPECIFIED
+}
+
+func (x *Provider) GetRefreshLeadFraction() float64 {
+	if x != nil {
+		return x.RefreshLeadFraction
+	}
+	return 0
+}
+
+func (x *Provider) GetRefreshMinLead() *durationpb.Duration {
+	if x != nil {
+		return x.RefreshMinLead
+	}
+	return nil
+}
+
+func (x *Provider) GetRefreshIdleAfter() *durationpb.Duration {
+	if x != nil {
+		return x.RefreshIdleAfter
+	}
+	return nil
+}
+
+func (x *Provider) GetKeepAlive() *durationpb.Duration {
+	if x != nil {
+		return x.KeepAlive
+	}
+	return nil
 }
 
 // PutProviderRequest creates or replaces a provider.
@@ -1958,7 +1998,8 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x03set\x18\x01 \x01(\bR\x03set\x12 \n" +
 	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\x12;\n" +
 	"\vupdate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xfb\b\n" +
+	"updateTime\"\xf7\n" +
+	"\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\ttoken_url\x18\x02 \x01(\tR\btokenUrl\x12#\n" +
@@ -1983,7 +2024,12 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x04pkce\x18\x11 \x01(\bR\x04pkce\x12\x16\n" +
 	"\x06preset\x18\x12 \x01(\tR\x06preset\x12\x19\n" +
 	"\bbase_url\x18\x13 \x01(\tR\abaseUrl\x12Y\n" +
-	"\x18introspection_auth_style\x18\x14 \x01(\x0e2\x1f.tokenbroker.v1.ClientAuthStyleR\x16introspectionAuthStyle\x1aA\n" +
+	"\x18introspection_auth_style\x18\x14 \x01(\x0e2\x1f.tokenbroker.v1.ClientAuthStyleR\x16introspectionAuthStyle\x122\n" +
+	"\x15refresh_lead_fraction\x18\x15 \x01(\x01R\x13refreshLeadFraction\x12C\n" +
+	"\x10refresh_min_lead\x18\x16 \x01(\v2\x19.google.protobuf.DurationR\x0erefreshMinLead\x12G\n" +
+	"\x12refresh_idle_after\x18\x17 \x01(\v2\x19.google.protobuf.DurationR\x10refreshIdleAfter\x128\n" +
+	"\n" +
+	"keep_alive\x18\x18 \x01(\v2\x19.google.protobuf.DurationR\tkeepAlive\x1aA\n" +
 	"\x13GrantTokenUrlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -2176,57 +2222,60 @@ var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
 	33, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
 	33, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 9: tokenbroker.v1.Provider.introspection_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	4,  // 10: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
-	4,  // 11: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	4,  // 12: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	4,  // 13: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
-	1,  // 14: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
-	3,  // 15: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
-	3,  // 16: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
-	2,  // 17: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
-	33, // 18: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
-	33, // 19: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
-	33, // 20: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	33, // 21: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 22: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
-	13, // 23: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
-	33, // 24: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
-	13, // 25: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
-	33, // 26: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
-	33, // 27: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
-	22, // 28: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
-	22, // 29: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
-	34, // 30: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
-	4,  // 31: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
-	5,  // 32: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
-	7,  // 33: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
-	9,  // 34: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
-	11, // 35: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
-	29, // 36: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
-	14, // 37: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
-	16, // 38: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
-	18, // 39: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
-	20, // 40: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
-	23, // 41: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
-	25, // 42: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
-	27, // 43: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
-	6,  // 44: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
-	8,  // 45: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
-	10, // 46: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
-	12, // 47: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
-	30, // 48: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
-	15, // 49: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
-	17, // 50: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
-	19, // 51: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
-	21, // 52: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
-	24, // 53: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
-	26, // 54: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
-	28, // 55: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
-	44, // [44:56] is the sub-list for method output_type
-	32, // [32:44] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	34, // 10: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
+	34, // 11: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
+	34, // 12: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
+	4,  // 13: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
+	4,  // 14: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	4,  // 15: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	4,  // 16: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
+	1,  // 17: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
+	3,  // 18: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
+	3,  // 19: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
+	2,  // 20: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
+	33, // 21: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
+	33, // 22: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
+	33, // 23: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	33, // 24: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 25: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
+	13, // 26: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
+	33, // 27: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	13, // 28: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
+	33, // 29: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
+	33, // 30: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
+	22, // 31: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
+	22, // 32: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
+	34, // 33: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
+	4,  // 34: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
+	5,  // 35: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
+	7,  // 36: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
+	9,  // 37: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
+	11, // 38: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
+	29, // 39: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
+	14, // 40: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
+	16, // 41: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
+	18, // 42: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
+	20, // 43: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
+	23, // 44: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
+	25, // 45: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
+	27, // 46: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
+	6,  // 47: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
+	8,  // 48: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
+	10, // 49: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
+	12, // 50: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
+	30, // 51: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
+	15, // 52: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
+	17, // 53: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
+	19, // 54: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
+	21, // 55: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
+	24, // 56: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
+	26, // 57: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
+	28, // 58: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
+	47, // [47:59] is the sub-list for method output_type
+	35, // [35:47] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }
