@@ -82,6 +82,10 @@ type Provider struct {
 	RedirectURL string
 
 	SecretUpdateTime time.Time
+	// ConfigSecretFingerprint is the fingerprint of the client secret the
+	// config file last set. A config applied again with the same secret
+	// keeps a secret rotated through the API since.
+	ConfigSecretFingerprint string
 	// PreviousSecret is tried when ClientSecret is refused with
 	// invalid_client, until PreviousSecretUntil (a rotation's overlap).
 	PreviousSecret      string

@@ -56,6 +56,10 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 				return nil, err
 			}
 			next.CreateTime = old.CreateTime
+			if next.ConfigSecretFingerprint == "" {
+				next.ConfigSecretFingerprint = old.ConfigSecretFingerprint
+			}
+			next.PreviousSecret, next.PreviousSecretUntil = old.PreviousSecret, old.PreviousSecretUntil
 			if secret == "" || secret == old.ClientSecret {
 				next.ClientSecret, next.SecretUpdateTime = old.ClientSecret, old.SecretUpdateTime
 			}
@@ -238,4 +242,19 @@ func (b *Broker) RotateClientSecret(ctx context.Context, name, secret string, va
 		}
 	}
 	return nil, fmt.Errorf("%w: provider %q changed %d times during the rotation", ErrConflict, name, maxCASAttempts)
+}
+
+// ApplyConfigProvider puts p as the config file declares it. A secret the
+// file set before (same fingerprint) is not applied again, so that a secret
+// rotated through the API since is kept; a secret the file changed is
+// applied. Errors as for PutProvider.
+func (b *Broker) ApplyConfigProvider(ctx context.Context, p Provider, secret string) (*Provider, error) {
+	if secret != "" {
+		fp := Fingerprint(secret)
+		if old, err := b.GetProvider(ctx, p.Name); err == nil && old.ConfigSecretFingerprint == fp {
+			secret = "" // unchanged in the file: keep what is stored
+		}
+		p.ConfigSecretFingerprint = fp
+	}
+	return b.PutProvider(ctx, p, secret)
 }

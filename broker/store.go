@@ -76,6 +76,7 @@ type storedProvider struct {
 	RedirectURL          string            `json:"redirect_url,omitempty"`
 	SecretUpdateTime     time.Time         `json:"secret_update_time"`
 	PreviousSecret       []byte            `json:"previous_client_secret_sealed,omitempty"`
+	ConfigSecretFP       string            `json:"config_secret_fingerprint,omitempty"`
 	PreviousSecretUntil  time.Time         `json:"previous_client_secret_until,omitzero"`
 	CreateTime           time.Time         `json:"create_time"`
 	UpdateTime           time.Time         `json:"update_time"`
@@ -91,7 +92,7 @@ func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
 		return nil, err
 	}
 	s := storedProvider{
-		PreviousSecret: previous, PreviousSecretUntil: p.PreviousSecretUntil,
+		PreviousSecret: previous, PreviousSecretUntil: p.PreviousSecretUntil, ConfigSecretFP: p.ConfigSecretFingerprint,
 		Name: p.Name, TokenURL: p.TokenURL, AuthorizeURL: p.AuthorizeURL,
 		IntrospectionURL: p.IntrospectionURL, RevocationURL: p.RevocationURL,
 		ClientID: p.ClientID, ClientSecret: secret, ClientAuth: p.ClientAuth.String(),
@@ -134,7 +135,7 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 		return nil, err
 	}
 	p := &Provider{
-		PreviousSecret: previous, PreviousSecretUntil: s.PreviousSecretUntil,
+		PreviousSecret: previous, PreviousSecretUntil: s.PreviousSecretUntil, ConfigSecretFingerprint: s.ConfigSecretFP,
 		Name: s.Name, TokenURL: s.TokenURL, AuthorizeURL: s.AuthorizeURL,
 		IntrospectionURL: s.IntrospectionURL, RevocationURL: s.RevocationURL,
 		ClientID: s.ClientID, ClientSecret: secret, ClientAuth: auth,

@@ -116,23 +116,8 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 	if err != nil {
 		return nil, err
 	}
-	for _, pc := range cfg.Providers {
-		p, secret, err := pc.provider(cfg.env())
-		if err != nil {
-			return nil, fmt.Errorf("provider %q: %w", pc.Name, err)
-		}
-		if pc.Preset == "oidc" {
-			if err := a.broker.ApplyPreset(ctx, &p, pc.Preset, pc.BaseURL); err != nil {
-				return nil, fmt.Errorf("provider %q: %w", pc.Name, err)
-			}
-			if p.ClientAuth == 0 {
-				p.ClientAuth = oauth.AuthBasic
-			}
-		}
-		if _, err := a.broker.PutProvider(ctx, p, secret); err != nil {
-			return nil, fmt.Errorf("register provider %q: %w", pc.Name, err)
-		}
-		log.Info("provider registered from config", zap.String("provider", p.Name))
+	if err := a.ApplyProviders(ctx, cfg); err != nil {
+		return nil, err
 	}
 	metrics.WatchGrants(a.broker)
 	a.server, err = server.New(server.Config{
@@ -176,6 +161,32 @@ func (a *App) Wait(ctx context.Context) error {
 
 // Err reports a listener that stopped serving on its own.
 func (a *App) Err() <-chan error { return a.server.Err() }
+
+// ApplyProviders registers (creates or updates) the providers cfg
+// declares. A client secret the file declared before is not applied again,
+// so that a secret rotated through the API since is kept; a changed one is.
+// It is run at start and on SIGHUP.
+func (a *App) ApplyProviders(ctx context.Context, cfg Config) error {
+	for _, pc := range cfg.Providers {
+		p, secret, err := pc.provider(cfg.env())
+		if err != nil {
+			return fmt.Errorf("provider %q: %w", pc.Name, err)
+		}
+		if pc.Preset == "oidc" {
+			if err := a.broker.ApplyPreset(ctx, &p, pc.Preset, pc.BaseURL); err != nil {
+				return fmt.Errorf("provider %q: %w", pc.Name, err)
+			}
+			if p.ClientAuth == 0 {
+				p.ClientAuth = oauth.AuthBasic
+			}
+		}
+		if _, err := a.broker.ApplyConfigProvider(ctx, p, secret); err != nil {
+			return fmt.Errorf("register provider %q: %w", pc.Name, err)
+		}
+		a.log.Info("provider registered from config", zap.String("provider", p.Name))
+	}
+	return nil
+}
 
 // ReloadAuth applies a new auth section: static API keys, policy and rate
 // limit. It changes nothing when the section is invalid. Calls already

@@ -169,6 +169,9 @@ func serveUntilDone(ctx context.Context, app *App, reload <-chan os.Signal, load
 				continue
 			}
 			log.Info("auth configuration reloaded", zap.Int("api_keys", len(cfg.Auth.APIKeys)), zap.Int("policy_rules", len(cfg.Auth.Policy)))
+			if err := app.ApplyProviders(ctx, cfg); err != nil {
+				log.Error("reload: applying providers failed", zap.Error(err))
+			}
 		}
 	}
 }
