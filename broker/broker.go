@@ -7,6 +7,7 @@ package broker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -318,8 +319,8 @@ func (b *Broker) Introspect(ctx context.Context, token string) (*Introspection, 
 		return &Introspection{}, nil
 	}
 	var s storedIntrospection
-	if err := jsonUnmarshal(resp.Kvs[0].Value, &s); err != nil {
-		return nil, err
+	if err := json.Unmarshal(resp.Kvs[0].Value, &s); err != nil {
+		return nil, fmt.Errorf("decode introspection entry: %w", err)
 	}
 	own := &Introspection{
 		Active: s.ExpiresAt.After(b.now()), Provider: s.Provider, Account: s.Account, Scope: s.Scope,

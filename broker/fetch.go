@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -153,16 +154,20 @@ func (b *Broker) grantLock(ctx context.Context, gid string) (m *concurrency.Mute
 // when the token is still not good enough, obtains a new one and stores it
 // fenced by the lock, the provider's and the grant's revisions.
 func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*TokenRecord) bool, stale string) (*TokenRecord, error) {
-	if _, err := b.provider(ctx, key.Provider); err != nil {
-		return nil, err // unknown provider: no lock taken
-	}
 	gid := grantID(key.Provider, key.Account)
 	id := key.id()
-	// Read before waiting for the lock: with etcd unreachable this fails
-	// within StoreTimeout (the lock would wait for the whole fetch), and a
-	// still-valid token is served meanwhile.
-	if _, _, _, err := b.readForFetch(ctx, key.Provider, id, gid); err != nil {
+	// Read before waiting for the lock: an unknown provider takes no lock;
+	// with etcd unreachable this fails within StoreTimeout (the lock would
+	// wait for the whole fetch) and a still-valid token is served; and a
+	// token another replica stored meanwhile is served without the lock.
+	if _, cur, _, err := b.readForFetch(ctx, key.Provider, id, gid); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
 		return b.serveStale(b.cached(id), stale, err)
+	} else if cur != nil && good(cur) {
+		b.offer(id, cur)
+		return cur, nil
 	}
 	m, unlock, err := b.grantLock(ctx, gid)
 	if err != nil {
@@ -503,10 +508,7 @@ func refusesClient(err error) bool {
 	return errors.As(err, &oe) && oe.Code == "invalid_client"
 }
 
-func isBearer(t string) bool {
-	return len(t) == 6 && (t[0]|0x20) == 'b' && (t[1]|0x20) == 'e' && (t[2]|0x20) == 'a' &&
-		(t[3]|0x20) == 'r' && (t[4]|0x20) == 'e' && (t[5]|0x20) == 'r'
-}
+func isBearer(t string) bool { return strings.EqualFold(t, "bearer") }
 
 // commit stores rec, the grant as it must be next, and rec's introspection
 // entry in one transaction that commits only while m is held and neither
@@ -525,7 +527,7 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 	if err != nil {
 		return err
 	}
-	idx, err := jsonMarshal(storedIntrospection{
+	idx, err := json.Marshal(storedIntrospection{
 		Provider: rec.Key.Provider, Account: rec.Key.Account, Scope: rec.GrantedScope(), ClientID: p.ClientID,
 		TokenType: rec.Type(), Username: g.Username, IssuedAt: rec.IssuedAt, ExpiresAt: rec.ExpiresAt,
 	})

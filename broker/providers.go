@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"net/url"
@@ -164,15 +163,6 @@ func (b *Broker) provider(ctx context.Context, name string) (*Provider, error) {
 		return v.(*Provider), nil
 	}
 	return b.GetProvider(ctx, name)
-}
-
-func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
-
-func jsonUnmarshal(data []byte, v any) error {
-	if err := json.Unmarshal(data, v); err != nil {
-		return fmt.Errorf("decode %T: %w", v, err)
-	}
-	return nil
 }
 
 // RotateClientSecret replaces provider name's client secret. With validate,
