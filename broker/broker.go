@@ -7,11 +7,9 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -113,6 +111,9 @@ type Broker struct {
 	providers       sync.Map // name → *Provider
 	local           sync.Map // grant id → chan struct{}: this process's side of the grant lock
 	cooldowns       sync.Map // grant id → *cooldownState
+	introspection   tokenIndex
+	interned        sync.Map // string → string, see intern
+	tokensRev       revision // how far the token watch has applied etcd's history
 	flights         singleflight.Group
 
 	ctx    context.Context
@@ -281,77 +282,6 @@ func (b *Broker) session(ctx context.Context) (*concurrency.Session, error) {
 	}
 	b.sess = s
 	return s, nil
-}
-
-// Introspection is what is known of a token, in RFC 7662 terms, plus the
-// provider and account it belongs to.
-type Introspection struct {
-	Active    bool
-	Provider  string
-	Account   string
-	Scope     string
-	ClientID  string
-	TokenType string
-	Username  string
-	Subject   string
-	IssuedAt  time.Time
-	ExpiresAt time.Time
-}
-
-// Introspect answers for a token the broker handed out. When the token's
-// provider has an introspection endpoint (RFC 7662), the provider's answer
-// decides (a revoked token is inactive); otherwise the broker's own index
-// of the tokens it handed out does. An unknown or expired token is
-// inactive, not an error. Errors wrap ErrInvalidArgument (empty token),
-// ErrStoreUnavailable, or a *ProviderError when the provider's endpoint
-// fails.
-func (b *Broker) Introspect(ctx context.Context, token string) (*Introspection, error) {
-	if token == "" {
-		return nil, invalidf("token is empty")
-	}
-	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
-	defer cancel()
-	resp, err := b.cli.Get(sctx, b.prefix+introspectPrefix+tokenHash(token))
-	if err != nil {
-		return nil, storeError(ctx, "read introspection index", err)
-	}
-	if len(resp.Kvs) == 0 {
-		return &Introspection{}, nil
-	}
-	var s storedIntrospection
-	if err := json.Unmarshal(resp.Kvs[0].Value, &s); err != nil {
-		return nil, fmt.Errorf("decode introspection entry: %w", err)
-	}
-	own := &Introspection{
-		Active: s.ExpiresAt.After(b.now()), Provider: s.Provider, Account: s.Account, Scope: s.Scope,
-		ClientID: s.ClientID, TokenType: s.TokenType, Username: s.Username, IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt,
-	}
-	if !own.Active {
-		return &Introspection{}, nil
-	}
-	p, err := b.provider(ctx, s.Provider)
-	if err != nil || p.IntrospectionURL == "" {
-		return own, nil
-	}
-	in, err := b.oauth.Introspect(ctx, p.endpointRequest(p.IntrospectionURL, url.Values{"token_type_hint": {"access_token"}}, true), token)
-	if err != nil {
-		return nil, &ProviderError{Provider: p.Name, Err: err}
-	}
-	if !in.Active {
-		return &Introspection{}, nil
-	}
-	out := *own
-	out.Scope = cmp(in.Scope, own.Scope)
-	out.ClientID = cmp(in.ClientID, own.ClientID)
-	out.Username = cmp(in.Username, own.Username)
-	out.Subject = in.Subject
-	if !in.ExpiresAt.IsZero() {
-		out.ExpiresAt = in.ExpiresAt
-	}
-	if !in.IssuedAt.IsZero() {
-		out.IssuedAt = in.IssuedAt
-	}
-	return &out, nil
 }
 
 // SetCallbackURL sets where providers send a person back after consent,

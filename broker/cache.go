@@ -38,7 +38,8 @@ func (b *Broker) cached(id string) *TokenRecord {
 	return nil
 }
 
-// offer publishes rec in memory unless a newer record is there already.
+// offer publishes rec in memory unless a newer record is there already,
+// and indexes its token for introspection.
 func (b *Broker) offer(id string, rec *TokenRecord) {
 	e := b.entry(id)
 	for {
@@ -47,6 +48,7 @@ func (b *Broker) offer(id string, rec *TokenRecord) {
 			return
 		}
 		if e.rec.CompareAndSwap(cur, rec) {
+			b.index(id, rec)
 			return
 		}
 	}

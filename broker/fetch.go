@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -224,6 +223,11 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 		return b.serveStale(cur, stale, err)
 	}
 	b.clearCooldown(gid)
+	if next.RefreshToken == g.RefreshToken || g.RefreshToken == "" {
+		// Tokens replaced stay valid until they expire, unless the provider
+		// rotated the refresh token, which revokes them (see commit).
+		rec.previous = carried(cur, rec.AccessToken, b.now())
+	}
 	if err := b.commit(ctx, m, p, g, next, id, rec); err != nil {
 		return nil, err
 	}
@@ -510,8 +514,7 @@ func refusesClient(err error) bool {
 
 func isBearer(t string) bool { return strings.EqualFold(t, "bearer") }
 
-// commit stores rec, the grant as it must be next, and rec's introspection
-// entry in one transaction that commits only while m is held and neither
+// commit stores rec and the grant as it must be next in one transaction that commits only while m is held and neither
 // the provider nor the grant changed since they were read. When the lock
 // was lost but nobody touched the grant, a rotated refresh token is still
 // saved, since no one else can have used the old one.
@@ -519,7 +522,7 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 	tkey := b.prefix + tokensPrefix + id
 	gkey := b.grantKey(g.Provider, g.Account)
 	pkey := b.prefix + providersPrefix + p.Name
-	val, err := b.encodeToken(tkey, rec)
+	val, err := b.encodeToken(tkey, rec, p.ClientID, g.Username)
 	if err != nil {
 		return err
 	}
@@ -527,22 +530,8 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 	if err != nil {
 		return err
 	}
-	idx, err := json.Marshal(storedIntrospection{
-		Provider: rec.Key.Provider, Account: rec.Key.Account, Scope: rec.GrantedScope(), ClientID: p.ClientID,
-		TokenType: rec.Type(), Username: g.Username, IssuedAt: rec.IssuedAt, ExpiresAt: rec.ExpiresAt,
-	})
-	if err != nil {
-		return err
-	}
 	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
 	defer cancel()
-	// The index entry vanishes with the token: its lease outlives the token
-	// by a second at most.
-	ttl := int64(rec.ExpiresAt.Sub(b.now())/time.Second) + 1
-	lease, err := b.cli.Grant(sctx, max(ttl, 1))
-	if err != nil {
-		return storeError(ctx, "grant introspection lease", err)
-	}
 	unchanged := []clientv3.Cmp{
 		clientv3.Compare(clientv3.ModRevision(pkey), "=", p.Revision),
 		clientv3.Compare(clientv3.ModRevision(gkey), "=", g.Revision),
@@ -550,7 +539,6 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 	writes := []clientv3.Op{
 		clientv3.OpPut(tkey, string(val)),
 		clientv3.OpPut(gkey, string(gval)),
-		clientv3.OpPut(b.prefix+introspectPrefix+tokenHash(rec.AccessToken), string(idx), clientv3.WithLease(lease.ID)),
 	}
 	if next.RefreshToken != g.RefreshToken && g.RefreshToken != "" {
 		// A rotating provider (MediaHaven) invalidates the previous access
@@ -566,7 +554,6 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 		rec.Revision = resp.Header.Revision
 		return nil
 	}
-	b.revokeLease(lease.ID)
 	if next.RefreshToken != g.RefreshToken {
 		// The token is discarded, but the provider rotated the refresh
 		// token already: as long as no one else changed the grant (no one
@@ -666,14 +653,6 @@ func (b *Broker) startCooldown(gid string, err error) {
 
 func (b *Broker) clearCooldown(gid string) { b.cooldowns.Delete(gid) }
 
-func (b *Broker) revokeLease(id clientv3.LeaseID) {
-	ctx, cancel := context.WithTimeout(b.ctx, b.storeTimeout)
-	defer cancel()
-	if _, err := b.cli.Revoke(ctx, id); err != nil {
-		b.log.Debug("revoke unused lease", zap.Error(err))
-	}
-}
-
 // modRevision is the mod revision a range response found, 0 for none.
 func modRevision(r *etcdserverpb.ResponseOp) int64 {
 	if kvs := r.GetResponseRange().GetKvs(); len(kvs) > 0 {
@@ -682,8 +661,8 @@ func modRevision(r *etcdserverpb.ResponseOp) int64 {
 	return 0
 }
 
-// otherTokens deletes the grant's token records other than id, and their
-// introspection entries, as this replica's memory knows them.
+// otherTokens deletes the grant's token records other than id, as this
+// replica's memory knows them.
 func (b *Broker) otherTokens(id, gid string) []clientv3.Op {
 	var ops []clientv3.Op
 	b.tokens.Range(func(k, v any) bool {
@@ -692,9 +671,6 @@ func (b *Broker) otherTokens(id, gid string) []clientv3.Op {
 			return true
 		}
 		ops = append(ops, clientv3.OpDelete(b.prefix+tokensPrefix+other))
-		if rec := v.(*cacheEntry).rec.Load(); rec != nil {
-			ops = append(ops, clientv3.OpDelete(b.prefix+introspectPrefix+tokenHash(rec.AccessToken)))
-		}
 		return true
 	})
 	return ops

@@ -258,8 +258,6 @@ func (b *Broker) RevokeGrant(ctx context.Context, provider, account string) erro
 	if g == nil && deleted.GetDeleted() == 0 {
 		return fmt.Errorf("%w: account %q of provider %q", ErrNotFound, account, provider)
 	}
-	// The introspection index forgets the revoked tokens at once.
-	var ops []clientv3.Op
 	var accessTokens []string
 	for _, kv := range deleted.GetPrevKvs() {
 		rec, err := b.decodeToken(string(kv.Key), kv.Value, kv.ModRevision)
@@ -267,12 +265,6 @@ func (b *Broker) RevokeGrant(ctx context.Context, provider, account string) erro
 			continue
 		}
 		accessTokens = append(accessTokens, rec.AccessToken)
-		ops = append(ops, clientv3.OpDelete(b.prefix+introspectPrefix+tokenHash(rec.AccessToken)))
-	}
-	if len(ops) > 0 {
-		if _, err := b.cli.Txn(sctx).Then(ops...).Commit(); err != nil {
-			return storeError(ctx, "drop introspection entries", err)
-		}
 	}
 	p, err := b.provider(ctx, provider)
 	if err != nil || p.RevocationURL == "" {

@@ -182,8 +182,8 @@ func (s *fencing) checkDiscarded(t *testing.T, lateToken string) {
 			t.Errorf("%s serves the deposed leader's late token", r.name)
 		}
 	}
-	if idx := etcdKeys(t, s.cli, s.rs[0].prefix+introspectPrefix+tokenHash(lateToken)); len(idx) != 0 {
-		t.Errorf("etcd holds an introspection entry for the late token, want none")
+	if got, err := s.rs[0].Introspect(context.Background(), lateToken); err != nil || got.Active {
+		t.Errorf("Introspect of the deposed leader's late token = %+v, %v; want inactive", got, err)
 	}
 }
 

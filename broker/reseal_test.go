@@ -459,7 +459,7 @@ func TestResealWalksEveryPage(t *testing.T) {
 	for i := range n {
 		key := TokenKey{Provider: "p", Scope: fmt.Sprintf("s%04d", i)}
 		tkey := DefaultPrefix + tokensPrefix + key.id()
-		val, err := old.encodeToken(tkey, &TokenRecord{Key: key, AccessToken: fmt.Sprintf("token-%04d", i), ExpiresAt: t0.Add(time.Hour)})
+		val, err := old.encodeToken(tkey, &TokenRecord{Key: key, AccessToken: fmt.Sprintf("token-%04d", i), ExpiresAt: t0.Add(time.Hour)}, "", "")
 		if err != nil {
 			t.Fatal(err)
 		}

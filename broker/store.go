@@ -1,8 +1,6 @@
 package broker
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -12,14 +10,13 @@ import (
 
 // Key prefixes below the broker's etcd prefix.
 const (
-	providersPrefix  = "providers/"
-	grantsPrefix     = "grants/"
-	tokensPrefix     = "tokens/"
-	introspectPrefix = "introspect/"
-	locksPrefix      = "locks/"
-	statesPrefix     = "authorizations/"
-	electionPrefix   = "election/"
-	hotPrefix        = "hot/"
+	providersPrefix = "providers/"
+	grantsPrefix    = "grants/"
+	tokensPrefix    = "tokens/"
+	locksPrefix     = "locks/"
+	statesPrefix    = "authorizations/"
+	electionPrefix  = "election/"
+	hotPrefix       = "hot/"
 )
 
 // DefaultPrefix is the etcd prefix of every key the broker writes.
@@ -175,9 +172,16 @@ type storedToken struct {
 	IssuedAt     time.Time `json:"issued_at"`
 	ExpiresAt    time.Time `json:"expires_at"`
 	Generation   int64     `json:"generation"`
+	// For introspection: whom the token was issued to, and the tokens it
+	// replaced that are still valid.
+	ClientID string          `json:"client_id,omitempty"`
+	Username string          `json:"username,omitempty"`
+	Previous []previousToken `json:"previous,omitempty"`
 }
 
-func (b *Broker) encodeToken(key string, r *TokenRecord) ([]byte, error) {
+// encodeToken encodes r; clientID and username are stored for
+// introspection only.
+func (b *Broker) encodeToken(key string, r *TokenRecord, clientID, username string) ([]byte, error) {
 	access, err := b.sealString(key, "access_token", r.AccessToken)
 	if err != nil {
 		return nil, err
@@ -190,7 +194,21 @@ func (b *Broker) encodeToken(key string, r *TokenRecord) ([]byte, error) {
 		Provider: r.Key.Provider, Account: r.Key.Account, Scope: r.Key.Scope,
 		AccessToken: access, TokenType: r.TokenType, GrantedScope: r.Scope, IDToken: id,
 		IssuedAt: r.IssuedAt, ExpiresAt: r.ExpiresAt, Generation: r.Generation,
+		ClientID: clientID, Username: username, Previous: r.previous,
 	})
+}
+
+// intern returns the broker's copy of s. It is meant for values of few
+// kinds (provider names, token types), not for anything per token.
+func (b *Broker) intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	if v, ok := b.interned.Load(s); ok {
+		return v.(string)
+	}
+	v, _ := b.interned.LoadOrStore(s, s)
+	return v.(string)
 }
 
 func (b *Broker) decodeToken(key string, data []byte, rev int64) (*TokenRecord, error) {
@@ -206,10 +224,17 @@ func (b *Broker) decodeToken(key string, data []byte, rev int64) (*TokenRecord, 
 	if err != nil {
 		return nil, err
 	}
+	// A cache holds many records of few providers and token types, most
+	// granted the scopes they asked for: they share those strings.
+	s.Provider, s.TokenType = b.intern(s.Provider), b.intern(s.TokenType)
+	if s.GrantedScope == s.Scope {
+		s.GrantedScope = s.Scope
+	}
 	return &TokenRecord{
 		Key:         TokenKey{Provider: s.Provider, Account: s.Account, Scope: s.Scope},
 		AccessToken: access, TokenType: s.TokenType, Scope: s.GrantedScope, IDToken: id,
 		IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt, Generation: s.Generation, Revision: rev,
+		previous: s.Previous,
 	}, nil
 }
 
@@ -272,23 +297,4 @@ func (b *Broker) decodeGrant(key string, data []byte, rev int64) (*Grant, error)
 		PasswordUpdateTime: s.PasswordTime, RefreshTokenUpdateTime: s.RefreshTime,
 		CreateTime: s.CreateTime, UpdateTime: s.UpdateTime, Revision: rev,
 	}, nil
-}
-
-// storedIntrospection is the introspection index entry of a token the broker
-// handed out, kept under the token's hash and leased to vanish with it.
-type storedIntrospection struct {
-	Provider  string    `json:"provider"`
-	Account   string    `json:"account,omitempty"`
-	Scope     string    `json:"scope,omitempty"`
-	ClientID  string    `json:"client_id,omitempty"`
-	TokenType string    `json:"token_type,omitempty"`
-	Username  string    `json:"username,omitempty"`
-	IssuedAt  time.Time `json:"issued_at"`
-	ExpiresAt time.Time `json:"expires_at"`
-}
-
-// tokenHash names a token in the introspection index without storing it.
-func tokenHash(token string) string {
-	sum := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(sum[:])
 }

@@ -57,6 +57,8 @@ type TokenRecord struct {
 	Generation int64
 	// Revision is the etcd revision that stored the record.
 	Revision int64
+	// previous are the tokens this one replaced that are still valid.
+	previous []previousToken
 }
 
 // Lifetime is how long the token was valid when it was issued.

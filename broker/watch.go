@@ -1,9 +1,9 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"errors"
-	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -19,12 +19,20 @@ type mirror struct {
 	apply func(name string, kv *mvccpb.KeyValue, deleted bool)
 	// names lists the names held in memory, for the sweep after a reload.
 	names func() []string
+	// rev, when set, learns how far the mirror has applied etcd's history.
+	rev *revision
+}
+
+// name is key's name below the prefix, in a string of its own (memory
+// keeps it for as long as the entry lives).
+func (m mirror) name(key []byte) string {
+	return string(bytes.TrimPrefix(key, []byte(m.prefix)))
 }
 
 func (b *Broker) mirrors() []mirror {
 	return []mirror{
 		{prefix: b.prefix + providersPrefix, apply: b.applyProvider, names: syncMapKeys(&b.providers)},
-		{prefix: b.prefix + tokensPrefix, apply: b.applyToken, names: syncMapKeys(&b.tokens)},
+		{prefix: b.prefix + tokensPrefix, apply: b.applyToken, names: syncMapKeys(&b.tokens), rev: &b.tokensRev},
 	}
 }
 
@@ -80,31 +88,49 @@ func (b *Broker) load(ctx context.Context) (int64, error) {
 	return rev, nil
 }
 
+// loadPage is how many records one read of a reload returns: a large
+// store arrives in pages rather than in one response held whole in memory.
+const loadPage = 1000
+
 // reload replaces m's memory with what etcd holds at rev (the latest when
 // rev is 0) and returns the revision read.
 func (b *Broker) reload(ctx context.Context, m mirror, rev int64) (int64, error) {
-	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
-	defer cancel()
-	opts := []clientv3.OpOption{clientv3.WithPrefix()}
-	if rev > 0 {
-		opts = append(opts, clientv3.WithRev(rev))
-	}
-	resp, err := b.cli.Get(sctx, m.prefix, opts...)
-	if err != nil {
-		return 0, storeError(ctx, "load "+m.prefix, err)
-	}
-	seen := make(map[string]bool, len(resp.Kvs))
-	for _, kv := range resp.Kvs {
-		name := strings.TrimPrefix(string(kv.Key), m.prefix)
-		seen[name] = true
-		m.apply(name, kv, false)
+	end := clientv3.GetPrefixRangeEnd(m.prefix)
+	seen := make(map[string]bool)
+	for from := m.prefix; ; {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(loadPage)}
+		if rev > 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+		resp, err := b.cli.Get(sctx, from, opts...)
+		cancel()
+		if err != nil {
+			return 0, storeError(ctx, "load "+m.prefix, err)
+		}
+		if rev == 0 {
+			// The first page pins the revision the others are read at.
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			name := m.name(kv.Key)
+			seen[name] = true
+			m.apply(name, kv, false)
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
 	for _, name := range m.names() {
 		if !seen[name] {
-			m.apply(name, &mvccpb.KeyValue{ModRevision: resp.Header.Revision}, true)
+			m.apply(name, &mvccpb.KeyValue{ModRevision: rev}, true)
 		}
 	}
-	return resp.Header.Revision, nil
+	if m.rev != nil {
+		m.rev.advance(rev)
+	}
+	return rev, nil
 }
 
 // follow applies every change under m's prefix after rev until Close. When
@@ -130,10 +156,13 @@ func (b *Broker) follow(m mirror, rev int64) {
 				break
 			}
 			for _, ev := range resp.Events {
-				name := strings.TrimPrefix(string(ev.Kv.Key), m.prefix)
+				name := m.name(ev.Kv.Key)
 				m.apply(name, ev.Kv, ev.Type == clientv3.EventTypeDelete)
 			}
 			rev = max(rev, resp.Header.Revision)
+			if m.rev != nil {
+				m.rev.advance(rev) // progress notifications advance it too
+			}
 		}
 		cancel()
 		select {

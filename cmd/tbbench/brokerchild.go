@@ -107,7 +107,7 @@ func runBrokerChild(ctx context.Context, ready func(readyLine), control *http.Se
 	if err := keys.SetStatic(cfg.Keys); err != nil {
 		return err
 	}
-	pol, err := policy.New([]policy.Rule{{Identities: []string{benchIdentity}, Providers: []string{benchProvider, sentinelProvider}, Actions: []policy.Action{policy.Token}}})
+	pol, err := policy.New([]policy.Rule{{Identities: []string{benchIdentity}, Providers: []string{benchProvider, sentinelProvider}, Actions: []policy.Action{policy.Token, policy.Introspect}}})
 	if err != nil {
 		return err
 	}

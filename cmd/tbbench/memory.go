@@ -5,9 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -37,7 +35,7 @@ import (
 // by its etcd lock, about 7 ms each with fsync. So the tokens arrive the way
 // a token fetched by another replica does: this process writes each as the
 // broker's commit would (its record in the broker's format, sealed with the
-// broker's master key, and its introspection entry on a lease of its own),
+// broker's master key, naming the client it was issued to for introspection),
 // and the broker's watch decodes it into its cache. A sample is then asked
 // for over gRPC to check that the broker serves the loaded records.
 
@@ -55,8 +53,8 @@ func seedToken(i int) string {
 	return base64.RawURLEncoding.EncodeToString(sum[:]) // 43 characters, like the sandbox's
 }
 
-// storedToken and storedIntrospection mirror the broker's etcd encoding
-// (broker/store.go); the check below fails if they drift from it.
+// storedToken mirrors the broker's etcd encoding (broker/store.go); the
+// check below fails if it drifts from it.
 type storedToken struct {
 	Provider     string    `json:"provider"`
 	Account      string    `json:"account,omitempty"`
@@ -67,15 +65,7 @@ type storedToken struct {
 	IssuedAt     time.Time `json:"issued_at"`
 	ExpiresAt    time.Time `json:"expires_at"`
 	Generation   int64     `json:"generation"`
-}
-
-type storedIntrospection struct {
-	Provider  string    `json:"provider"`
-	Scope     string    `json:"scope,omitempty"`
-	ClientID  string    `json:"client_id,omitempty"`
-	TokenType string    `json:"token_type,omitempty"`
-	IssuedAt  time.Time `json:"issued_at"`
-	ExpiresAt time.Time `json:"expires_at"`
+	ClientID     string    `json:"client_id,omitempty"`
 }
 
 // seeder writes token records into the broker's etcd.
@@ -85,7 +75,7 @@ type seeder struct {
 }
 
 const (
-	seedBatch    = 50 // tokens per transaction: two puts each, under etcd's 128 operations
+	seedBatch    = 100 // tokens per transaction, under etcd's 128 operations
 	seedWorkers  = 32
 	seedLifetime = time.Hour
 )
@@ -123,25 +113,15 @@ func (s *seeder) seed(ctx context.Context, n int) error {
 	return err
 }
 
-// writeBatch writes tokens [lo, hi) in one transaction; their leases are
-// granted concurrently first.
+// writeBatch writes tokens [lo, hi) in one transaction.
 func (s *seeder) writeBatch(ctx context.Context, lo, hi int, issued time.Time) error {
-	ops := make([]clientv3.Op, 2*(hi-lo))
-	errs := make([]error, hi-lo)
-	var wg sync.WaitGroup
+	ops := make([]clientv3.Op, 0, hi-lo)
 	for i := lo; i < hi; i++ {
-		wg.Go(func() {
-			tops, err := s.ops(ctx, benchProvider, seedScopes(i), seedToken(i), issued)
-			if err != nil {
-				errs[i-lo] = err
-				return
-			}
-			copy(ops[2*(i-lo):], tops)
-		})
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err
+		tops, err := s.ops(ctx, benchProvider, seedScopes(i), seedToken(i), issued)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, tops...)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -149,9 +129,9 @@ func (s *seeder) writeBatch(ctx context.Context, lo, hi int, issued time.Time) e
 	return err
 }
 
-// ops are the writes of one token as the broker's commit makes them: the
-// token record and its introspection entry on a lease that ends with it.
-func (s *seeder) ops(ctx context.Context, provider string, scopes []string, tok string, issued time.Time) ([]clientv3.Op, error) {
+// ops are the writes of one token as the broker's commit makes them: its
+// record, which is all introspection needs too.
+func (s *seeder) ops(_ context.Context, provider string, scopes []string, tok string, issued time.Time) ([]clientv3.Op, error) {
 	key, err := broker.NewTokenKey(provider, "", scopes)
 	if err != nil {
 		return nil, err
@@ -161,40 +141,28 @@ func (s *seeder) ops(ctx context.Context, provider string, scopes []string, tok 
 	if err != nil {
 		return nil, err
 	}
-	exp := issued.Add(seedLifetime)
 	val, err := json.Marshal(storedToken{Provider: provider, Scope: key.Scope, AccessToken: sealed, TokenType: "Bearer",
-		GrantedScope: key.Scope, IssuedAt: issued, ExpiresAt: exp, Generation: 1})
+		GrantedScope: key.Scope, IssuedAt: issued, ExpiresAt: issued.Add(seedLifetime), Generation: 1, ClientID: "bench"})
 	if err != nil {
 		return nil, err
 	}
-	idx, err := json.Marshal(storedIntrospection{Provider: provider, Scope: key.Scope, ClientID: "bench", TokenType: "Bearer", IssuedAt: issued, ExpiresAt: exp})
-	if err != nil {
-		return nil, err
-	}
-	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	lease, err := s.cli.Grant(lctx, int64(seedLifetime/time.Second)+1)
-	if err != nil {
-		return nil, err
-	}
-	sum := sha256.Sum256([]byte(tok))
-	return []clientv3.Op{
-		clientv3.OpPut(tkey, string(val)),
-		clientv3.OpPut(broker.DefaultPrefix+"introspect/"+hex.EncodeToString(sum[:]), string(idx), clientv3.WithLease(lease.ID)),
-	}, nil
+	return []clientv3.Op{clientv3.OpPut(tkey, string(val))}, nil
 }
 
 // memResult is the memory figure.
 type memResult struct {
-	tokens        int
-	seconds       float64 // from the first write to the sentinel in the cache
-	before        memInfo // after the load phases
-	after         memInfo // with the tokens cached
-	settled       memInfo // after the runtime returned free memory to the OS
-	owners        []heapOwner
-	checked       int
-	mismatches    int
-	providerCalls int
+	tokens     int
+	seconds    float64 // from the first write to the sentinel in the cache
+	before     memInfo // after the load phases
+	after      memInfo // with the tokens cached
+	settled    memInfo // after the runtime returned free memory to the OS
+	owners     []heapOwner
+	checked    int
+	mismatches int
+	// introspected of the sample were introspected; introspectMisses of
+	// them were not found active with the written record's client.
+	introspected, introspectMisses int
+	providerCalls                  int
 }
 
 // memoryPhase loads b.opts.tokens tokens into the broker and measures its
@@ -243,6 +211,13 @@ func (b *bench) memoryPhase(ctx context.Context, keyring *seal.Keyring) error {
 		if err != nil || resp.GetToken().GetAccessToken() != seedToken(i) {
 			m.mismatches++
 		}
+		if j%10 == 0 { // and introspected, from the record alone
+			in, err := client.Introspect(ctx, &tokenbrokerv1.IntrospectRequest{Token: seedToken(i)})
+			m.introspected++
+			if err != nil || !in.GetActive() || in.GetClientId() != "bench" {
+				m.introspectMisses++
+			}
+		}
 	}
 	if err := b.broker.call(ctx, http.MethodGet, "/mem", &m.after); err != nil {
 		return err
@@ -265,6 +240,8 @@ func (b *bench) memoryPhase(ctx context.Context, keyring *seal.Keyring) error {
 // memInfo is the memory of a process after a garbage collection.
 type memInfo struct {
 	RSS       int64  `json:"rss"`
+	RSSAnon   int64  `json:"rss_anon"` // of RSS: anonymous memory (the heap, stacks)
+	RSSFile   int64  `json:"rss_file"` // of RSS: mapped files (the binary, etcd's bbolt file)
 	HWM       int64  `json:"hwm"`
 	HeapAlloc uint64 `json:"heap_alloc"`
 	HeapInuse uint64 `json:"heap_inuse"`
@@ -282,7 +259,7 @@ func readMem(free bool) memInfo {
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	return memInfo{RSS: procStatus(0, "VmRSS"), HWM: procStatus(0, "VmHWM"), HeapAlloc: ms.HeapAlloc, HeapInuse: ms.HeapInuse, Sys: ms.Sys}
+	return memInfo{RSS: procStatus(0, "VmRSS"), RSSAnon: procStatus(0, "RssAnon"), RSSFile: procStatus(0, "RssFile"), HWM: procStatus(0, "VmHWM"), HeapAlloc: ms.HeapAlloc, HeapInuse: ms.HeapInuse, Sys: ms.Sys}
 }
 
 func serveMem(w http.ResponseWriter, r *http.Request) {

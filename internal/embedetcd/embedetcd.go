@@ -29,6 +29,10 @@ type Config struct {
 	ReadyTimeout time.Duration
 }
 
+// singleMemberCatchUpEntries is the raft log kept in memory after a
+// snapshot.
+const singleMemberCatchUpEntries = 100
+
 // Server is a running embedded etcd member.
 type Server struct {
 	etcd  *embed.Etcd
@@ -54,6 +58,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	ec.AutoCompactionMode = "periodic"
 	ec.AutoCompactionRetention = "1h"
 	ec.UnsafeNoFsync = cfg.NoFsync
+	// A single member has no follower to catch up: the raft log kept in
+	// memory after a snapshot can be short (the default, 5000 entries,
+	// holds every token record written lately in memory once more).
+	ec.SnapshotCatchUpEntries = singleMemberCatchUpEntries
 	if cfg.Fast {
 		ec.TickMs = 10
 		ec.ElectionMs = 100
