@@ -32,7 +32,7 @@ func (g *guard) auditCall(st *callState, method string, req, resp any, err error
 		zap.String("via", st.caller.Via),
 		zap.String("method", method),
 		zap.Time("time", start.UTC()),
-		zap.String("peer", st.peer),
+		zap.Stringer("peer", st.peer),
 		zap.Stringer("code", status.Code(err)),
 	}
 	if st.caller.KeyID != "" {

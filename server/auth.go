@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -68,18 +69,46 @@ type callState struct {
 	caller        Caller
 	authenticated bool
 	policy        *policy.Policy
-	peer          string
+	peer          peerName
 }
 
 type callStateKey struct{}
+
+// callContext carries a call's state: one allocation where
+// context.WithValue and the state would take two.
+type callContext struct {
+	context.Context
+	st callState
+}
+
+func (c *callContext) Value(key any) any {
+	if key == (callStateKey{}) {
+		return &c.st
+	}
+	return c.Context.Value(key)
+}
 
 // withCallState returns ctx with a callState, reusing the one it has.
 func withCallState(ctx context.Context) (context.Context, *callState) {
 	if st, ok := ctx.Value(callStateKey{}).(*callState); ok {
 		return ctx, st
 	}
-	st := &callState{}
-	return context.WithValue(ctx, callStateKey{}, st), st
+	c := &callContext{Context: ctx}
+	return c, &c.st
+}
+
+// peerName is the caller's address, formatted only when a log line
+// names it.
+type peerName struct {
+	addr net.Addr
+	s    string
+}
+
+func (p peerName) String() string {
+	if p.addr != nil {
+		return p.addr.String()
+	}
+	return p.s
 }
 
 // CallerFrom returns the authenticated caller of the call ctx belongs to.
@@ -146,21 +175,17 @@ func verifiedLeaf(cs *tls.ConnectionState) *x509.Certificate {
 type presented struct {
 	authorization []string
 	cert          *x509.Certificate
-	peer          string
+	peer          peerName
 }
 
 func credentialsOf(ctx context.Context) presented {
 	if rr, ok := ctx.Value(restRequestKey{}).(*restRequest); ok {
-		return presented{authorization: rr.authorization, cert: rr.cert, peer: rr.remoteAddr}
+		return presented{authorization: rr.authorization, cert: rr.cert, peer: peerName{s: rr.remoteAddr}}
 	}
-	var p presented
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		p.authorization = md.Get("authorization")
-	}
+	// Only the one value: FromIncomingContext would copy all metadata.
+	p := presented{authorization: metadata.ValueFromIncomingContext(ctx, "authorization")}
 	if pr, ok := peer.FromContext(ctx); ok {
-		if pr.Addr != nil {
-			p.peer = pr.Addr.String()
-		}
+		p.peer.addr = pr.Addr
 		if info, ok := pr.AuthInfo.(credentials.TLSInfo); ok {
 			p.cert = verifiedLeaf(&info.State)
 		}
@@ -328,7 +353,7 @@ func (g *guard) admit(ctx context.Context, st *callState, method string, req any
 	caller, reason := g.authenticate(p)
 	if reason != "" {
 		g.unauthenticated.Add(1)
-		g.log.Info("unauthenticated call", zap.String("method", method), zap.String("peer", p.peer), zap.String("reason", reason))
+		g.log.Info("unauthenticated call", zap.String("method", method), zap.Stringer("peer", p.peer), zap.String("reason", reason))
 		return errUnauthenticated
 	}
 	pol := g.policy.Load()
@@ -365,7 +390,7 @@ func (g *guard) admit(ctx context.Context, st *callState, method string, req any
 		g.permissionDenied.Add(1)
 		g.log.Info("permission denied",
 			zap.String("caller", caller.Identity), zap.String("method", method),
-			zap.String("provider", provider), zap.String("account", account), zap.String("peer", p.peer))
+			zap.String("provider", provider), zap.String("account", account), zap.Stringer("peer", p.peer))
 		return status.Errorf(codes.PermissionDenied, "permission denied: %s may not call %s", caller.Identity, method)
 	}
 	return nil
@@ -375,18 +400,27 @@ func (g *guard) admit(ctx context.Context, st *callState, method string, req any
 // call is authenticated, rate-limited and authorized, and admin changes are
 // audited.
 func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-	if strings.HasPrefix(info.FullMethod, healthPrefix) {
+	ctx, st := withCallState(ctx)
+	return g.serve(ctx, st, req, info, handler, nil)
+}
+
+// serve admits the call (unless it is a health check), audits it when it
+// is an admin change, and runs the handler, turning a panic into Internal
+// when log is not nil.
+func (g *guard) serve(ctx context.Context, st *callState, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler, log *zap.Logger) (resp any, err error) {
+	if !strings.HasPrefix(info.FullMethod, healthPrefix) {
+		if audited(info.FullMethod) {
+			start := time.Now()
+			defer func() { g.auditCall(st, info.FullMethod, req, resp, err, start) }()
+		}
+		if err := g.admit(ctx, st, info.FullMethod, req); err != nil {
+			return nil, err
+		}
+	}
+	if log == nil {
 		return handler(ctx, req)
 	}
-	ctx, st := withCallState(ctx)
-	if audited(info.FullMethod) {
-		start := time.Now()
-		defer func() { g.auditCall(st, info.FullMethod, req, resp, err, start) }()
-	}
-	if err := g.admit(ctx, st, info.FullMethod, req); err != nil {
-		return nil, err
-	}
-	return handler(ctx, req)
+	return recovering(ctx, req, info, handler, log)
 }
 
 // stream is the streaming counterpart of unary (reflection is a stream).
