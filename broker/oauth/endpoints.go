@@ -15,17 +15,21 @@ import (
 // is added to the form. A 2xx answer is success (also for a token the
 // provider did not know); otherwise the errors are those of Token.
 func (c *Client) Revoke(ctx context.Context, r Request, token string) error {
+	ctx, span := c.startSpan(ctx, SpanRevoke, r)
 	r.Params = withParam(r.Params, "token", token)
 	resp, err := c.post(ctx, r)
 	if err != nil {
+		span.end(0, err)
 		return err
 	}
 	if resp.status >= 200 && resp.status <= 299 {
+		span.end(resp.status, nil)
 		return nil
 	}
 	f, _ := decodeBody(resp.contentType, resp.body)
 	e := newError(resp.status, f, resp.secrets)
 	e.RetryAfter = resp.retryAfter
+	span.end(resp.status, e)
 	return e
 }
 
@@ -48,11 +52,20 @@ type Introspection struct {
 // authentication, token as a POST parameter). Errors are those of Token; an
 // answer without a boolean "active" is ErrBadResponse.
 func (c *Client) Introspect(ctx context.Context, r Request, token string) (*Introspection, error) {
+	ctx, span := c.startSpan(ctx, SpanIntrospect, r)
 	r.Params = withParam(r.Params, "token", token)
 	resp, err := c.post(ctx, r)
 	if err != nil {
+		span.end(0, err)
 		return nil, err
 	}
+	in, err := introspection(resp)
+	span.end(resp.status, err)
+	return in, err
+}
+
+// introspection reads an introspection endpoint's answer.
+func introspection(resp *answer) (*Introspection, error) {
 	f, err := decodeBody(resp.contentType, resp.body)
 	if resp.status < 200 || resp.status > 299 {
 		e := newError(resp.status, f, resp.secrets)

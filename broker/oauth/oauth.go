@@ -22,6 +22,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // AuthStyle says how a client authenticates to a token endpoint.
@@ -88,6 +90,15 @@ type Client struct {
 	// is allowed to loopback addresses only (development and tests); https
 	// is required everywhere else in any case.
 	RequireHTTPS bool
+	// Tracer, when set, records a client span per call (SpanToken,
+	// SpanRevoke, SpanIntrospect) as a child of the span in the call's
+	// context: the endpoint's host, the grant type, the HTTP status and the
+	// error class (an OAuth2 error code such as invalid_grant, transport,
+	// bad_response, ...), never the URL's path or query, the form, the
+	// credentials, a token or the provider's error_description. No trace
+	// context is sent to the provider: requests carry no traceparent
+	// header, so trace ids stay inside. Nil records nothing.
+	Tracer trace.Tracer
 }
 
 var (
@@ -155,14 +166,17 @@ var secretParams = []string{
 //
 // Token does not modify r.Params.
 func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
+	ctx, span := c.startSpan(ctx, SpanToken, r)
 	resp, err := c.post(ctx, r)
 	if err != nil {
+		span.end(0, err)
 		return nil, err
 	}
 	tok, err := parseResponse(resp.status, resp.contentType, resp.body, resp.secrets)
 	if e, ok := err.(*Error); ok {
 		e.RetryAfter = resp.retryAfter
 	}
+	span.end(resp.status, err)
 	return tok, err
 }
 
