@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -60,6 +61,9 @@ type env struct {
 	provider *sandbox.Server
 	url      string
 	clock    *fakeClock
+	// tracing traces the servers and provider calls of the replicas
+	// startSealed starts; nil traces nothing.
+	tracing trace.TracerProvider
 }
 
 func newEnv(t testing.TB) *env {
@@ -132,6 +136,8 @@ type options struct {
 	// transport, when set, carries the broker's requests to providers
 	// (say, one that trusts a fake's test certificate).
 	transport http.RoundTripper
+	// tracing, when set, traces the servers and the provider calls.
+	tracing trace.TracerProvider
 }
 
 func (e *env) start(log *zap.Logger) *instance {
@@ -150,7 +156,7 @@ func (e *env) startWith(o options) *instance {
 	cli := e.etcd.Client(t, in.requests)
 	b, err := broker.New(context.Background(), broker.Config{
 		Client: cli,
-		OAuth:  oauthClient(o.transport),
+		OAuth:  withTracer(oauthClient(o.transport), o.tracing),
 		Logger: log,
 		Now:    e.clock.Now,
 		// Replicas of one test share the master key; failures are retried
@@ -180,7 +186,8 @@ func (e *env) startWith(o options) *instance {
 	}
 	srv, err := server.New(server.Config{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: b, Logger: log, TLS: o.tls,
-		Auth: server.AuthConfig{Keys: keys, Policy: pol, RateLimit: o.rateLimit, InsecureNoAuth: o.insecure},
+		Auth:           server.AuthConfig{Keys: keys, Policy: pol, RateLimit: o.rateLimit, InsecureNoAuth: o.insecure},
+		TracerProvider: o.tracing,
 	})
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
@@ -323,6 +330,14 @@ func settle(t testing.TB, c *etcdtest.Counter) {
 		last = n
 	}
 	t.Fatalf("etcd client still sends requests after 10s (%d so far)", last)
+}
+
+// withTracer makes c trace its calls through tp; c as it is when tp is nil.
+func withTracer(c *oauth.Client, tp trace.TracerProvider) *oauth.Client {
+	if tp != nil {
+		c.Tracer = tp.Tracer(oauth.TracerName)
+	}
+	return c
 }
 
 // oauthClient is the broker's token-endpoint client of the tests: short

@@ -109,15 +109,16 @@ func invoke[Req, Resp any](ctx context.Context, intercept grpc.UnaryServerInterc
 // field names, and every field is present even when empty, so that callers
 // in other languages see a stable shape. The handler records the caller's
 // credentials before the gateway runs, and no header becomes gRPC metadata:
-// the services read none, and authentication must not see any.
-func newGateway(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServer, admin tokenbrokerv1.AdminServiceServer, intercept grpc.UnaryServerInterceptor) (http.Handler, error) {
-	mux := runtime.NewServeMux(
+// the services read none, and authentication must not see any. Options in
+// extra are applied last.
+func newGateway(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServer, admin tokenbrokerv1.AdminServiceServer, intercept grpc.UnaryServerInterceptor, extra ...runtime.ServeMuxOption) (http.Handler, error) {
+	mux := runtime.NewServeMux(append([]runtime.ServeMuxOption{
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
 			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
 		}),
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
-	)
+	}, extra...)...)
 	if err := tokenbrokerv1.RegisterTokenBrokerServiceHandlerServer(ctx, mux, &gatewayTokenBroker{next: tb, intercept: intercept}); err != nil {
 		return nil, err
 	}

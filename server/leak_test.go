@@ -17,6 +17,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -286,7 +287,7 @@ func startSealed(t *testing.T, e *env, keys *seal.Keyring, log *zap.Logger, rule
 	in = &instance{requests: &etcdtest.Counter{}}
 	b, err := broker.New(context.Background(), broker.Config{
 		Client:          e.etcd.Client(t, in.requests),
-		OAuth:           &oauth.Client{Timeout: 2 * time.Second, MaxResponseBytes: 64 << 10},
+		OAuth:           withTracer(&oauth.Client{Timeout: 2 * time.Second, MaxResponseBytes: 64 << 10}, e.tracing),
 		Logger:          log,
 		Now:             e.clock.Now,
 		Keyring:         keys,
@@ -311,7 +312,8 @@ func startSealed(t *testing.T, e *env, keys *seal.Keyring, log *zap.Logger, rule
 	}
 	srv, err := server.New(server.Config{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: b, Logger: log,
-		Auth: server.AuthConfig{Keys: keyStore, Policy: pol},
+		Auth:           server.AuthConfig{Keys: keyStore, Policy: pol},
+		TracerProvider: e.tracing,
 	})
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
@@ -367,6 +369,13 @@ func leakSecretPart(key string) string {
 // logger is observed at Debug.
 func runFlows(t *testing.T) *flowRun {
 	t.Helper()
+	return runFlowsTraced(t, nil)
+}
+
+// runFlowsTraced is runFlows with the replica's servers and provider calls
+// traced through tp (nothing when nil).
+func runFlowsTraced(t *testing.T, tp trace.TracerProvider) *flowRun {
+	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	log := zap.New(core)
 	book := newSecretBook()
@@ -380,7 +389,7 @@ func runFlows(t *testing.T) *flowRun {
 	} {
 		book.add(name, v)
 	}
-	e := &env{t: t, etcd: etcdtest.Start(t), clock: &fakeClock{now: time.Now()}}
+	e := &env{t: t, etcd: etcdtest.Start(t), clock: &fakeClock{now: time.Now()}, tracing: tp}
 	p := newCapturingProvider(t, book)
 	readerRule := policy.Rule{Identities: []string{"svc-reader"}, Providers: []string{"elsewhere"}, Actions: []policy.Action{policy.Token}}
 	in, stop := startSealed(t, e, testkeys.Keyring(), log, readerRule)

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -48,6 +49,11 @@ type Config struct {
 	// Logger is scoped with Named("server"), audit events with
 	// Named(AuditLoggerName); nop when nil.
 	Logger *zap.Logger
+	// TracerProvider, when set, gives every call but health checks a
+	// server span: gRPC calls, and REST requests to the gateway and the
+	// introspection endpoint. A caller's W3C trace context is continued.
+	// Nil installs nothing, whatever the global TracerProvider is.
+	TracerProvider trace.TracerProvider
 }
 
 // Server serves the broker over gRPC and over the REST gateway, each on its
@@ -89,7 +95,7 @@ func New(cfg Config) (*Server, error) {
 
 	tb := NewTokenBrokerServer(cfg.Broker, log)
 	admin := withAPIKeys(NewAdminServer(cfg.Broker, log), cfg.Auth.Keys, log)
-	gw, err := newGateway(context.Background(), tb, admin, chain)
+	gw, err := newGateway(context.Background(), tb, admin, chain, gatewayTracing(cfg.TracerProvider)...)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -103,6 +109,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS.Clone())))
 	}
+	opts = append(opts, grpcTracing(cfg.TracerProvider)...)
 	s.grpc = grpc.NewServer(opts...)
 	tokenbrokerv1.RegisterTokenBrokerServiceServer(s.grpc, tb)
 	tokenbrokerv1.RegisterAdminServiceServer(s.grpc, admin)
@@ -137,7 +144,7 @@ func New(cfg Config) (*Server, error) {
 		mux.Handle("GET "+MetricsPath, cfg.Metrics.Handler())
 	}
 	s.http = &http.Server{
-		Handler:           mux,
+		Handler:           httpTracing(cfg.TracerProvider, mux),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
