@@ -11,6 +11,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/tokenbroker/tokenbroker/broker"
@@ -31,6 +33,7 @@ type App struct {
 	broker      *broker.Broker
 	keys        *apikey.Store
 	server      *server.Server
+	tracer      *sdktrace.TracerProvider // nil unless tracing.enabled
 }
 
 // errNoAuth is what StartApp says when no caller could ever authenticate.
@@ -103,10 +106,22 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 	case pol.Len() == 0:
 		log.Warn("auth.policy has no rule: every call but health checks will be refused")
 	}
+	// Tracing off installs nothing: no tracer reaches the broker or the
+	// servers.
+	var tp trace.TracerProvider
+	var oauthClient *oauth.Client
+	if cfg.Tracing.Enabled {
+		if a.tracer, err = newTracerProvider(ctx, cfg.Tracing, cfg.env(), log); err != nil {
+			return nil, err
+		}
+		tp = a.tracer
+		oauthClient = &oauth.Client{Tracer: tp.Tracer(oauth.TracerName)}
+	}
 	metrics := server.NewMetrics()
 	a.broker, err = broker.New(ctx, broker.Config{
 		Client:        a.client,
 		Prefix:        cfg.Etcd.Prefix,
+		OAuth:         oauthClient,
 		DefaultMinTTL: cfg.DefaultMinTTL,
 		Keyring:       keyring,
 		Logger:        log,
@@ -122,7 +137,8 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 	metrics.WatchGrants(a.broker)
 	a.server, err = server.New(server.Config{
 		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, Broker: a.broker, Logger: log, TLS: tlsConfig, Metrics: metrics,
-		Auth: server.AuthConfig{Keys: a.keys, Policy: pol, RateLimit: cfg.Auth.rateLimit(), InsecureNoAuth: cfg.insecureNoAuth},
+		Auth:           server.AuthConfig{Keys: a.keys, Policy: pol, RateLimit: cfg.Auth.rateLimit(), InsecureNoAuth: cfg.insecureNoAuth},
+		TracerProvider: tp,
 	})
 	if err != nil {
 		return nil, err
@@ -208,7 +224,9 @@ func (a *App) ReloadAuth(auth AuthConfig) error {
 }
 
 // Close drains in-flight calls for up to the shutdown timeout, then stops
-// the broker, the etcd client and the embedded etcd, in that order.
+// the broker, flushes the spans (for up to tracingShutdownTimeout; a
+// failure is logged, not returned), and stops the etcd client and the
+// embedded etcd, in that order.
 func (a *App) Close() error {
 	var errs []error
 	if a.server != nil {
@@ -221,6 +239,13 @@ func (a *App) Close() error {
 	}
 	if a.broker != nil {
 		errs = append(errs, a.broker.Close())
+	}
+	if a.tracer != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), tracingShutdownTimeout)
+		if err := a.tracer.Shutdown(ctx); err != nil {
+			a.log.Warn("tracing: flush spans at shutdown", zap.Error(err))
+		}
+		cancel()
 	}
 	if a.client != nil {
 		errs = append(errs, a.client.Close())

@@ -53,6 +53,9 @@ type Config struct {
 	// Seal names the master key file; $TOKENBROKER_MASTER_KEY is the
 	// alternative.
 	Seal SealConfig `yaml:"seal"`
+	// Tracing exports OpenTelemetry spans of calls and provider requests;
+	// off by default.
+	Tracing TracingConfig `yaml:"tracing"`
 
 	// insecureHTTPLoopback lets providers use plain http on loopback
 	// addresses (--insecure-http-loopback; tokenbroker dev).
@@ -245,6 +248,7 @@ func defaultConfig() Config {
 		Auth: AuthConfig{RateLimit: RateLimitConfig{
 			RPS: server.DefaultRateLimit.RPS, Burst: server.DefaultRateLimit.Burst,
 		}},
+		Tracing: TracingConfig{SampleRatio: 1, ServiceName: "tokenbroker"},
 	}
 }
 
@@ -338,6 +342,7 @@ func (c *Config) Validate(getenv func(string) string) error {
 		errs = append(errs, fmt.Errorf("log.format %q is not json or console", c.Log.Format))
 	}
 	errs = append(errs, c.Auth.validate()...)
+	errs = append(errs, c.Tracing.validate()...)
 	switch t := c.TLS; {
 	case t.CertFile == "" && t.KeyFile == "" && t.ClientCAFile != "":
 		errs = append(errs, errors.New("tls.client_ca_file needs tls.cert_file and tls.key_file"))
