@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
@@ -98,7 +99,12 @@ func (b *Broker) fetch(ctx context.Context, flight string, key TokenKey, good fu
 			return nil, ErrClosed
 		}
 		defer b.wg.Done()
-		fctx, cancel := context.WithTimeout(b.ctx, b.fetchTimeout)
+		base := b.ctx
+		if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+			// The provider call shows in the first caller's trace.
+			base = trace.ContextWithSpanContext(base, sc)
+		}
+		fctx, cancel := context.WithTimeout(base, b.fetchTimeout)
 		defer cancel()
 		rec, err := b.fetchLocked(fctx, key, good, stale)
 		if errors.Is(err, ErrConflict) { // an admin changed the provider or grant meanwhile

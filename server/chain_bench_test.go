@@ -43,10 +43,14 @@ func BenchmarkInterceptorChain(b *testing.B) {
 	info := &grpc.UnaryServerInfo{FullMethod: tokenbrokerv1.TokenBrokerService_GetToken_FullMethodName}
 	handler := func(context.Context, any) (any, error) { return resp, nil }
 
+	metrics := NewMetrics()
+	registered := grpc.NewServer()
+	tokenbrokerv1.RegisterTokenBrokerServiceServer(registered, tokenbrokerv1.UnimplementedTokenBrokerServiceServer{})
+	metrics.grpc.InitializeMetrics(registered)
 	for _, tt := range []struct {
 		name    string
 		metrics *Metrics
-	}{{"metrics", NewMetrics()}, {"no-metrics", nil}} {
+	}{{"metrics", metrics}, {"no-metrics", nil}} {
 		chain := unaryChain(zap.NewNop(), g, tt.metrics)
 		b.Run(tt.name, func(b *testing.B) {
 			b.ReportAllocs()

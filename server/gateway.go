@@ -112,18 +112,35 @@ func invoke[Req, Resp any](ctx context.Context, intercept grpc.UnaryServerInterc
 // the services read none, and authentication must not see any. Options in
 // extra are applied last.
 func newGateway(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServer, admin tokenbrokerv1.AdminServiceServer, intercept grpc.UnaryServerInterceptor, extra ...runtime.ServeMuxOption) (http.Handler, error) {
+	mux, chained, err := newGatewayMux(ctx, tb, admin, intercept, extra...)
+	if err != nil {
+		return nil, err
+	}
+	routes := http.NewServeMux()
+	routes.Handle("/", mux)
+	routes.Handle(restGetTokenPattern, &restGetToken{mux: mux, marshaler: gatewayMarshaler, tb: chained, gateway: mux})
+	return withRESTCredentials(routes), nil
+}
+
+// gatewayMarshaler reads and writes the gateway's JSON.
+var gatewayMarshaler = &runtime.JSONPb{
+	MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
+	UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+}
+
+// newGatewayMux returns the gateway's router of both services, and the
+// token service as the router calls it (through the interceptor chain).
+func newGatewayMux(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServer, admin tokenbrokerv1.AdminServiceServer, intercept grpc.UnaryServerInterceptor, extra ...runtime.ServeMuxOption) (*runtime.ServeMux, *gatewayTokenBroker, error) {
 	mux := runtime.NewServeMux(append([]runtime.ServeMuxOption{
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
-			MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
-			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-		}),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, gatewayMarshaler),
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
 	}, extra...)...)
-	if err := tokenbrokerv1.RegisterTokenBrokerServiceHandlerServer(ctx, mux, &gatewayTokenBroker{next: tb, intercept: intercept}); err != nil {
-		return nil, err
+	chained := &gatewayTokenBroker{next: tb, intercept: intercept}
+	if err := tokenbrokerv1.RegisterTokenBrokerServiceHandlerServer(ctx, mux, chained); err != nil {
+		return nil, nil, err
 	}
 	if err := tokenbrokerv1.RegisterAdminServiceHandlerServer(ctx, mux, &gatewayAdmin{next: admin, intercept: intercept}); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return withRESTCredentials(mux), nil
+	return mux, chained, nil
 }

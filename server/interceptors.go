@@ -143,8 +143,7 @@ func unaryChain(log *zap.Logger, g *guard, m *Metrics) grpc.UnaryServerIntercept
 	if m == nil {
 		return call
 	}
-	metrics := m.grpc.UnaryServerInterceptor()
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		return metrics(ctx, req, info, func(ctx context.Context, req any) (any, error) { return call(ctx, req, info, handler) })
+		return m.grpc.unary(ctx, req, info, handler, call)
 	}
 }

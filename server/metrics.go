@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -17,13 +16,13 @@ import (
 const MetricsPath = "/metrics"
 
 // Metrics are the broker's Prometheus metrics. It is a broker.Observer; the
-// gRPC server's metrics (calls by method and code, latency) come from
-// go-grpc-middleware's provider and guard REST calls too, since they run
-// the same interceptor chain. Labels never carry secrets: provider names,
+// gRPC server's metrics (calls by method and code, latency) have the names
+// of go-grpc-middleware's provider (see grpcMetrics) and count REST calls
+// too, since they run the same interceptor chain. Labels never carry secrets: provider names,
 // grant types, outcomes.
 type Metrics struct {
 	reg           *prometheus.Registry
-	grpc          *grpcprom.ServerMetrics
+	grpc          *grpcMetrics
 	served        *prometheus.CounterVec
 	hit, miss     prometheus.Counter // pre-bound: the hot path does one atomic add
 	servedErr     prometheus.Counter
@@ -39,8 +38,7 @@ type Metrics struct {
 // collectors, on a registry of their own.
 func NewMetrics() *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
-	m.grpc = grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
-		grpcprom.WithHistogramBuckets([]float64{.0001, .00025, .0005, .001, .0025, .005, .01, .05, .25, 1, 5})))
+	m.grpc = newGRPCMetrics([]float64{.0001, .00025, .0005, .001, .0025, .005, .01, .05, .25, 1, 5})
 	m.served = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tokenbroker_get_token_total", Help: "GetToken answers by outcome: hit (memory), miss (fetched or re-read), error.",
 	}, []string{"outcome"})

@@ -84,13 +84,11 @@ func New(cfg Config) (*Server, error) {
 	g := newGuard(cfg.Auth, log, audit)
 	// One chain for both listeners, in this order: (metrics), logging,
 	// authentication, recovery.
-	unary := []grpc.UnaryServerInterceptor{logUnary(log), g.unary, recoverUnary(log)}
+	chain := unaryChain(log, g, cfg.Metrics)
 	stream := []grpc.StreamServerInterceptor{logStream(log), g.stream, recoverStream(log)}
 	if cfg.Metrics != nil {
-		unary = append([]grpc.UnaryServerInterceptor{cfg.Metrics.grpc.UnaryServerInterceptor()}, unary...)
 		stream = append([]grpc.StreamServerInterceptor{cfg.Metrics.grpc.StreamServerInterceptor()}, stream...)
 	}
-	chain := chainUnary(unary...)
 	streamChain := chainStream(stream...)
 
 	tb := NewTokenBrokerServer(cfg.Broker, log)

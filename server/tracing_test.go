@@ -138,6 +138,7 @@ func TestTracingGetTokenOverGRPCAndREST(t *testing.T) {
 		"http.request.method": "POST", "server.address": "127.0.0.1", "http.response.status_code": "200",
 		oauth.AttrGrantType: "client_credentials", "error.type": "",
 	})
+	checkChild(t, call, srv) // the miss's provider call is in the caller's trace
 	if got := e.provider.TokenCalls(); got != 1 {
 		t.Fatalf("provider calls = %d, want 1", got)
 	}

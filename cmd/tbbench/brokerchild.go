@@ -111,18 +111,20 @@ func runBrokerChild(ctx context.Context, ready func(readyLine), control *http.Se
 	if err != nil {
 		return err
 	}
-	b, err := broker.New(ctx, broker.Config{Client: cli, Keyring: keyring, Logger: log})
+	metrics := server.NewMetrics()
+	b, err := broker.New(ctx, broker.Config{Client: cli, Keyring: keyring, Logger: log, Observer: metrics})
 	if err != nil {
 		return err
 	}
 	defer b.Close()
+	metrics.WatchGrants(b)
 	if _, err := b.PutProvider(ctx, broker.Provider{
 		Name: benchProvider, TokenURL: cfg.SandboxURL, ClientID: cfg.ClientID, ClientAuth: oauth.AuthBasic,
 	}, cfg.ClientSecret); err != nil {
 		return err
 	}
 	srv, err := server.New(server.Config{
-		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: b, Logger: log,
+		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: b, Logger: log, Metrics: metrics,
 		Auth: server.AuthConfig{Keys: keys, Policy: pol, RateLimit: server.RateLimit{RPS: 1e9, Burst: 1e9}},
 	})
 	if err != nil {
