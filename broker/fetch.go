@@ -39,24 +39,26 @@ type TokenRequest struct {
 // ErrConflict, a *ProviderError (the provider's answer) or the context's
 // error. A failed fetch stores no token.
 func (b *Broker) GetToken(ctx context.Context, r TokenRequest) (*TokenRecord, error) {
-	key, err := NewTokenKey(r.Provider, r.Account, r.Scopes)
-	if err != nil {
-		return nil, err
-	}
 	minTTL := r.MinTTL
 	if minTTL <= 0 {
 		minTTL = b.defaultMinTTL
 	}
-	id := key.id()
 	now := b.now()
-	if v, ok := b.tokens.Load(id); ok {
-		e := v.(*cacheEntry)
-		if rec := e.rec.Load(); rec != nil && rec.Fresh(now, minTTL) {
-			e.touch(now)
-			b.obs.TokenServed(OutcomeHit)
-			return rec, nil
+	if id, ok := tokenID(r.Provider, r.Account, r.Scopes); ok {
+		if v, ok := b.tokens.Load(id); ok {
+			e := v.(*cacheEntry)
+			if rec := e.rec.Load(); rec != nil && rec.Fresh(now, minTTL) {
+				e.touch(now)
+				b.obs.TokenServed(OutcomeHit)
+				return rec, nil
+			}
 		}
 	}
+	key, err := NewTokenKey(r.Provider, r.Account, r.Scopes)
+	if err != nil {
+		return nil, err
+	}
+	id := key.id()
 	rec, err := b.fetch(ctx, "get\x00"+id, key, func(cur *TokenRecord) bool {
 		return cur != nil && cur.Fresh(b.now(), minTTL)
 	}, "")

@@ -76,7 +76,7 @@ func withOAuth(c *oauth.Client) brokerOption {
 
 // newTestBroker builds a Broker on its own client of e and closes it when the
 // test ends, before the client and etcd are closed.
-func newTestBroker(t *testing.T, e *etcdtest.Etcd, opts ...brokerOption) *Broker {
+func newTestBroker(t testing.TB, e *etcdtest.Etcd, opts ...brokerOption) *Broker {
 	t.Helper()
 	s := brokerSetup{cfg: Config{
 		Logger:        zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)),
@@ -176,7 +176,7 @@ type fakeProvider struct {
 	reqs []seenRequest
 }
 
-func newFakeProvider(t *testing.T, path string, answer http.HandlerFunc) *fakeProvider {
+func newFakeProvider(t testing.TB, path string, answer http.HandlerFunc) *fakeProvider {
 	t.Helper()
 	p := &fakeProvider{path: path}
 	p.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -244,7 +244,7 @@ const (
 // <the application's default scopes>}; no refresh token. A request missing
 // either form of authentication is 401 invalid_client. delay, when not zero,
 // holds every answer back that long, to widen race windows.
-func newMediaHound(t *testing.T, delay time.Duration) *fakeProvider {
+func newMediaHound(t testing.TB, delay time.Duration) *fakeProvider {
 	t.Helper()
 	var mu sync.Mutex
 	issued := 0
@@ -314,7 +314,7 @@ func sandboxProvider(name, tokenURL string) Provider {
 }
 
 // putProvider registers p with secret through b.
-func putProvider(t *testing.T, b *Broker, p Provider, secret string) *Provider {
+func putProvider(t testing.TB, b *Broker, p Provider, secret string) *Provider {
 	t.Helper()
 	got, err := b.PutProvider(context.Background(), p, secret)
 	if err != nil {

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -89,4 +90,95 @@ func (r *TokenRecord) Type() string {
 		return "Bearer"
 	}
 	return r.TokenType
+}
+
+// tokenID is NewTokenKey(provider, account, scopes).id() built without the
+// intermediate strings: the hot path's one allocation is the id itself. It
+// reports false whenever NewTokenKey would fail, which then says why.
+func tokenID(provider, account string, scopes []string) (string, bool) {
+	if ValidateProviderName(provider) != nil || ValidateAccountName(account) != nil || len(scopes) > maxScopes {
+		return "", false
+	}
+	for _, s := range scopes {
+		if validateScope(s) != nil {
+			return "", false
+		}
+	}
+	// The scope part lists the scopes sorted, without duplicates; a
+	// request that names them so (the usual case) is used as it is.
+	ordered := scopes
+	if !sortedUnique(scopes) {
+		var buf [8]string
+		tmp := append(buf[:0], scopes...)
+		slices.Sort(tmp)
+		ordered = slices.Compact(tmp)
+	}
+	n := len(provider) + 2 + pathEscapedLen(account)
+	for i, s := range ordered {
+		if i > 0 {
+			n += len("%20")
+		}
+		n += pathEscapedLen(s)
+	}
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteString(provider)
+	b.WriteByte('/')
+	writePathEscaped(&b, account)
+	b.WriteByte('/')
+	for i, s := range ordered {
+		if i > 0 {
+			b.WriteString("%20")
+		}
+		writePathEscaped(&b, s)
+	}
+	return b.String(), true
+}
+
+func sortedUnique(s []string) bool {
+	for i := 1; i < len(s); i++ {
+		if s[i-1] >= s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// pathEscapedLen and writePathEscaped escape as url.PathEscape does.
+func pathEscapedLen(s string) int {
+	n := len(s)
+	for i := 0; i < len(s); i++ {
+		if escapeInPathSegment(s[i]) {
+			n += 2
+		}
+	}
+	return n
+}
+
+func writePathEscaped(b *strings.Builder, s string) {
+	const hex = "0123456789ABCDEF"
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; escapeInPathSegment(c) {
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+		} else {
+			b.WriteByte(c)
+		}
+	}
+}
+
+// escapeInPathSegment is net/url's rule for a path segment (RFC 3986
+// §2.3, §3.3): unreserved characters and the sub-delimiters a segment may
+// hold stay; '/', ';', ',', '?' and everything else are escaped.
+func escapeInPathSegment(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return false
+	}
+	switch c {
+	case '-', '_', '.', '~', '$', '&', '+', ':', '=', '@':
+		return false
+	}
+	return true
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"encoding/hex"
 	"errors"
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -147,4 +148,59 @@ func TestFingerprint(t *testing.T) {
 	if p.SecretFingerprint() != got {
 		t.Errorf("SecretFingerprint() = %q, want %q", p.SecretFingerprint(), got)
 	}
+}
+
+// tokenID is NewTokenKey(...).id() whenever NewTokenKey succeeds, and
+// fails whenever it fails.
+func TestTokenIDIsTheKeysID(t *testing.T) {
+	tests := []struct {
+		provider, account string
+		scopes            []string
+	}{
+		{"mediahound", "", nil},
+		{"mediahound", "", []string{"read"}},
+		{"mediahound", "alice@example.com", []string{"write", "read", "read", "admin:org"}},
+		{"p", "a+b=c;d,e?f&g$h:i~j", []string{"z", "a", "m", "b", "y", "c", "x", "d", "w", "e"}},
+		{"p", "", []string{"https://api.example.com/.default", "offline_access", "openid"}},
+		{"p", "", []string{"a!#'()*[]^`{|}", "b"}},
+		{"p", "", []string{"read", ""}},
+		{"p", "", []string{"read write"}},
+		{"P", "", nil},
+		{"", "", nil},
+		{"p", "a/b", nil},
+		{"p", "a b", nil},
+		{"p", "", make([]string, maxScopes+1)},
+	}
+	for _, tt := range tests {
+		key, kerr := NewTokenKey(tt.provider, tt.account, tt.scopes)
+		id, ok := tokenID(tt.provider, tt.account, tt.scopes)
+		if (kerr == nil) != ok || (ok && id != key.id()) {
+			t.Errorf("tokenID(%q, %q, %q) = %q, %t; NewTokenKey gives %q, %v", tt.provider, tt.account, tt.scopes, id, ok, key.id(), kerr)
+		}
+	}
+	// Every byte escapes as url.PathEscape escapes it.
+	for c := range 256 {
+		s := string([]byte{byte(c)})
+		var b strings.Builder
+		writePathEscaped(&b, s)
+		if b.String() != url.PathEscape(s) || pathEscapedLen(s) != len(url.PathEscape(s)) {
+			t.Errorf("byte %#x escapes to %q (length %d), url.PathEscape gives %q", c, b.String(), pathEscapedLen(s), url.PathEscape(s))
+		}
+	}
+}
+
+func FuzzTokenID(f *testing.F) {
+	f.Add("mediahound", "alice", "write read read admin:org")
+	f.Add("p", "a;b,c", "z a")
+	f.Fuzz(func(t *testing.T, provider, account, scopes string) {
+		var list []string
+		if scopes != "" {
+			list = strings.Split(scopes, " ")
+		}
+		key, kerr := NewTokenKey(provider, account, list)
+		id, ok := tokenID(provider, account, list)
+		if (kerr == nil) != ok || (ok && id != key.id()) {
+			t.Errorf("tokenID(%q, %q, %q) = %q, %t; NewTokenKey gives %q, %v", provider, account, list, id, ok, key.id(), kerr)
+		}
+	})
 }
