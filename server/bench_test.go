@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"go.uber.org/zap"
+
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/server"
 )
@@ -37,6 +39,40 @@ func BenchmarkGetTokenGRPC(b *testing.B) {
 			}
 		})
 	})
+	assertNoEtcdOnHits(b, in, before)
+}
+
+// BenchmarkGetTokenHandler measures the GetToken handler alone, called as
+// the interceptor chain calls it: request validation, the broker's cache
+// lookup and the response (a Token with two timestamps). Its allocations
+// are the response's and the token id's.
+func BenchmarkGetTokenHandler(b *testing.B) {
+	in, before := benchEnv(b)
+	h := server.NewTokenBrokerServer(in.broker, zap.NewNop())
+	ctx := context.Background()
+	for _, bc := range []struct {
+		name string
+		req  *tokenbrokerv1.GetTokenRequest
+	}{
+		{"no-scope", &tokenbrokerv1.GetTokenRequest{Provider: "sandbox"}},
+		{"two-scopes", &tokenbrokerv1.GetTokenRequest{Provider: "sandbox", Scopes: []string{"write", "read"}}},
+	} {
+		if _, err := h.GetToken(ctx, bc.req); err != nil {
+			b.Fatal(err)
+		}
+		before = in.requests.Load()
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := h.GetToken(ctx, bc.req); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
 	assertNoEtcdOnHits(b, in, before)
 }
 
