@@ -2,7 +2,9 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
 )
@@ -42,5 +44,43 @@ func BenchmarkGetTokenHit(b *testing.B) {
 	}
 	if n := mh.calls(); n != 3 {
 		b.Errorf("provider calls = %d, want 3 (one per key, every measured call a hit)", n)
+	}
+}
+
+// BenchmarkDueTokens measures the refresh leader's look for due tokens,
+// which runs every Tick, with 100k tokens cached: "hot" looks at the 100
+// tokens callers asked for lately (every tick), "keep-alive-scan" also
+// reads the whole cache for idle accounts (once a minute, when a provider
+// has a keep-alive).
+func BenchmarkDueTokens(b *testing.B) {
+	e := etcdtest.Start(b)
+	br := newTestBroker(b, e)
+	p := mediaHoundProvider(newMediaHound(b, 0))
+	p.KeepAlive = 24 * time.Hour
+	putProvider(b, br, p, mediaHoundClientSecret)
+	now := br.now()
+	seen := map[string]time.Time{}
+	for i := range 100000 {
+		key, err := NewTokenKey("mediahound", "", []string{"api.read", fmt.Sprintf("tenant.%06d", i)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		br.offer(key.id(), &TokenRecord{Key: key, AccessToken: fmt.Sprintf("token-%06d", i), IssuedAt: now, ExpiresAt: now.Add(time.Hour), Revision: 1})
+		if i%1000 == 0 {
+			seen[key.id()] = now
+		}
+	}
+	for _, bc := range []struct {
+		name string
+		scan bool
+	}{{"hot", false}, {"keep-alive-scan", true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if due := br.dueTokens(0, now, seen, bc.scan); len(due) != 0 {
+					b.Fatalf("%d tokens due, want none", len(due))
+				}
+			}
+		})
 	}
 }

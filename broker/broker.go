@@ -108,6 +108,7 @@ type Broker struct {
 	// discoveryClient reads OIDC discovery documents.
 	discoveryClient *http.Client
 	tokens          sync.Map // token id → *cacheEntry
+	touched         sync.Map // token id → *cacheEntry, of the entries callers asked for lately (see touch)
 	providers       sync.Map // name → *Provider
 	local           sync.Map // grant id → chan struct{}: this process's side of the grant lock
 	cooldowns       sync.Map // grant id → *cooldownState

@@ -14,11 +14,15 @@ type cacheEntry struct {
 }
 
 // touch records an access without writing the shared cache line on every
-// call.
-func (e *cacheEntry) touch(now time.Time) {
+// call: at most once a second, when it also lists the entry among those
+// touched lately, for the refresher's report.
+func (b *Broker) touch(id string, e *cacheEntry, now time.Time) {
 	n := now.UnixNano()
 	if n-e.lastAccess.Load() > int64(time.Second) {
 		e.lastAccess.Store(n)
+		if _, ok := b.touched.Load(id); !ok {
+			b.touched.Store(id, e)
+		}
 	}
 }
 

@@ -48,7 +48,7 @@ func (b *Broker) GetToken(ctx context.Context, r TokenRequest) (*TokenRecord, er
 		if v, ok := b.tokens.Load(id); ok {
 			e := v.(*cacheEntry)
 			if rec := e.rec.Load(); rec != nil && rec.Fresh(now, minTTL) {
-				e.touch(now)
+				b.touch(id, e, now)
 				b.obs.TokenServed(OutcomeHit)
 				return rec, nil
 			}
@@ -67,7 +67,7 @@ func (b *Broker) GetToken(ctx context.Context, r TokenRequest) (*TokenRecord, er
 		return nil, err
 	}
 	b.obs.TokenServed(OutcomeMiss)
-	b.entry(id).touch(now)
+	b.touch(id, b.entry(id), now)
 	return rec, nil
 }
 

@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"encoding/json"
-	"hash/fnv"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,9 +82,13 @@ func shardOf(id string, shards int) int {
 	if shards <= 1 {
 		return 0
 	}
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(id))
-	return int(h.Sum32() % uint32(shards))
+	// FNV-1a, 32 bits, written out so that it allocates nothing.
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h ^= uint32(id[i])
+		h *= 16777619
+	}
+	return int(h % uint32(shards))
 }
 
 // hotReport is what a replica says its callers asked for.
@@ -195,7 +198,7 @@ func (b *Broker) lead(shard int, sess *concurrency.Session) {
 		}
 	}()
 	seen := map[string]time.Time{} // token id → last reported call
-	var lastRead time.Time
+	var lastRead, lastKeepAliveScan time.Time
 	tick := time.NewTicker(b.refresh.Tick)
 	defer tick.Stop()
 	for {
@@ -209,35 +212,106 @@ func (b *Broker) lead(shard int, sess *concurrency.Session) {
 			b.readHot(ctx, seen)
 			lastRead = time.Now()
 		}
-		var due []dueToken
-		kept := map[string]bool{} // grants a keep-alive refresh is planned for
-		b.tokens.Range(func(k, v any) bool {
-			id := k.(string)
-			if shardOf(id, b.refresh.Shards) != shard {
-				return true
-			}
-			rec := v.(*cacheEntry).rec.Load()
-			if rec == nil {
-				return true
-			}
-			gid := grantID(rec.Key.Provider, rec.Key.Account)
-			if _, cooling := b.cooldown(gid); cooling {
-				return true
-			}
-			c := b.tuning(rec.Key.Provider)
-			switch {
-			case now.Sub(seen[id]) <= c.IdleAfter && c.due(rec, now):
-				due = append(due, dueToken{rec.Key, func(cur *TokenRecord) bool { return cur != nil && !c.due(cur, b.now()) }})
-			case c.keepAlive > 0 && rec.Key.Account != "" && now.Sub(rec.IssuedAt) >= c.keepAlive && !kept[gid]:
-				// An idle account: refreshing it keeps its refresh token
-				// from lapsing.
-				kept[gid] = true
-				due = append(due, dueToken{rec.Key, func(cur *TokenRecord) bool { return cur != nil && b.now().Sub(cur.IssuedAt) < c.keepAlive }})
-			}
-			return true
-		})
+		keepAliveScan := now.Sub(lastKeepAliveScan) >= keepAliveScanEvery
+		if keepAliveScan {
+			lastKeepAliveScan = now
+		}
+		due := b.dueTokens(shard, now, seen, keepAliveScan)
 		b.refreshAll(ctx, due)
 	}
+}
+
+// keepAliveScanEvery is how often, on the token clock, the leader looks
+// through the whole cache for idle accounts due a keep-alive refresh.
+// Keep-alive periods are long; the tokens callers use are looked at on
+// every tick.
+const keepAliveScanEvery = time.Minute
+
+// dueTokens lists the tokens of shard to refresh now: those callers asked
+// for lately (seen) that are due and, when keepAliveScan is set, idle
+// accounts due a keep-alive. Only the keep-alive scan reads the whole
+// cache, and neither allocates per token.
+func (b *Broker) dueTokens(shard int, now time.Time, seen map[string]time.Time, keepAliveScan bool) []dueToken {
+	var due []dueToken
+	tunings := map[string]RefreshConfig{}
+	// candidate returns the record of id and its tuning, unless it is
+	// not this shard's, gone, or its grant is cooling down.
+	candidate := func(id string, e *cacheEntry) (*TokenRecord, string, RefreshConfig, bool) {
+		if shardOf(id, b.refresh.Shards) != shard {
+			return nil, "", RefreshConfig{}, false
+		}
+		rec := e.rec.Load()
+		if rec == nil {
+			return nil, "", RefreshConfig{}, false
+		}
+		// The grant's id is the token id's first two parts (the scope
+		// part, escaped, holds no '/').
+		gid := id[:strings.LastIndexByte(id, '/')]
+		if _, cooling := b.cooldown(gid); cooling {
+			return nil, "", RefreshConfig{}, false
+		}
+		c, ok := tunings[rec.Key.Provider]
+		if !ok {
+			c = b.tuning(rec.Key.Provider)
+			tunings[rec.Key.Provider] = c
+		}
+		return rec, gid, c, true
+	}
+	hotDue := func(id string, rec *TokenRecord, c RefreshConfig) bool {
+		at, ok := seen[id]
+		return ok && now.Sub(at) <= c.IdleAfter && c.due(rec, now)
+	}
+	for id := range seen {
+		v, ok := b.tokens.Load(id)
+		if !ok {
+			continue
+		}
+		if rec, _, c, ok := candidate(id, v.(*cacheEntry)); ok && hotDue(id, rec, c) {
+			due = append(due, dueToken{rec.Key, b.notDue(c)})
+		}
+	}
+	if !keepAliveScan || !b.anyKeepAlive() {
+		return due
+	}
+	var kept map[string]bool // grants a keep-alive refresh is planned for
+	b.tokens.Range(func(k, v any) bool {
+		id := k.(string)
+		rec, gid, c, ok := candidate(id, v.(*cacheEntry))
+		if !ok || c.keepAlive <= 0 || rec.Key.Account == "" || now.Sub(rec.IssuedAt) < c.keepAlive || kept[gid] || hotDue(id, rec, c) {
+			return true
+		}
+		// An idle account: refreshing it keeps its refresh token from
+		// lapsing.
+		if kept == nil {
+			kept = map[string]bool{}
+		}
+		kept[gid] = true
+		due = append(due, dueToken{rec.Key, b.keptAlive(c.keepAlive)})
+		return true
+	})
+	return due
+}
+
+// anyKeepAlive reports whether a provider asks for keep-alive refreshes.
+func (b *Broker) anyKeepAlive() bool {
+	found := false
+	b.providers.Range(func(_, v any) bool {
+		found = v.(*Provider).KeepAlive > 0
+		return !found
+	})
+	return found
+}
+
+// notDue says whether a token is no longer due under c: another replica
+// refreshed it. (A function of its own, so that the scan's c stays on the
+// stack.)
+func (b *Broker) notDue(c RefreshConfig) func(*TokenRecord) bool {
+	return func(cur *TokenRecord) bool { return cur != nil && !c.due(cur, b.now()) }
+}
+
+// keptAlive says whether a token was issued within the keep-alive period.
+func (b *Broker) keptAlive(period time.Duration) func(*TokenRecord) bool {
+	return func(cur *TokenRecord) bool { return cur != nil && b.now().Sub(cur.IssuedAt) < period }
 }
 
 // dueToken is a token the leader refreshes, and when the token it finds
@@ -316,8 +390,15 @@ func (b *Broker) readHot(ctx context.Context, seen map[string]time.Time) {
 		}
 	}
 	now := b.now()
+	idle := map[string]time.Duration{} // provider → IdleAfter
 	for id, at := range seen {
-		if now.Sub(at) > b.refresh.IdleAfter {
+		provider, _, _ := strings.Cut(id, "/")
+		d, ok := idle[provider]
+		if !ok {
+			d = b.tuning(provider).IdleAfter
+			idle[provider] = d
+		}
+		if now.Sub(at) > d {
 			delete(seen, id)
 		}
 	}
@@ -333,9 +414,11 @@ func (b *Broker) reportLoop() {
 		now := b.now()
 		since := last.Add(-2 * time.Second).UnixNano() // touch is coarse: once a second
 		var ids []string
-		b.tokens.Range(func(k, v any) bool {
+		b.touched.Range(func(k, v any) bool {
 			if v.(*cacheEntry).lastAccess.Load() >= since {
 				ids = append(ids, k.(string))
+			} else {
+				b.touched.Delete(k) // touch lists it again on its next call
 			}
 			return true
 		})

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strconv"
 	"testing"
@@ -176,6 +177,20 @@ func TestRefresherCloseLeavesNoGoroutine(t *testing.T) {
 		if r != leader && !r.killed.Load() {
 			if err := r.Close(); err != nil {
 				t.Errorf("Close %s: %v", r.name, err)
+			}
+		}
+	}
+}
+
+// shardOf is FNV-1a of the token id, as it has been: replicas of different
+// versions agree on the shards.
+func TestShardOfIsFNV1a(t *testing.T) {
+	for _, id := range []string{"", "mediahound//", "mediahaven/alice/read%20write", "p/a%2Fb/x"} {
+		h := fnv.New32a()
+		h.Write([]byte(id))
+		for _, n := range []int{2, 3, 8, 64} {
+			if got, want := shardOf(id, n), int(h.Sum32()%uint32(n)); got != want {
+				t.Errorf("shardOf(%q, %d) = %d, want %d", id, n, got, want)
 			}
 		}
 	}

@@ -72,3 +72,28 @@ func TestRefresherPerProviderTuningAndKeepAlive(t *testing.T) {
 		t.Errorf("provider got %d refresh_token grants, want 1 (kept's keep-alive)", n)
 	}
 }
+
+// A provider's own idle time decides how long the leader remembers that
+// callers asked for its tokens: a longer one than the broker's is not cut
+// short.
+func TestRefresherRemembersCallsForTheProvidersIdleTime(t *testing.T) {
+	e := etcdtest.Start(t)
+	clock := newClock()
+	f := newSandboxFront(t, sandbox.Config{Now: clock.Now})
+	b := newTestBroker(t, e, withClock(clock))
+	patient := sandboxProvider("patient", f.TokenURL())
+	patient.RefreshIdleAfter = time.Hour
+	putProvider(t, b, patient, sandboxClientSecret)
+	putProvider(t, b, sandboxProvider("plain", f.TokenURL()), sandboxClientSecret)
+	long, _ := NewTokenKey("patient", "", nil)
+	short, _ := NewTokenKey("plain", "", nil)
+	seen := map[string]time.Time{long.id(): clock.Now(), short.id(): clock.Now()}
+	clock.Advance(30 * time.Minute) // past the broker's 10 minutes, within patient's hour
+	b.readHot(context.Background(), seen)
+	if _, ok := seen[long.id()]; !ok {
+		t.Errorf("a call to patient 30 minutes ago was forgotten; its idle time is an hour")
+	}
+	if _, ok := seen[short.id()]; ok {
+		t.Errorf("a call to plain 30 minutes ago is remembered; its idle time is the broker's 10 minutes")
+	}
+}
