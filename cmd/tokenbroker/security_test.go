@@ -493,14 +493,30 @@ func FuzzDecodeAuthConfig(f *testing.F) {
 	f.Add("auth:\n  policy:\n    - {identities: ['*'], providers: ['a*b*'], actions: [token]}\n  rate_limit: {rps: 1e308, burst: -1}\n")
 	f.Add("tls: {cert_file: a}\nseal: {key_file: b}\n")
 	f.Fuzz(func(t *testing.T, data string) {
-		cfg := defaultConfig()
-		if decodeConfig(strings.NewReader(data), &cfg) != nil {
-			return
-		}
-		if errs := cfg.Auth.validate(); len(errs) == 0 {
-			if _, err := cfg.Auth.policy(); err != nil {
-				t.Errorf("validate accepted a policy that policy() rejects: %v", err)
+		// A config is small: decoding and validating one must never take
+		// long, whatever it holds.
+		done := make(chan string, 1)
+		go func() {
+			cfg := defaultConfig()
+			if decodeConfig(strings.NewReader(data), &cfg) != nil {
+				done <- ""
+				return
 			}
+			if errs := cfg.Auth.validate(); len(errs) == 0 {
+				if _, err := cfg.Auth.policy(); err != nil {
+					done <- fmt.Sprintf("validate accepted a policy that policy() rejects: %v", err)
+					return
+				}
+			}
+			done <- ""
+		}()
+		select {
+		case msg := <-done:
+			if msg != "" {
+				t.Error(msg)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("decoding and validating %d bytes took over 2s", len(data))
 		}
 	})
 }
