@@ -68,9 +68,17 @@ func tokenHash(token string) string {
 // record, so a stale entry costs a read, never a wrong answer.
 type tokenIndex struct {
 	mu        sync.Mutex
-	m         map[[sha256.Size]byte]indexEntry
+	m         map[indexKey]indexEntry
 	nextSweep time.Time
 }
+
+// indexKey is the first half of a token's SHA-256. Two tokens sharing it
+// would share an entry, and the record's check would then answer for one
+// of them only; at 2^-128 per pair that is not a concern, and it halves
+// the index's keys.
+type indexKey [sha256.Size / 2]byte
+
+func keyOf(sum [sha256.Size]byte) indexKey { return indexKey(sum[:sha256.Size/2]) }
 
 type indexEntry struct {
 	id      string
@@ -87,9 +95,9 @@ func (x *tokenIndex) add(sum [sha256.Size]byte, id string, expires, now time.Tim
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.m == nil {
-		x.m = make(map[[sha256.Size]byte]indexEntry)
+		x.m = make(map[indexKey]indexEntry)
 	}
-	x.m[sum] = indexEntry{id: id, expires: expires.UnixNano()}
+	x.m[keyOf(sum)] = indexEntry{id: id, expires: expires.UnixNano()}
 	if now.After(x.nextSweep) {
 		x.nextSweep = now.Add(sweepEvery)
 		n := now.UnixNano()
@@ -103,7 +111,7 @@ func (x *tokenIndex) add(sum [sha256.Size]byte, id string, expires, now time.Tim
 
 func (x *tokenIndex) lookup(sum [sha256.Size]byte, now time.Time) (string, bool) {
 	x.mu.Lock()
-	e, ok := x.m[sum]
+	e, ok := x.m[keyOf(sum)]
 	x.mu.Unlock()
 	if !ok || e.expires <= now.UnixNano() {
 		return "", false

@@ -46,14 +46,13 @@ func (k TokenKey) String() string {
 // TokenRecord is a token the broker obtained, as stored and cached. Values
 // are immutable once published: a refresh makes a new record.
 type TokenRecord struct {
-	Key          TokenKey
-	AccessToken  string
-	TokenType    string
-	Scope        string // granted scopes, space-separated ("" when the provider did not say)
-	IDToken      string
-	RefreshToken string
-	IssuedAt     time.Time
-	ExpiresAt    time.Time
+	Key         TokenKey
+	AccessToken string
+	TokenType   string
+	Scope       string // granted scopes, space-separated ("" when the provider did not say)
+	IDToken     string
+	IssuedAt    time.Time
+	ExpiresAt   time.Time
 	// Generation counts the tokens of this lineage: 1 for the first.
 	Generation int64
 	// Revision is the etcd revision that stored the record.
