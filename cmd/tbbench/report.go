@@ -322,7 +322,7 @@ func (r *results) report(o *options) *report {
 		}
 		t.notes = append(t.notes,
 			"before: after the load phases; with the tokens: after a GC once the last token reached the cache; after returning free memory: debug.FreeOSMemory, what the runtime's scavenger does on its own over the following minutes",
-			fmt.Sprintf("the tokens were written to etcd in the broker's record format (sealed, naming the client for introspection; no lease or second key per token) by the benchmark process, and decoded into the cache by the broker's watch, in %.1fs", m.seconds),
+			fmt.Sprintf("the tokens were written to etcd in the broker's record format (sealed, naming the client for introspection; no lease or second key per token) by the benchmark process, one token per transaction with 32 transactions in flight, and decoded into the cache by the broker's watch, in %.1fs", m.seconds),
 			fmt.Sprintf("check over gRPC: %d of them asked for, %d not served from the written record, %d provider calls; %d introspected, %d not active as written", m.checked, m.mismatches, m.providerCalls, m.introspected, m.introspectMisses),
 			"live heap by owner: estimated from the heap profile (sampled), each allocation charged to its nearest caller in tokenbroker, etcd server or etcd client code")
 		rep.tables = append(rep.tables, t)
