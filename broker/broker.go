@@ -107,7 +107,7 @@ type Broker struct {
 	leading       []bool // per shard; guarded by mu
 	// discoveryClient reads OIDC discovery documents.
 	discoveryClient *http.Client
-	tokens          sync.Map // token id → *cacheEntry
+	tokens          *tokenCache
 	touched         sync.Map // token id → *cacheEntry, of the entries callers asked for lately (see touch)
 	providers       sync.Map // name → *Provider
 	local           sync.Map // grant id → chan struct{}: this process's side of the grant lock
@@ -134,6 +134,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		return nil, errors.New("broker: config has no etcd client")
 	}
 	b := &Broker{
+		tokens:        newTokenCache(),
 		cli:           cfg.Client,
 		prefix:        cmp(cfg.Prefix, DefaultPrefix),
 		oauth:         cfg.OAuth,

@@ -45,8 +45,7 @@ func (b *Broker) GetToken(ctx context.Context, r TokenRequest) (*TokenRecord, er
 	}
 	now := b.now()
 	if id, ok := tokenID(r.Provider, r.Account, r.Scopes); ok {
-		if v, ok := b.tokens.Load(id); ok {
-			e := v.(*cacheEntry)
+		if e, ok := b.tokens.load(id); ok {
 			if rec := e.rec.Load(); rec != nil && rec.Fresh(now, minTTL) {
 				b.touch(id, e, now)
 				b.obs.TokenServed(OutcomeHit)
@@ -234,7 +233,9 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	if next.RefreshToken == g.RefreshToken || g.RefreshToken == "" {
 		// Tokens replaced stay valid until they expire, unless the provider
 		// rotated the refresh token, which revokes them (see commit).
-		rec.previous = carried(cur, rec.AccessToken, b.now())
+		if prev := carried(cur, rec.AccessToken, b.now()); len(prev) > 0 {
+			rec.previous = &prev
+		}
 	}
 	if err := b.commit(ctx, m, p, g, next, id, rec); err != nil {
 		return nil, err
@@ -673,8 +674,7 @@ func modRevision(r *etcdserverpb.ResponseOp) int64 {
 // replica's memory knows them.
 func (b *Broker) otherTokens(id, gid string) []clientv3.Op {
 	var ops []clientv3.Op
-	b.tokens.Range(func(k, v any) bool {
-		other := k.(string)
+	b.tokens.each(func(other string, _ *cacheEntry) bool {
 		if other == id || !strings.HasPrefix(other, gid+"/") {
 			return true
 		}

@@ -45,7 +45,7 @@ func carried(cur *TokenRecord, next string, now time.Time) []previousToken {
 	if cur.AccessToken != next && cur.ExpiresAt.After(now) {
 		out = append(out, previousToken{Hash: tokenHash(cur.AccessToken), Scope: cur.Scope, IssuedAt: cur.IssuedAt, ExpiresAt: cur.ExpiresAt})
 	}
-	for _, p := range cur.previous {
+	for _, p := range cur.replaced() {
 		if len(out) == maxPrevious {
 			break
 		}
@@ -123,7 +123,7 @@ func (x *tokenIndex) lookup(sum [sha256.Size]byte, now time.Time) (string, bool)
 func (b *Broker) index(id string, rec *TokenRecord) {
 	now := b.now()
 	b.introspection.add(sha256.Sum256([]byte(rec.AccessToken)), id, rec.ExpiresAt, now)
-	for _, p := range rec.previous {
+	for _, p := range rec.replaced() {
 		var sum [sha256.Size]byte
 		if n, err := hex.Decode(sum[:], []byte(p.Hash)); err == nil && n == len(sum) {
 			b.introspection.add(sum, id, p.ExpiresAt, now)

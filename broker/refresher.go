@@ -262,11 +262,11 @@ func (b *Broker) dueTokens(shard int, now time.Time, seen map[string]time.Time, 
 		return ok && now.Sub(at) <= c.IdleAfter && c.due(rec, now)
 	}
 	for id := range seen {
-		v, ok := b.tokens.Load(id)
+		e, ok := b.tokens.load(id)
 		if !ok {
 			continue
 		}
-		if rec, _, c, ok := candidate(id, v.(*cacheEntry)); ok && hotDue(id, rec, c) {
+		if rec, _, c, ok := candidate(id, e); ok && hotDue(id, rec, c) {
 			due = append(due, dueToken{rec.Key, b.notDue(c)})
 		}
 	}
@@ -274,9 +274,8 @@ func (b *Broker) dueTokens(shard int, now time.Time, seen map[string]time.Time, 
 		return due
 	}
 	var kept map[string]bool // grants a keep-alive refresh is planned for
-	b.tokens.Range(func(k, v any) bool {
-		id := k.(string)
-		rec, gid, c, ok := candidate(id, v.(*cacheEntry))
+	b.tokens.each(func(id string, e *cacheEntry) bool {
+		rec, gid, c, ok := candidate(id, e)
 		if !ok || c.keepAlive <= 0 || rec.Key.Account == "" || now.Sub(rec.IssuedAt) < c.keepAlive || kept[gid] || hotDue(id, rec, c) {
 			return true
 		}

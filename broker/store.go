@@ -194,8 +194,15 @@ func (b *Broker) encodeToken(key string, r *TokenRecord, clientID, username stri
 		Provider: r.Key.Provider, Account: r.Key.Account, Scope: r.Key.Scope,
 		AccessToken: access, TokenType: r.TokenType, GrantedScope: r.Scope, IDToken: id,
 		IssuedAt: r.IssuedAt, ExpiresAt: r.ExpiresAt, Generation: r.Generation,
-		ClientID: clientID, Username: username, Previous: r.previous,
+		ClientID: clientID, Username: username, Previous: r.replaced(),
 	})
+}
+
+func previousOf(p []previousToken) *[]previousToken {
+	if len(p) == 0 {
+		return nil
+	}
+	return &p
 }
 
 // intern returns the broker's copy of s. It is meant for values of few
@@ -234,7 +241,7 @@ func (b *Broker) decodeToken(key string, data []byte, rev int64) (*TokenRecord, 
 		Key:         TokenKey{Provider: s.Provider, Account: s.Account, Scope: s.Scope},
 		AccessToken: access, TokenType: s.TokenType, Scope: s.GrantedScope, IDToken: id,
 		IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt, Generation: s.Generation, Revision: rev,
-		previous: s.Previous,
+		previous: previousOf(s.Previous),
 	}, nil
 }
 

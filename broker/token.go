@@ -57,8 +57,18 @@ type TokenRecord struct {
 	Generation int64
 	// Revision is the etcd revision that stored the record.
 	Revision int64
-	// previous are the tokens this one replaced that are still valid.
-	previous []previousToken
+	// previous are the tokens this one replaced that are still valid;
+	// nil when there are none (a pointer: most records have none, and
+	// every cached record pays for the field).
+	previous *[]previousToken
+}
+
+// replaced returns the tokens r replaced that are still valid.
+func (r *TokenRecord) replaced() []previousToken {
+	if r.previous == nil {
+		return nil
+	}
+	return *r.previous
 }
 
 // Lifetime is how long the token was valid when it was issued.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -32,21 +33,31 @@ func (m mirror) name(key []byte) string {
 func (b *Broker) mirrors() []mirror {
 	return []mirror{
 		{prefix: b.prefix + providersPrefix, apply: b.applyProvider, names: syncMapKeys(&b.providers)},
-		{prefix: b.prefix + tokensPrefix, apply: b.applyToken, names: syncMapKeys(&b.tokens), rev: &b.tokensRev},
+		{prefix: b.prefix + tokensPrefix, apply: b.applyToken, names: b.cachedNames, rev: &b.tokensRev},
 	}
 }
 
-func syncMapKeys(m interface{ Range(func(k, v any) bool) }) func() []string {
+func syncMapKeys(m *sync.Map) func() []string {
 	return func() []string {
 		var out []string
-		m.Range(func(k, v any) bool {
-			if e, ok := v.(*cacheEntry); !ok || e.rec.Load() != nil {
-				out = append(out, k.(string))
-			}
+		m.Range(func(k, _ any) bool {
+			out = append(out, k.(string))
 			return true
 		})
 		return out
 	}
+}
+
+// cachedNames lists the ids of the tokens in memory.
+func (b *Broker) cachedNames() []string {
+	var out []string
+	b.tokens.each(func(id string, e *cacheEntry) bool {
+		if e.rec.Load() != nil {
+			out = append(out, id)
+		}
+		return true
+	})
+	return out
 }
 
 func (b *Broker) applyProvider(name string, kv *mvccpb.KeyValue, deleted bool) {
