@@ -148,10 +148,14 @@ type restRequestKey struct{}
 // with headers such as Grpc-Metadata-Authorization.
 func withRESTCredentials(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rr := &restRequest{authorization: r.Header.Values("Authorization"), remoteAddr: r.RemoteAddr}
-		rr.cert = verifiedLeaf(r.TLS)
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), restRequestKey{}, rr)))
+		next.ServeHTTP(w, r.WithContext(withRESTRequest(r)))
 	})
+}
+
+// withRESTRequest returns r's context carrying what r's caller presented.
+func withRESTRequest(r *http.Request) context.Context {
+	rr := &restRequest{authorization: r.Header.Values("Authorization"), remoteAddr: r.RemoteAddr, cert: verifiedLeaf(r.TLS)}
+	return context.WithValue(r.Context(), restRequestKey{}, rr)
 }
 
 // asRESTCall marks ctx as a REST call with no credentials unless

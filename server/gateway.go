@@ -111,15 +111,22 @@ func invoke[Req, Resp any](ctx context.Context, intercept grpc.UnaryServerInterc
 // credentials before the gateway runs, and no header becomes gRPC metadata:
 // the services read none, and authentication must not see any. Options in
 // extra are applied last.
-func newGateway(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServer, admin tokenbrokerv1.AdminServiceServer, intercept grpc.UnaryServerInterceptor, extra ...runtime.ServeMuxOption) (http.Handler, error) {
+func newGateway(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServer, admin tokenbrokerv1.AdminServiceServer, intercept grpc.UnaryServerInterceptor, extra ...runtime.ServeMuxOption) (http.Handler, *restGetToken, error) {
 	mux, chained, err := newGatewayMux(ctx, tb, admin, intercept, extra...)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	routes := http.NewServeMux()
-	routes.Handle("/", mux)
-	routes.Handle(restGetTokenPattern, &restGetToken{mux: mux, marshaler: gatewayMarshaler, tb: chained, gateway: mux})
-	return withRESTCredentials(routes), nil
+	return withRESTCredentials(mux), &restGetToken{mux: mux, marshaler: gatewayMarshaler, tb: chained}, nil
+}
+
+// mountGateway serves the gateway under /v1/, with the request size limit,
+// and REST GetToken through getToken, which hands the requests it does not
+// serve itself to the gateway.
+func mountGateway(mux *http.ServeMux, gw http.Handler, getToken *restGetToken) {
+	gateway := http.MaxBytesHandler(gw, MaxRequestBytes)
+	getToken.gateway = gateway
+	mux.Handle("/v1/", gateway)
+	mux.Handle(restGetTokenPattern, getToken)
 }
 
 // gatewayMarshaler reads and writes the gateway's JSON.

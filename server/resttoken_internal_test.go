@@ -69,15 +69,17 @@ func TestRESTGetTokenMatchesGateway(t *testing.T) {
 	g := newGuard(AuthConfig{InsecureNoAuth: true, RateLimit: RateLimit{RPS: 1e9, Burst: 1e9}}, zap.NewNop(), zap.NewNop())
 	chain := unaryChain(zap.NewNop(), g, nil)
 	admin := tokenbrokerv1.UnimplementedAdminServiceServer{}
-	fast, err := newGateway(context.Background(), stub, admin, chain)
+	gw, getToken, err := newGateway(context.Background(), stub, admin, chain)
 	if err != nil {
 		t.Fatal(err)
 	}
+	fast := http.NewServeMux() // as server.New mounts them
+	mountGateway(fast, gw, getToken)
 	mux, _, err := newGatewayMux(context.Background(), stub, admin, chain)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gateway := withRESTCredentials(mux)
+	gateway := http.MaxBytesHandler(withRESTCredentials(mux), MaxRequestBytes)
 
 	tests := []struct {
 		name    string
@@ -96,6 +98,7 @@ func TestRESTGetTokenMatchesGateway(t *testing.T) {
 		{name: "unknown field", path: "/v1/providers/sandbox/token", body: `{"nope":1}`},
 		{name: "wrong type", path: "/v1/providers/sandbox/token", body: `{"scopes":"read"}`},
 		{name: "HTML", path: "/v1/providers/sandbox/token", body: `<html>`},
+		{name: "body over the size limit", path: "/v1/providers/sandbox/token", body: `{"scopes":["` + strings.Repeat("a", MaxRequestBytes) + `"]}`},
 		{name: "not found", path: "/v1/providers/missing/token"},
 		{name: "error with details", path: "/v1/providers/failing/token"},
 		{name: "panic", path: "/v1/providers/panicking/token"},

@@ -93,7 +93,7 @@ func New(cfg Config) (*Server, error) {
 
 	tb := NewTokenBrokerServer(cfg.Broker, log)
 	admin := withAPIKeys(NewAdminServer(cfg.Broker, log), cfg.Auth.Keys, log)
-	gw, err := newGateway(context.Background(), tb, admin, chain, gatewayTracing(cfg.TracerProvider)...)
+	gw, getToken, err := newGateway(context.Background(), tb, admin, chain, gatewayTracing(cfg.TracerProvider)...)
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
@@ -118,7 +118,7 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle("/v1/", http.MaxBytesHandler(gw, MaxRequestBytes))
+	mountGateway(mux, gw, getToken)
 	// The consent callback is authenticated by its single-use state, not
 	// by caller credentials: a browser following a redirect has none.
 	mux.Handle("GET "+CallbackPath, callbackHandler(cfg.Broker, log))

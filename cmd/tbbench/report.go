@@ -375,7 +375,7 @@ func (r *results) calls(phase string) uint64 {
 	return n
 }
 
-const targetsTitle = "issue 7 targets"
+const targetsTitle = "performance targets"
 
 func verdict(ok bool) string {
 	if ok {
@@ -384,7 +384,7 @@ func verdict(ok bool) string {
 	return "NOT met"
 }
 
-// targets is the table of the issue's targets with the measured values.
+// targets is the table of the performance targets with the measured values.
 func (r *results) targets(o *options) table {
 	t := table{title: targetsTitle, head: []string{"target", "measured", ""}}
 	for _, p := range r.grpc {
