@@ -1,7 +1,6 @@
 package server
 
 import (
-	"context"
 	"strings"
 	"sync"
 	"time"
@@ -138,27 +137,19 @@ func (mm *methodMetrics) done(err error, start time.Time) {
 	mm.seconds.Observe(time.Since(start).Seconds())
 }
 
-// unary wraps call (the rest of the chain), as the provider's unary
-// interceptor does: started and one message received before, one message
-// sent, handled by code and the latency after.
-func (m *grpcMetrics) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler, call grpc.UnaryServerInterceptor) (any, error) {
-	start := time.Now()
-	mm := m.method(info.FullMethod, "unary")
+// beginUnary counts a unary call's start and the one message it received,
+// as the provider's unary interceptor does; endUnary counts the message
+// sent, the code and the latency.
+func (m *grpcMetrics) beginUnary(fullMethod string) *methodMetrics {
+	mm := m.method(fullMethod, "unary")
 	mm.started.Inc()
 	mm.received.Inc()
-	resp, err := call(ctx, req, info, handler)
-	mm.sent.Inc()
-	mm.done(err, start)
-	return resp, err
+	return mm
 }
 
-// UnaryServerInterceptor is unary as an interceptor of its own.
-func (m *grpcMetrics) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		return m.unary(ctx, req, info, handler, func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-			return handler(ctx, req)
-		})
-	}
+func (mm *methodMetrics) endUnary(err error, start time.Time) {
+	mm.sent.Inc()
+	mm.done(err, start)
 }
 
 // StreamServerInterceptor counts streams (reflection, health watches) and

@@ -133,17 +133,22 @@ func recoverStream(log *zap.Logger) grpc.StreamServerInterceptor {
 // no handler closure per interceptor; they behave as logUnary, guard.unary
 // and recoverUnary composed in that order.
 func unaryChain(log *zap.Logger, g *guard, m *Metrics) grpc.UnaryServerInterceptor {
-	call := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		start := time.Now()
+	call := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler, start time.Time) (any, error) {
 		ctx, st := withCallState(ctx)
 		resp, err := g.serve(ctx, st, req, info, handler, log)
 		logCall(log, info.FullMethod, st, err, start)
 		return resp, err
 	}
 	if m == nil {
-		return call
+		return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+			return call(ctx, req, info, handler, time.Now())
+		}
 	}
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		return m.grpc.unary(ctx, req, info, handler, call)
+		start := time.Now() // one clock read for the log line and the histogram
+		mm := m.grpc.beginUnary(info.FullMethod)
+		resp, err := call(ctx, req, info, handler, start)
+		mm.endUnary(err, start)
+		return resp, err
 	}
 }
