@@ -615,12 +615,22 @@ func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provi
 		// replica forgets them.
 		ops = append(ops, clientv3.OpDelete(b.prefix+tokensPrefix+gid+"/", clientv3.WithPrefix()))
 	}
-	_, err = b.cli.Txn(sctx).If(m.IsOwner(),
+	resp, err := b.cli.Txn(sctx).If(m.IsOwner(),
 		clientv3.Compare(clientv3.ModRevision(gkey), "=", g.Revision),
 		clientv3.Compare(clientv3.ModRevision(b.prefix+providersPrefix+p.Name), "=", p.Revision),
 	).Then(ops...).Commit()
-	if err != nil {
+	switch {
+	case err != nil:
 		b.log.Warn("record grant failure", zap.String("grant", gid), zap.Error(err))
+	case resp.Succeeded && next.Health == HealthReauthorizationRequired:
+		// This replica stops serving the grant's tokens now, not when
+		// its watch brings the deletion.
+		b.tokens.each(func(id string, _ *cacheEntry) bool {
+			if strings.HasPrefix(id, gid+"/") {
+				b.forget(id, resp.Header.Revision)
+			}
+			return true
+		})
 	}
 	b.log.Warn("token request failed", zap.String("grant", gid), zap.String("health", string(next.Health)), zap.Error(cause))
 }

@@ -260,6 +260,9 @@ func (b *Broker) RevokeGrant(ctx context.Context, provider, account string) erro
 	}
 	var accessTokens []string
 	for _, kv := range deleted.GetPrevKvs() {
+		// This replica stops serving them now, not when its watch
+		// brings the deletion.
+		b.forget(strings.TrimPrefix(string(kv.Key), b.prefix+tokensPrefix), resp.Header.Revision)
 		rec, err := b.decodeToken(string(kv.Key), kv.Value, kv.ModRevision)
 		if err != nil {
 			continue
