@@ -88,6 +88,10 @@ func (c *tokenCache) each(f func(id string, e *cacheEntry) bool) {
 type cacheEntry struct {
 	rec        atomic.Pointer[TokenRecord]
 	lastAccess atomic.Int64 // unix nanoseconds, updated at most once a second
+	// gone is the etcd revision of the last deletion of the record: a
+	// record of that revision or older, offered late by the watch, stays
+	// out.
+	gone atomic.Int64
 }
 
 // touch records an access without writing the shared cache line on every
@@ -119,10 +123,15 @@ func (b *Broker) offer(id string, rec *TokenRecord) {
 	e := b.entry(id)
 	for {
 		cur := e.rec.Load()
-		if cur != nil && cur.Revision >= rec.Revision {
+		if cur != nil && cur.Revision >= rec.Revision || rec.Revision <= e.gone.Load() {
 			return
 		}
 		if e.rec.CompareAndSwap(cur, rec) {
+			if rec.Revision <= e.gone.Load() {
+				// Deleted meanwhile (forget raises gone first).
+				e.rec.CompareAndSwap(rec, nil)
+				return
+			}
 			b.index(id, rec)
 			return
 		}
@@ -134,6 +143,12 @@ func (b *Broker) forget(id string, rev int64) {
 	e, ok := b.tokens.load(id)
 	if !ok {
 		return
+	}
+	for {
+		g := e.gone.Load()
+		if rev <= g || e.gone.CompareAndSwap(g, rev) {
+			break
+		}
 	}
 	for {
 		cur := e.rec.Load()

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Concurrent inserts of overlapping ids give one entry per id, found by
@@ -47,5 +48,28 @@ func TestTokenCacheConcurrentInserts(t *testing.T) {
 	}
 	if _, ok := c.load("p/a/missing"); ok {
 		t.Errorf("load of an id never added found an entry")
+	}
+}
+
+// A record the watch offers late, older than a deletion already applied
+// (a replica forgets a revoked grant's tokens before its watch catches
+// up), stays out; a newer one comes in.
+func TestForgottenRecordStaysOutWhenOfferedLate(t *testing.T) {
+	b := &Broker{tokens: newTokenCache(), now: time.Now}
+	const id = "p/a/read"
+	key := TokenKey{Provider: "p", Account: "a", Scope: "read"}
+	b.forget(id, 10) // no entry yet: nothing to forget, nothing remembered
+	b.offer(id, &TokenRecord{Key: key, AccessToken: "t5", Revision: 5})
+	if got := b.cached(id); got == nil || got.AccessToken != "t5" {
+		t.Fatalf("cached = %+v, want t5 (no deletion was known for the entry)", got)
+	}
+	b.forget(id, 10)
+	b.offer(id, &TokenRecord{Key: key, AccessToken: "t7", Revision: 7})
+	if got := b.cached(id); got != nil {
+		t.Errorf("a record of revision 7 offered after the deletion at 10 is cached: %q", got.AccessToken)
+	}
+	b.offer(id, &TokenRecord{Key: key, AccessToken: "t12", Revision: 12})
+	if got := b.cached(id); got == nil || got.AccessToken != "t12" {
+		t.Errorf("cached = %+v, want t12, newer than the deletion", got)
 	}
 }
