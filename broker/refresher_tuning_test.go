@@ -87,6 +87,10 @@ func TestRefresherRemembersCallsForTheProvidersIdleTime(t *testing.T) {
 	putProvider(t, b, sandboxProvider("plain", f.TokenURL()), sandboxClientSecret)
 	long, _ := NewTokenKey("patient", "", nil)
 	short, _ := NewTokenKey("plain", "", nil)
+	eventually(t, "the broker's memory holds patient's tuning", func() bool {
+		v, ok := b.providers.Load("patient")
+		return ok && v.(*Provider).RefreshIdleAfter == time.Hour
+	})
 	seen := map[string]time.Time{long.id(): clock.Now(), short.id(): clock.Now()}
 	clock.Advance(30 * time.Minute) // past the broker's 10 minutes, within patient's hour
 	b.readHot(context.Background(), seen)
