@@ -2,6 +2,7 @@ package broker
 
 import (
 	"hash/maphash"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,9 +59,7 @@ func (c *tokenCache) loadOrAdd(id string) *cacheEntry {
 		old = *m
 	}
 	next := make(map[string]*cacheEntry, len(old)+1)
-	for k, v := range old {
-		next[k] = v
-	}
+	maps.Copy(next, old)
 	e := &cacheEntry{}
 	next[id] = e
 	s.m.Store(&next)
@@ -101,9 +100,7 @@ func (b *Broker) touch(id string, e *cacheEntry, now time.Time) {
 	n := now.UnixNano()
 	if n-e.lastAccess.Load() > int64(time.Second) {
 		e.lastAccess.Store(n)
-		if _, ok := b.touched.Load(id); !ok {
-			b.touched.Store(id, e)
-		}
+		b.touched.LoadOrStore(id, e)
 	}
 }
 

@@ -42,6 +42,7 @@ func carried(cur *TokenRecord, next string, now time.Time) []previousToken {
 		return nil
 	}
 	var out []previousToken
+	nextHash := tokenHash(next)
 	if cur.AccessToken != next && cur.ExpiresAt.After(now) {
 		out = append(out, previousToken{Hash: tokenHash(cur.AccessToken), Scope: cur.Scope, IssuedAt: cur.IssuedAt, ExpiresAt: cur.ExpiresAt})
 	}
@@ -49,7 +50,7 @@ func carried(cur *TokenRecord, next string, now time.Time) []previousToken {
 		if len(out) == maxPrevious {
 			break
 		}
-		if p.ExpiresAt.After(now) && p.Hash != tokenHash(next) {
+		if p.ExpiresAt.After(now) && p.Hash != nextHash {
 			out = append(out, p)
 		}
 	}

@@ -38,17 +38,17 @@ func spanText(spans []sdktrace.ReadOnlySpan) string {
 	for _, s := range spans {
 		fmt.Fprintf(&b, "%s kind=%s status=%s %q\n", s.Name(), s.SpanKind(), s.Status().Code, s.Status().Description)
 		for _, a := range s.Attributes() {
-			fmt.Fprintf(&b, "  %s=%s\n", a.Key, a.Value.Emit())
+			fmt.Fprintf(&b, "  %s=%s\n", a.Key, a.Value.String())
 		}
 		for _, e := range s.Events() {
 			fmt.Fprintf(&b, "  event %s\n", e.Name)
 			for _, a := range e.Attributes {
-				fmt.Fprintf(&b, "    %s=%s\n", a.Key, a.Value.Emit())
+				fmt.Fprintf(&b, "    %s=%s\n", a.Key, a.Value.String())
 			}
 		}
 		for _, l := range s.Links() {
 			for _, a := range l.Attributes {
-				fmt.Fprintf(&b, "  link %s=%s\n", a.Key, a.Value.Emit())
+				fmt.Fprintf(&b, "  link %s=%s\n", a.Key, a.Value.String())
 			}
 		}
 	}
@@ -115,15 +115,15 @@ func TestTracingRecordsEachEndpointCall(t *testing.T) {
 			"server.address":            "127.0.0.1",
 			"http.response.status_code": "200",
 		} {
-			if got := a[key].Emit(); got != want {
+			if got := a[key].String(); got != want {
 				t.Errorf("%s %s = %q, want %q", s.Name(), key, got, want)
 			}
 		}
 		if _, ok := a["error.type"]; ok {
-			t.Errorf("%s has error.type %q after a success", s.Name(), a["error.type"].Emit())
+			t.Errorf("%s has error.type %q after a success", s.Name(), a["error.type"].String())
 		}
 	}
-	if got := attrs(spans[0])[oauth.AttrGrantType].Emit(); got != "client_credentials" {
+	if got := attrs(spans[0])[oauth.AttrGrantType].String(); got != "client_credentials" {
 		t.Errorf("oauth.token %s = %q, want client_credentials", oauth.AttrGrantType, got)
 	}
 }
@@ -188,9 +188,9 @@ func TestTracingClassifiesFailures(t *testing.T) {
 				got, ok := a[key]
 				switch {
 				case want == "" && ok:
-					t.Errorf("%s = %q, want it absent", key, got.Emit())
-				case want != "" && got.Emit() != want:
-					t.Errorf("%s = %q, want %q", key, got.Emit(), want)
+					t.Errorf("%s = %q, want it absent", key, got.String())
+				case want != "" && got.String() != want:
+					t.Errorf("%s = %q, want %q", key, got.String(), want)
 				}
 			}
 		})
