@@ -400,17 +400,8 @@ func (g *guard) admit(ctx context.Context, st *callState, method string, req any
 	return nil
 }
 
-// unary is the authentication interceptor: health checks pass; every other
-// call is authenticated, rate-limited and authorized, and admin changes are
-// audited.
-func (g *guard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-	ctx, st := withCallState(ctx)
-	return g.serve(ctx, st, req, info, handler, nil)
-}
-
 // serve admits the call (unless it is a health check), audits it when it
-// is an admin change, and runs the handler, turning a panic into Internal
-// when log is not nil.
+// is an admin change, and runs the handler, turning a panic into Internal.
 func (g *guard) serve(ctx context.Context, st *callState, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler, log *zap.Logger) (resp any, err error) {
 	if !strings.HasPrefix(info.FullMethod, healthPrefix) {
 		if audited(info.FullMethod) {
@@ -421,13 +412,10 @@ func (g *guard) serve(ctx context.Context, st *callState, req any, info *grpc.Un
 			return nil, err
 		}
 	}
-	if log == nil {
-		return handler(ctx, req)
-	}
 	return recovering(ctx, req, info, handler, log)
 }
 
-// stream is the streaming counterpart of unary (reflection is a stream).
+// stream is the streaming counterpart of serve (reflection is a stream).
 func (g *guard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	if strings.HasPrefix(info.FullMethod, healthPrefix) {
 		return handler(srv, ss)

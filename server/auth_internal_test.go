@@ -44,7 +44,7 @@ func containsAction(as []policy.Action, a policy.Action) bool {
 }
 
 func TestGuardCallerAndExemptions(t *testing.T) {
-	g := newGuard(AuthConfig{InsecureNoAuth: true}, zap.NewNop(), zap.NewNop())
+	chain := unaryChain(zap.NewNop(), newGuard(AuthConfig{InsecureNoAuth: true}, zap.NewNop(), zap.NewNop()), nil)
 	tests := []struct {
 		name       string
 		method     string
@@ -59,7 +59,7 @@ func TestGuardCallerAndExemptions(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var got Caller
 			var ok bool
-			_, err := g.unary(context.Background(), &tokenbrokerv1.GetTokenRequest{Provider: "p"}, &grpc.UnaryServerInfo{FullMethod: tt.method},
+			_, err := chain(context.Background(), &tokenbrokerv1.GetTokenRequest{Provider: "p"}, &grpc.UnaryServerInfo{FullMethod: tt.method},
 				func(ctx context.Context, _ any) (any, error) {
 					got, ok = CallerFrom(ctx)
 					return nil, nil

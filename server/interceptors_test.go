@@ -103,11 +103,14 @@ func TestRESTAndGRPCCallsShareTheInterceptorChain(t *testing.T) {
 
 func TestRecoverTurnsPanicIntoInternalWithoutLeaking(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
-	chain := chainUnary(logUnary(zap.New(core)), recoverUnary(zap.New(core)))
+	log := zap.New(core)
+	chain := unaryChain(log, newGuard(AuthConfig{InsecureNoAuth: true}, log, log), nil)
 	const secret = "panic-secret-4d2f9a8b77"
-	_, err := chain(context.Background(), nil, &grpc.UnaryServerInfo{FullMethod: "/x/Y"}, func(context.Context, any) (any, error) {
-		panic("boom " + secret)
-	})
+	_, err := chain(context.Background(), &tokenbrokerv1.GetTokenRequest{Provider: "p"},
+		&grpc.UnaryServerInfo{FullMethod: tokenbrokerv1.TokenBrokerService_GetToken_FullMethodName},
+		func(context.Context, any) (any, error) {
+			panic("boom " + secret)
+		})
 	if st := status.Convert(err); st.Code() != codes.Internal || strings.Contains(st.Message(), secret) {
 		t.Errorf("error = %v, want Internal without the panic value", err)
 	}

@@ -89,7 +89,6 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Metrics != nil {
 		stream = append([]grpc.StreamServerInterceptor{cfg.Metrics.grpc.StreamServerInterceptor()}, stream...)
 	}
-	streamChain := chainStream(stream...)
 
 	tb := NewTokenBrokerServer(cfg.Broker, log)
 	admin := withAPIKeys(NewAdminServer(cfg.Broker, log), cfg.Auth.Keys, log)
@@ -101,7 +100,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{log: log, health: health.NewServer(), guard: g, errc: make(chan error, 2)}
 	opts := []grpc.ServerOption{
 		grpc.UnaryInterceptor(chain),
-		grpc.StreamInterceptor(streamChain),
+		grpc.ChainStreamInterceptor(stream...),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 	}
 	if cfg.TLS != nil {
