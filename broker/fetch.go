@@ -549,10 +549,15 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 		clientv3.OpPut(tkey, string(val)),
 		clientv3.OpPut(gkey, string(gval)),
 	}
+	var others []string
 	if next.RefreshToken != g.RefreshToken && g.RefreshToken != "" {
 		// A rotating provider (MediaHaven) invalidates the previous access
-		// tokens with the refresh token: the grant's other tokens go too.
-		writes = append(writes, b.otherTokens(id, grantID(g.Provider, g.Account))...)
+		// tokens with the refresh token: the grant's other tokens go too,
+		// as this replica's memory knows them.
+		others = b.grantTokens(grantID(g.Provider, g.Account), id)
+		for _, other := range others {
+			writes = append(writes, clientv3.OpDelete(b.prefix+tokensPrefix+other))
+		}
 	}
 	resp, err := b.cli.Txn(sctx).If(append(unchanged, m.IsOwner())...).Then(writes...).
 		Else(clientv3.OpGet(pkey), clientv3.OpGet(gkey)).Commit()
@@ -561,6 +566,7 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 	}
 	if resp.Succeeded {
 		rec.Revision = resp.Header.Revision
+		b.forgetNow(others, resp.Header.Revision)
 		return nil
 	}
 	if next.RefreshToken != g.RefreshToken {
@@ -623,14 +629,7 @@ func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provi
 	case err != nil:
 		b.log.Warn("record grant failure", zap.String("grant", gid), zap.Error(err))
 	case resp.Succeeded && next.Health == HealthReauthorizationRequired:
-		// This replica stops serving the grant's tokens now, not when
-		// its watch brings the deletion.
-		b.tokens.each(func(id string, _ *cacheEntry) bool {
-			if strings.HasPrefix(id, gid+"/") {
-				b.forget(id, resp.Header.Revision)
-			}
-			return true
-		})
+		b.forgetNow(b.grantTokens(gid, ""), resp.Header.Revision)
 	}
 	b.log.Warn("token request failed", zap.String("grant", gid), zap.String("health", string(next.Health)), zap.Error(cause))
 }
@@ -680,16 +679,23 @@ func modRevision(r *etcdserverpb.ResponseOp) int64 {
 	return 0
 }
 
-// otherTokens deletes the grant's token records other than id, as this
-// replica's memory knows them.
-func (b *Broker) otherTokens(id, gid string) []clientv3.Op {
-	var ops []clientv3.Op
-	b.tokens.each(func(other string, _ *cacheEntry) bool {
-		if other == id || !strings.HasPrefix(other, gid+"/") {
-			return true
+// grantTokens lists the ids of grant gid's tokens in memory, but except.
+func (b *Broker) grantTokens(gid, except string) []string {
+	var ids []string
+	b.tokens.each(func(id string, _ *cacheEntry) bool {
+		if id != except && strings.HasPrefix(id, gid+"/") {
+			ids = append(ids, id)
 		}
-		ops = append(ops, clientv3.OpDelete(b.prefix+tokensPrefix+other))
 		return true
 	})
-	return ops
+	return ids
+}
+
+// forgetNow drops from memory the tokens ids, deleted from etcd at rev: the
+// replica that deleted them stops serving them at once, not when its watch
+// brings the deletion.
+func (b *Broker) forgetNow(ids []string, rev int64) {
+	for _, id := range ids {
+		b.forget(id, rev)
+	}
 }

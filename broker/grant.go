@@ -259,10 +259,8 @@ func (b *Broker) RevokeGrant(ctx context.Context, provider, account string) erro
 		return fmt.Errorf("%w: account %q of provider %q", ErrNotFound, account, provider)
 	}
 	var accessTokens []string
+	b.forgetNow(b.grantTokens(grantID(provider, account), ""), resp.Header.Revision)
 	for _, kv := range deleted.GetPrevKvs() {
-		// This replica stops serving them now, not when its watch
-		// brings the deletion.
-		b.forget(strings.TrimPrefix(string(kv.Key), b.prefix+tokensPrefix), resp.Header.Revision)
 		rec, err := b.decodeToken(string(kv.Key), kv.Value, kv.ModRevision)
 		if err != nil {
 			continue
