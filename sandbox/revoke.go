@@ -11,26 +11,8 @@ import "net/http"
 // token is 400 invalid_request; a token issued to another client is 400
 // unauthorized_client and stays valid (§2.1: "the request is refused").
 func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
-	h := w.Header()
-	h.Set("Cache-Control", "no-store")
-	h.Set("Pragma", "no-cache")
-	if r.Method != http.MethodPost {
-		h.Set("Allow", http.MethodPost)
-		writeError(w, &oauthError{status: http.StatusMethodNotAllowed, Code: "invalid_request", Description: "the revocation endpoint accepts POST only"})
-		return
-	}
-	if oerr := parseForm(w, r); oerr != nil {
-		writeError(w, oerr)
-		return
-	}
-	clientID, oerr := s.authenticateClient(r)
-	if oerr != nil {
-		writeError(w, oerr)
-		return
-	}
-	token := r.PostForm.Get("token")
-	if token == "" {
-		writeError(w, errInvalidRequest("missing token"))
+	clientID, token, ok := s.clientTokenRequest(w, r, "revocation")
+	if !ok {
 		return
 	}
 	if !s.revoke(clientID, token) {
@@ -38,6 +20,35 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusOK)
+}
+
+// clientTokenRequest reads what the revocation and introspection endpoints
+// both take: a POST, authenticated as a client exactly as at the token
+// endpoint, naming a token. Their answers are not cached. When ok is false
+// it has answered the request with the error.
+func (s *Server) clientTokenRequest(w http.ResponseWriter, r *http.Request, endpoint string) (clientID, token string, ok bool) {
+	h := w.Header()
+	h.Set("Cache-Control", "no-store")
+	h.Set("Pragma", "no-cache")
+	if r.Method != http.MethodPost {
+		h.Set("Allow", http.MethodPost)
+		writeError(w, &oauthError{status: http.StatusMethodNotAllowed, Code: "invalid_request", Description: "the " + endpoint + " endpoint accepts POST only"})
+		return "", "", false
+	}
+	if oerr := parseForm(w, r); oerr != nil {
+		writeError(w, oerr)
+		return "", "", false
+	}
+	clientID, oerr := s.authenticateClient(r)
+	if oerr != nil {
+		writeError(w, oerr)
+		return "", "", false
+	}
+	if token = r.PostForm.Get("token"); token == "" {
+		writeError(w, errInvalidRequest("missing token"))
+		return "", "", false
+	}
+	return clientID, token, true
 }
 
 // revoke revokes token, a refresh or access token, for clientID. It returns

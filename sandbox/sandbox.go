@@ -821,25 +821,8 @@ type introspection struct {
 // exactly as at the token endpoint; any client may introspect any token. A
 // missing token parameter is 400 invalid_request.
 func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
-	h := w.Header()
-	h.Set("Cache-Control", "no-store")
-	h.Set("Pragma", "no-cache")
-	if r.Method != http.MethodPost {
-		h.Set("Allow", http.MethodPost)
-		writeError(w, &oauthError{status: http.StatusMethodNotAllowed, Code: "invalid_request", Description: "the introspection endpoint accepts POST only"})
-		return
-	}
-	if oerr := parseForm(w, r); oerr != nil {
-		writeError(w, oerr)
-		return
-	}
-	if _, oerr := s.authenticateClient(r); oerr != nil {
-		writeError(w, oerr)
-		return
-	}
-	token := r.PostForm.Get("token")
-	if token == "" {
-		writeError(w, errInvalidRequest("missing token"))
+	_, token, ok := s.clientTokenRequest(w, r, "introspection")
+	if !ok {
 		return
 	}
 	rec, ok := s.lookup(token, s.now())
