@@ -154,8 +154,9 @@ type Server struct {
 	// rotates: a refresh token dies on first use, so the fake fails the
 	// test when one is presented twice.
 	rotates bool
-	// check sees every routed request before the sandbox; a non-nil answer
-	// is sent instead of the sandbox's.
+	// check sees every routed request before the sandbox (an authorize
+	// request after requireRegisteredRedirect); a non-nil answer is sent
+	// instead of the sandbox's.
 	check func(e Endpoint, r *http.Request, form url.Values) *answer
 	// alter rewrites a successful token answer; code is the authorization
 	// request of an authorization_code grant (zero otherwise).
@@ -466,6 +467,9 @@ func (s *Server) answer(rt route, r *http.Request, body []byte, form url.Values)
 	if rt.endpoint == TokenEndpoint && fail != nil {
 		return fail
 	}
+	if rt.endpoint == AuthorizeEndpoint {
+		s.requireRegisteredRedirect(authorizeParams(r, form))
+	}
 	if s.check != nil {
 		if a := s.check(rt.endpoint, r, form); a != nil {
 			return a
@@ -636,6 +640,7 @@ func (s *Server) requireGrant(r *http.Request, form url.Values, allowed ...strin
 // requireRegisteredRedirect fails the test when an authorization request
 // names a redirect_uri the client did not register: the provider would
 // refuse it.
+// Every fake's authorize endpoint applies it, before the fake's own check.
 func (s *Server) requireRegisteredRedirect(params url.Values) {
 	if uri := params.Get("redirect_uri"); uri != "" && !slices.Contains(s.cfg.redirectURIs, uri) {
 		s.t.Errorf("fakes: %s: authorization request has redirect_uri %q, want one of the registered %q",

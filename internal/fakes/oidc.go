@@ -2,7 +2,6 @@ package fakes
 
 import (
 	"net/http"
-	"net/url"
 	"slices"
 	"testing"
 
@@ -40,12 +39,6 @@ func NewOIDC(t testing.TB, opts ...Option) *OIDC {
 		IDTokens:      true,
 	})
 	o := &OIDC{Server: s, authMethods: []string{"client_secret_basic", "client_secret_post"}}
-	s.check = func(e Endpoint, r *http.Request, form url.Values) *answer {
-		if e == AuthorizeEndpoint {
-			s.requireRegisteredRedirect(authorizeParams(r, form))
-		}
-		return nil
-	}
 	s.srv = s.listen(false, map[string]route{
 		OIDCDiscoveryPath:      {endpoint: DiscoveryEndpoint, serve: o.discovery},
 		sandbox.AuthorizePath:  {endpoint: AuthorizeEndpoint, target: sandbox.AuthorizePath},

@@ -38,13 +38,10 @@ func NewMediaCore(t testing.TB, opts ...Option) *MediaCore {
 		RefreshTokens: true,
 	})
 	s.check = func(e Endpoint, r *http.Request, form url.Values) *answer {
-		switch e {
-		case AuthorizeEndpoint:
-			s.requireRegisteredRedirect(authorizeParams(r, form))
-		case TokenEndpoint:
-			return s.requireGrant(r, form, sandbox.GrantAuthorizationCode, sandbox.GrantRefreshToken)
+		if e != TokenEndpoint {
+			return nil
 		}
-		return nil
+		return s.requireGrant(r, form, sandbox.GrantAuthorizationCode, sandbox.GrantRefreshToken)
 	}
 	s.srv = s.listen(true, map[string]route{
 		MediaCoreAuthorizePath: {endpoint: AuthorizeEndpoint, target: sandbox.AuthorizePath},
@@ -171,7 +168,6 @@ func NewMediaValet(t testing.TB, opts ...Option) *MediaValet {
 		switch e {
 		case AuthorizeEndpoint:
 			params := authorizeParams(r, form)
-			s.requireRegisteredRedirect(params)
 			if !hasScopes(params.Get("scope"), "openid", "api") {
 				s.t.Errorf("fakes: MediaValet: authorization request has scope %q, want openid and api (required)", params.Get("scope"))
 				return &answer{status: http.StatusBadRequest, header: http.Header{"Content-Type": {"text/plain"}},
@@ -247,26 +243,24 @@ func NewMediaflow(t testing.TB, opts ...Option) *Mediaflow {
 		RefreshTokens: true,
 	})
 	s.check = func(e Endpoint, r *http.Request, form url.Values) *answer {
-		switch e {
-		case AuthorizeEndpoint:
-			s.requireRegisteredRedirect(authorizeParams(r, form))
-		case TokenEndpoint:
-			if a := s.requireBodyCredentials(r, form, "Mediaflow wants them in the body of every request"); a != nil {
-				return a
+		if e != TokenEndpoint {
+			return nil
+		}
+		if a := s.requireBodyCredentials(r, form, "Mediaflow wants them in the body of every request"); a != nil {
+			return a
+		}
+		if a := s.requireGrant(r, form, sandbox.GrantRefreshToken, sandbox.GrantAuthorizationCode, sandbox.GrantPassword); a != nil {
+			return a
+		}
+		switch form.Get("grant_type") {
+		case sandbox.GrantPassword:
+			if form.Get("client_id") == MediaflowLimitedClientID {
+				return oauthError(http.StatusBadRequest, "unauthorized_client", "this client_id does not support the password grant type")
 			}
-			if a := s.requireGrant(r, form, sandbox.GrantRefreshToken, sandbox.GrantAuthorizationCode, sandbox.GrantPassword); a != nil {
-				return a
-			}
-			switch form.Get("grant_type") {
-			case sandbox.GrantPassword:
-				if form.Get("client_id") == MediaflowLimitedClientID {
-					return oauthError(http.StatusBadRequest, "unauthorized_client", "this client_id does not support the password grant type")
-				}
-			case sandbox.GrantAuthorizationCode:
-				if form.Get("redirect_uri") == "" {
-					s.t.Errorf("fakes: Mediaflow: authorization_code token request without redirect_uri; it must match the one of step 1")
-					return oauthError(http.StatusBadRequest, "invalid_request", "redirect_uri is required")
-				}
+		case sandbox.GrantAuthorizationCode:
+			if form.Get("redirect_uri") == "" {
+				s.t.Errorf("fakes: Mediaflow: authorization_code token request without redirect_uri; it must match the one of step 1")
+				return oauthError(http.StatusBadRequest, "invalid_request", "redirect_uri is required")
 			}
 		}
 		return nil
@@ -358,7 +352,6 @@ func NewMediaHaven(t testing.TB, opts ...Option) *MediaHaven {
 			if params.Get("client_id") == "" {
 				s.t.Errorf("fakes: MediaHaven: authorization request without client_id")
 			}
-			s.requireRegisteredRedirect(params)
 			if r.Method == http.MethodGet && params.Get("response_type") == "" {
 				// /auth?client_id=… is the whole documented request.
 				params.Set("response_type", "code")
