@@ -2,11 +2,8 @@ package broker
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
-	"maps"
 	"net/url"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -176,115 +173,42 @@ func grantOf(t *testing.T, b *Broker, provider, account string) *Grant {
 	return nil
 }
 
-func pkceS256(verifier string) string {
-	sum := sha256.Sum256([]byte(verifier))
-	return base64.RawURLEncoding.EncodeToString(sum[:])
-}
-
 func basicAuthHeader(id, secret string) string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte(id+":"+secret))
 }
 
-// wantRequest is what a test wants a fake to have received.
+// wantRequest is fakes.WantRequest in this package's words: authorization
+// is "basic" for the client's HTTP Basic credentials, "user" for the user's,
+// "" for none.
 type wantRequest struct {
-	path string
-	// authorization is the Authorization header: "basic" for the client's
-	// HTTP Basic credentials, "user" for the user's, "" for none.
-	authorization string
-	// params are exactly the parameters (form or query) wanted. A value in
-	// braces stands for one known at run time: {code}, {redirect},
-	// {verifier} (its S256 is the authorization request's challenge),
-	// {challenge}, {state}, {refresh} (the refresh token of the previous
-	// token answer), {client_id}, {client_secret}, {user}, {password}.
-	params map[string]string
+	path, authorization string
+	params              map[string]string
 }
 
-// seedRun is one run of TestSeedGrants.
-type seedRun struct {
-	b                 *Broker
-	f                 *fakes.Server
-	provider, account string
-	authorize         wantRequest
-}
-
-// flowValues are the values the braces in wantRequest.params stand for.
+// flowValues are fakes.FlowValues with the broker's redirect URI,
+// fakes.RedirectURI.
 type flowValues struct {
 	code, state, challenge, refresh string
 }
 
-// checkRequest compares a request the fake received with want.
+// checkRequest compares a request the fake received with want, as
+// fakes.CheckRequest does.
 func checkRequest(t *testing.T, f *fakes.Server, what string, got fakes.Request, params url.Values, want wantRequest, v flowValues) {
 	t.Helper()
-	if got.Path != want.path {
-		t.Errorf("%s went to %s, want %s", what, got.Path, want.path)
-	}
-	wantAuth := map[string]string{
-		"basic": basicAuthHeader(f.ClientID(), f.ClientSecret()),
-		"user":  basicAuthHeader(fakes.User, fakes.Password),
-	}[want.authorization]
-	if a := got.Header.Get("Authorization"); a != wantAuth {
-		t.Errorf("%s has Authorization %q, want %q", what, a, wantAuth)
-	}
-	for _, k := range slices.Sorted(maps.Keys(want.params)) {
-		w, g := want.params[k], params[k]
-		if len(g) != 1 {
-			t.Errorf("%s has %s = %q, want one value (%s)", what, k, g, w)
-			continue
-		}
-		switch w {
-		case "{verifier}":
-			if pkceS256(g[0]) != v.challenge {
-				t.Errorf("%s has code_verifier %q whose S256 is %q, want the challenge %q", what, g[0], pkceS256(g[0]), v.challenge)
-			}
-			continue
-		case "{challenge}":
-			if len(g[0]) != 43 {
-				t.Errorf("%s has code_challenge %q, want 43 base64url characters (S256)", what, g[0])
-			}
-			continue
-		}
-		w = strings.NewReplacer("{code}", v.code, "{redirect}", fakes.RedirectURI, "{state}", v.state,
-			"{refresh}", v.refresh, "{client_id}", f.ClientID(), "{client_secret}", f.ClientSecret(),
-			"{user}", fakes.User, "{password}", fakes.Password).Replace(w)
-		if g[0] != w {
-			t.Errorf("%s has %s = %q, want %q", what, k, g[0], w)
-		}
-	}
-	for k := range params {
-		if _, ok := want.params[k]; !ok {
-			t.Errorf("%s has %s = %q, want no such parameter", what, k, params[k])
-		}
-	}
+	fakes.CheckRequest(t, f, what, got, params,
+		fakes.WantRequest{Path: want.path, Auth: fakes.Auth(want.authorization), Params: want.params},
+		fakes.FlowValues{Code: v.code, State: v.state, Challenge: v.challenge, Refresh: v.refresh})
 }
 
 // TestSeedGrants runs every grant of every seed provider through the
 // broker: PutProvider with the seed's preset, then GetToken (client
 // credentials), PutAccount + GetToken (password), StartAuthorization + the
 // browser + CompleteAuthorization + GetToken (authorization code), and a
-// GetToken after expiry (refresh). It asserts what the provider received:
-// the endpoint, the client authentication, every form field, PKCE, the
-// redirect_uri; and that GetToken serves what the provider issued.
+// GetToken after expiry (refresh). It asserts what the provider received,
+// as fakes.SeedWants says a client sends it: the endpoint, the client
+// authentication, every form field, PKCE, the redirect_uri; and that
+// GetToken serves what the provider issued.
 func TestSeedGrants(t *testing.T) {
-	// The browser signs the user in with the sandbox's Basic shortcut.
-	code := func(path string, params map[string]string) wantRequest {
-		return wantRequest{path: path, authorization: "user", params: params}
-	}
-	// The authorization requests wanted, per seed.
-	plainAuthorize := map[string]string{"response_type": "code", "client_id": "{client_id}", "redirect_uri": "{redirect}", "state": "{state}"}
-	valetAuthorize := map[string]string{"response_type": "code", "client_id": "{client_id}", "redirect_uri": "{redirect}", "state": "{state}",
-		"scope": "api offline_access openid", "prompt": "consent", "code_challenge": "{challenge}", "code_challenge_method": "S256"}
-	inBody := map[string]string{"client_id": "{client_id}", "client_secret": "{client_secret}"}
-	with := func(base map[string]string, kv ...string) map[string]string {
-		m := maps.Clone(base)
-		if m == nil {
-			m = map[string]string{}
-		}
-		for i := 0; i < len(kv); i += 2 {
-			m[kv[i]] = kv[i+1]
-		}
-		return m
-	}
-
 	type give struct {
 		seed string
 		// grant is how the first token is obtained; then the clock moves
@@ -293,11 +217,10 @@ func TestSeedGrants(t *testing.T) {
 		expire time.Duration
 	}
 	type want struct {
-		authorize wantRequest // for the authorization_code grant
-		token     wantRequest // the last token request
+		// token is the grant_type of the last token request.
+		token GrantType
 		// tokenRequests is how many token requests the fake got in all.
 		tokenRequests int
-		idToken       bool
 	}
 	tests := []struct {
 		name string
@@ -307,160 +230,99 @@ func TestSeedGrants(t *testing.T) {
 		{
 			name: "mediacore/authorization_code",
 			give: give{seed: "mediacore", grant: GrantAuthorizationCode},
-			want: want{
-				authorize: code(fakes.MediaCoreAuthorizePath, plainAuthorize),
-				token: wantRequest{path: fakes.MediaCoreTokenPath, authorization: "basic",
-					params: map[string]string{"grant_type": "authorization_code", "code": "{code}", "redirect_uri": "{redirect}"}},
-				tokenRequests: 1,
-			},
+			want: want{token: GrantAuthorizationCode, tokenRequests: 1},
 		},
 		{
 			name: "mediacore/refresh_token",
 			give: give{seed: "mediacore", grant: GrantAuthorizationCode, expire: 2 * time.Hour},
-			want: want{
-				authorize: code(fakes.MediaCoreAuthorizePath, plainAuthorize),
-				token: wantRequest{path: fakes.MediaCoreTokenPath, authorization: "basic",
-					params: map[string]string{"grant_type": "refresh_token", "refresh_token": "{refresh}"}},
-				tokenRequests: 2,
-			},
+			want: want{token: GrantRefreshToken, tokenRequests: 2},
 		},
 		{
 			name: "mediahound/client_credentials",
 			give: give{seed: "mediahound", grant: GrantClientCredentials},
-			want: want{
-				token: wantRequest{path: fakes.MediaHoundTokenPath, authorization: "basic",
-					params: with(inBody, "grant_type", "client_credentials")},
-				tokenRequests: 1,
-			},
+			want: want{token: GrantClientCredentials, tokenRequests: 1},
 		},
 		{
 			name: "mediahound/client_credentials again after expiry",
 			give: give{seed: "mediahound", grant: GrantClientCredentials, expire: 2 * time.Hour},
-			want: want{
-				token: wantRequest{path: fakes.MediaHoundTokenPath, authorization: "basic",
-					params: with(inBody, "grant_type", "client_credentials")},
-				tokenRequests: 2,
-			},
+			want: want{token: GrantClientCredentials, tokenRequests: 2},
 		},
 		{
 			name: "mediavalet/authorization_code",
 			give: give{seed: "mediavalet", grant: GrantAuthorizationCode},
-			want: want{
-				authorize: code(fakes.MediaValetAuthorizePath, valetAuthorize),
-				token: wantRequest{path: fakes.MediaValetTokenPath,
-					params: with(inBody, "grant_type", "authorization_code", "code", "{code}", "redirect_uri", "{redirect}", "code_verifier", "{verifier}")},
-				tokenRequests: 1, idToken: true,
-			},
+			want: want{token: GrantAuthorizationCode, tokenRequests: 1},
 		},
 		{
 			name: "mediavalet/password",
 			give: give{seed: "mediavalet", grant: GrantPassword},
-			want: want{
-				token: wantRequest{path: fakes.MediaValetTokenPath,
-					params: with(inBody, "grant_type", "password", "username", "{user}", "password", "{password}", "scope", "api offline_access openid")},
-				tokenRequests: 1, idToken: true,
-			},
+			want: want{token: GrantPassword, tokenRequests: 1},
 		},
 		{
 			name: "mediavalet/refresh_token",
 			give: give{seed: "mediavalet", grant: GrantAuthorizationCode, expire: 2 * time.Hour},
-			want: want{
-				authorize: code(fakes.MediaValetAuthorizePath, valetAuthorize),
-				token: wantRequest{path: fakes.MediaValetTokenPath,
-					params: with(inBody, "grant_type", "refresh_token", "refresh_token", "{refresh}")},
-				tokenRequests: 2, idToken: true,
-			},
+			want: want{token: GrantRefreshToken, tokenRequests: 2},
 		},
 		{
 			name: "mediaflow/authorization_code",
 			give: give{seed: "mediaflow", grant: GrantAuthorizationCode},
-			want: want{
-				authorize: code(fakes.MediaflowAuthorizePath, plainAuthorize),
-				token: wantRequest{path: fakes.MediaflowTokenPath,
-					params: with(inBody, "grant_type", "authorization_code", "code", "{code}", "redirect_uri", "{redirect}")},
-				tokenRequests: 1,
-			},
+			want: want{token: GrantAuthorizationCode, tokenRequests: 1},
 		},
 		{
 			name: "mediaflow/password",
 			give: give{seed: "mediaflow", grant: GrantPassword},
-			want: want{
-				token: wantRequest{path: fakes.MediaflowTokenPath,
-					params: with(inBody, "grant_type", "password", "username", "{user}", "password", "{password}")},
-				tokenRequests: 1,
-			},
+			want: want{token: GrantPassword, tokenRequests: 1},
 		},
 		{
 			name: "mediaflow/refresh_token",
 			give: give{seed: "mediaflow", grant: GrantPassword, expire: 2 * time.Hour},
-			want: want{
-				token: wantRequest{path: fakes.MediaflowTokenPath,
-					params: with(inBody, "grant_type", "refresh_token", "refresh_token", "{refresh}")},
-				tokenRequests: 2,
-			},
+			want: want{token: GrantRefreshToken, tokenRequests: 2},
 		},
 		{
 			name: "mediahaven/authorization_code",
 			give: give{seed: "mediahaven", grant: GrantAuthorizationCode},
-			want: want{
-				authorize: code(fakes.MediaHavenAuthorizePath, plainAuthorize),
-				token: wantRequest{path: fakes.MediaHavenTokenPath,
-					params: with(inBody, "grant_type", "authorization_code", "code", "{code}", "redirect_uri", "{redirect}")},
-				tokenRequests: 1,
-			},
+			want: want{token: GrantAuthorizationCode, tokenRequests: 1},
 		},
 		{
 			name: "mediahaven/password at its own endpoint",
 			give: give{seed: "mediahaven", grant: GrantPassword},
-			want: want{
-				token: wantRequest{path: fakes.MediaHavenPasswordPath,
-					params: with(inBody, "grant_type", "password", "username", "{user}", "password", "{password}")},
-				tokenRequests: 1,
-			},
+			want: want{token: GrantPassword, tokenRequests: 1},
 		},
 		{
 			name: "mediahaven/refresh_token of a consent",
 			give: give{seed: "mediahaven", grant: GrantAuthorizationCode, expire: 2 * time.Hour},
-			want: want{
-				authorize: code(fakes.MediaHavenAuthorizePath, plainAuthorize),
-				token: wantRequest{path: fakes.MediaHavenTokenPath,
-					params: with(inBody, "grant_type", "refresh_token", "refresh_token", "{refresh}")},
-				tokenRequests: 2,
-			},
+			want: want{token: GrantRefreshToken, tokenRequests: 2},
 		},
 		{
 			name: "mediahaven/refresh_token of a password grant",
 			give: give{seed: "mediahaven", grant: GrantPassword, expire: 2 * time.Hour},
-			want: want{
-				token: wantRequest{path: fakes.MediaHavenTokenPath,
-					params: with(inBody, "grant_type", "refresh_token", "refresh_token", "{refresh}")},
-				tokenRequests: 2,
-			},
+			want: want{token: GrantRefreshToken, tokenRequests: 2},
 		},
 	}
 	// accountFor is the account a grant is tried with; "" is the
 	// provider's own client identity.
 	accountFor := map[GrantType]string{GrantClientCredentials: "", GrantPassword: "bob", GrantAuthorizationCode: "alice"}
+	// seedRun is one run of the test.
+	type seedRun struct {
+		b                 *Broker
+		f                 *fakes.Server
+		provider, account string
+		authorize         fakes.WantRequest
+	}
 	// obtain gets an account's first token by grant, as an admin and a
 	// caller would, and returns the values of the flow.
-	obtain := map[GrantType]func(t *testing.T, r seedRun) flowValues{
-		GrantClientCredentials: func(t *testing.T, r seedRun) flowValues {
+	obtain := map[GrantType]func(t *testing.T, r seedRun) fakes.FlowValues{
+		GrantClientCredentials: func(t *testing.T, r seedRun) fakes.FlowValues {
 			accountToken(t, r.b, r.provider, r.account)
-			return flowValues{}
+			return fakes.FlowValues{}
 		},
-		GrantPassword: func(t *testing.T, r seedRun) flowValues {
+		GrantPassword: func(t *testing.T, r seedRun) fakes.FlowValues {
 			putPasswordAccount(t, r.b, r.provider, r.account, fakes.Password)
 			accountToken(t, r.b, r.provider, r.account)
-			return flowValues{}
+			return fakes.FlowValues{}
 		},
-		GrantAuthorizationCode: func(t *testing.T, r seedRun) flowValues {
+		GrantAuthorizationCode: func(t *testing.T, r seedRun) fakes.FlowValues {
 			auth, cb := consentInBrowser(t, r.b, r.f, r.provider, r.account, nil)
-			authz := r.f.Calls(r.authorize.path)
-			if len(authz) != 1 {
-				t.Fatalf("the fake got %d requests at %s, want 1 authorization request", len(authz), r.authorize.path)
-			}
-			v := flowValues{code: cb.Code, state: auth.State, challenge: authz[0].Query.Get("code_challenge")}
-			checkRequest(t, r.f, "authorization request", authz[0], authz[0].Query, r.authorize, v)
+			v := fakes.CheckAuthorization(t, r.f, r.authorize, fakes.FlowValues{Code: cb.Code, State: auth.State})
 			if _, err := r.b.CompleteAuthorization(context.Background(), cb); err != nil {
 				t.Fatalf("CompleteAuthorization: %v", err)
 			}
@@ -475,41 +337,17 @@ func TestSeedGrants(t *testing.T) {
 			b, env := startSeed(t, e, clock, tt.give.seed)
 			f := env.fake
 			provider, account := tt.give.seed, accountFor[tt.give.grant]
+			seed := fakes.SeedWants[tt.give.seed]
+			wantToken := fakes.SeedToken(t, tt.give.seed, string(tt.want.token))
 
-			v := obtain[tt.give.grant](t, seedRun{b: b, f: f, provider: provider, account: account, authorize: tt.want.authorize})
-			v.refresh = lastOr(f.TokenRequests(""), fakes.Request{}).AnswerString("refresh_token")
+			v := obtain[tt.give.grant](t, seedRun{b: b, f: f, provider: provider, account: account, authorize: seed.Authorize})
+			v.Refresh = lastOr(f.TokenRequests(""), fakes.Request{}).AnswerString("refresh_token")
 			clock.Advance(tt.give.expire)
 			rec := accountToken(t, b, provider, account)
 
-			reqs := f.TokenRequests("")
-			if len(reqs) != tt.want.tokenRequests {
-				t.Fatalf("the fake got %d token requests, want %d", len(reqs), tt.want.tokenRequests)
-			}
-			last := reqs[len(reqs)-1]
-			checkRequest(t, f, "token request", last, last.Form, tt.want.token, v)
-			for h, want := range map[string]string{"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"} {
-				if got := last.Header.Get(h); got != want {
-					t.Errorf("token request has %s %q, want %q", h, got, want)
-				}
-			}
-			if last.Status != 200 {
-				t.Fatalf("the fake answered the token request %d %v, want 200", last.Status, last.Answer)
-			}
-			if want := last.AnswerString("access_token"); rec.AccessToken != want {
-				t.Errorf("GetToken served %q, want %q, the access token the provider issued", rec.AccessToken, want)
-			}
-			if want := last.AnswerString("id_token"); rec.IDToken != want || (want != "") != tt.want.idToken {
-				t.Errorf("GetToken served id_token %q, want %q (an id_token wanted: %t)", rec.IDToken, want, tt.want.idToken)
-			}
-			if rec.Type() != "Bearer" {
-				t.Errorf("GetToken served token type %q, want Bearer", rec.Type())
-			}
-			if want := clock.Now().Add(time.Duration(last.Answer["expires_in"].(float64)) * time.Second); !rec.ExpiresAt.Equal(want) {
-				t.Errorf("GetToken served a token expiring at %v, want %v (expires_in %v)", rec.ExpiresAt, want, last.Answer["expires_in"])
-			}
-			if n := f.ReusedRefreshTokens(); n != 0 {
-				t.Errorf("the provider saw %d reused refresh tokens, want 0", n)
-			}
+			last := fakes.CheckTokenRequests(t, f, tt.want.tokenRequests, wantToken, v)
+			fakes.CheckServed(t, fakes.Served{AccessToken: rec.AccessToken, IDToken: rec.IDToken, TokenType: rec.Type(), ExpiresAt: rec.ExpiresAt},
+				last, clock.Now(), seed.IDToken)
 			g := grantOf(t, b, provider, account)
 			if want := f.RefreshTokens(); g.RefreshToken != lastOr(want, "") || g.Health != HealthOK {
 				t.Errorf("grant holds refresh token %q, health %s; want %q (the last one issued), ok", g.RefreshToken, g.Health, lastOr(want, ""))
