@@ -155,16 +155,7 @@ func TestGetTokenHitMakesNoRequests(t *testing.T) {
 	first := getToken(t, b, "orders")
 	settle(t, &requests)
 
-	before := requests.Load()
-	for range 1000 {
-		rec := getToken(t, b, "orders")
-		if rec.AccessToken != first.AccessToken || rec.Revision != first.Revision {
-			t.Fatalf("GetToken returned %q (revision %d), want the cached %q (revision %d)", rec.AccessToken, rec.Revision, first.AccessToken, first.Revision)
-		}
-	}
-	if got := requests.Load() - before; got != 0 {
-		t.Errorf("1000 cache hits made %d etcd requests, want 0", got)
-	}
+	hitsFromMemory(t, b, &requests, "orders", first, 1000)
 	if got := sb.TokenCalls(); got != 1 {
 		t.Errorf("provider got %d token calls, want 1", got)
 	}
@@ -321,16 +312,7 @@ func TestWatchBringsTokenToOtherBroker(t *testing.T) {
 	})
 	settle(t, &requests2)
 
-	before := requests2.Load()
-	for range 100 {
-		got := getToken(t, b2, "orders")
-		if got.AccessToken != rec.AccessToken || got.Revision != rec.Revision {
-			t.Fatalf("second broker served %q (revision %d), want %q (revision %d)", got.AccessToken, got.Revision, rec.AccessToken, rec.Revision)
-		}
-	}
-	if n := requests2.Load() - before; n != 0 {
-		t.Errorf("second broker made %d etcd requests for watched tokens, want 0", n)
-	}
+	hitsFromMemory(t, b2, &requests2, "orders", rec, 100)
 	if n := sb.TokenCalls(); n != 1 {
 		t.Errorf("provider got %d token calls, want 1", n)
 	}
@@ -780,5 +762,22 @@ func TestCloseRevokesSessionLease(t *testing.T) {
 	}
 	if err := b.Close(); err != nil {
 		t.Errorf("second Close() = %v, want nil", err)
+	}
+}
+
+// hitsFromMemory asks b n times for provider's token and fails unless every
+// answer is want, the record in memory, and no call made an etcd request
+// (requests counts b's).
+func hitsFromMemory(t *testing.T, b *Broker, requests *etcdtest.Counter, provider string, want *TokenRecord, n int) {
+	t.Helper()
+	before := requests.Load()
+	for range n {
+		got := getToken(t, b, provider)
+		if got.AccessToken != want.AccessToken || got.Revision != want.Revision {
+			t.Fatalf("GetToken returned %q (revision %d), want the record in memory, %q (revision %d)", got.AccessToken, got.Revision, want.AccessToken, want.Revision)
+		}
+	}
+	if got := requests.Load() - before; got != 0 {
+		t.Errorf("%d cache hits made %d etcd requests, want 0", n, got)
 	}
 }
