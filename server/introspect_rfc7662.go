@@ -27,7 +27,7 @@ func introspectionHandler(tb tokenbrokerv1.TokenBrokerServiceServer, intercept g
 			writeOAuthError(w, http.StatusBadRequest, "invalid_request", "the body is not form-encoded")
 			return
 		}
-		resp, err := gw.Introspect(asRESTCall(r.Context()), &tokenbrokerv1.IntrospectRequest{Token: r.PostForm.Get("token")})
+		resp, err := gw.Introspect(r.Context(), &tokenbrokerv1.IntrospectRequest{Token: r.PostForm.Get("token")})
 		if err != nil {
 			switch status.Code(err) {
 			case codes.Unauthenticated:
