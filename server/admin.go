@@ -120,6 +120,7 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 		{"refresh_min_lead", in.GetRefreshMinLead(), &p.RefreshMinLead},
 		{"refresh_idle_after", in.GetRefreshIdleAfter(), &p.RefreshIdleAfter},
 		{"keep_alive", in.GetKeepAlive(), &p.KeepAlive},
+		{"default_token_lifetime", in.GetDefaultTokenLifetime(), &p.DefaultTokenLifetime},
 	} {
 		if d.in == nil {
 			continue
@@ -147,12 +148,6 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 		}
 		p.GrantTypes = append(p.GrantTypes, bg)
 	}
-	if d := in.GetDefaultTokenLifetime(); d != nil {
-		if err := d.CheckValid(); err != nil {
-			return broker.Provider{}, fmt.Errorf("%w: default_token_lifetime: %v", broker.ErrInvalidArgument, err)
-		}
-		p.DefaultTokenLifetime = d.AsDuration()
-	}
 	return p, nil
 }
 
@@ -177,7 +172,12 @@ func toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 	for _, d := range []struct {
 		in  time.Duration
 		out **durationpb.Duration
-	}{{p.RefreshMinLead, &out.RefreshMinLead}, {p.RefreshIdleAfter, &out.RefreshIdleAfter}, {p.KeepAlive, &out.KeepAlive}} {
+	}{
+		{p.RefreshMinLead, &out.RefreshMinLead},
+		{p.RefreshIdleAfter, &out.RefreshIdleAfter},
+		{p.KeepAlive, &out.KeepAlive},
+		{p.DefaultTokenLifetime, &out.DefaultTokenLifetime},
+	} {
 		if d.in > 0 {
 			*d.out = durationpb.New(d.in)
 		}
@@ -198,9 +198,6 @@ func toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 	}
 	for _, g := range p.GrantTypes {
 		out.GrantTypes = append(out.GrantTypes, toGrantType(g))
-	}
-	if p.DefaultTokenLifetime > 0 {
-		out.DefaultTokenLifetime = durationpb.New(p.DefaultTokenLifetime)
 	}
 	return out
 }
