@@ -252,6 +252,26 @@ func defaultConfig() Config {
 	}
 }
 
+// readConfig is the default configuration overridden by the file at path
+// (none when path is empty) and then by the TOKENBROKER_* environment. An
+// error names the file.
+func readConfig(path string, getenv func(string) string) (Config, error) {
+	cfg := defaultConfig()
+	if path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return cfg, err
+		}
+		err = decodeConfig(f, &cfg)
+		f.Close()
+		if err != nil {
+			return cfg, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	applyEnv(&cfg, getenv)
+	return cfg, nil
+}
+
 // decodeConfig reads YAML over cfg, strictly.
 func decodeConfig(r io.Reader, cfg *Config) error {
 	data, err := io.ReadAll(io.LimitReader(r, 4<<20))

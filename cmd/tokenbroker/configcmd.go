@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 )
 
 // runConfig runs `tokenbroker config validate FILE`: it decodes the file
@@ -16,16 +15,10 @@ func runConfig(args []string, stdout, stderr io.Writer, getenv func(string) stri
 		fmt.Fprintln(stderr, "usage: tokenbroker config validate FILE")
 		return errors.New("config: want 'validate FILE'")
 	}
-	f, err := os.Open(args[1])
+	cfg, err := readConfig(args[1], getenv)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	cfg := defaultConfig()
-	if err := decodeConfig(f, &cfg); err != nil {
-		return fmt.Errorf("%s: %w", args[1], err)
-	}
-	applyEnv(&cfg, getenv)
 	if err := cfg.Validate(getenv); err != nil {
 		return fmt.Errorf("%s is invalid:\n%w", args[1], err)
 	}

@@ -102,19 +102,10 @@ func runKeysReseal(ctx context.Context, args []string, stdout, stderr io.Writer,
 	if fs.NArg() > 0 {
 		return fmt.Errorf("keys reseal: unexpected argument %q", fs.Arg(0))
 	}
-	cfg := defaultConfig()
-	if *configPath != "" {
-		f, err := os.Open(*configPath)
-		if err != nil {
-			return fmt.Errorf("keys reseal: %w", err)
-		}
-		err = decodeConfig(f, &cfg)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("keys reseal: %s: %w", *configPath, err)
-		}
+	cfg, err := readConfig(*configPath, getenv)
+	if err != nil {
+		return fmt.Errorf("keys reseal: %w", err)
 	}
-	applyEnv(&cfg, getenv)
 	if *dataDir != "" {
 		cfg.DataDir = *dataDir
 	}

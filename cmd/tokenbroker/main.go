@@ -96,19 +96,10 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 	}
 	// load reads the configuration: file, then environment, then flags.
 	load := func() (Config, error) {
-		cfg := defaultConfig()
-		if *configPath != "" {
-			f, err := os.Open(*configPath)
-			if err != nil {
-				return cfg, err
-			}
-			err = decodeConfig(f, &cfg)
-			f.Close()
-			if err != nil {
-				return cfg, fmt.Errorf("%s: %w", *configPath, err)
-			}
+		cfg, err := readConfig(*configPath, getenv)
+		if err != nil {
+			return cfg, err
 		}
-		applyEnv(&cfg, getenv)
 		for dst, v := range map[*string]string{&cfg.GRPCAddr: *grpcAddr, &cfg.HTTPAddr: *httpAddr, &cfg.DataDir: *dataDir, &cfg.Log.Level: *logLevel} {
 			if v != "" {
 				*dst = v
