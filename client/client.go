@@ -137,25 +137,7 @@ func (s *TokenSource) Token() (*oauth2.Token, error) {
 // with codes.Canceled or codes.DeadlineExceeded; a call another caller
 // started goes on for the others.
 func (s *TokenSource) TokenContext(ctx context.Context) (*oauth2.Token, error) {
-	for {
-		s.mu.Lock()
-		if s.valid(s.tok) {
-			tok := s.tok
-			s.mu.Unlock()
-			return tok, nil
-		}
-		if f := s.flight; f != nil {
-			s.mu.Unlock()
-			tok, again, err := s.wait(ctx, f, false, "")
-			if again {
-				continue
-			}
-			return tok, err
-		}
-		f := s.start(false, "")
-		s.mu.Unlock()
-		return s.run(ctx, f)
-	}
+	return s.get(ctx, false, "")
 }
 
 // Refresh asks the broker for a new token in place of staleAccessToken, the
@@ -176,22 +158,32 @@ func (s *TokenSource) TokenContext(ctx context.Context) (*oauth2.Token, error) {
 // An empty staleAccessToken forces a new token; concurrent forced refreshes
 // share one call.
 func (s *TokenSource) Refresh(ctx context.Context, staleAccessToken string) (*oauth2.Token, error) {
+	return s.get(ctx, true, staleAccessToken)
+}
+
+// get returns the cached token when it answers the request (a GetToken
+// when refresh is false, else a Refresh of stale), else the answer of the
+// call in flight when it is the same request, else the answer of a call it
+// makes itself.
+func (s *TokenSource) get(ctx context.Context, refresh bool, stale string) (*oauth2.Token, error) {
 	for {
 		s.mu.Lock()
-		if staleAccessToken != "" && s.tok != nil && s.tok.AccessToken != staleAccessToken && s.valid(s.tok) {
+		// A forced refresh (no stale token) never takes the cached token;
+		// a refresh of a stale token takes it once it is another one.
+		if s.valid(s.tok) && (!refresh || stale != "" && s.tok.AccessToken != stale) {
 			tok := s.tok
 			s.mu.Unlock()
 			return tok, nil
 		}
 		if f := s.flight; f != nil {
 			s.mu.Unlock()
-			tok, again, err := s.wait(ctx, f, true, staleAccessToken)
+			tok, again, err := s.wait(ctx, f, refresh, stale)
 			if again {
 				continue
 			}
 			return tok, err
 		}
-		f := s.start(true, staleAccessToken)
+		f := s.start(refresh, stale)
 		s.mu.Unlock()
 		return s.run(ctx, f)
 	}
