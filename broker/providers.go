@@ -16,13 +16,19 @@ import (
 
 const maxCASAttempts = 5
 
+// FillDefaults fills what a provider may leave unset: no ClientAuth means
+// HTTP Basic (RFC 6749 §2.3.1: every server supports it). PutProvider
+// applies it; a preset's own style, applied first, wins.
+func (p *Provider) FillDefaults() { fillAuth(p, oauth.AuthBasic) }
+
 // PutProvider creates or replaces provider p. An empty secret keeps the
-// stored client secret. Changing where or as whom tokens are obtained (token
+// stored client secret; no ClientAuth means HTTP Basic. Changing where or as whom tokens are obtained (token
 // URLs, client_id, default scopes or token parameters) drops the provider's
 // cached tokens in the same transaction; rotating only the secret keeps
 // them. Errors wrap ErrInvalidArgument, ErrStoreUnavailable or ErrConflict.
 func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*Provider, error) {
 	p.ClientSecret = secret
+	p.FillDefaults()
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}

@@ -39,9 +39,6 @@ func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutPro
 			return nil, toStatus(s.log, err)
 		}
 	}
-	if p.ClientAuth == 0 {
-		p.ClientAuth = oauth.AuthBasic // RFC 6749 §2.3.1: every server supports it
-	}
 	stored, err := s.broker.PutProvider(ctx, p, req.GetClientSecret())
 	if err != nil {
 		return nil, toStatus(s.log, err)

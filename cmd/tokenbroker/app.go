@@ -192,9 +192,6 @@ func (a *App) ApplyProviders(ctx context.Context, cfg Config) error {
 			if err := a.broker.ApplyPreset(ctx, &p, pc.Preset, pc.BaseURL); err != nil {
 				return fmt.Errorf("provider %q: %w", pc.Name, err)
 			}
-			if p.ClientAuth == 0 {
-				p.ClientAuth = oauth.AuthBasic
-			}
 		}
 		if _, err := a.broker.ApplyConfigProvider(ctx, p, secret); err != nil {
 			return fmt.Errorf("register provider %q: %w", pc.Name, err)

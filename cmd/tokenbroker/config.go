@@ -432,9 +432,7 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 			errs = append(errs, err)
 		}
 	}
-	if p.ClientAuth == 0 {
-		p.ClientAuth = oauth.AuthBasic
-	}
+	p.FillDefaults()
 	if err := p.Validate(); err != nil {
 		errs = append(errs, err)
 	}
