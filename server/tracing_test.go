@@ -61,17 +61,17 @@ func spanText(spans []sdktrace.ReadOnlySpan) string {
 	for _, s := range spans {
 		fmt.Fprintf(&b, "%s kind=%s status=%s %q\n", s.Name(), s.SpanKind(), s.Status().Code, s.Status().Description)
 		for _, a := range s.Attributes() {
-			fmt.Fprintf(&b, "  %s=%s\n", a.Key, a.Value.Emit())
+			fmt.Fprintf(&b, "  %s=%s\n", a.Key, a.Value.String())
 		}
 		for _, e := range s.Events() {
 			fmt.Fprintf(&b, "  event %s\n", e.Name)
 			for _, a := range e.Attributes {
-				fmt.Fprintf(&b, "    %s=%s\n", a.Key, a.Value.Emit())
+				fmt.Fprintf(&b, "    %s=%s\n", a.Key, a.Value.String())
 			}
 		}
 		for _, l := range s.Links() {
 			for _, a := range l.Attributes {
-				fmt.Fprintf(&b, "  link %s=%s\n", a.Key, a.Value.Emit())
+				fmt.Fprintf(&b, "  link %s=%s\n", a.Key, a.Value.String())
 			}
 		}
 	}
@@ -82,7 +82,7 @@ func spanText(spans []sdktrace.ReadOnlySpan) string {
 func spanAttr(s sdktrace.ReadOnlySpan, key attribute.Key) string {
 	for _, a := range s.Attributes() {
 		if a.Key == key {
-			return a.Value.Emit()
+			return a.Value.String()
 		}
 	}
 	return ""
