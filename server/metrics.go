@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tokenbroker/tokenbroker/broker"
@@ -64,7 +65,7 @@ func NewMetrics() *Metrics {
 		Name: "tokenbroker_refresh_shard_leader", Help: "1 while this replica leads the refresh shard.",
 	}, []string{"shard"})
 	m.reg.MustRegister(m.grpc, m.served, m.providerCalls, m.providerTime, m.refreshed, m.refreshAhead, m.refreshFailed, m.leading,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tokenbroker_etcd_errors_total", Help: "Failed etcd calls."},
 			func() float64 { return float64(broker.StoreErrors()) }),
 	)
