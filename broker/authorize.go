@@ -118,7 +118,7 @@ func (b *Broker) StartAuthorization(ctx context.Context, provider, account strin
 			return nil, err
 		}
 	}
-	val, err := json.Marshal(stored)
+	val, err := b.signRecord(key, stored)
 	if err != nil {
 		return nil, err
 	}
@@ -173,8 +173,12 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, cb Callback) (*Grant
 	if !resp.Succeeded {
 		return nil, invalidf("unknown, used or expired state")
 	}
+	val := resp.Responses[0].GetResponseRange().GetKvs()[0].Value
+	if err := b.verifyRecord(key, val); err != nil {
+		return nil, err
+	}
 	var a storedAuthorization
-	if err := json.Unmarshal(resp.Responses[0].GetResponseRange().GetKvs()[0].Value, &a); err != nil {
+	if err := json.Unmarshal(val, &a); err != nil {
 		return nil, fmt.Errorf("decode authorization: %w", err)
 	}
 	if !b.now().Before(a.ExpiresAt) {

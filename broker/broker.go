@@ -216,6 +216,12 @@ func cmp[T comparable](v, def T) T {
 	return v
 }
 
+// Fingerprint tells admins whether a secret changed without revealing it:
+// an HMAC under a key derived from the master key (see
+// seal.Keyring.Fingerprint), the same on every replica with the same
+// master key; "" for no secret.
+func (b *Broker) Fingerprint(secret string) string { return b.keys.Fingerprint(secret) }
+
 // Close stops the watches, waits for in-flight fetches, and releases the
 // broker's locks. It is safe to call more than once.
 func (b *Broker) Close() error {

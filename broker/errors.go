@@ -21,6 +21,10 @@ var (
 	ErrLockLost = errors.New("broker: lock lost")
 	// ErrConflict: a concurrent change won; the caller may retry.
 	ErrConflict = errors.New("broker: conflicting change")
+	// ErrUntrustedRecord: a record in etcd that must carry a tag made with
+	// the master key has none, or one that does not verify: it was written
+	// by someone without the master key, or altered. It is never used.
+	ErrUntrustedRecord = errors.New("broker: stored record failed authentication")
 )
 
 func invalidf(format string, args ...any) error {
@@ -54,6 +58,13 @@ func (e *ProviderError) Unwrap() error { return e.Err }
 
 // storeErrors counts failed etcd calls, for metrics (StoreErrors).
 var storeErrors atomic.Int64
+
+// untrustedRecords counts records refused by verifyRecord.
+var untrustedRecords atomic.Int64
+
+// UntrustedRecords is the number of etcd records that failed
+// authentication, read by any broker in this process.
+func UntrustedRecords() int64 { return untrustedRecords.Load() }
 
 // StoreErrors is the number of failed etcd calls of every broker in this
 // process.

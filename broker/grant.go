@@ -9,6 +9,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // GrantHealth is the state of a grant as admins see it.
@@ -219,6 +220,10 @@ func (b *Broker) ListGrants(ctx context.Context, provider string) ([]*Grant, err
 	out := make([]*Grant, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		g, err := b.decodeGrant(string(kv.Key), kv.Value, kv.ModRevision)
+		if errors.Is(err, ErrUntrustedRecord) {
+			b.log.Error("list grants: skip a record that failed authentication", zap.Error(err))
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -1,8 +1,6 @@
 package broker
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
@@ -82,10 +80,10 @@ type Provider struct {
 	RedirectURL string
 
 	SecretUpdateTime time.Time
-	// ConfigSecretFingerprint is the fingerprint of the client secret the
-	// config file last set. A config applied again with the same secret
-	// keeps a secret rotated through the API since.
-	ConfigSecretFingerprint string
+	// ConfigSecretDigest is the SHA-256 (hex) of the client secret the
+	// config file last set, stored sealed. A config applied again with the
+	// same secret keeps a secret rotated through the API since.
+	ConfigSecretDigest string
 	// PreviousSecret is tried when ClientSecret is refused with
 	// invalid_client, until PreviousSecretUntil (a rotation's overlap).
 	PreviousSecret      string
@@ -119,24 +117,6 @@ func (p *Provider) TokenLifetime() time.Duration {
 		return p.DefaultTokenLifetime
 	}
 	return DefaultTokenLifetime
-}
-
-// SecretFingerprint is a short, stable digest of the client secret that
-// tells admins whether and when it changed without revealing it; "" when no
-// secret is set.
-func (p *Provider) SecretFingerprint() string {
-	return Fingerprint(p.ClientSecret)
-}
-
-// Fingerprint returns the first 8 hex digits of a domain-separated SHA-256 of
-// secret, or "" for an empty secret. 32 bits identify a change; they do not
-// let anyone recover the secret.
-func Fingerprint(secret string) string {
-	if secret == "" {
-		return ""
-	}
-	sum := sha256.Sum256([]byte("tokenbroker fingerprint\x00" + secret))
-	return hex.EncodeToString(sum[:4])
 }
 
 // Validate reports every problem of p at once, wrapped in ErrInvalidArgument.

@@ -2,6 +2,10 @@ package broker
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"maps"
 	"net/url"
@@ -10,6 +14,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
 )
@@ -57,12 +62,17 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 		}
 		if len(resp.Kvs) > 0 {
 			old, err := b.decodeProvider(key, resp.Kvs[0].Value, resp.Kvs[0].ModRevision)
-			if err != nil {
+			if errors.Is(err, ErrUntrustedRecord) {
+				// Nothing of a forged record is kept: the put replaces it
+				// whole, and the tokens cached under it go.
+				b.log.Error("put provider: replacing a record that failed authentication", zap.Error(err))
+				old = &Provider{}
+			} else if err != nil {
 				return nil, err
 			}
 			next.CreateTime = old.CreateTime
-			if next.ConfigSecretFingerprint == "" {
-				next.ConfigSecretFingerprint = old.ConfigSecretFingerprint
+			if next.ConfigSecretDigest == "" {
+				next.ConfigSecretDigest = old.ConfigSecretDigest
 			}
 			next.PreviousSecret, next.PreviousSecretUntil = old.PreviousSecret, old.PreviousSecretUntil
 			if secret == "" || secret == old.ClientSecret {
@@ -130,6 +140,10 @@ func (b *Broker) ListProviders(ctx context.Context) ([]*Provider, error) {
 	out := make([]*Provider, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		p, err := b.decodeProvider(string(kv.Key), kv.Value, kv.ModRevision)
+		if errors.Is(err, ErrUntrustedRecord) {
+			b.log.Error("list providers: skip a record that failed authentication", zap.Error(err))
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -241,16 +255,17 @@ func (b *Broker) RotateClientSecret(ctx context.Context, name, secret string, va
 }
 
 // ApplyConfigProvider puts p as the config file declares it. A secret the
-// file set before (same fingerprint) is not applied again, so that a secret
+// file set before (same digest) is not applied again, so that a secret
 // rotated through the API since is kept; a secret the file changed is
 // applied. Errors as for PutProvider.
 func (b *Broker) ApplyConfigProvider(ctx context.Context, p Provider, secret string) (*Provider, error) {
 	if secret != "" {
-		fp := Fingerprint(secret)
-		if old, err := b.GetProvider(ctx, p.Name); err == nil && old.ConfigSecretFingerprint == fp {
+		sum := sha256.Sum256([]byte(secret))
+		digest := hex.EncodeToString(sum[:])
+		if old, err := b.GetProvider(ctx, p.Name); err == nil && subtle.ConstantTimeCompare([]byte(old.ConfigSecretDigest), []byte(digest)) == 1 {
 			secret = "" // unchanged in the file: keep what is stored
 		}
-		p.ConfigSecretFingerprint = fp
+		p.ConfigSecretDigest = digest
 	}
 	return b.PutProvider(ctx, p, secret)
 }

@@ -24,8 +24,8 @@ func TestPutProviderCreateThenUpdate(t *testing.T) {
 	if !created.CreateTime.Equal(t0) || !created.UpdateTime.Equal(t0) || !created.SecretUpdateTime.Equal(t0) {
 		t.Errorf("created: create %v, update %v, secret update %v; want all %v", created.CreateTime, created.UpdateTime, created.SecretUpdateTime, t0)
 	}
-	if created.SecretFingerprint() != Fingerprint("first-secret") || created.SecretFingerprint() == "" {
-		t.Errorf("created: fingerprint %q, want %q", created.SecretFingerprint(), Fingerprint("first-secret"))
+	if b.Fingerprint(created.ClientSecret) != b.Fingerprint("first-secret") || b.Fingerprint(created.ClientSecret) == "" {
+		t.Errorf("created: fingerprint %q, want %q", b.Fingerprint(created.ClientSecret), b.Fingerprint("first-secret"))
 	}
 
 	// An update without a secret keeps the stored one.
@@ -38,8 +38,8 @@ func TestPutProviderCreateThenUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, got := range []*Provider{updated, stored} {
-		if got.ClientSecret != "first-secret" || got.SecretFingerprint() != created.SecretFingerprint() {
-			t.Errorf("after an update without a secret: fingerprint %q, want the old %q", got.SecretFingerprint(), created.SecretFingerprint())
+		if got.ClientSecret != "first-secret" || b.Fingerprint(got.ClientSecret) != b.Fingerprint(created.ClientSecret) {
+			t.Errorf("after an update without a secret: fingerprint %q, want the old %q", b.Fingerprint(got.ClientSecret), b.Fingerprint(created.ClientSecret))
 		}
 		if !got.SecretUpdateTime.Equal(t0) || !got.CreateTime.Equal(t0) || !got.UpdateTime.Equal(t1) {
 			t.Errorf("after an update without a secret: secret update %v, create %v, update %v; want %v, %v, %v",
@@ -59,8 +59,8 @@ func TestPutProviderCreateThenUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, got := range []*Provider{rotated, stored} {
-		if got.SecretFingerprint() != Fingerprint("second-secret") || got.SecretFingerprint() == created.SecretFingerprint() {
-			t.Errorf("after a rotation: fingerprint %q, want %q (was %q)", got.SecretFingerprint(), Fingerprint("second-secret"), created.SecretFingerprint())
+		if b.Fingerprint(got.ClientSecret) != b.Fingerprint("second-secret") || b.Fingerprint(got.ClientSecret) == b.Fingerprint(created.ClientSecret) {
+			t.Errorf("after a rotation: fingerprint %q, want %q (was %q)", b.Fingerprint(got.ClientSecret), b.Fingerprint("second-secret"), b.Fingerprint(created.ClientSecret))
 		}
 		if !got.SecretUpdateTime.Equal(t2) || !got.CreateTime.Equal(t0) {
 			t.Errorf("after a rotation: secret update %v, create %v; want %v, %v", got.SecretUpdateTime, got.CreateTime, t2, t0)
@@ -199,7 +199,7 @@ func TestGetAndListProviders(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.Name != "mediahound" || got.TokenURL != "https://mediahound.example.com/token" || got.ClientID != "mediahound-id" ||
-		got.ClientAuth != oauth.AuthBasic || got.SecretFingerprint() != Fingerprint("mediahound-secret") {
+		got.ClientAuth != oauth.AuthBasic || b.Fingerprint(got.ClientSecret) != b.Fingerprint("mediahound-secret") {
 		t.Errorf("GetProvider(mediahound) = %+v, want what was put", got)
 	}
 

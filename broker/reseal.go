@@ -37,6 +37,9 @@ type ResealStats struct {
 	// Resealed is the number of records written back with every sealed
 	// value under the primary key.
 	Resealed int
+	// Signed is the number of records that had no tag and were given one
+	// (SignUntagged).
+	Signed int
 	// Failed is the number of records left as they were: a value sealed
 	// with a key the keyring does not hold, one that does not open or is no
 	// sealed value at all, a lock that could not be taken, or a record
@@ -71,7 +74,14 @@ const (
 // ErrResealIncomplete. It returns an error wrapping ErrStoreUnavailable
 // when etcd cannot be read, or the context's error when ctx ends. No error
 // and no stat carries a secret, a token or key material.
-func Reseal(ctx context.Context, cli *clientv3.Client, prefix string, keys *seal.Keyring) (ResealStats, error) {
+//
+// With SignUntagged, records of the kinds that must carry a tag made with
+// the master key (providers, grants, pending authorizations, API keys; see
+// seal.SignRecord) that have none are given one, trusting what they hold:
+// the step after upgrading from a version that did not tag records, taken
+// while no one else can write to etcd. Without it, such records are left
+// as they are, and the brokers refuse them.
+func Reseal(ctx context.Context, cli *clientv3.Client, prefix string, keys *seal.Keyring, opts ...ResealOption) (ResealStats, error) {
 	if cli == nil || keys == nil {
 		return ResealStats{}, errors.New("broker: reseal needs an etcd client and a keyring")
 	}
@@ -80,6 +90,9 @@ func Reseal(ctx context.Context, cli *clientv3.Client, prefix string, keys *seal
 		prefix += "/"
 	}
 	r := &resealer{cli: cli, prefix: prefix, keys: keys}
+	for _, o := range opts {
+		o(r)
+	}
 	defer r.close()
 	err := r.run(ctx)
 	if err == nil && r.stats.Failed > 0 {
@@ -95,12 +108,36 @@ func (b *Broker) Reseal(ctx context.Context) (ResealStats, error) {
 	return Reseal(ctx, b.cli, b.prefix, b.keys)
 }
 
+// ResealOption adjusts Reseal.
+type ResealOption func(*resealer)
+
+// SignUntagged makes Reseal tag the records that must carry a tag and have
+// none, trusting their content.
+func SignUntagged() ResealOption { return func(r *resealer) { r.signUntagged = true } }
+
+// taggedPrefixes are the kinds of record that carry a tag made with the
+// master key (below the broker's prefix; "apikeys/" is package apikey's).
+var taggedPrefixes = []string{providersPrefix, grantsPrefix, statesPrefix, "apikeys/"}
+
 type resealer struct {
-	cli    *clientv3.Client
-	prefix string
-	keys   *seal.Keyring
-	sess   *concurrency.Session
-	stats  ResealStats
+	cli          *clientv3.Client
+	prefix       string
+	keys         *seal.Keyring
+	signUntagged bool
+	sess         *concurrency.Session
+	stats        ResealStats
+}
+
+// untagged reports whether kv is a record that must carry a tag and has
+// none.
+func (r *resealer) untagged(kv *mvccpb.KeyValue) bool {
+	rest := strings.TrimPrefix(string(kv.Key), r.prefix)
+	for _, p := range taggedPrefixes {
+		if strings.HasPrefix(rest, p) {
+			return !seal.HasRecordTag(kv.Value)
+		}
+	}
+	return false
 }
 
 func (r *resealer) close() {
@@ -135,6 +172,14 @@ func (r *resealer) run(ctx context.Context) error {
 // end the walk: the context's.
 func (r *resealer) record(ctx context.Context, kv *mvccpb.KeyValue) error {
 	key := string(kv.Key)
+	if r.signUntagged && r.untagged(kv) {
+		if err := r.sign(ctx, kv); err != nil {
+			return err
+		}
+		// Signed from what it held; a sealed value under an old key is
+		// re-sealed on the next run.
+		return nil
+	}
 	fields, ok := sealedFields(kv.Value)
 	if !ok {
 		return nil
@@ -143,7 +188,33 @@ func (r *resealer) record(ctx context.Context, kv *mvccpb.KeyValue) error {
 	if !r.needsReseal(fields) {
 		return nil
 	}
-	resealed, err := r.resealLocked(ctx, key, kv)
+	resealed, err := r.rewriteLocked(ctx, key, kv, func(value []byte) ([]byte, bool, error) {
+		fields, ok := sealedFields(value)
+		if !ok || !r.needsReseal(fields) {
+			return nil, false, nil
+		}
+		val, err := r.rewrite(key, value, fields)
+		return val, err == nil, err
+	})
+	return r.count(ctx, key, resealed, err, &r.stats.Resealed)
+}
+
+// sign tags an untagged record of a tagged kind.
+func (r *resealer) sign(ctx context.Context, kv *mvccpb.KeyValue) error {
+	key := string(kv.Key)
+	signed, err := r.rewriteLocked(ctx, key, kv, func(value []byte) ([]byte, bool, error) {
+		if seal.HasRecordTag(value) {
+			return nil, false, nil
+		}
+		val, err := r.keys.SignRecord(key, value)
+		return val, err == nil, err
+	})
+	return r.count(ctx, key, signed, err, &r.stats.Signed)
+}
+
+// count records the outcome of a rewrite of key. It returns only errors
+// that end the walk: the context's.
+func (r *resealer) count(ctx context.Context, key string, wrote bool, err error, n *int) error {
 	switch {
 	case ctx.Err() != nil:
 		return ctx.Err()
@@ -152,8 +223,8 @@ func (r *resealer) record(ctx context.Context, kv *mvccpb.KeyValue) error {
 		if len(r.stats.Failures) < maxResealFailures {
 			r.stats.Failures = append(r.stats.Failures, fmt.Errorf("%s: %w", key, err))
 		}
-	case resealed:
-		r.stats.Resealed++
+	case wrote:
+		*n++
 	}
 	return nil
 }
@@ -167,24 +238,24 @@ func (r *resealer) needsReseal(fields map[string][]byte) bool {
 	return false
 }
 
-// resealLocked takes the grant locks key needs, then re-seals it with a
-// bounded compare-and-swap loop. It reports whether it wrote the record; a
-// record that was deleted, or re-sealed by someone else meanwhile, needs no
-// write.
-func (r *resealer) resealLocked(ctx context.Context, key string, kv *mvccpb.KeyValue) (bool, error) {
+// rewriteLocked takes the grant locks key needs, then writes back what
+// change makes of its value with a bounded compare-and-swap loop. change
+// reports false when the value needs no write (any more). rewriteLocked
+// reports whether it wrote the record; a record that was deleted, or
+// rewritten by someone else meanwhile, needs no write.
+func (r *resealer) rewriteLocked(ctx context.Context, key string, kv *mvccpb.KeyValue, change func([]byte) ([]byte, bool, error)) (bool, error) {
 	unlock, err := r.lock(ctx, key)
 	if err != nil {
 		return false, err
 	}
 	defer unlock()
 	for range maxCASAttempts {
-		fields, ok := sealedFields(kv.Value)
-		if !ok || !r.needsReseal(fields) {
-			return false, nil
-		}
-		val, err := r.rewrite(key, kv.Value, fields)
+		val, write, err := change(kv.Value)
 		if err != nil {
 			return false, err
+		}
+		if !write {
+			return false, nil
 		}
 		sctx, cancel := context.WithTimeout(ctx, resealStoreTimeout)
 		resp, err := r.cli.Txn(sctx).

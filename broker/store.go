@@ -38,6 +38,31 @@ func (b *Broker) sealString(etcdKey, field, v string) ([]byte, error) {
 	return out, nil
 }
 
+// Records whose forgery would grant access or change where tokens go —
+// providers, grants and pending authorizations (API keys too, in package
+// apikey) — carry a tag made with the master key (seal.SignRecord). A
+// record without a valid tag is never trusted: reading it is an error
+// wrapping ErrUntrustedRecord, and the watch leaves memory as it was.
+
+// signRecord encodes v, a stored record, and tags it for etcdKey.
+func (b *Broker) signRecord(etcdKey string, v any) ([]byte, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return b.keys.SignRecord(etcdKey, data)
+}
+
+// verifyRecord returns an error wrapping ErrUntrustedRecord when data is
+// not a record signed for etcdKey with the master key, and counts it.
+func (b *Broker) verifyRecord(etcdKey string, data []byte) error {
+	if err := b.keys.VerifyRecord(etcdKey, data); err != nil {
+		untrustedRecords.Add(1)
+		return fmt.Errorf("%w: %s: %w", ErrUntrustedRecord, etcdKey, err)
+	}
+	return nil
+}
+
 func (b *Broker) openString(etcdKey, field string, sealed []byte) (string, error) {
 	if len(sealed) == 0 {
 		return "", nil
@@ -73,7 +98,7 @@ type storedProvider struct {
 	RedirectURL          string            `json:"redirect_url,omitempty"`
 	SecretUpdateTime     time.Time         `json:"secret_update_time"`
 	PreviousSecret       []byte            `json:"previous_client_secret_sealed,omitempty"`
-	ConfigSecretFP       string            `json:"config_secret_fingerprint,omitempty"`
+	ConfigSecretDigest   []byte            `json:"config_secret_digest_sealed,omitempty"`
 	PreviousSecretUntil  time.Time         `json:"previous_client_secret_until,omitzero"`
 	CreateTime           time.Time         `json:"create_time"`
 	UpdateTime           time.Time         `json:"update_time"`
@@ -88,8 +113,12 @@ func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	configDigest, err := b.sealString(key, "config_secret_digest", p.ConfigSecretDigest)
+	if err != nil {
+		return nil, err
+	}
 	s := storedProvider{
-		PreviousSecret: previous, PreviousSecretUntil: p.PreviousSecretUntil, ConfigSecretFP: p.ConfigSecretFingerprint,
+		PreviousSecret: previous, PreviousSecretUntil: p.PreviousSecretUntil, ConfigSecretDigest: configDigest,
 		Name: p.Name, TokenURL: p.TokenURL, AuthorizeURL: p.AuthorizeURL,
 		IntrospectionURL: p.IntrospectionURL, RevocationURL: p.RevocationURL,
 		ClientID: p.ClientID, ClientSecret: secret, ClientAuth: p.ClientAuth.String(),
@@ -111,10 +140,13 @@ func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
 	if p.IntrospectionAuth != 0 {
 		s.IntrospectionAuth = p.IntrospectionAuth.String()
 	}
-	return json.Marshal(s)
+	return b.signRecord(key, s)
 }
 
 func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, error) {
+	if err := b.verifyRecord(key, data); err != nil {
+		return nil, err
+	}
 	var s storedProvider
 	if err := json.Unmarshal(data, &s); err != nil {
 		return nil, fmt.Errorf("decode provider: %w", err)
@@ -131,8 +163,12 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 	if err != nil {
 		return nil, err
 	}
+	configDigest, err := b.openString(key, "config_secret_digest", s.ConfigSecretDigest)
+	if err != nil {
+		return nil, err
+	}
 	p := &Provider{
-		PreviousSecret: previous, PreviousSecretUntil: s.PreviousSecretUntil, ConfigSecretFingerprint: s.ConfigSecretFP,
+		PreviousSecret: previous, PreviousSecretUntil: s.PreviousSecretUntil, ConfigSecretDigest: configDigest,
 		Name: s.Name, TokenURL: s.TokenURL, AuthorizeURL: s.AuthorizeURL,
 		IntrospectionURL: s.IntrospectionURL, RevocationURL: s.RevocationURL,
 		ClientID: s.ClientID, ClientSecret: secret, ClientAuth: auth,
@@ -275,7 +311,7 @@ func (b *Broker) encodeGrant(key string, g *Grant) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(storedGrant{
+	return b.signRecord(key, storedGrant{
 		Provider: g.Provider, Account: g.Account, Type: string(g.Type), Username: g.Username,
 		Password: pw, RefreshToken: rt, Scopes: g.Scopes, Health: string(g.Health), LastError: g.LastError,
 		LastRefresh: g.LastRefresh, ExpireTime: g.ExpireTime, RefreshedBy: g.RefreshedBy, Generation: g.Generation,
@@ -285,6 +321,9 @@ func (b *Broker) encodeGrant(key string, g *Grant) ([]byte, error) {
 }
 
 func (b *Broker) decodeGrant(key string, data []byte, rev int64) (*Grant, error) {
+	if err := b.verifyRecord(key, data); err != nil {
+		return nil, err
+	}
 	var s storedGrant
 	if err := json.Unmarshal(data, &s); err != nil {
 		return nil, fmt.Errorf("decode grant: %w", err)

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"encoding/hex"
 	"errors"
 	"net/url"
 	"slices"
@@ -127,26 +126,6 @@ func TestValidateAccountName(t *testing.T) {
 		if err := ValidateAccountName(tt.give); !errors.Is(err, tt.want) {
 			t.Errorf("ValidateAccountName(%q) = %v, want %v", tt.give, err, tt.want)
 		}
-	}
-}
-
-func TestFingerprint(t *testing.T) {
-	if got := Fingerprint(""); got != "" {
-		t.Errorf("Fingerprint(\"\") = %q, want \"\" (no secret set)", got)
-	}
-	got := Fingerprint("MyClientSecret")
-	if _, err := hex.DecodeString(got); err != nil || len(got) != 8 {
-		t.Errorf("Fingerprint(MyClientSecret) = %q, want 8 hex digits", got)
-	}
-	if again := Fingerprint("MyClientSecret"); again != got {
-		t.Errorf("Fingerprint(MyClientSecret) = %q, then %q; want it stable", got, again)
-	}
-	if a, b := Fingerprint("secret-a"), Fingerprint("secret-b"); a == b {
-		t.Errorf("Fingerprint(secret-a) = Fingerprint(secret-b) = %q, want them to differ", a)
-	}
-	p := Provider{ClientSecret: "MyClientSecret"}
-	if p.SecretFingerprint() != got {
-		t.Errorf("SecretFingerprint() = %q, want %q", p.SecretFingerprint(), got)
 	}
 }
 

@@ -78,7 +78,7 @@ func newEnv(t *testing.T) *env {
 	}
 	t.Cleanup(func() { b.Close() })
 
-	keys, err := apikey.NewStore(context.Background(), etcd.Client(t, nil), broker.DefaultPrefix, nil)
+	keys, err := apikey.NewStore(context.Background(), etcd.Client(t, nil), broker.DefaultPrefix, testkeys.Keyring(), nil)
 	if err != nil {
 		t.Fatalf("apikey.NewStore: %v", err)
 	}

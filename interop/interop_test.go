@@ -385,9 +385,9 @@ func TestAuthorizationCode(t *testing.T) {
 	}
 	g1 := g
 	g2 := grantOf(t, b, name, account)
-	if g2.RefreshToken == g1.RefreshToken || broker.Fingerprint(g2.RefreshToken) == broker.Fingerprint(g1.RefreshToken) {
+	if g2.RefreshToken == g1.RefreshToken || testkeys.Keyring().Fingerprint(g2.RefreshToken) == testkeys.Keyring().Fingerprint(g1.RefreshToken) {
 		t.Errorf("refresh token fingerprint %s after the refresh, was %s: want it rotated",
-			broker.Fingerprint(g2.RefreshToken), broker.Fingerprint(g1.RefreshToken))
+			testkeys.Keyring().Fingerprint(g2.RefreshToken), testkeys.Keyring().Fingerprint(g1.RefreshToken))
 	}
 
 	// A forced refresh (a resource server rejected the token) rotates again.

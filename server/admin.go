@@ -44,7 +44,7 @@ func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutPro
 		return nil, toStatus(s.log, err)
 	}
 	s.log.Info("provider put", zap.String("provider", stored.Name), zap.Bool("secret_changed", req.GetClientSecret() != ""))
-	return &tokenbrokerv1.PutProviderResponse{Provider: toProvider(stored)}, nil
+	return &tokenbrokerv1.PutProviderResponse{Provider: s.toProvider(stored)}, nil
 }
 
 func (s *adminServer) GetProvider(ctx context.Context, req *tokenbrokerv1.GetProviderRequest) (*tokenbrokerv1.GetProviderResponse, error) {
@@ -52,7 +52,7 @@ func (s *adminServer) GetProvider(ctx context.Context, req *tokenbrokerv1.GetPro
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
-	return &tokenbrokerv1.GetProviderResponse{Provider: toProvider(p)}, nil
+	return &tokenbrokerv1.GetProviderResponse{Provider: s.toProvider(p)}, nil
 }
 
 func (s *adminServer) ListProviders(ctx context.Context, _ *tokenbrokerv1.ListProvidersRequest) (*tokenbrokerv1.ListProvidersResponse, error) {
@@ -62,7 +62,7 @@ func (s *adminServer) ListProviders(ctx context.Context, _ *tokenbrokerv1.ListPr
 	}
 	out := make([]*tokenbrokerv1.Provider, len(ps))
 	for i, p := range ps {
-		out[i] = toProvider(p)
+		out[i] = s.toProvider(p)
 	}
 	return &tokenbrokerv1.ListProvidersResponse{Providers: out}, nil
 }
@@ -149,7 +149,7 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 }
 
 // toProvider converts a provider for an admin response, without its secret.
-func toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
+func (s *adminServer) toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 	out := &tokenbrokerv1.Provider{
 		Name:                p.Name,
 		TokenUrl:            p.TokenURL,
@@ -157,7 +157,7 @@ func toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 		IntrospectionUrl:    p.IntrospectionURL,
 		RevocationUrl:       p.RevocationURL,
 		ClientId:            p.ClientID,
-		ClientSecret:        secretInfo(p.ClientSecret, p.SecretUpdateTime),
+		ClientSecret:        s.secretInfo(p.ClientSecret, p.SecretUpdateTime),
 		DefaultScopes:       p.DefaultScopes,
 		TokenParams:         p.TokenParams,
 		CreateTime:          timestamppb.New(p.CreateTime),
@@ -220,5 +220,5 @@ func (s *adminServer) RotateClientSecret(ctx context.Context, req *tokenbrokerv1
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
-	return &tokenbrokerv1.RotateClientSecretResponse{Provider: toProvider(p)}, nil
+	return &tokenbrokerv1.RotateClientSecretResponse{Provider: s.toProvider(p)}, nil
 }

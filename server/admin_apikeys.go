@@ -95,6 +95,7 @@ var apiKeyCodes = []struct {
 	{apikey.ErrStatic, codes.FailedPrecondition},
 	{apikey.ErrStoreUnavailable, codes.Unavailable},
 	{apikey.ErrConflict, codes.Aborted},
+	{apikey.ErrUntrustedRecord, codes.Internal},
 }
 
 // apiKeyStatus maps the key store's errors; the rest go through toStatus.

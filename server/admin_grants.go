@@ -21,7 +21,7 @@ func (s *adminServer) PutAccount(ctx context.Context, req *tokenbrokerv1.PutAcco
 	}
 	s.log.Info("account put", zap.String("provider", g.Provider), zap.String("account", g.Account),
 		zap.Bool("password_changed", req.GetPassword() != ""))
-	return &tokenbrokerv1.PutAccountResponse{Grant: toGrant(g)}, nil
+	return &tokenbrokerv1.PutAccountResponse{Grant: s.toGrant(g)}, nil
 }
 
 func (s *adminServer) StartAuthorization(ctx context.Context, req *tokenbrokerv1.StartAuthorizationRequest) (*tokenbrokerv1.StartAuthorizationResponse, error) {
@@ -41,7 +41,7 @@ func (s *adminServer) ListGrants(ctx context.Context, req *tokenbrokerv1.ListGra
 	}
 	out := make([]*tokenbrokerv1.Grant, len(gs))
 	for i, g := range gs {
-		out[i] = toGrant(g)
+		out[i] = s.toGrant(g)
 	}
 	return &tokenbrokerv1.ListGrantsResponse{Grants: out}, nil
 }
@@ -62,14 +62,14 @@ var grantHealth = map[broker.GrantHealth]tokenbrokerv1.GrantHealth{
 }
 
 // toGrant converts a grant for an admin response, without its secrets.
-func toGrant(g *broker.Grant) *tokenbrokerv1.Grant {
+func (s *adminServer) toGrant(g *broker.Grant) *tokenbrokerv1.Grant {
 	out := &tokenbrokerv1.Grant{
 		Provider:     g.Provider,
 		Account:      g.Account,
 		GrantType:    toGrantType(g.Type),
 		Username:     g.Username,
-		Password:     secretInfo(g.Password, g.PasswordUpdateTime),
-		RefreshToken: secretInfo(g.RefreshToken, g.RefreshTokenUpdateTime),
+		Password:     s.secretInfo(g.Password, g.PasswordUpdateTime),
+		RefreshToken: s.secretInfo(g.RefreshToken, g.RefreshTokenUpdateTime),
 		Scopes:       g.Scopes,
 		Health:       grantHealth[g.Health],
 		LastError:    g.LastError,
@@ -86,8 +86,10 @@ func toGrant(g *broker.Grant) *tokenbrokerv1.Grant {
 	return out
 }
 
-func secretInfo(secret string, changed time.Time) *tokenbrokerv1.SecretInfo {
-	info := &tokenbrokerv1.SecretInfo{Set: secret != "", Fingerprint: broker.Fingerprint(secret)}
+// secretInfo describes a secret for an admin answer: whether it is set,
+// its keyed fingerprint, and when it changed; never the secret.
+func (s *adminServer) secretInfo(secret string, changed time.Time) *tokenbrokerv1.SecretInfo {
+	info := &tokenbrokerv1.SecretInfo{Set: secret != "", Fingerprint: s.broker.Fingerprint(secret)}
 	if !changed.IsZero() {
 		info.UpdateTime = timestamppb.New(changed)
 	}

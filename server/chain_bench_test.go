@@ -14,6 +14,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
+	"github.com/tokenbroker/tokenbroker/internal/testkeys"
 )
 
 // BenchmarkInterceptorChain measures the interceptor chain of a GetToken
@@ -22,7 +23,7 @@ import (
 // answer: the cost the chain adds to every call.
 func BenchmarkInterceptorChain(b *testing.B) {
 	e := etcdtest.Start(b)
-	keys, err := apikey.NewStore(context.Background(), e.Client(b, nil), "/bench/", nil)
+	keys, err := apikey.NewStore(context.Background(), e.Client(b, nil), "/bench/", testkeys.Keyring(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

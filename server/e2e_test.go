@@ -429,7 +429,7 @@ func TestAdminNeverReturnsSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := got.GetProvider().GetClientSecret(); !s.GetSet() || len(s.GetFingerprint()) != 8 || s.GetUpdateTime() == nil {
+	if s := got.GetProvider().GetClientSecret(); !s.GetSet() || len(s.GetFingerprint()) != 32 || s.GetUpdateTime() == nil {
 		t.Errorf("client_secret = %v, want set with an 8-digit fingerprint and a time", s)
 	}
 	for _, path := range []string{"/v1/admin/providers", "/v1/admin/providers/sandbox"} {

@@ -172,7 +172,7 @@ func (e *env) startWith(o options) *instance {
 	// The key store has a client of its own: its watch opens
 	// asynchronously and would show in the broker's request count. That
 	// authentication makes no etcd request is tested in package apikey.
-	keys, err := apikey.NewStore(context.Background(), e.etcd.Client(t, nil), broker.DefaultPrefix, log)
+	keys, err := apikey.NewStore(context.Background(), e.etcd.Client(t, nil), broker.DefaultPrefix, testkeys.Keyring(), log)
 	if err != nil {
 		t.Fatalf("apikey.NewStore: %v", err)
 	}

@@ -35,6 +35,9 @@ var statusTable = []struct {
 	{broker.ErrClosed, codes.Unavailable},
 	{broker.ErrLockLost, codes.Aborted},
 	{broker.ErrConflict, codes.Aborted},
+	// A record someone without the master key wrote or altered: the
+	// store's fault, not the caller's; the message names the record.
+	{broker.ErrUntrustedRecord, codes.Internal},
 	{oauth.ErrTransport, codes.Unavailable},
 	{oauth.ErrBadResponse, codes.Unavailable},
 	{oauth.ErrResponseTooLarge, codes.Unavailable},

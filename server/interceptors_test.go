@@ -21,6 +21,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
+	"github.com/tokenbroker/tokenbroker/internal/testkeys"
 )
 
 // The REST gateway calls the services in-process; this shows that its calls
@@ -34,7 +35,7 @@ func TestRESTAndGRPCCallsShareTheInterceptorChain(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	keys, err := apikey.NewStore(context.Background(), etcd.Client(t, nil), broker.DefaultPrefix, nil)
+	keys, err := apikey.NewStore(context.Background(), etcd.Client(t, nil), broker.DefaultPrefix, testkeys.Keyring(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

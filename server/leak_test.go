@@ -298,7 +298,7 @@ func startSealed(t *testing.T, e *env, keys *seal.Keyring, log *zap.Logger, rule
 	if err != nil {
 		t.Fatalf("broker.New: %v", err)
 	}
-	keyStore, err := apikey.NewStore(context.Background(), e.etcd.Client(t, nil), broker.DefaultPrefix, log)
+	keyStore, err := apikey.NewStore(context.Background(), e.etcd.Client(t, nil), broker.DefaultPrefix, testkeys.Keyring(), log)
 	if err != nil {
 		b.Close()
 		t.Fatalf("apikey.NewStore: %v", err)
@@ -876,7 +876,7 @@ func (headerCreds) RequireTransportSecurity() bool { return false }
 // recovered. The requests carry tokens.
 func (r *flowRun) panicFlows(t *testing.T) {
 	t.Helper()
-	keyStore, err := apikey.NewStore(ctxb, r.env.etcd.Client(t, nil), broker.DefaultPrefix, r.log)
+	keyStore, err := apikey.NewStore(ctxb, r.env.etcd.Client(t, nil), broker.DefaultPrefix, testkeys.Keyring(), r.log)
 	if err != nil {
 		t.Fatal(err)
 	}

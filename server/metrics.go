@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/apikey"
 )
 
 // MetricsPath serves the Prometheus metrics on the REST listener.
@@ -68,6 +69,9 @@ func NewMetrics() *Metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tokenbroker_etcd_errors_total", Help: "Failed etcd calls."},
 			func() float64 { return float64(broker.StoreErrors()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tokenbroker_untrusted_records_total",
+			Help: "etcd records (providers, grants, pending authorizations, API keys) refused because their tag made with the master key is missing or wrong."},
+			func() float64 { return float64(broker.UntrustedRecords() + apikey.UntrustedRecords()) }),
 	)
 	return m
 }

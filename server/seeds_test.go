@@ -11,9 +11,9 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/tokenbroker/tokenbroker/broker"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/fakes"
+	"github.com/tokenbroker/tokenbroker/internal/testkeys"
 	"github.com/tokenbroker/tokenbroker/server"
 )
 
@@ -338,7 +338,7 @@ func TestSeedGrantsOverGRPC(t *testing.T) {
 			if len(issued) == 0 {
 				t.Fatalf("the fake issued no refresh token, want one for %s", tt.give.grant)
 			}
-			if got, want := g.GetRefreshToken().GetFingerprint(), broker.Fingerprint(issued[len(issued)-1]); got != want {
+			if got, want := g.GetRefreshToken().GetFingerprint(), testkeys.Keyring().Fingerprint(issued[len(issued)-1]); got != want {
 				t.Errorf("the grant holds refresh token fingerprint %q, want %q (the last one the provider issued)", got, want)
 			}
 			if got, want := g.GetHealth(), tokenbrokerv1.GrantHealth_GRANT_HEALTH_OK; got != want {

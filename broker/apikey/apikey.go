@@ -25,6 +25,9 @@ var (
 	// ErrUnauthenticated: the key is malformed, unknown or retired. It does
 	// not say which.
 	ErrUnauthenticated = errors.New("apikey: invalid key")
+	// ErrUntrustedRecord: a stored key has no valid tag made with the
+	// master key; it is never used.
+	ErrUntrustedRecord = errors.New("apikey: stored key failed authentication")
 	// ErrNotFound: no key has that id.
 	ErrNotFound = errors.New("apikey: not found")
 	// ErrInvalidArgument: an identity, description, id or hash is malformed.

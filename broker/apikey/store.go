@@ -20,6 +20,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/tokenbroker/tokenbroker/broker/seal"
 )
 
 var base64URL = base64.RawURLEncoding
@@ -61,6 +63,7 @@ type entry struct {
 type Store struct {
 	cli    *clientv3.Client
 	prefix string // full etcd prefix of the keys
+	seal   *seal.Keyring
 	log    *zap.Logger
 	now    func() time.Time
 
@@ -76,12 +79,18 @@ type Store struct {
 // NewStore loads the keys stored under prefix+"apikeys/" and starts the
 // watch that keeps them current; keys created or retired on any replica
 // take effect here within a watch delivery. prefix is the broker's etcd
-// prefix (e.g. "/tokenbroker/"). It returns an error wrapping
+// prefix (e.g. "/tokenbroker/"). Every stored key carries a tag made with
+// keys, the master keyring (see seal.SignRecord): a record without a valid
+// tag — one written into etcd by someone without the master key — is
+// ignored and logged, never trusted. It returns an error wrapping
 // ErrStoreUnavailable when etcd cannot be read; cancelling ctx abandons the
 // load. The Store does not close cli.
-func NewStore(ctx context.Context, cli *clientv3.Client, prefix string, log *zap.Logger) (*Store, error) {
+func NewStore(ctx context.Context, cli *clientv3.Client, prefix string, keys *seal.Keyring, log *zap.Logger) (*Store, error) {
 	if cli == nil {
 		return nil, errors.New("apikey: no etcd client")
+	}
+	if keys == nil {
+		return nil, errors.New("apikey: no master keyring")
 	}
 	if log == nil {
 		log = zap.NewNop()
@@ -89,7 +98,7 @@ func NewStore(ctx context.Context, cli *clientv3.Client, prefix string, log *zap
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	s := &Store{cli: cli, prefix: prefix + keysPrefix, log: log.Named("apikeys"), now: time.Now}
+	s := &Store{cli: cli, prefix: prefix + keysPrefix, seal: keys, log: log.Named("apikeys"), now: time.Now}
 	empty := map[string]entry{}
 	s.keys.Store(&empty)
 	s.static.Store(&empty)
@@ -191,11 +200,11 @@ func (s *Store) Create(ctx context.Context, identity, description string) (Key, 
 			continue
 		}
 		sk := storedKey{Identity: identity, Description: description, SHA256: sum, CreateTime: s.now().UTC().Truncate(time.Microsecond)}
-		val, err := json.Marshal(sk)
-		if err != nil {
-			return Key{}, "", fmt.Errorf("apikey: encode: %w", err)
-		}
 		etcdKey := s.prefix + id
+		val, err := s.encode(etcdKey, &sk)
+		if err != nil {
+			return Key{}, "", err
+		}
 		sctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		resp, err := s.cli.Txn(sctx).If(clientv3.Compare(clientv3.CreateRevision(etcdKey), "=", 0)).
 			Then(clientv3.OpPut(etcdKey, string(val))).Commit()
@@ -223,13 +232,12 @@ func (s *Store) List(ctx context.Context) ([]Key, error) {
 	}
 	var out []Key
 	for _, kv := range resp.Kvs {
-		id := strings.TrimPrefix(string(kv.Key), s.prefix)
-		var sk storedKey
-		if err := json.Unmarshal(kv.Value, &sk); err != nil {
-			s.log.Error("skip undecodable key", zap.String("key_id", id), zap.Error(err))
+		sk, err := s.decode(kv)
+		if err != nil {
+			s.log.Error("list keys: skip a stored key", zap.Error(err))
 			continue
 		}
-		out = append(out, sk.key(id))
+		out = append(out, sk.key(strings.TrimPrefix(string(kv.Key), s.prefix)))
 	}
 	for id, e := range *s.static.Load() {
 		out = append(out, Key{ID: id, Identity: e.identity, Description: "static key from the config file", Static: true})
@@ -260,17 +268,17 @@ func (s *Store) Retire(ctx context.Context, id string) (Key, error) {
 		if len(resp.Kvs) == 0 {
 			return Key{}, fmt.Errorf("%w: key %q", ErrNotFound, id)
 		}
-		var sk storedKey
-		if err := json.Unmarshal(resp.Kvs[0].Value, &sk); err != nil {
-			return Key{}, fmt.Errorf("apikey: decode key %s: %w", id, err)
+		sk, err := s.decode(resp.Kvs[0])
+		if err != nil {
+			return Key{}, err
 		}
 		if !sk.RetireTime.IsZero() {
 			return sk.key(id), nil
 		}
 		sk.RetireTime = s.now().UTC().Truncate(time.Microsecond)
-		val, err := json.Marshal(sk)
+		val, err := s.encode(etcdKey, sk)
 		if err != nil {
-			return Key{}, fmt.Errorf("apikey: encode: %w", err)
+			return Key{}, err
 		}
 		sctx, cancel = context.WithTimeout(ctx, storeTimeout)
 		txn, err := s.cli.Txn(sctx).If(clientv3.Compare(clientv3.ModRevision(etcdKey), "=", resp.Kvs[0].ModRevision)).
@@ -280,7 +288,7 @@ func (s *Store) Retire(ctx context.Context, id string) (Key, error) {
 			return Key{}, storeError(ctx, "retire key", err)
 		}
 		if txn.Succeeded {
-			s.apply(id, &sk, txn.Header.Revision)
+			s.apply(id, sk, txn.Header.Revision)
 			return sk.key(id), nil
 		}
 	}
@@ -336,12 +344,12 @@ func (s *Store) reload(ctx context.Context) (int64, error) {
 	loaded := make(map[string]entry, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		id := strings.TrimPrefix(string(kv.Key), s.prefix)
-		var sk storedKey
-		if err := json.Unmarshal(kv.Value, &sk); err != nil {
-			s.log.Error("skip undecodable key", zap.String("key_id", id), zap.Error(err))
+		sk, err := s.decode(kv)
+		if err != nil {
+			s.log.Error("skip a stored key", zap.Error(err))
 			continue
 		}
-		e, err := decodeEntry(&sk)
+		e, err := decodeEntry(sk)
 		if err != nil {
 			s.log.Error("skip malformed key", zap.String("key_id", id), zap.Error(err))
 			continue
@@ -401,13 +409,52 @@ func (s *Store) applyEvent(kv *mvccpb.KeyValue, deleted bool) {
 		s.apply(id, nil, kv.ModRevision)
 		return
 	}
-	var sk storedKey
-	if err := json.Unmarshal(kv.Value, &sk); err != nil {
-		s.log.Error("skip undecodable key", zap.String("key_id", id), zap.Error(err))
+	sk, err := s.decode(kv)
+	if err != nil {
+		// A record that fails authentication takes away the key it
+		// replaces too: whoever wrote it could write anything there.
+		s.log.Error("skip a stored key", zap.Error(err))
+		s.apply(id, nil, kv.ModRevision)
 		return
 	}
-	s.apply(id, &sk, kv.ModRevision)
+	s.apply(id, sk, kv.ModRevision)
 }
+
+// encode returns the etcd value of sk, tagged for etcdKey.
+func (s *Store) encode(etcdKey string, sk *storedKey) ([]byte, error) {
+	val, err := json.Marshal(sk)
+	if err != nil {
+		return nil, fmt.Errorf("apikey: encode: %w", err)
+	}
+	if val, err = s.seal.SignRecord(etcdKey, val); err != nil {
+		return nil, fmt.Errorf("apikey: sign: %w", err)
+	}
+	return val, nil
+}
+
+// decode returns the key kv holds. It returns an error wrapping
+// ErrUntrustedRecord when kv's tag does not verify (the key was not
+// written by a holder of the master key), or a decoding error; neither
+// quotes the value.
+func (s *Store) decode(kv *mvccpb.KeyValue) (*storedKey, error) {
+	id := strings.TrimPrefix(string(kv.Key), s.prefix)
+	if err := s.seal.VerifyRecord(string(kv.Key), kv.Value); err != nil {
+		untrustedRecords.Add(1)
+		return nil, fmt.Errorf("%w: key %s: %w", ErrUntrustedRecord, id, err)
+	}
+	var sk storedKey
+	if err := json.Unmarshal(kv.Value, &sk); err != nil {
+		return nil, fmt.Errorf("apikey: decode key %s: %w", id, err)
+	}
+	return &sk, nil
+}
+
+// untrustedRecords counts stored keys that failed authentication.
+var untrustedRecords atomic.Int64
+
+// UntrustedRecords is the number of stored keys that failed
+// authentication, read by any Store in this process.
+func UntrustedRecords() int64 { return untrustedRecords.Load() }
 
 // storeError turns an etcd error into ErrStoreUnavailable, except when the
 // caller's own context ended: then its error passes through.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"testing"
@@ -12,10 +14,13 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
+	"github.com/tokenbroker/tokenbroker/internal/testkeys"
 )
 
 func TestMain(m *testing.M) {
@@ -26,7 +31,7 @@ const prefix = "/tokenbroker/"
 
 func newStore(t *testing.T, cli *clientv3.Client) *apikey.Store {
 	t.Helper()
-	s, err := apikey.NewStore(t.Context(), cli, prefix, zaptest.NewLogger(t))
+	s, err := apikey.NewStore(t.Context(), cli, prefix, testkeys.Keyring(), zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatalf("NewStore: %v", err)
 	}
@@ -319,14 +324,14 @@ func TestNewStoreUnreachableEtcd(t *testing.T) {
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
-	if _, err := apikey.NewStore(ctx, cli, prefix, nil); err == nil {
+	if _, err := apikey.NewStore(ctx, cli, prefix, testkeys.Keyring(), nil); err == nil {
 		t.Errorf("NewStore with etcd down = nil error, want one")
 	}
 }
 
 func BenchmarkAuthenticate(b *testing.B) {
 	e := etcdtest.Start(b)
-	s, err := apikey.NewStore(context.Background(), e.Client(b, nil), prefix, nil)
+	s, err := apikey.NewStore(context.Background(), e.Client(b, nil), prefix, testkeys.Keyring(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -340,5 +345,118 @@ func BenchmarkAuthenticate(b *testing.B) {
 		if _, err := s.Authenticate(key); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// forgedRecord is what a process that can write to etcd but does not hold
+// the master key can store: a key record in the shape the store uses, for
+// a secret it knows, bound to identity.
+func forgedRecord(t *testing.T, identity string) (id, key, value string) {
+	t.Helper()
+	id, key, sum, err := apikey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := json.Marshal(map[string]any{"identity": identity, "sha256": sum, "create_time": time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id, key, string(rec)
+}
+
+// A key record written straight into etcd, or an authentic one edited
+// there, is refused: at load, through the watch, and in listings, and the
+// refusal is logged and counted.
+func TestForgedKeyRecordIsRefused(t *testing.T) {
+	e := etcdtest.Start(t)
+	attacker := e.Client(t, nil)
+	core, logs := observer.New(zap.InfoLevel)
+	open := func() *apikey.Store {
+		s, err := apikey.NewStore(t.Context(), e.Client(t, nil), prefix, testkeys.Keyring(), zap.New(core))
+		if err != nil {
+			t.Fatalf("NewStore: %v", err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	put := func(k, v string) {
+		t.Helper()
+		if _, err := attacker.Put(t.Context(), prefix+"apikeys/"+k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := apikey.UntrustedRecords()
+
+	// Written before the store starts: never loaded.
+	idA, keyA, recA := forgedRecord(t, "admin")
+	put(idA, recA)
+	running := open()
+	// Written while it runs: the watch ignores it.
+	idB, keyB, recB := forgedRecord(t, "admin")
+	put(idB, recB)
+	// An authentic key whose record is edited to name another identity,
+	// its tag kept.
+	_, keyC, err := running.Create(t.Context(), "reader", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := running.Authenticate(keyC); err != nil || id != "reader" {
+		t.Fatalf("Authenticate(authentic key) = %q, %v; want reader", id, err)
+	}
+	resp, err := attacker.Get(t.Context(), prefix+"apikeys/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if v := string(kv.Value); strings.Contains(v, `"reader"`) {
+			put(strings.TrimPrefix(string(kv.Key), prefix+"apikeys/"), strings.Replace(v, `"reader"`, `"admin"`, 1))
+		}
+	}
+	// Let the watch deliver the three writes: a key created after them is
+	// seen once they are.
+	_, marker, err := open().Create(t.Context(), "marker", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the running store sees a key created after the forgeries", func() bool {
+		_, err := running.Authenticate(marker)
+		return err == nil
+	})
+	fresh := open()
+
+	for _, s := range []struct {
+		name  string
+		store *apikey.Store
+	}{{"running store", running}, {"store started after the forgeries", fresh}} {
+		for _, k := range []struct{ what, key string }{
+			{"forged before start", keyA}, {"forged while running", keyB}, {"authentic key edited to admin", keyC},
+		} {
+			if id, err := s.store.Authenticate(k.key); !errors.Is(err, apikey.ErrUnauthenticated) {
+				t.Errorf("%s: Authenticate(%s) = %q, %v; want ErrUnauthenticated", s.name, k.what, id, err)
+			}
+		}
+		keys, err := s.store.List(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			if k.ID == idA || k.ID == idB || k.Identity == "admin" {
+				t.Errorf("%s: List shows %+v, a key that failed authentication", s.name, k)
+			}
+		}
+	}
+	refused := 0
+	for _, entry := range logs.All() {
+		for _, f := range entry.Context {
+			if f.Key == "error" && strings.Contains(fmt.Sprint(f.Interface), "failed authentication") {
+				refused++
+			}
+		}
+	}
+	if refused == 0 {
+		t.Errorf("no log line says a stored key failed authentication; logged: %v", logs.All())
+	}
+	if got := apikey.UntrustedRecords() - before; got < 3 {
+		t.Errorf("UntrustedRecords grew by %d, want at least 3 (one per forged record)", got)
 	}
 }

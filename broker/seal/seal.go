@@ -63,9 +63,11 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -101,11 +103,15 @@ const (
 	// one-character key id and an empty plaintext.
 	minSealed = 2 + 1 + nonceSize + tagSize
 
-	aadPrefix  = "tokenbroker/seal/v1\x00"
-	hkdfInfo   = "tokenbroker seal v1"
-	redacted   = "<redacted>"
-	keyGoType  = "seal.Key"
-	ringGoType = "seal.Keyring"
+	aadPrefix = "tokenbroker/seal/v1\x00"
+	hkdfInfo  = "tokenbroker seal v1"
+	// fingerprintInfo derives the key of Fingerprint.
+	fingerprintInfo = "tokenbroker fingerprint v1"
+	// fingerprintLen is the number of bytes of the HMAC a fingerprint shows.
+	fingerprintLen = 16
+	redacted       = "<redacted>"
+	keyGoType      = "seal.Key"
+	ringGoType     = "seal.Keyring"
 )
 
 // Key is a 32-byte AES-256 master key with a short id.
@@ -226,8 +232,11 @@ func (s *keySealer) additionalData(etcdKey string) []byte {
 // The zero Keyring has no key and must not be used; call NewKeyring.
 type Keyring struct {
 	primary *keySealer
-	keys    map[string]*keySealer
-	ids     []string // primary first, then older keys in the order given
+	// fingerprintKey is the HMAC key of Fingerprint, derived from the
+	// primary key.
+	fingerprintKey []byte
+	keys           map[string]*keySealer
+	ids            []string // primary first, then older keys in the order given
 }
 
 // NewKeyring returns a keyring that seals with primary and opens values
@@ -267,6 +276,11 @@ func newKeyring(keys []Key) (*Keyring, int, error) {
 		kr.ids = append(kr.ids, k.ID)
 	}
 	kr.primary = kr.keys[keys[0].ID]
+	fp, err := hkdf.Key(sha256.New, keys[0].Secret, nil, fingerprintInfo, KeySize)
+	if err != nil {
+		return nil, 0, err
+	}
+	kr.fingerprintKey = fp
 	return kr, 0, nil
 }
 
@@ -325,6 +339,22 @@ func (k *Keyring) Open(aad string, sealed []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: key id %q", ErrOpen, id)
 	}
 	return plaintext, nil
+}
+
+// Fingerprint returns a digest of secret that tells whether two secrets
+// are the same without revealing either: 32 hex digits of an HMAC-SHA256
+// under a key derived from the primary master key ("" for an empty
+// secret). Every replica with the same primary key computes the same
+// fingerprint; without the master key, a fingerprint does not let anyone
+// test guesses of the secret offline. It changes when the primary key is
+// rotated.
+func (k *Keyring) Fingerprint(secret string) string {
+	if secret == "" {
+		return ""
+	}
+	m := hmac.New(sha256.New, k.fingerprintKey)
+	m.Write([]byte(secret))
+	return hex.EncodeToString(m.Sum(nil)[:fingerprintLen])
 }
 
 // KeyID returns the id of the key that sealed the value, without opening it

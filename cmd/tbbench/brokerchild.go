@@ -99,7 +99,7 @@ func runBrokerChild(ctx context.Context, ready func(readyLine), control *http.Se
 	if err != nil {
 		return err
 	}
-	keys, err := apikey.NewStore(ctx, cli, broker.DefaultPrefix, log)
+	keys, err := apikey.NewStore(ctx, cli, broker.DefaultPrefix, keyring, log)
 	if err != nil {
 		return err
 	}

@@ -128,7 +128,7 @@ func startHerd(ctx context.Context, n, conns int) (_ *herdEnv, err error) {
 			return nil, err
 		}
 		h.closers = append(h.closers, func() { cli.Close() })
-		keys, err := apikey.NewStore(ctx, cli, broker.DefaultPrefix, nil)
+		keys, err := apikey.NewStore(ctx, cli, broker.DefaultPrefix, keyring, nil)
 		if err != nil {
 			return nil, err
 		}

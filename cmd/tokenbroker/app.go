@@ -90,7 +90,7 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 	if err != nil {
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}
-	a.keys, err = apikey.NewStore(ctx, a.client, cfg.Etcd.Prefix, log)
+	a.keys, err = apikey.NewStore(ctx, a.client, cfg.Etcd.Prefix, keyring, log)
 	if err != nil {
 		return nil, err
 	}

@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/testkeys"
@@ -262,7 +261,7 @@ func TestAppRestartKeepsTokens(t *testing.T) {
 		{name: "client_id", give: got.Provider.ClientID, want: fakeClientID},
 		{name: "client_auth_style", give: got.Provider.ClientAuthStyle, want: "CLIENT_AUTH_STYLE_BASIC_AND_POST"},
 		{name: "client_secret.set", give: got.Provider.ClientSecret.Set, want: true},
-		{name: "client_secret.fingerprint", give: got.Provider.ClientSecret.Fingerprint, want: broker.Fingerprint(fakeClientSecret)},
+		{name: "client_secret.fingerprint", give: got.Provider.ClientSecret.Fingerprint, want: second.Broker().Fingerprint(fakeClientSecret)},
 	}
 	for _, tt := range fields {
 		if tt.give != tt.want {

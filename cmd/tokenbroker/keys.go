@@ -96,6 +96,8 @@ func runKeysReseal(ctx context.Context, args []string, stdout, stderr io.Writer,
 	configPath := fs.String("config", getenv("TOKENBROKER_CONFIG"), "YAML config file of the brokers ($TOKENBROKER_CONFIG)")
 	dataDir := fs.String("data-dir", "", "embedded etcd data directory (default tokenbroker-data; $TOKENBROKER_DATA_DIR)")
 	endpoints := fs.String("etcd-endpoints", "", "comma-separated endpoints of an external etcd ($TOKENBROKER_ETCD_ENDPOINTS)")
+	signUntagged := fs.Bool("sign-untagged", false, "also tag providers, grants, pending authorizations and API keys stored by a version that did not tag records, "+
+		"trusting what they hold: once, after such an upgrade, while no one else can write to etcd")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -132,8 +134,15 @@ func runKeysReseal(ctx context.Context, args []string, stdout, stderr io.Writer,
 	}
 	defer closeStore()
 	fmt.Fprintf(stdout, "re-sealing %s under key %q (keyring: %s)\n", cfg.Etcd.Prefix, keyring.PrimaryID(), strings.Join(keyring.IDs(), ", "))
-	stats, err := broker.Reseal(ctx, cli, cfg.Etcd.Prefix, keyring)
+	var opts []broker.ResealOption
+	if *signUntagged {
+		opts = append(opts, broker.SignUntagged())
+	}
+	stats, err := broker.Reseal(ctx, cli, cfg.Etcd.Prefix, keyring, opts...)
 	fmt.Fprintf(stdout, "%d records with sealed values scanned, %d re-sealed, %d failed\n", stats.Scanned, stats.Resealed, stats.Failed)
+	if *signUntagged {
+		fmt.Fprintf(stdout, "%d untagged records tagged\n", stats.Signed)
+	}
 	for _, f := range stats.Failures {
 		fmt.Fprintf(stderr, "failed: %v\n", f)
 	}

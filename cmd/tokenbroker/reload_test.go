@@ -2,8 +2,6 @@ package main
 
 import (
 	"testing"
-
-	"github.com/tokenbroker/tokenbroker/broker"
 )
 
 // TestApplyProvidersKeepsSecretsRotatedThroughTheAPI: applying the config
@@ -20,9 +18,9 @@ func TestApplyProvidersKeepsSecretsRotatedThroughTheAPI(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return p.SecretFingerprint()
+		return app.Broker().Fingerprint(p.ClientSecret)
 	}
-	if got, want := fingerprint(), broker.Fingerprint(fakeClientSecret); got != want {
+	if got, want := fingerprint(), app.Broker().Fingerprint(fakeClientSecret); got != want {
 		t.Fatalf("after start the fingerprint is %s, want the file's %s", got, want)
 	}
 	const rotated = "rotated-through-the-api-93"
@@ -32,7 +30,7 @@ func TestApplyProvidersKeepsSecretsRotatedThroughTheAPI(t *testing.T) {
 	if err := app.ApplyProviders(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := fingerprint(), broker.Fingerprint(rotated); got != want {
+	if got, want := fingerprint(), app.Broker().Fingerprint(rotated); got != want {
 		t.Errorf("after applying the unchanged file the fingerprint is %s, want the rotated secret's %s", got, want)
 	}
 	changed := cfg
@@ -41,7 +39,7 @@ func TestApplyProvidersKeepsSecretsRotatedThroughTheAPI(t *testing.T) {
 	if err := app.ApplyProviders(ctx, changed); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := fingerprint(), broker.Fingerprint("changed-in-the-file-17"); got != want {
+	if got, want := fingerprint(), app.Broker().Fingerprint("changed-in-the-file-17"); got != want {
 		t.Errorf("after the file changed the secret the fingerprint is %s, want the file's new %s", got, want)
 	}
 }
