@@ -246,7 +246,7 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, cb Callback) (*Grant
 		rec.Generation = cur.Generation + 1
 	}
 	next := *g
-	next.Health, next.LastError = HealthOK, ""
+	next.Health, next.LastError, next.Cooldown = HealthOK, "", nil
 	next.RefreshToken, next.RefreshTokenUpdateTime = tok.RefreshToken, issued.UTC()
 	next.LastRefresh, next.ExpireTime, next.RefreshedBy = issued.UTC(), rec.ExpiresAt.UTC(), b.replica
 	next.Generation++

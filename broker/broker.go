@@ -29,6 +29,10 @@ import (
 // ErrClosed is returned by calls on a closed Broker.
 var ErrClosed = errors.New("broker: closed")
 
+// DefaultMinForcedRefreshInterval is Config.MinForcedRefreshInterval when
+// zero.
+const DefaultMinForcedRefreshInterval = 5 * time.Second
+
 // Config configures a Broker.
 type Config struct {
 	// Client is the etcd client; the Broker does not close it.
@@ -65,9 +69,6 @@ type Config struct {
 	// ProviderBackoff is the first retry's backoff, doubled per attempt;
 	// 200ms when zero.
 	ProviderBackoff time.Duration
-	// MaxRetryAfter is the longest Retry-After honoured within one request;
-	// 5s when zero. A longer one fails the request.
-	MaxRetryAfter time.Duration
 	// Observer receives metrics events; none when nil.
 	Observer Observer
 	// Refresh tunes the leader-elected background refresher.
@@ -76,6 +77,11 @@ type Config struct {
 	// gateway's /v1/oauth/callback as the provider sees it. A provider's
 	// own RedirectURL takes precedence.
 	CallbackURL string
+	// MinForcedRefreshInterval coalesces forced refreshes (Refresh without
+	// a stale token) fleet-wide: a token obtained less than this long ago
+	// is what such a refresh returns, without a provider call. 5s when
+	// zero; negative turns coalescing off.
+	MinForcedRefreshInterval time.Duration
 	// CooldownBase is a grant's pause after a failed token request, doubled
 	// per consecutive failure up to 64 times; 1s when zero.
 	CooldownBase time.Duration
@@ -97,8 +103,8 @@ type Broker struct {
 	keys          *seal.Keyring
 	replica       string
 	retries       int
+	minForced     time.Duration
 	backoff       time.Duration
-	maxRetryAfter time.Duration
 	cooldownBase  time.Duration
 	callbackURL   atomic.Pointer[string]
 	refresh       RefreshConfig
@@ -111,7 +117,7 @@ type Broker struct {
 	touched         sync.Map // token id → *cacheEntry, of the entries callers asked for lately (see touch)
 	providers       sync.Map // name → *Provider
 	local           sync.Map // grant id → chan struct{}: this process's side of the grant lock
-	cooldowns       sync.Map // grant id → *cooldownState
+	cooldowns       sync.Map // grant id → *Cooldown: what this replica last read of it
 	introspection   tokenIndex
 	interned        sync.Map // string → string, see intern
 	tokensRev       revision // how far the token watch has applied etcd's history
@@ -147,8 +153,8 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		keys:          cfg.Keyring,
 		replica:       cfg.Replica,
 		retries:       cmp(cfg.ProviderAttempts, 3),
+		minForced:     cmp(cfg.MinForcedRefreshInterval, DefaultMinForcedRefreshInterval),
 		backoff:       cmp(cfg.ProviderBackoff, 200*time.Millisecond),
-		maxRetryAfter: cmp(cfg.MaxRetryAfter, 5*time.Second),
 		cooldownBase:  cmp(cfg.CooldownBase, time.Second),
 		refresh:       cfg.Refresh.withDefaults(),
 		obs:           cfg.Observer,

@@ -73,7 +73,11 @@ func (b *Broker) GetToken(ctx context.Context, r TokenRequest) (*TokenRecord, er
 // Refresh obtains a new token for r, ignoring r.MinTTL. When staleToken is
 // not empty and the current token differs from it and is still valid, the
 // current token is returned without a provider call: someone refreshed
-// first. Errors as for GetToken.
+// first. Without staleToken, refreshes are coalesced across the fleet: a
+// valid token obtained less than MinForcedRefreshInterval ago (by any
+// replica, for any caller) is returned without a provider call, so that
+// the provider sees at most one forced refresh per key and interval.
+// Errors as for GetToken.
 func (b *Broker) Refresh(ctx context.Context, r TokenRequest, staleToken string) (*TokenRecord, error) {
 	key, err := NewTokenKey(r.Provider, r.Account, r.Scopes)
 	if err != nil {
@@ -81,7 +85,14 @@ func (b *Broker) Refresh(ctx context.Context, r TokenRequest, staleToken string)
 	}
 	id := key.id()
 	current := func(cur *TokenRecord) bool {
-		return staleToken != "" && cur != nil && cur.AccessToken != staleToken && cur.ExpiresAt.After(b.now())
+		if cur == nil {
+			return false
+		}
+		now := b.now()
+		if staleToken == "" {
+			return b.minForced > 0 && cur.ExpiresAt.After(now) && now.Sub(cur.IssuedAt) < b.minForced
+		}
+		return cur.AccessToken != staleToken && cur.ExpiresAt.After(now)
 	}
 	if rec := b.cached(id); current(rec) {
 		return rec, nil
@@ -123,6 +134,23 @@ func (b *Broker) fetch(ctx context.Context, flight string, key TokenKey, good fu
 		return res.Val.(*TokenRecord), nil
 	}
 }
+
+// lockName is what a fetch of key locks: the grant of an account, whose
+// refreshes must happen one at a time (a refresh token rotates); the token
+// key itself for the provider's own client identity (client credentials),
+// so that tokens of different scopes do not wait on each other.
+func lockName(key TokenKey) string {
+	if key.Account == "" {
+		return key.id()
+	}
+	return grantID(key.Provider, key.Account)
+}
+
+// sharedGrant reports whether g's record is written by fetches that hold
+// different locks (the provider's own identity: one lock per token key);
+// such a record is written without a compare on its revision, and holds
+// nothing a lost update would break (health, statistics, cooldown).
+func sharedGrant(g *Grant) bool { return g.Account == "" }
 
 // grantLock serializes everything that may call the provider for one grant:
 // a local mutex (the etcd mutex lets the same session in twice) and the
@@ -166,7 +194,7 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	// with etcd unreachable this fails within StoreTimeout (the lock would
 	// wait for the whole fetch) and a still-valid token is served; and a
 	// token another replica stored meanwhile is served without the lock.
-	if _, cur, _, err := b.readForFetch(ctx, key.Provider, id, gid); err != nil {
+	if _, cur, g, err := b.readForFetch(ctx, key.Provider, id, gid); err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return nil, err
 		}
@@ -174,8 +202,12 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	} else if cur != nil && good(cur) {
 		b.offer(id, cur)
 		return cur, nil
+	} else if err, cooling := b.coolingDown(key.Provider, gid, g); cooling {
+		// Without queueing on the lock: the grant is left alone by every
+		// replica until its cooldown ends.
+		return b.serveStale(cur, stale, err)
 	}
-	m, unlock, err := b.grantLock(ctx, gid)
+	m, unlock, err := b.grantLock(ctx, lockName(key))
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && b.ctx.Err() == nil {
 			// The fetch's own budget ran out while another fetch of the
@@ -205,7 +237,7 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	if g.Health == HealthReauthorizationRequired || g.Health == HealthPending {
 		return b.serveStale(cur, stale, fmt.Errorf("%w: account %q of provider %q: %s", ErrReauthorizationRequired, key.Account, key.Provider, cmp(g.LastError, "no consent yet")))
 	}
-	if err, ok := b.cooldown(gid); ok {
+	if err, ok := b.coolingDown(key.Provider, gid, g); ok {
 		return b.serveStale(cur, stale, err)
 	}
 
@@ -229,7 +261,6 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 		b.noteFailure(ctx, m, p, g, next, gid, err)
 		return b.serveStale(cur, stale, err)
 	}
-	b.clearCooldown(gid)
 	if next.RefreshToken == g.RefreshToken || g.RefreshToken == "" {
 		// Tokens replaced stay valid until they expire, unless the provider
 		// rotated the refresh token, which revokes them (see commit).
@@ -240,6 +271,7 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	if err := b.commit(ctx, m, p, g, next, id, rec); err != nil {
 		return nil, err
 	}
+	b.clearCooldown(gid)
 	b.offer(id, rec)
 	b.log.Info("token obtained", zap.Stringer("key", key), zap.Int64("generation", rec.Generation),
 		zap.Duration("lifetime", rec.Lifetime()), zap.Bool("refresh_token_rotated", next.RefreshToken != g.RefreshToken))
@@ -384,7 +416,7 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 		rec.Generation = prev.Generation + 1
 	}
 	next := *g
-	next.Health, next.LastError = HealthOK, ""
+	next.Health, next.LastError, next.Cooldown = HealthOK, "", nil
 	next.LastRefresh, next.ExpireTime, next.RefreshedBy = issued.UTC(), rec.ExpiresAt.UTC(), b.replica
 	next.Generation++
 	next.UpdateTime = issued.UTC()
@@ -479,7 +511,9 @@ func (b *Broker) retryAfter(err error, attempt int) (time.Duration, bool) {
 			return 0, false
 		}
 		if oe.RetryAfter > 0 {
-			return oe.RetryAfter, oe.RetryAfter <= b.maxRetryAfter
+			// The provider named when to ask again: the round ends, and
+			// the grant's cooldown, shared by every replica, honours it.
+			return 0, false
 		}
 	case errors.Is(err, oauth.ErrTransport):
 	default:
@@ -541,9 +575,9 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 	}
 	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
 	defer cancel()
-	unchanged := []clientv3.Cmp{
-		clientv3.Compare(clientv3.ModRevision(pkey), "=", p.Revision),
-		clientv3.Compare(clientv3.ModRevision(gkey), "=", g.Revision),
+	unchanged := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(pkey), "=", p.Revision)}
+	if !sharedGrant(g) {
+		unchanged = append(unchanged, clientv3.Compare(clientv3.ModRevision(gkey), "=", g.Revision))
 	}
 	writes := []clientv3.Op{
 		clientv3.OpPut(tkey, string(val)),
@@ -581,7 +615,7 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 		}
 	}
 	if changed := resp.Responses; len(changed) == 2 &&
-		(modRevision(changed[0]) != p.Revision || modRevision(changed[1]) != g.Revision) {
+		(modRevision(changed[0]) != p.Revision || (!sharedGrant(g) && modRevision(changed[1]) != g.Revision)) {
 		return fmt.Errorf("%w: provider or grant changed while %s was fetched; token discarded", ErrConflict, rec.Key)
 	}
 	return fmt.Errorf("%w: write of %s discarded", ErrLockLost, rec.Key)
@@ -603,9 +637,10 @@ func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provi
 	}
 	next.Health, next.LastError = HealthFailing, cause.Error()
 	if errors.Is(cause, ErrReauthorizationRequired) {
-		next.Health = HealthReauthorizationRequired
+		next.Health, next.Cooldown = HealthReauthorizationRequired, nil
 	} else {
-		b.startCooldown(gid, cause)
+		next.Cooldown = b.nextCooldown(g.Cooldown, cause)
+		b.cooldowns.Store(gid, next.Cooldown)
 	}
 	next.UpdateTime = b.now().UTC()
 	gkey := b.grantKey(g.Provider, g.Account)
@@ -621,10 +656,11 @@ func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provi
 		// replica forgets them.
 		ops = append(ops, clientv3.OpDelete(b.prefix+tokensPrefix+gid+"/", clientv3.WithPrefix()))
 	}
-	resp, err := b.cli.Txn(sctx).If(m.IsOwner(),
-		clientv3.Compare(clientv3.ModRevision(gkey), "=", g.Revision),
-		clientv3.Compare(clientv3.ModRevision(b.prefix+providersPrefix+p.Name), "=", p.Revision),
-	).Then(ops...).Commit()
+	cond := []clientv3.Cmp{m.IsOwner(), clientv3.Compare(clientv3.ModRevision(b.prefix+providersPrefix+p.Name), "=", p.Revision)}
+	if !sharedGrant(g) {
+		cond = append(cond, clientv3.Compare(clientv3.ModRevision(gkey), "=", g.Revision))
+	}
+	resp, err := b.cli.Txn(sctx).If(cond...).Then(ops...).Commit()
 	switch {
 	case err != nil:
 		b.log.Warn("record grant failure", zap.String("grant", gid), zap.Error(err))
@@ -634,39 +670,101 @@ func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provi
 	b.log.Warn("token request failed", zap.String("grant", gid), zap.String("health", string(next.Health)), zap.Error(cause))
 }
 
-// cooldownState is a grant's backoff after consecutive provider failures.
-type cooldownState struct {
-	until    time.Time
-	failures int
-	err      error
+// Cooldown is a grant's pause after consecutive failed rounds of token
+// requests. It is stored with the grant in etcd, so that every replica
+// leaves the provider alone until Until (wall clock): a Retry-After is
+// honoured by the fleet, not by one process. It also keeps what the
+// provider last answered, to tell callers meanwhile.
+type Cooldown struct {
+	Until    time.Time
+	Failures int
+	// Class is "oauth" (an OAuth2 error answer: Status, Code, Description),
+	// "bad_response", "too_large", "timeout", "transport" or "other"
+	// (Message).
+	Class       string
+	Status      int
+	Code        string
+	Description string
+	Message     string
 }
 
-// cooldown returns the error of a grant that failed recently, while its
-// backoff lasts.
+// nextCooldown is the cooldown after a failed round that cause ended,
+// following prev: CooldownBase doubled per consecutive failure up to 64
+// times, and never shorter than the provider's Retry-After.
+func (b *Broker) nextCooldown(prev *Cooldown, cause error) *Cooldown {
+	failures := 0
+	if prev != nil {
+		failures = prev.Failures
+	}
+	wait := b.cooldownBase << min(failures, 6)
+	c := &Cooldown{Failures: failures + 1, Class: "other", Message: cause.Error()}
+	var oe *oauth.Error
+	switch {
+	case errors.As(cause, &oe):
+		wait = max(wait, oe.RetryAfter)
+		c.Class, c.Status, c.Code, c.Description, c.Message = "oauth", oe.StatusCode, oe.Code, oe.Description, ""
+	case errors.Is(cause, oauth.ErrBadResponse):
+		c.Class = "bad_response"
+	case errors.Is(cause, oauth.ErrResponseTooLarge):
+		c.Class = "too_large"
+	case errors.Is(cause, ErrProviderTimeout):
+		c.Class = "timeout"
+	case errors.Is(cause, oauth.ErrTransport):
+		c.Class = "transport"
+	}
+	c.Until = time.Now().Add(wait).UTC()
+	return c
+}
+
+// err is what callers get while the cooldown lasts: ErrProviderCoolingDown
+// wrapping the provider's last answer, its Retry-After the time left.
+func (c *Cooldown) err(provider string, now time.Time) error {
+	var cause error
+	switch c.Class {
+	case "oauth":
+		left := c.Until.Sub(now).Round(time.Second)
+		cause = &oauth.Error{StatusCode: c.Status, Code: c.Code, Description: c.Description, RetryAfter: max(left, time.Second)}
+	case "bad_response":
+		cause = oauth.ErrBadResponse
+	case "too_large":
+		cause = oauth.ErrResponseTooLarge
+	case "timeout":
+		cause = ErrProviderTimeout
+	case "transport":
+		cause = oauth.ErrTransport
+	default:
+		cause = errors.New(c.Message)
+	}
+	return fmt.Errorf("%w until %s: %w", ErrProviderCoolingDown, c.Until.Format(time.RFC3339), &ProviderError{Provider: provider, Err: cause})
+}
+
+// coolingDown returns the error of grant g (read from etcd; nil when it is
+// not stored yet) while its cooldown lasts, and remembers the cooldown for
+// the background refresher (cooldown).
+func (b *Broker) coolingDown(provider, gid string, g *Grant) (error, bool) {
+	if g == nil || g.Cooldown == nil {
+		return nil, false
+	}
+	now := time.Now()
+	if !now.Before(g.Cooldown.Until) {
+		return nil, false
+	}
+	b.cooldowns.Store(gid, g.Cooldown)
+	return g.Cooldown.err(provider, now), true
+}
+
+// cooldown reports whether this replica last saw grant gid cooling down;
+// the background refresher skips such grants.
 func (b *Broker) cooldown(gid string) (error, bool) {
 	v, ok := b.cooldowns.Load(gid)
 	if !ok {
 		return nil, false
 	}
-	c := v.(*cooldownState)
-	if !time.Now().Before(c.until) {
+	c := v.(*Cooldown)
+	if !time.Now().Before(c.Until) {
 		return nil, false
 	}
-	return fmt.Errorf("%w until %s: %w", ErrProviderCoolingDown, c.until.UTC().Format(time.RFC3339), c.err), true
-}
-
-// startCooldown backs the grant off exponentially, from CooldownBase up to
-// 64 times it. Cooldowns run on the wall clock, not the token clock.
-func (b *Broker) startCooldown(gid string, err error) {
-	failures := 0
-	if v, ok := b.cooldowns.Load(gid); ok {
-		failures = v.(*cooldownState).failures
-	}
-	wait := b.cooldownBase << min(failures, 6)
-	if oe := (*oauth.Error)(nil); errors.As(err, &oe) {
-		wait = max(wait, oe.RetryAfter)
-	}
-	b.cooldowns.Store(gid, &cooldownState{until: time.Now().Add(wait), failures: failures + 1, err: err})
+	return c.err(strings.SplitN(gid, "/", 2)[0], time.Now()), true
 }
 
 func (b *Broker) clearCooldown(gid string) { b.cooldowns.Delete(gid) }

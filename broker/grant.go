@@ -57,6 +57,9 @@ type Grant struct {
 	RefreshTokenUpdateTime time.Time
 	CreateTime             time.Time
 	UpdateTime             time.Time
+	// Cooldown, when set, is the grant's pause after failed token
+	// requests: stored with the grant, so that every replica honours it.
+	Cooldown *Cooldown
 	// Revision is the etcd revision the grant was read at (0: not stored).
 	Revision int64
 }

@@ -85,6 +85,9 @@ func newTestBroker(t testing.TB, e *etcdtest.Etcd, opts ...brokerOption) *Broker
 		DefaultMinTTL: time.Minute,
 		Keyring:       testkeys.Keyring(),
 		CooldownBase:  time.Nanosecond,
+		// Tests of forced refreshes want each to reach the provider;
+		// coalescing has tests of its own.
+		MinForcedRefreshInterval: -1,
 	}}
 	for _, o := range opts {
 		o(&s)

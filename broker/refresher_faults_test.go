@@ -54,10 +54,11 @@ type faultRow struct {
 // V keeps being served to both kinds of V callers; M's callers get the
 // documented error (or ErrProviderCoolingDown wrapping it); and the
 // provider sees, from each replica, rounds of at most ProviderAttempts
-// calls, Retry-After honoured between the calls of a round, and the
-// grant's cooldown between rounds, doubling after each failed round. The
-// cooldown is per replica: the provider's budget is replicas × attempts
-// per cooldown window.
+// calls, and the grant's cooldown between rounds, doubling after each
+// failed round; an answer with Retry-After ends its round, and the
+// cooldown lasts at least that long. The cooldown is the fleet's (stored
+// with the grant): the provider's budget is replicas × attempts per
+// cooldown window at most.
 //
 // A provider that hangs is TestRefresherProviderHangs.
 func TestRefresherProviderFaults(t *testing.T) {
@@ -78,15 +79,14 @@ func TestRefresherProviderFaults(t *testing.T) {
 			name:       "429 with Retry-After",
 			failure:    sandbox.Failure{Status: http.StatusTooManyRequests, ContentType: "text/plain", Body: "slow down"},
 			retryAfter: "1",
-			// Rounds of 1 s that the replicas take in turn (the grant lock):
-			// a cooldown longer than three rounds keeps callers from
-			// queueing behind round after round.
-			attempts: 2, perRound: 2, cooldown: 3 * time.Second,
+			// A Retry-After ends the round at its first call; callers are
+			// told how long the fleet leaves the provider alone.
+			attempts: 2, perRound: 1, cooldown: 3 * time.Second,
 			wantErr: func(err error) bool {
 				var oe *oauth.Error
-				return errors.As(err, &oe) && oe.StatusCode == 429 && oe.RetryAfter == time.Second
+				return errors.As(err, &oe) && oe.StatusCode == 429 && oe.RetryAfter >= time.Second && oe.RetryAfter <= 3*time.Second
 			},
-			wantErrText: "a *oauth.Error with status 429 and RetryAfter 1s (ResourceExhausted)",
+			wantErrText: "a *oauth.Error with status 429 and RetryAfter between 1s and the 3s cooldown (ResourceExhausted)",
 		},
 		{
 			name:     "garbage",
@@ -181,20 +181,21 @@ func TestRefresherProviderFaults(t *testing.T) {
 			t.Errorf("%s: a caller without a token got %s; want %s", tt.name, w, tt.wantErrText)
 		}
 
-		// What the provider saw, replica by replica: rounds of perRound
+		// What the provider saw, replica by replica and token key (the
+		// provider's own identity is locked per key): rounds of perRound
 		// calls, Retry-After apart, and the cooldown between rounds,
 		// doubling.
 		retryAfter, _ := time.ParseDuration(tt.retryAfter + "s")
 		byReplica := map[string][]time.Time{}
 		for _, r := range tt.f.sb.Requests()[tt.calls:] {
-			ua := r.Header.Get("User-Agent")
+			ua := r.Header.Get("User-Agent") + " scope " + r.Form.Get("scope")
 			byReplica[ua] = append(byReplica[ua], r.Time)
 		}
 		rounds := 0
 		for ua, times := range byReplica {
 			for i := 1; i < len(times); i++ {
 				gap, round := times[i].Sub(times[i-1]), i/tt.perRound
-				want := retryAfter // within a round
+				want := retryAfter // within a round (no Retry-After is retried within one)
 				if i%tt.perRound == 0 {
 					want = tt.cooldown << (round - 1) // between rounds
 				}

@@ -147,9 +147,9 @@ func (s *fencing) storedToken(t *testing.T) *TokenRecord {
 // committed or was refused) and every replica holds what etcd holds.
 func (s *fencing) settled(t *testing.T, l *fleetReplica) *TokenRecord {
 	t.Helper()
-	gid := grantID("orders", "")
-	pollFor(t, l.name+" done with the grant lock", 10*time.Second, func() bool {
-		v, ok := l.local.Load(gid)
+	// The provider's own identity is locked per token key.
+	pollFor(t, l.name+" done with the token's lock", 10*time.Second, func() bool {
+		v, ok := l.local.Load(s.id)
 		return ok && len(v.(chan struct{})) == 0
 	})
 	var want *TokenRecord

@@ -167,16 +167,14 @@ func TestRefresherRegressionHangingProvider(t *testing.T) {
 	}
 }
 
-// Retry-After is not honoured between fetches: after a 429 with
-// Retry-After longer than MaxRetryAfter the request fails at once and the
-// grant cools down for CooldownBase only, so the provider is asked again
-// long before the time it named.
+// Retry-After is honoured between fetches: after a 429 with Retry-After
+// the request fails at once and the grant cools down until the time the
+// provider named, not for CooldownBase only.
 func TestRefresherRegressionRetryAfterBetweenFetches(t *testing.T) {
 	e := etcdtest.Start(t)
 	f := newSandboxFront(t, sandbox.Config{})
 	cfg := fleetConfig()
 	cfg.CooldownBase = 100 * time.Millisecond
-	cfg.MaxRetryAfter = time.Second
 	r := newFleetReplica(t, e.Endpoint, "bug4-0", cfg)
 	putProvider(t, r.Broker, sandboxProvider("orders", f.TokenURL()), sandboxClientSecret)
 	ra := "3"

@@ -283,23 +283,49 @@ func (b *Broker) decodeToken(key string, data []byte, rev int64) (*TokenRecord, 
 
 // storedGrant is the etcd encoding of a Grant.
 type storedGrant struct {
-	Provider     string    `json:"provider"`
-	Account      string    `json:"account,omitempty"`
-	Type         string    `json:"grant_type"`
-	Username     string    `json:"username,omitempty"`
-	Password     []byte    `json:"password_sealed,omitempty"`
-	RefreshToken []byte    `json:"refresh_token_sealed,omitempty"`
-	Scopes       []string  `json:"scopes,omitempty"`
-	Health       string    `json:"health"`
-	LastError    string    `json:"last_error,omitempty"`
-	LastRefresh  time.Time `json:"last_refresh_time"`
-	ExpireTime   time.Time `json:"expire_time"`
-	RefreshedBy  string    `json:"refreshed_by,omitempty"`
-	Generation   int64     `json:"generation"`
-	PasswordTime time.Time `json:"password_update_time"`
-	RefreshTime  time.Time `json:"refresh_token_update_time"`
-	CreateTime   time.Time `json:"create_time"`
-	UpdateTime   time.Time `json:"update_time"`
+	Provider     string          `json:"provider"`
+	Account      string          `json:"account,omitempty"`
+	Type         string          `json:"grant_type"`
+	Username     string          `json:"username,omitempty"`
+	Password     []byte          `json:"password_sealed,omitempty"`
+	RefreshToken []byte          `json:"refresh_token_sealed,omitempty"`
+	Scopes       []string        `json:"scopes,omitempty"`
+	Health       string          `json:"health"`
+	LastError    string          `json:"last_error,omitempty"`
+	LastRefresh  time.Time       `json:"last_refresh_time"`
+	ExpireTime   time.Time       `json:"expire_time"`
+	RefreshedBy  string          `json:"refreshed_by,omitempty"`
+	Generation   int64           `json:"generation"`
+	PasswordTime time.Time       `json:"password_update_time"`
+	RefreshTime  time.Time       `json:"refresh_token_update_time"`
+	CreateTime   time.Time       `json:"create_time"`
+	UpdateTime   time.Time       `json:"update_time"`
+	Cooldown     *storedCooldown `json:"cooldown,omitempty"`
+}
+
+// storedCooldown is the etcd encoding of a Cooldown.
+type storedCooldown struct {
+	Until       time.Time `json:"until"`
+	Failures    int       `json:"failures"`
+	Class       string    `json:"class"`
+	Status      int       `json:"status,omitempty"`
+	Code        string    `json:"code,omitempty"`
+	Description string    `json:"description,omitempty"`
+	Message     string    `json:"message,omitempty"`
+}
+
+func encodeCooldown(c *Cooldown) *storedCooldown {
+	if c == nil {
+		return nil
+	}
+	return &storedCooldown{Until: c.Until, Failures: c.Failures, Class: c.Class, Status: c.Status, Code: c.Code, Description: c.Description, Message: c.Message}
+}
+
+func decodeCooldown(s *storedCooldown) *Cooldown {
+	if s == nil {
+		return nil
+	}
+	return &Cooldown{Until: s.Until, Failures: s.Failures, Class: s.Class, Status: s.Status, Code: s.Code, Description: s.Description, Message: s.Message}
 }
 
 func (b *Broker) encodeGrant(key string, g *Grant) ([]byte, error) {
@@ -316,7 +342,7 @@ func (b *Broker) encodeGrant(key string, g *Grant) ([]byte, error) {
 		Password: pw, RefreshToken: rt, Scopes: g.Scopes, Health: string(g.Health), LastError: g.LastError,
 		LastRefresh: g.LastRefresh, ExpireTime: g.ExpireTime, RefreshedBy: g.RefreshedBy, Generation: g.Generation,
 		PasswordTime: g.PasswordUpdateTime, RefreshTime: g.RefreshTokenUpdateTime,
-		CreateTime: g.CreateTime, UpdateTime: g.UpdateTime,
+		CreateTime: g.CreateTime, UpdateTime: g.UpdateTime, Cooldown: encodeCooldown(g.Cooldown),
 	})
 }
 
@@ -341,6 +367,6 @@ func (b *Broker) decodeGrant(key string, data []byte, rev int64) (*Grant, error)
 		Password: pw, RefreshToken: rt, Scopes: s.Scopes, Health: GrantHealth(s.Health), LastError: s.LastError,
 		LastRefresh: s.LastRefresh, ExpireTime: s.ExpireTime, RefreshedBy: s.RefreshedBy, Generation: s.Generation,
 		PasswordUpdateTime: s.PasswordTime, RefreshTokenUpdateTime: s.RefreshTime,
-		CreateTime: s.CreateTime, UpdateTime: s.UpdateTime, Revision: rev,
+		CreateTime: s.CreateTime, UpdateTime: s.UpdateTime, Cooldown: decodeCooldown(s.Cooldown), Revision: rev,
 	}, nil
 }

@@ -72,6 +72,9 @@ func newEnv(t *testing.T) *env {
 		ProviderAttempts: 1,
 		CooldownBase:     time.Nanosecond,
 		Refresh:          broker.RefreshConfig{Disabled: true},
+		// Every forced refresh reaches the provider; the broker's tests
+		// cover coalescing.
+		MinForcedRefreshInterval: -1,
 	})
 	if err != nil {
 		t.Fatalf("broker.New: %v", err)

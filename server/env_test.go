@@ -164,6 +164,9 @@ func (e *env) startWith(o options) *instance {
 		Keyring:      testkeys.Keyring(),
 		CooldownBase: time.Nanosecond,
 		Refresh:      broker.RefreshConfig{Disabled: o.quiet},
+		// Every forced refresh reaches the provider (the clock stands
+		// still); the broker's tests cover coalescing.
+		MinForcedRefreshInterval: -1,
 	})
 	if err != nil {
 		t.Fatalf("broker.New: %v", err)

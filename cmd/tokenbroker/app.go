@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -123,10 +124,16 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 		Prefix:        cfg.Etcd.Prefix,
 		OAuth:         oauthClient,
 		DefaultMinTTL: cfg.DefaultMinTTL,
-		Keyring:       keyring,
-		Logger:        log,
-		Observer:      metrics,
-		RequireHTTPS:  !cfg.insecureHTTPLoopback,
+		StoreTimeout:  cfg.Etcd.RequestTimeout,
+		SessionTTL:    int(cfg.Refresher.SessionTTL / time.Second),
+		Refresh:       broker.RefreshConfig{Shards: cfg.Refresher.Shards},
+		// 0 in the file turns coalescing off; the broker's zero is its
+		// default.
+		MinForcedRefreshInterval: cmp.Or(cfg.MinForcedRefreshInterval, -1),
+		Keyring:                  keyring,
+		Logger:                   log,
+		Observer:                 metrics,
+		RequireHTTPS:             !cfg.insecureHTTPLoopback,
 	})
 	if err != nil {
 		return nil, err

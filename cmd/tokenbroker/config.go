@@ -41,6 +41,12 @@ type Config struct {
 	Log     LogConfig  `yaml:"log"`
 	// DefaultMinTTL applies to GetToken calls that name no min_ttl.
 	DefaultMinTTL time.Duration `yaml:"default_min_ttl"`
+	// MinForcedRefreshInterval coalesces forced refreshes (Refresh without
+	// stale_access_token) across the fleet: at most one provider call per
+	// token key in this interval; 0 turns coalescing off.
+	MinForcedRefreshInterval time.Duration `yaml:"min_forced_refresh_interval"`
+	// Refresher tunes the locks and the leader-elected refresh shards.
+	Refresher RefresherConfig `yaml:"refresher"`
 	// ShutdownTimeout bounds the drain of in-flight calls.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// Providers are registered (created or updated) at start.
@@ -70,6 +76,34 @@ type Config struct {
 	// keyring is the master keyring when the caller made one (dev mode);
 	// nil resolves it from Seal and the environment at start.
 	keyring *seal.Keyring
+}
+
+// RefresherConfig tunes failover and the spread of background refreshes.
+type RefresherConfig struct {
+	// SessionTTL is the lease of a replica's locks and shard leadership: a
+	// replica that dies holding them frees them after this long. Whole
+	// seconds, at least 2s.
+	SessionTTL time.Duration `yaml:"session_ttl"`
+	// Shards is the number of refresh shards, each with its own election,
+	// so that several replicas share the refreshing.
+	Shards int `yaml:"shards"`
+}
+
+// Bounds of the refresher section.
+const (
+	minSessionTTL = 2 * time.Second
+	maxShards     = 256
+)
+
+func (r RefresherConfig) validate() []error {
+	var errs []error
+	if r.SessionTTL < minSessionTTL || r.SessionTTL%time.Second != 0 {
+		errs = append(errs, fmt.Errorf("refresher.session_ttl %s must be whole seconds, at least %s (etcd leases count in seconds)", r.SessionTTL, minSessionTTL))
+	}
+	if r.Shards < 1 || r.Shards > maxShards {
+		errs = append(errs, fmt.Errorf("refresher.shards %d must be between 1 and %d", r.Shards, maxShards))
+	}
+	return errs
 }
 
 // AuthConfig configures caller authentication and authorization.
@@ -139,6 +173,10 @@ type EtcdConfig struct {
 	Endpoints   []string      `yaml:"endpoints"`
 	Prefix      string        `yaml:"prefix"`
 	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// RequestTimeout bounds each etcd request: with etcd unreachable, a call
+	// that needs it answers Unavailable after this long (a still-valid
+	// token is served from memory regardless).
+	RequestTimeout time.Duration `yaml:"request_timeout"`
 	// TLS secures the connection to an external etcd cluster (https://
 	// endpoints): the cluster's CA, and a client certificate when the
 	// cluster authenticates clients.
@@ -238,13 +276,15 @@ type ProviderConfig struct {
 // say otherwise.
 func defaultConfig() Config {
 	return Config{
-		GRPCAddr:        ":9090",
-		HTTPAddr:        ":8080",
-		DataDir:         "tokenbroker-data",
-		Etcd:            EtcdConfig{Prefix: broker.DefaultPrefix, DialTimeout: 5 * time.Second},
-		Log:             LogConfig{Level: "info", Format: "json"},
-		DefaultMinTTL:   time.Minute,
-		ShutdownTimeout: 15 * time.Second,
+		GRPCAddr:                 ":9090",
+		HTTPAddr:                 ":8080",
+		DataDir:                  "tokenbroker-data",
+		Etcd:                     EtcdConfig{Prefix: broker.DefaultPrefix, DialTimeout: 5 * time.Second, RequestTimeout: time.Second},
+		Log:                      LogConfig{Level: "info", Format: "json"},
+		DefaultMinTTL:            time.Minute,
+		MinForcedRefreshInterval: broker.DefaultMinForcedRefreshInterval,
+		Refresher:                RefresherConfig{SessionTTL: 10 * time.Second, Shards: 1},
+		ShutdownTimeout:          15 * time.Second,
 		Auth: AuthConfig{RateLimit: RateLimitConfig{
 			RPS: server.DefaultRateLimit.RPS, Burst: server.DefaultRateLimit.Burst,
 		}},
@@ -351,6 +391,13 @@ func (c *Config) Validate(getenv func(string) string) error {
 	if c.DefaultMinTTL < 0 {
 		errs = append(errs, errors.New("default_min_ttl must not be negative"))
 	}
+	if c.MinForcedRefreshInterval < 0 {
+		errs = append(errs, errors.New("min_forced_refresh_interval must not be negative (0 turns coalescing off)"))
+	}
+	if c.Etcd.RequestTimeout < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("etcd.request_timeout %s is shorter than 100ms", c.Etcd.RequestTimeout))
+	}
+	errs = append(errs, c.Refresher.validate()...)
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:

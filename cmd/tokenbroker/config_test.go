@@ -118,7 +118,7 @@ providers:
 	want.DataDir = "/var/lib/tb"
 	want.DefaultMinTTL = 90 * time.Second
 	want.ShutdownTimeout = 150 * time.Second
-	want.Etcd = EtcdConfig{Endpoints: []string{"10.0.0.1:2379", "10.0.0.2:2379"}, Prefix: "/tb/", DialTimeout: 1500 * time.Millisecond}
+	want.Etcd = EtcdConfig{Endpoints: []string{"10.0.0.1:2379", "10.0.0.2:2379"}, Prefix: "/tb/", DialTimeout: 1500 * time.Millisecond, RequestTimeout: time.Second}
 	want.Log = LogConfig{Level: "debug", Format: "json"} // format keeps its default
 	want.Providers = []ProviderConfig{{
 		Name:                 "mediahound",
@@ -193,6 +193,11 @@ func TestValidateReportsEachProblem(t *testing.T) {
 		{name: "data dir", give: func(c *Config) { c.DataDir = "" }, want: "data_dir is empty"},
 		{name: "prefix", give: func(c *Config) { c.Etcd.Prefix = "tokenbroker/" }, want: "etcd.prefix must start with '/'"},
 		{name: "min ttl", give: func(c *Config) { c.DefaultMinTTL = -time.Second }, want: "default_min_ttl must not be negative"},
+		{name: "forced refresh interval", give: func(c *Config) { c.MinForcedRefreshInterval = -time.Second }, want: "min_forced_refresh_interval must not be negative"},
+		{name: "session ttl too short", give: func(c *Config) { c.Refresher.SessionTTL = time.Second }, want: "refresher.session_ttl 1s must be whole seconds, at least 2s"},
+		{name: "session ttl not whole seconds", give: func(c *Config) { c.Refresher.SessionTTL = 2500 * time.Millisecond }, want: "refresher.session_ttl 2.5s must be whole seconds"},
+		{name: "no shard", give: func(c *Config) { c.Refresher.Shards = 0 }, want: "refresher.shards 0 must be between 1 and 256"},
+		{name: "etcd request timeout", give: func(c *Config) { c.Etcd.RequestTimeout = time.Millisecond }, want: "etcd.request_timeout 1ms is shorter than 100ms"},
 		{name: "log level", give: func(c *Config) { c.Log.Level = "loud" }, want: `log.level "loud"`},
 		{name: "log format", give: func(c *Config) { c.Log.Format = "xml" }, want: `log.format "xml"`},
 		{name: "auth style", give: func(c *Config) {

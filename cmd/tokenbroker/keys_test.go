@@ -264,7 +264,9 @@ func TestKeysResealRotatesTheMasterKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	refreshed, err := tokenbrokerv1.NewTokenBrokerServiceClient(conn).Refresh(t.Context(), &tokenbrokerv1.RefreshRequest{Provider: providerName})
+	// Naming the stored token as stale: a forced refresh this soon after
+	// the token was obtained would be coalesced into it.
+	refreshed, err := tokenbrokerv1.NewTokenBrokerServiceClient(conn).Refresh(t.Context(), &tokenbrokerv1.RefreshRequest{Provider: providerName, StaleAccessToken: tok.GetAccessToken()})
 	if err != nil || refreshed.GetToken().GetAccessToken() == tok.GetAccessToken() {
 		t.Fatalf("Refresh with k2 alone = %v; want a new token from the provider", err)
 	}

@@ -88,6 +88,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 	dataDir := fs.String("data-dir", "", "embedded etcd data directory (default tokenbroker-data; $TOKENBROKER_DATA_DIR)")
 	endpoints := fs.String("etcd-endpoints", "", "comma-separated endpoints of an external etcd; none starts an embedded one ($TOKENBROKER_ETCD_ENDPOINTS)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error ($TOKENBROKER_LOG_LEVEL)")
+	sessionTTL := fs.Duration("refresher-session-ttl", 0, "lease of a replica's locks and refresh shards: a dead replica's work moves on after this long (default 10s, at least 2s)")
+	shards := fs.Int("refresher-shards", 0, "refresh shards, each with its own leader election (default 1)")
+	minForced := fs.Duration("min-forced-refresh-interval", -1, "at most one provider call per token key for forced refreshes in this interval, fleet-wide (default 5s; 0 turns it off)")
 	insecureNoAuth := fs.Bool("insecure-no-auth", false, "INSECURE: run without any authentication configured; callers without credentials may do everything")
 	insecureMasterKey := fs.Bool("insecure-generate-master-key", false, "INSECURE: run without a master key, sealing with a generated one that is lost at exit")
 	insecureHTTP := fs.Bool("insecure-http-loopback", false, "INSECURE: allow providers with plain http endpoints on loopback addresses (development); https is required otherwise")
@@ -107,6 +110,15 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 		}
 		if *endpoints != "" {
 			cfg.Etcd.Endpoints = splitList(*endpoints)
+		}
+		if *sessionTTL != 0 {
+			cfg.Refresher.SessionTTL = *sessionTTL
+		}
+		if *shards != 0 {
+			cfg.Refresher.Shards = *shards
+		}
+		if *minForced >= 0 {
+			cfg.MinForcedRefreshInterval = *minForced
 		}
 		cfg.getenv = getenv
 		cfg.insecureNoAuth, cfg.insecureGenerateMasterKey = *insecureNoAuth, *insecureMasterKey
