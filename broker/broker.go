@@ -273,19 +273,27 @@ func (b *Broker) enter() bool {
 func (b *Broker) session(ctx context.Context) (*concurrency.Session, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	// Revoking a lost session's lease and granting the new one share one
+	// StoreTimeout. The session's keepalive lives as long as b.ctx; ctx
+	// only bounds the grant.
+	grantCtx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	defer cancel()
 	if b.sess != nil {
 		select {
 		case <-b.sess.Done():
 			b.log.Warn("etcd session lost; starting a new one")
+			// The lease may still be alive in etcd (a member that comes back
+			// renews its leases): revoke it, so that the locks and
+			// leadership it holds go now rather than after its TTL, and the
+			// replicas do not win elections on keys of dead sessions.
+			if _, err := b.cli.Revoke(grantCtx, b.sess.Lease()); err != nil {
+				b.log.Debug("revoke the lost session's lease", zap.Error(err))
+			}
 			b.sess = nil
 		default:
 			return b.sess, nil
 		}
 	}
-	// The session's keepalive lives as long as b.ctx; ctx only bounds the
-	// lease grant.
-	grantCtx, cancel := context.WithTimeout(ctx, b.storeTimeout)
-	defer cancel()
 	lease, err := b.cli.Grant(grantCtx, int64(b.sessionTTL))
 	if err != nil {
 		return nil, storeError(ctx, "grant session lease", err)

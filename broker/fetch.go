@@ -169,7 +169,16 @@ func (b *Broker) grantLock(ctx context.Context, gid string) (m *concurrency.Mute
 		return nil, nil, err
 	}
 	m = concurrency.NewMutex(sess, b.prefix+locksPrefix+gid)
-	if err := m.Lock(ctx); err != nil {
+	// First try without waiting, bounded like any store call: with etcd
+	// unreachable the fetch fails within StoreTimeout rather than at its
+	// own deadline. Only a lock another fetch holds is waited for.
+	tctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	err = m.TryLock(tctx)
+	cancel()
+	if errors.Is(err, concurrency.ErrLocked) {
+		err = m.Lock(ctx)
+	}
+	if err != nil {
 		<-local
 		return nil, nil, storeError(ctx, "lock grant "+gid, err)
 	}

@@ -154,11 +154,18 @@ func (b *Broker) campaign(shard int) {
 			continue
 		}
 		e := concurrency.NewElection(sess, b.prefix+electionPrefix+strconv.Itoa(shard))
-		if err := e.Campaign(b.ctx, b.replica); err != nil {
-			if b.ctx.Err() == nil {
+		if err := b.campaignWhileAlive(e, sess); err != nil {
+			if b.ctx.Err() == nil && !isDone(sess) {
 				log.Warn("campaign for refresh shard", zap.Error(err))
 				b.pause(time.Second)
 			}
+			continue
+		}
+		if isDone(sess) {
+			// Won on the key of a session that is gone (etcd came back and
+			// the old keys lapsed in turn): campaign again with a live one
+			// instead of leading for no time.
+			log.Debug("won a refresh shard with a lost session; campaigning again")
 			continue
 		}
 		log.Info("leading refresh shard")
@@ -182,6 +189,33 @@ func (b *Broker) campaign(shard int) {
 			cancel()
 			log.Info("resigned refresh shard")
 		}
+	}
+}
+
+// campaignWhileAlive campaigns for e until it wins, Close, or sess ends:
+// a campaign must not outlive its session's lease.
+func (b *Broker) campaignWhileAlive(e *concurrency.Election, sess *concurrency.Session) error {
+	ctx, cancel := context.WithCancel(b.ctx)
+	defer cancel()
+	done := make(chan struct{})
+	defer close(done)
+	go func() { // ends when the campaign does
+		select {
+		case <-sess.Done():
+			cancel()
+		case <-done:
+		}
+	}()
+	return e.Campaign(ctx, b.replica)
+}
+
+// isDone reports whether sess has ended.
+func isDone(sess *concurrency.Session) bool {
+	select {
+	case <-sess.Done():
+		return true
+	default:
+		return false
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/tokenbroker/tokenbroker/internal/embedetcd"
@@ -83,7 +84,11 @@ func newFleetReplica(t *testing.T, endpoint, name string, cfg Config) *fleetRepl
 	}
 	cfg.Client = cli
 	cfg.Replica = name
-	cfg.Logger = zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)).With(zap.String("replica", name))
+	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
+	if cfg.Logger != nil { // the test's own core, e.g. an observer, sees the logs too
+		log = zap.New(zapcore.NewTee(log.Core(), cfg.Logger.Core()))
+	}
+	cfg.Logger = log.With(zap.String("replica", name))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	b, err := New(ctx, cfg)
