@@ -100,17 +100,17 @@ type Broker struct {
 	fetchTimeout  time.Duration
 	sessionTTL    int
 
-	keys          *seal.Keyring
-	replica       string
-	retries       int
-	minForced     time.Duration
-	backoff       time.Duration
-	cooldownBase  time.Duration
-	callbackURL   atomic.Pointer[string]
-	refresh       RefreshConfig
-	requireHTTPS  bool
-	obs           Observer
-	leading       []bool // per shard; guarded by mu
+	keys         *seal.Keyring
+	replica      string
+	retries      int
+	minForced    time.Duration
+	backoff      time.Duration
+	cooldownBase time.Duration
+	callbackURL  atomic.Pointer[string]
+	refresh      RefreshConfig
+	requireHTTPS bool
+	obs          Observer
+	leading      []bool // per shard; guarded by mu
 	// discoveryClient reads OIDC discovery documents.
 	discoveryClient *http.Client
 	tokens          *tokenCache

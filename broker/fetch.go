@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -265,10 +266,22 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 		}
 		return nil
 	}
+	lost := false
+	if g.RefreshToken != "" {
+		if lost, err = b.markRefreshing(ctx, m, gid); err != nil {
+			return b.serveStale(cur, stale, err)
+		}
+	}
 	rec, next, err := b.obtain(ctx, p, g, key, cur, held)
 	if err != nil {
+		if lost && errors.Is(err, ErrReauthorizationRequired) {
+			err = fmt.Errorf("%w (%s)", err, answerLost)
+		}
 		b.noteFailure(ctx, m, p, g, next, gid, err)
 		return b.serveStale(cur, stale, err)
+	}
+	if lost {
+		b.log.Info("an earlier refresh of the grant got no stored answer; this one succeeded", zap.String("grant", gid))
 	}
 	if next.RefreshToken == g.RefreshToken || g.RefreshToken == "" {
 		// Tokens replaced stay valid until they expire, unless the provider
@@ -285,6 +298,38 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	b.log.Info("token obtained", zap.Stringer("key", key), zap.Int64("generation", rec.Generation),
 		zap.Duration("lifetime", rec.Lifetime()), zap.Bool("refresh_token_rotated", next.RefreshToken != g.RefreshToken))
 	return rec, nil
+}
+
+// answerLost is what a grant's last error adds when the provider refused a
+// refresh token after an earlier refresh of it got no stored answer.
+const answerLost = "refresh answer lost: a replica presented the refresh token and stopped before storing the provider's answer; " +
+	"a provider that rotates refresh tokens had already replaced it"
+
+// markRefreshing records, under the grant's lock and before its refresh
+// token is presented, that an answer is awaited; the commit or the
+// failure that follows removes the mark. It reports whether a mark was
+// there already: an earlier refresh whose answer was never stored (its
+// replica died mid-request), after which a provider that rotates refresh
+// tokens refuses the one stored.
+func (b *Broker) markRefreshing(ctx context.Context, m *concurrency.Mutex, gid string) (bool, error) {
+	val, err := json.Marshal(struct {
+		Replica string    `json:"replica"`
+		At      time.Time `json:"at"`
+	}{b.replica, time.Now().UTC()})
+	if err != nil {
+		return false, err
+	}
+	key := b.prefix + refreshingPrefix + gid
+	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	defer cancel()
+	resp, err := b.cli.Txn(sctx).If(m.IsOwner()).Then(clientv3.OpGet(key), clientv3.OpPut(key, string(val))).Commit()
+	if err != nil {
+		return false, storeError(ctx, "mark refresh of "+gid, err)
+	}
+	if !resp.Succeeded {
+		return false, fmt.Errorf("%w: grant %s", ErrLockLost, gid)
+	}
+	return len(resp.Responses[0].GetResponseRange().GetKvs()) > 0, nil
 }
 
 // ErrProviderCoolingDown: the provider failed recently for this grant and is
@@ -591,6 +636,7 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 	writes := []clientv3.Op{
 		clientv3.OpPut(tkey, string(val)),
 		clientv3.OpPut(gkey, string(gval)),
+		clientv3.OpDelete(b.prefix + refreshingPrefix + grantID(g.Provider, g.Account)),
 	}
 	var others []string
 	if next.RefreshToken != g.RefreshToken && g.RefreshToken != "" {
@@ -618,7 +664,7 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 		// else can have used the old refresh token then), the new one is
 		// saved, or the lineage would break on the next refresh.
 		salvage, err := b.cli.Txn(sctx).If(clientv3.Compare(clientv3.ModRevision(gkey), "=", g.Revision)).
-			Then(clientv3.OpPut(gkey, string(gval))).Commit()
+			Then(clientv3.OpPut(gkey, string(gval)), clientv3.OpDelete(b.prefix+refreshingPrefix+grantID(g.Provider, g.Account))).Commit()
 		if err == nil && salvage.Succeeded {
 			b.log.Warn("token write discarded; the rotated refresh token was saved", zap.Stringer("key", rec.Key))
 		}
@@ -659,7 +705,7 @@ func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provi
 	}
 	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
 	defer cancel()
-	ops := []clientv3.Op{clientv3.OpPut(gkey, string(val))}
+	ops := []clientv3.Op{clientv3.OpPut(gkey, string(val)), clientv3.OpDelete(b.prefix + refreshingPrefix + gid)}
 	if next.Health == HealthReauthorizationRequired {
 		// The provider revoked the grant, and its tokens with it: every
 		// replica forgets them.

@@ -112,19 +112,23 @@ func callContinuously(ctx context.Context, wg *sync.WaitGroup, n int, pick func(
 // replica becomes leader once the session TTL lapses and refreshes the
 // grant with the refresh token the provider expects. Repeated 3 times
 // (short) or 20 times (long), a new replica joining after each kill, with
-// callers asking on every live replica throughout: no invalid_grant, no
-// refresh token presented twice, no expired token served, and a new leader
-// refreshing within the session TTL + 1 s (asserted with 2 s of slack for
-// slow machines; the figures are logged).
+// callers asking on every live replica throughout, and one caller forcing
+// a refresh (its token refused) right after each kill, which waits for the
+// dead replica's lock: no invalid_grant, no refresh token presented twice,
+// no expired token served; with a session TTL of 3 s the provider is asked
+// again within 4 s of the kill and the forced refresh answers within
+// 4.5 s (asserted with 2 s of slack for slow machines; the figures are
+// logged).
 func TestRefresherFailover(t *testing.T) {
 	t.Parallel() // mostly waiting: overlaps with the other long scenarios
 	rounds := shortOrLong(t, "failovers", 3, 20)
 	const (
-		ttl      = 2 // SessionTTL, seconds
-		lifetime = 10 * time.Second
+		ttl      = 3 // SessionTTL, seconds
+		lifetime = 12 * time.Second
 		minTTL   = time.Second
 	)
-	bound := ttl*time.Second + time.Second
+	bound := ttl*time.Second + time.Second    // the provider asked again
+	waitBound := bound + 500*time.Millisecond // the slowest caller
 	e := etcdtest.Start(t)
 	f := rotatingSandbox(t, lifetime)
 	cfg := fleetConfig()
@@ -186,7 +190,7 @@ func TestRefresherFailover(t *testing.T) {
 		}
 		return g
 	}
-	var elections, refreshes []time.Duration
+	var elections, refreshes, again, waits []time.Duration
 	for round := range rounds {
 		var gen int64
 		pollFor(t, "every replica holding the same token", 10*time.Second, func() bool {
@@ -202,6 +206,10 @@ func TestRefresherFailover(t *testing.T) {
 			t.Fatalf("round %d: a refresh is in flight but no single replica leads", round)
 		}
 
+		stale := live[0].cached(id)
+		if old == live[0] {
+			stale = live[1].cached(id)
+		}
 		killed := time.Now()
 		old.kill()
 		mu.Lock()
@@ -213,6 +221,17 @@ func TestRefresherFailover(t *testing.T) {
 		}
 		mu.Unlock()
 		f.sb.SetFailure(nil)
+		inFlight := f.sb.RefreshCalls()
+		forced := make(chan time.Duration, 1)
+		go func() {
+			rec, err := snapshot()[0].Refresh(context.Background(), TokenRequest{Provider: "media", Account: "alice"}, stale.AccessToken)
+			if err != nil || rec.AccessToken == stale.AccessToken {
+				t.Errorf("round %d: forced refresh after the kill: %v, %v; want a new token", round, rec, err)
+			}
+			forced <- time.Since(killed)
+		}()
+		pollFor(t, "the provider asked again", 10*time.Second, func() bool { return f.sb.RefreshCalls() > inFlight })
+		askedAgain := time.Since(killed)
 
 		var next *fleetReplica
 		pollFor(t, "a new leader", 10*time.Second, func() bool {
@@ -227,19 +246,27 @@ func TestRefresherFailover(t *testing.T) {
 		if by := aliceGrant(t, next.Broker).RefreshedBy; by != next.name {
 			t.Errorf("round %d: the grant was refreshed by %q, want the new leader %q", round, by, next.name)
 		}
-		t.Logf("round %d: killed %s mid-refresh; %s leads after %v, refreshed after %v", round, old.name, next.name, elected, refreshed)
-		if refreshed > bound+2*time.Second {
-			t.Errorf("round %d: the new leader refreshed %v after the kill, want within the session TTL + 1s (%v, plus 2s of slack)", round, refreshed, bound)
+		waited := <-forced
+		t.Logf("round %d: killed %s mid-refresh; provider asked again after %v; %s leads after %v, refreshed after %v; the forced refresh answered after %v",
+			round, old.name, askedAgain, next.name, elected, refreshed, waited)
+		if askedAgain > bound+2*time.Second {
+			t.Errorf("round %d: the provider was asked again %v after the kill, want within the session TTL + 1s (%v, plus 2s of slack)", round, askedAgain, bound)
+		}
+		if waited > waitBound+2*time.Second {
+			t.Errorf("round %d: the forced refresh waited %v, want within %v (plus 2s of slack)", round, waited, waitBound)
 		}
 		elections = append(elections, elected)
 		refreshes = append(refreshes, refreshed)
+		again = append(again, askedAgain)
+		waits = append(waits, waited)
 		add()
 	}
 	stop()
 	wg.Wait()
 
-	t.Logf("failover over %d rounds: new leader after max %v (mean %v); new leader's refresh after max %v (mean %v); bound %v",
-		rounds, longestOf(elections), averageOf(elections), longestOf(refreshes), averageOf(refreshes), bound)
+	t.Logf("failover over %d kills with a %ds session TTL: provider asked again after max %v (mean %v, bound %v); slowest forced refresh %v (mean %v, bound %v); new leader after max %v (mean %v); new leader's refresh on every replica after max %v (mean %v)",
+		rounds, ttl, longestOf(again), averageOf(again), bound, longestOf(waits), averageOf(waits), waitBound,
+		longestOf(elections), averageOf(elections), longestOf(refreshes), averageOf(refreshes))
 	stats.check(t)
 	if n := f.sb.ReusedRefreshTokens(); n != 0 {
 		t.Errorf("the provider saw %d replaced refresh tokens presented again, want 0", n)

@@ -180,7 +180,10 @@ type heldRequest struct {
 	release  chan struct{} // closed by the test: the request goes on
 	answered chan struct{} // closed when the sandbox has answered it
 	answer   []byte        // the sandbox's answer, once answered
-	once     sync.Once
+	// evenIfGone: the sandbox handles the request once released even if
+	// its client gave up meanwhile (an answer lost on the way back).
+	evenIfGone bool
+	once       sync.Once
 }
 
 // Release lets the held request go on to the sandbox.
@@ -230,7 +233,10 @@ func (f *sandboxFront) serve(w http.ResponseWriter, r *http.Request) {
 			select {
 			case <-h.release:
 			case <-r.Context().Done():
-				return
+				if !h.evenIfGone {
+					return
+				}
+				<-h.release // the provider handles it all the same
 			}
 			rec := httptest.NewRecorder()
 			f.sb.ServeHTTP(rec, r)

@@ -17,6 +17,9 @@ const (
 	statesPrefix    = "authorizations/"
 	electionPrefix  = "election/"
 	hotPrefix       = "hot/"
+	// refreshingPrefix marks a grant whose refresh token was presented
+	// and whose answer is not stored yet (see markRefreshing).
+	refreshingPrefix = "refreshing/"
 )
 
 // DefaultPrefix is the etcd prefix of every key the broker writes.
