@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/tokenbroker/tokenbroker/broker/seal"
@@ -180,4 +183,54 @@ func FuzzParseKeyFile(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzVerifyRecord: VerifyRecord never panics, and accepts only records
+// whose members (other than sealed values, which authenticate themselves)
+// are those that were signed: rewriting, adding or dropping a member is
+// never accepted.
+func FuzzVerifyRecord(f *testing.F) {
+	const key = "/tokenbroker/apikeys/abcdefghijkl"
+	kr, err := seal.NewKeyring(fixedKey("k1"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	signedRec, err := kr.SignRecord(key, []byte(`{"identity":"svc","sha256":"00ff","create_time":"2031-03-14T09:26:53Z","password_sealed":"AQJrMQ=="}`))
+	if err != nil {
+		f.Fatal(err)
+	}
+	want := membersOf(f, signedRec)
+	f.Add(signedRec)
+	f.Add(bytes.Replace(signedRec, []byte(`"svc"`), []byte(`"admin"`), 1))
+	f.Add([]byte(`{"identity":"admin","sha256":"00ff"}`))
+	f.Add([]byte(`{"record_sealed":null}`))
+	f.Add([]byte(`[]`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if err := kr.VerifyRecord(key, data); err != nil {
+			if !errors.Is(err, seal.ErrRecord) {
+				t.Fatalf("VerifyRecord = %v, want an error wrapping ErrRecord", err)
+			}
+			return
+		}
+		if got := membersOf(t, data); !reflect.DeepEqual(got, want) {
+			t.Fatalf("VerifyRecord accepted members %v, signed were %v", got, want)
+		}
+	})
+}
+
+// membersOf decodes a record's members, leaving out the tag and the
+// values of sealed members (their presence is kept).
+func membersOf(t testing.TB, rec []byte) map[string]any {
+	t.Helper()
+	var obj map[string]any
+	if err := json.Unmarshal(rec, &obj); err != nil {
+		t.Fatalf("an accepted record does not decode: %v", err)
+	}
+	delete(obj, seal.RecordField)
+	for name, v := range obj {
+		if strings.HasSuffix(name, "_sealed") {
+			obj[name] = v != nil && v != ""
+		}
+	}
+	return obj
 }
