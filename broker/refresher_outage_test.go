@@ -131,9 +131,8 @@ func TestRefresherEtcdOutage(t *testing.T) {
 	afterRestart := func(e observer.LoggedEntry) bool { return e.Time.After(restarting) }
 	etcd.start()
 	restarted := time.Now()
-	ep := etcd.endpoint()
 	for _, r := range rs {
-		r.cli.SetEndpoints(ep)
+		etcd.follow(r.cli)
 	}
 	resumed := pollFor(t, "background refresh of both tokens after etcd returned", 30*time.Second, func() bool {
 		g := generations()

@@ -225,7 +225,7 @@ func TestRefresherRegressionEtcdOutageAnswersQuickly(t *testing.T) {
 	}
 	<-stopped
 	etcd.start()
-	r.cli.SetEndpoints(etcd.endpoint())
+	etcd.follow(r.cli)
 }
 
 // Close after the session's lease was lost (expired or revoked)

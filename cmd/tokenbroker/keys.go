@@ -83,8 +83,8 @@ func runKeysGenerate(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// embeddedStartTimeout bounds the start of the embedded etcd: when a
-// running broker holds its data directory, etcd waits for the lock forever.
+// embeddedStartTimeout bounds the start of the embedded etcd: etcd waits for
+// its data directory's lock forever.
 const embeddedStartTimeout = 20 * time.Second
 
 // runKeysReseal re-seals the store the configuration names with its master
@@ -212,9 +212,11 @@ func openStore(ctx context.Context, cfg Config, log *zap.Logger) (*clientv3.Clie
 	}, nil
 }
 
-// startEmbedded starts the embedded etcd in dir, giving up after
-// embeddedStartTimeout: etcd blocks on its data directory's lock while a
-// broker holds it. A member that starts after the give-up is closed at once.
+// startEmbedded starts the embedded etcd in dir. A running broker that holds
+// the data directory is reported at once (embedetcd.ErrInUse); should etcd
+// still block on the directory's lock, startEmbedded gives up after
+// embeddedStartTimeout. A member that starts after the give-up is closed at
+// once.
 func startEmbedded(ctx context.Context, dir string, log *zap.Logger) (*embedetcd.Server, error) {
 	type started struct {
 		srv *embedetcd.Server
@@ -236,6 +238,10 @@ func startEmbedded(ctx context.Context, dir string, log *zap.Logger) (*embedetcd
 	defer timer.Stop()
 	select {
 	case s := <-ch:
+		if errors.Is(s.err, embedetcd.ErrInUse) {
+			return nil, fmt.Errorf("the embedded etcd in %s: a running broker holds its data directory; "+
+				"stop it and run keys reseal again (or point etcd.endpoints at an external etcd)", dir)
+		}
 		return s.srv, s.err
 	case <-timer.C:
 	case <-ctx.Done():

@@ -214,15 +214,23 @@ func TestKeysResealRotatesTheMasterKey(t *testing.T) {
 	if len(stale) == 0 {
 		t.Fatalf("no record under k1 after the restart: %v", mid)
 	}
-	// The embedded etcd's data directory is the broker's while it runs.
-	if err := closeApp(); err != nil {
-		t.Fatal(err)
-	}
-
 	configFile := filepath.Join(dir, "tokenbroker.yaml")
 	if err := os.WriteFile(configFile, []byte("data_dir: "+dataDir+"\nseal:\n  key_file: "+keyFile+"\nlog:\n  level: warn\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The embedded etcd's data directory is the broker's while it runs:
+	// reseal says so at once and leaves the broker's store alone.
+	var busyOut syncBuffer
+	if err := run(t.Context(), []string{"keys", "reseal", "--config", configFile}, &busyOut, &busyOut, envMap(nil)); err == nil || !strings.Contains(err.Error(), "a running broker holds its data directory") {
+		t.Fatalf("keys reseal while the broker runs = %v, want an error saying a running broker holds the data directory\n%s", err, busyOut.String())
+	}
+	if got := grpcGetToken(t, app.GRPCAddr(), providerName); got.GetAccessToken() != tok.GetAccessToken() {
+		t.Fatalf("GetToken after a refused reseal returned another token; want the stored one")
+	}
+	if err := closeApp(); err != nil {
+		t.Fatal(err)
+	}
+
 	scanned, resealed, failed, out, err := resealOutput(t, []string{"--config", configFile}, nil)
 	if err != nil || scanned != len(recordsOf(mid)) || resealed != len(stale) || failed != 0 {
 		t.Fatalf("keys reseal = %d scanned, %d re-sealed, %d failed, %v; want %d scanned, %d re-sealed\n%s",
