@@ -32,6 +32,58 @@ func LoadKeyFile(path string) (*Keyring, error) {
 	return parseKeys("key file "+path, "line", strings.Split(string(data), "\n"))
 }
 
+// Unwrapper opens master keys that are stored wrapped (encrypted) by a key
+// held elsewhere, such as an HSM: envelope encryption. Unwrap returns the
+// 32-byte key that wrapped, the entry of key id, holds; its errors must not
+// carry key material.
+type Unwrapper interface {
+	Unwrap(id string, wrapped []byte) ([]byte, error)
+}
+
+// LoadWrappedKeyFile reads a key file whose entries hold wrapped keys,
+// "<id>:<base64 of the wrapped key>", and opens each with u. Errors name
+// the line, never key material.
+func LoadWrappedKeyFile(path string, u Unwrapper) (*Keyring, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("seal: %w", err)
+	}
+	return parseEntries("key file "+path, "line", strings.Split(string(data), "\n"), wrappedEntry(u))
+}
+
+// ParseWrappedKeyEnv is LoadWrappedKeyFile for an environment variable's
+// value, entries separated by ',' or newlines.
+func ParseWrappedKeyEnv(value string, u Unwrapper) (*Keyring, error) {
+	return parseEntries("key variable", "entry", splitEntries(value), wrappedEntry(u))
+}
+
+// wrappedEntry parses "<id>:<base64 of a wrapped key>" and unwraps it.
+func wrappedEntry(u Unwrapper) func(string) (Key, error) {
+	return func(entry string) (Key, error) {
+		id, encoded, ok := strings.Cut(entry, ":")
+		if !ok {
+			return Key{}, errors.New(`want "<id>:<base64 of a wrapped key>", found no ':'`)
+		}
+		id, encoded = strings.TrimSpace(id), strings.TrimSpace(encoded)
+		if err := validateID(id); err != nil {
+			return Key{}, err
+		}
+		wrapped, err := base64RawStd.DecodeString(strings.TrimRight(encoded, "="))
+		if err != nil {
+			return Key{}, fmt.Errorf("key %q: wrapped key is not valid base64", id)
+		}
+		secret, err := u.Unwrap(id, wrapped)
+		if err != nil {
+			return Key{}, fmt.Errorf("key %q: unwrap: %w", id, err)
+		}
+		if len(secret) != KeySize {
+			clear(secret)
+			return Key{}, fmt.Errorf("key %q: unwraps to %d bytes, want %d", id, len(secret), KeySize)
+		}
+		return Key{ID: id, Secret: secret}, nil
+	}
+}
+
 // ParseKeyEnv parses the key-file format from an environment variable's
 // value, with keys separated by ',' or newlines. Errors name the entry by
 // its position, counting from 1.
@@ -49,6 +101,11 @@ func splitEntries(value string) []string {
 // ("key file line 3"). Entries are trimmed of surrounding white space
 // (so CRLF files work); empty ones and those starting with '#' are skipped.
 func parseKeys(source, unit string, entries []string) (*Keyring, error) {
+	return parseEntries(source, unit, entries, parseKeyEntry)
+}
+
+// parseEntries is parseKeys with parse turning one entry into a key.
+func parseEntries(source, unit string, entries []string, parse func(string) (Key, error)) (*Keyring, error) {
 	var keys []Key
 	var positions []int
 	defer func() {
@@ -61,7 +118,7 @@ func parseKeys(source, unit string, entries []string) (*Keyring, error) {
 		if entry == "" || strings.HasPrefix(entry, "#") {
 			continue
 		}
-		k, err := parseKeyEntry(entry)
+		k, err := parse(entry)
 		if err != nil {
 			return nil, fmt.Errorf("seal: %s %s %d: %w", source, unit, i+1, err)
 		}

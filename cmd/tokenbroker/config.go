@@ -22,6 +22,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/seal"
+	"github.com/tokenbroker/tokenbroker/broker/seal/pkcs11"
 	"github.com/tokenbroker/tokenbroker/server"
 )
 
@@ -153,8 +154,53 @@ func (t TLSConfig) files() server.TLSFiles {
 
 // SealConfig locates the master key.
 type SealConfig struct {
-	// KeyFile holds "<id>:<base64 of 32 bytes>" lines, the primary first.
+	// KeyFile holds "<id>:<base64 of 32 bytes>" lines, the primary first;
+	// with PKCS11, "<id>:<base64 of the key wrapped by the token's KEK>".
 	KeyFile string `yaml:"key_file"`
+	// PKCS11, when set, keeps the master keys wrapped by a key that never
+	// leaves a PKCS#11 token (envelope encryption); binaries built with
+	// -tags pkcs11 only.
+	PKCS11 *PKCS11Config `yaml:"pkcs11"`
+}
+
+// PKCS11Config locates the token and its key-encryption key.
+type PKCS11Config struct {
+	// Module is the token's PKCS#11 library.
+	Module     string `yaml:"module"`
+	TokenLabel string `yaml:"token_label"`
+	KeyLabel   string `yaml:"key_label"`
+	// PINEnv or PINFile holds the user PIN.
+	PINEnv  string `yaml:"pin_env"`
+	PINFile string `yaml:"pin_file"`
+}
+
+func (p *PKCS11Config) validate(getenv func(string) string) []error {
+	var errs []error
+	for _, f := range []struct{ name, v string }{{"module", p.Module}, {"token_label", p.TokenLabel}, {"key_label", p.KeyLabel}} {
+		if f.v == "" {
+			errs = append(errs, fmt.Errorf("seal.pkcs11.%s is empty", f.name))
+		}
+	}
+	switch {
+	case (p.PINEnv == "") == (p.PINFile == ""):
+		errs = append(errs, errors.New("seal.pkcs11: set one of pin_env and pin_file"))
+	case p.PINEnv != "" && getenv(p.PINEnv) == "":
+		errs = append(errs, fmt.Errorf("seal.pkcs11.pin_env: $%s is empty", p.PINEnv))
+	}
+	return errs
+}
+
+// config resolves the PIN.
+func (p *PKCS11Config) config(getenv func(string) string) (pkcs11.Config, error) {
+	cfg := pkcs11.Config{Module: p.Module, TokenLabel: p.TokenLabel, KeyLabel: p.KeyLabel, PIN: getenv(p.PINEnv)}
+	if p.PINFile != "" {
+		b, err := os.ReadFile(p.PINFile)
+		if err != nil {
+			return cfg, fmt.Errorf("seal.pkcs11.pin_file: %w", err)
+		}
+		cfg.PIN = strings.TrimSpace(string(b))
+	}
+	return cfg, nil
 }
 
 // masterKeyEnv holds the master key(s) when seal.key_file is not set.
@@ -419,6 +465,9 @@ func (c *Config) Validate(getenv func(string) string) error {
 	if c.Seal.KeyFile != "" && getenv(masterKeyEnv) != "" {
 		errs = append(errs, fmt.Errorf("seal.key_file and $%s are both set; set one", masterKeyEnv))
 	}
+	if c.Seal.PKCS11 != nil {
+		errs = append(errs, c.Seal.PKCS11.validate(getenv)...)
+	}
 	seen := map[string]bool{}
 	for i, pc := range c.Providers {
 		if seen[pc.Name] {
@@ -562,6 +611,8 @@ func (c *Config) masterKeyring(log *zap.Logger) (*seal.Keyring, error) {
 	switch {
 	case c.keyring != nil:
 		return c.keyring, nil
+	case c.Seal.PKCS11 != nil:
+		return c.unwrapMasterKeys()
 	case c.Seal.KeyFile != "":
 		return seal.LoadKeyFile(c.Seal.KeyFile)
 	case c.env()(masterKeyEnv) != "":
@@ -579,6 +630,28 @@ func (c *Config) masterKeyring(log *zap.Logger) (*seal.Keyring, error) {
 		log.Warn("INSECURE: using a generated, ephemeral master key (--insecure-generate-master-key): " +
 			"secrets and tokens stored now cannot be opened after a restart; do not use this in production")
 		return seal.NewKeyring(k)
+	}
+	return nil, errNoMasterKey
+}
+
+// unwrapMasterKeys opens the token, unwraps the master keys of the key file
+// (or $TOKENBROKER_MASTER_KEY) with its KEK, and closes it again: the
+// keyring keeps only the ciphers derived from the keys.
+func (c *Config) unwrapMasterKeys() (*seal.Keyring, error) {
+	pc, err := c.Seal.PKCS11.config(c.env())
+	if err != nil {
+		return nil, err
+	}
+	h, err := pkcs11.Open(pc)
+	if err != nil {
+		return nil, fmt.Errorf("seal.pkcs11: %w", err)
+	}
+	defer h.Close()
+	if c.Seal.KeyFile != "" {
+		return seal.LoadWrappedKeyFile(c.Seal.KeyFile, h)
+	}
+	if v := c.env()(masterKeyEnv); v != "" {
+		return seal.ParseWrappedKeyEnv(v, h)
 	}
 	return nil, errNoMasterKey
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,13 +17,18 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/seal"
+	"github.com/tokenbroker/tokenbroker/broker/seal/pkcs11"
 	"github.com/tokenbroker/tokenbroker/internal/embedetcd"
 )
 
 const keysUsage = `usage: tokenbroker keys <subcommand> [flags]
 
 subcommands:
-  generate --id ID        print a new master key as a key-file line, "<id>:<base64>"
+  generate --id ID [--config FILE]
+                          print a new master key as a key-file line, "<id>:<base64>";
+                          with seal.pkcs11 in FILE, the key wrapped by the token's key
+  create-kek --config FILE
+                          create the key-encryption key in the PKCS#11 token seal.pkcs11 names
   reseal [--config FILE]  re-seal every stored secret and token under the primary master key
 
 Rotating the master key:
@@ -47,7 +53,9 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	}
 	switch args[0] {
 	case "generate":
-		return runKeysGenerate(args[1:], stdout, stderr)
+		return runKeysGenerate(args[1:], stdout, stderr, getenv)
+	case "create-kek":
+		return runKeysCreateKEK(args[1:], stdout, stderr, getenv)
 	case "reseal":
 		return runKeysReseal(ctx, args[1:], stdout, stderr, getenv)
 	case "-h", "-help", "--help", "help":
@@ -60,10 +68,11 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 
 // runKeysGenerate prints a new master key on stdout, alone, so that it can
 // be redirected into a file; the advice on where it goes is on stderr.
-func runKeysGenerate(args []string, stdout, stderr io.Writer) error {
+func runKeysGenerate(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("keys generate", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	id := fs.String("id", "", "the new key's id: 1–16 characters of [a-z0-9-], unlike every key in the key file (required)")
+	configPath := fs.String("config", "", "config file: with seal.pkcs11 set, the key is printed wrapped by the token's key")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -75,7 +84,19 @@ func runKeysGenerate(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("keys generate: --id: %w", err)
 	}
 	defer clear(k.Secret)
-	if _, err := fmt.Fprintln(stdout, seal.FormatKey(k)); err != nil {
+	line := seal.FormatKey(k)
+	if *configPath != "" {
+		cfg, err := readConfig(*configPath, getenv)
+		if err != nil {
+			return fmt.Errorf("keys generate: %w", err)
+		}
+		if cfg.Seal.PKCS11 != nil {
+			if line, err = wrapKey(cfg, getenv, k); err != nil {
+				return fmt.Errorf("keys generate: %w", err)
+			}
+		}
+	}
+	if _, err := fmt.Fprintln(stdout, line); err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "# New master key %q. To rotate, make it the first line of the key file, keep the old keys after it,\n"+
@@ -260,4 +281,59 @@ func startEmbedded(ctx context.Context, dir string, log *zap.Logger) (*embedetcd
 	}
 	return nil, fmt.Errorf("the embedded etcd in %s did not start within %s: a running broker holds its data directory; "+
 		"stop it and run keys reseal again (or point etcd.endpoints at an external etcd)", dir, embeddedStartTimeout)
+}
+
+// wrapKey returns k's key-file line with its secret wrapped by the KEK of
+// the token cfg names.
+func wrapKey(cfg Config, getenv func(string) string, k seal.Key) (string, error) {
+	if errs := cfg.Seal.PKCS11.validate(getenv); len(errs) > 0 {
+		return "", errors.Join(errs...)
+	}
+	pc, err := cfg.Seal.PKCS11.config(getenv)
+	if err != nil {
+		return "", err
+	}
+	h, err := pkcs11.Open(pc)
+	if err != nil {
+		return "", err
+	}
+	defer h.Close()
+	wrapped, err := h.Wrap(k.ID, k.Secret)
+	if err != nil {
+		return "", err
+	}
+	return k.ID + ":" + base64.StdEncoding.EncodeToString(wrapped), nil
+}
+
+// runKeysCreateKEK creates the key-encryption key in the PKCS#11 token the
+// configuration names.
+func runKeysCreateKEK(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	fs := flag.NewFlagSet("keys create-kek", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", getenv("TOKENBROKER_CONFIG"), "config file with seal.pkcs11 ($TOKENBROKER_CONFIG)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("keys create-kek: unexpected argument %q", fs.Arg(0))
+	}
+	cfg, err := readConfig(*configPath, getenv)
+	if err != nil {
+		return fmt.Errorf("keys create-kek: %w", err)
+	}
+	if cfg.Seal.PKCS11 == nil {
+		return errors.New("keys create-kek: the configuration has no seal.pkcs11 section")
+	}
+	if errs := cfg.Seal.PKCS11.validate(getenv); len(errs) > 0 {
+		return fmt.Errorf("keys create-kek: %w", errors.Join(errs...))
+	}
+	pc, err := cfg.Seal.PKCS11.config(getenv)
+	if err != nil {
+		return fmt.Errorf("keys create-kek: %w", err)
+	}
+	if err := pkcs11.CreateKEK(pc); err != nil {
+		return fmt.Errorf("keys create-kek: %w", err)
+	}
+	fmt.Fprintf(stdout, "created AES-256 key %q in token %q; now `tokenbroker keys generate --id k1 --config FILE` prints a wrapped master key\n", pc.KeyLabel, pc.TokenLabel)
+	return nil
 }
