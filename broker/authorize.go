@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/tokenbroker/tokenbroker/broker/event"
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
 )
 
@@ -251,7 +252,7 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, cb Callback) (*Grant
 	next.LastRefresh, next.ExpireTime, next.RefreshedBy = issued.UTC(), rec.ExpiresAt.UTC(), b.replica
 	next.Generation++
 	next.UpdateTime = issued.UTC()
-	if err := b.commit(ctx, m, p, g, &next, tkey.id(), rec); err != nil {
+	if err := b.commit(ctx, m, p, g, &next, tkey.id(), rec, b.grantEvent(event.GrantAuthorized, g, g.Health, next.Health, "")); err != nil {
 		return nil, err
 	}
 	b.offer(tkey.id(), rec)

@@ -82,6 +82,12 @@ type Config struct {
 	// is what such a refresh returns, without a provider call. 5s when
 	// zero; negative turns coalescing off.
 	MinForcedRefreshInterval time.Duration
+	// EventRetention and EventMaxAge bound the events kept (see
+	// ListEvents): the leader of refresh shard 0 drops the oldest beyond
+	// the count and those older than the age. DefaultEventRetention and
+	// DefaultEventMaxAge when zero.
+	EventRetention int
+	EventMaxAge    time.Duration
 	// CooldownBase is a grant's pause after a failed token request, doubled
 	// per consecutive failure up to 64 times; 1s when zero.
 	CooldownBase time.Duration
@@ -100,17 +106,20 @@ type Broker struct {
 	fetchTimeout  time.Duration
 	sessionTTL    int
 
-	keys         *seal.Keyring
-	replica      string
-	retries      int
-	minForced    time.Duration
-	backoff      time.Duration
-	cooldownBase time.Duration
-	callbackURL  atomic.Pointer[string]
-	refresh      RefreshConfig
-	requireHTTPS bool
-	obs          Observer
-	leading      []bool // per shard; guarded by mu
+	keys      *seal.Keyring
+	replica   string
+	retries   int
+	minForced time.Duration
+	// eventRetention and eventMaxAge bound the events kept.
+	eventRetention int
+	eventMaxAge    time.Duration
+	backoff        time.Duration
+	cooldownBase   time.Duration
+	callbackURL    atomic.Pointer[string]
+	refresh        RefreshConfig
+	requireHTTPS   bool
+	obs            Observer
+	leading        []bool // per shard; guarded by mu
 	// discoveryClient reads OIDC discovery documents.
 	discoveryClient *http.Client
 	tokens          *tokenCache
@@ -140,24 +149,26 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		return nil, errors.New("broker: config has no etcd client")
 	}
 	b := &Broker{
-		tokens:        newTokenCache(),
-		cli:           cfg.Client,
-		prefix:        cmp(cfg.Prefix, DefaultPrefix),
-		oauth:         cfg.OAuth,
-		log:           cfg.Logger,
-		now:           cfg.Now,
-		defaultMinTTL: cmp(cfg.DefaultMinTTL, time.Minute),
-		storeTimeout:  cmp(cfg.StoreTimeout, 5*time.Second),
-		fetchTimeout:  cmp(cfg.FetchTimeout, 30*time.Second),
-		sessionTTL:    cmp(cfg.SessionTTL, 10),
-		keys:          cfg.Keyring,
-		replica:       cfg.Replica,
-		retries:       cmp(cfg.ProviderAttempts, 3),
-		minForced:     cmp(cfg.MinForcedRefreshInterval, DefaultMinForcedRefreshInterval),
-		backoff:       cmp(cfg.ProviderBackoff, 200*time.Millisecond),
-		cooldownBase:  cmp(cfg.CooldownBase, time.Second),
-		refresh:       cfg.Refresh.withDefaults(),
-		obs:           cfg.Observer,
+		tokens:         newTokenCache(),
+		cli:            cfg.Client,
+		prefix:         cmp(cfg.Prefix, DefaultPrefix),
+		oauth:          cfg.OAuth,
+		log:            cfg.Logger,
+		now:            cfg.Now,
+		defaultMinTTL:  cmp(cfg.DefaultMinTTL, time.Minute),
+		storeTimeout:   cmp(cfg.StoreTimeout, 5*time.Second),
+		fetchTimeout:   cmp(cfg.FetchTimeout, 30*time.Second),
+		sessionTTL:     cmp(cfg.SessionTTL, 10),
+		keys:           cfg.Keyring,
+		replica:        cfg.Replica,
+		retries:        cmp(cfg.ProviderAttempts, 3),
+		minForced:      cmp(cfg.MinForcedRefreshInterval, DefaultMinForcedRefreshInterval),
+		eventRetention: cmp(cfg.EventRetention, DefaultEventRetention),
+		eventMaxAge:    cmp(cfg.EventMaxAge, DefaultEventMaxAge),
+		backoff:        cmp(cfg.ProviderBackoff, 200*time.Millisecond),
+		cooldownBase:   cmp(cfg.CooldownBase, time.Second),
+		refresh:        cfg.Refresh.withDefaults(),
+		obs:            cfg.Observer,
 		discoveryClient: &http.Client{Timeout: 10 * time.Second,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 	}

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
+	"github.com/tokenbroker/tokenbroker/broker/event"
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
 )
 
@@ -275,7 +276,7 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	rec, next, err := b.obtain(ctx, p, g, key, cur, held)
 	if err != nil {
 		if lost && errors.Is(err, ErrReauthorizationRequired) {
-			err = fmt.Errorf("%w (%s)", err, answerLost)
+			err = fmt.Errorf("%w (%w)", err, ErrRefreshAnswerLost)
 		}
 		b.noteFailure(ctx, m, p, g, next, gid, err)
 		return b.serveStale(cur, stale, err)
@@ -300,10 +301,11 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	return rec, nil
 }
 
-// answerLost is what a grant's last error adds when the provider refused a
-// refresh token after an earlier refresh of it got no stored answer.
-const answerLost = "refresh answer lost: a replica presented the refresh token and stopped before storing the provider's answer; " +
-	"a provider that rotates refresh tokens had already replaced it"
+// ErrRefreshAnswerLost is what a grant's last error adds when the provider
+// refused a refresh token after an earlier refresh of it got no stored
+// answer.
+var ErrRefreshAnswerLost = errors.New("refresh answer lost: a replica presented the refresh token and stopped before storing the provider's answer; " +
+	"a provider that rotates refresh tokens had already replaced it")
 
 // markRefreshing records, under the grant's lock and before its refresh
 // token is presented, that an answer is awaited; the commit or the
@@ -615,7 +617,11 @@ func isBearer(t string) bool { return strings.EqualFold(t, "bearer") }
 // the provider nor the grant changed since they were read. When the lock
 // was lost but nobody touched the grant, a rotated refresh token is still
 // saved, since no one else can have used the old one.
-func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, g, next *Grant, id string, rec *TokenRecord) error {
+//
+// The commit records the event of the grant's change in the same
+// transaction: events when given, else grant.recovered when the grant was
+// failing or needed reauthorization.
+func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, g, next *Grant, id string, rec *TokenRecord, events ...event.Event) error {
 	tkey := b.prefix + tokensPrefix + id
 	gkey := b.grantKey(g.Provider, g.Account)
 	pkey := b.prefix + providersPrefix + p.Name
@@ -637,6 +643,12 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 		clientv3.OpPut(tkey, string(val)),
 		clientv3.OpPut(gkey, string(gval)),
 		clientv3.OpDelete(b.prefix + refreshingPrefix + grantID(g.Provider, g.Account)),
+	}
+	if len(events) == 0 && (g.Health == HealthFailing || g.Health == HealthReauthorizationRequired) {
+		events = append(events, b.grantEvent(event.GrantRecovered, g, g.Health, next.Health, ""))
+	}
+	for _, e := range events {
+		writes = b.withEvent(writes, e)
 	}
 	var others []string
 	if next.RefreshToken != g.RefreshToken && g.RefreshToken != "" {
@@ -706,6 +718,16 @@ func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provi
 	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
 	defer cancel()
 	ops := []clientv3.Op{clientv3.OpPut(gkey, string(val)), clientv3.OpDelete(b.prefix + refreshingPrefix + gid)}
+	if next.Health != g.Health {
+		t := event.GrantFailing
+		if next.Health == HealthReauthorizationRequired {
+			t = event.GrantReauthorizationRequired
+		}
+		ops = b.withEvent(ops, b.grantEvent(t, g, g.Health, next.Health, next.LastError))
+	}
+	if errors.Is(cause, ErrRefreshAnswerLost) {
+		ops = b.withEvent(ops, b.grantEvent(event.RefreshAnswerLost, g, g.Health, next.Health, ErrRefreshAnswerLost.Error()))
+	}
 	if next.Health == HealthReauthorizationRequired {
 		// The provider revoked the grant, and its tokens with it: every
 		// replica forgets them.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/broker/event"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -255,10 +256,15 @@ func (b *Broker) RevokeGrant(ctx context.Context, provider, account string) erro
 	tokens := b.prefix + tokensPrefix + grantID(provider, account) + "/"
 	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
 	defer cancel()
-	resp, err := b.cli.Txn(sctx).Then(
+	ops := []clientv3.Op{
 		clientv3.OpDelete(key),
 		clientv3.OpDelete(tokens, clientv3.WithPrefix(), clientv3.WithPrevKV()),
-	).Commit()
+		clientv3.OpDelete(b.prefix + refreshingPrefix + grantID(provider, account)),
+	}
+	if g != nil {
+		ops = b.withEvent(ops, b.grantEvent(event.GrantRevoked, g, g.Health, "", ""))
+	}
+	resp, err := b.cli.Txn(sctx).Then(ops...).Commit()
 	if err != nil {
 		return storeError(ctx, "revoke grant", err)
 	}

@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/tokenbroker/tokenbroker/broker/event"
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
 )
 
@@ -57,6 +58,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 		next.CreateTime, next.UpdateTime = now, now
 		cond := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 		ops := []clientv3.Op(nil)
+		change := "created"
 		if secret != "" {
 			next.SecretUpdateTime = now
 		}
@@ -79,15 +81,25 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 				next.ClientSecret, next.SecretUpdateTime = old.ClientSecret, old.SecretUpdateTime
 			}
 			cond = clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)
+			change = ""
 			if !sameIdentity(old, &next) {
 				ops = append(ops, clientv3.OpDelete(b.prefix+tokensPrefix+p.Name+"/", clientv3.WithPrefix()))
+				change = "where or as whom tokens are obtained changed"
 			}
+		}
+		if next.SecretUpdateTime.Equal(now) && change == "" {
+			change = "client secret set"
 		}
 		val, err := b.encodeProvider(key, &next)
 		if err != nil {
 			return nil, err
 		}
 		sctx, cancel = context.WithTimeout(ctx, b.storeTimeout)
+		if change != "" { // a put that changes nothing that matters (a reload) is no event
+			ev := event.New(event.ProviderChanged, time.Now())
+			ev.Provider, ev.Detail = p.Name, change
+			ops = b.withEvent(ops, ev)
+		}
 		txn, err := b.cli.Txn(sctx).If(cond).Then(append(ops, clientv3.OpPut(key, string(val)))...).Commit()
 		cancel()
 		if err != nil {
@@ -242,7 +254,9 @@ func (b *Broker) RotateClientSecret(ctx context.Context, name, secret string, va
 		if err != nil {
 			return nil, err
 		}
-		ok, rev, err := b.casPut(ctx, key, cur.Revision, clientv3.OpPut(key, string(val)))
+		ev := event.New(event.ProviderSecretRotated, time.Now())
+		ev.Provider = name
+		ok, rev, err := b.casPut(ctx, key, cur.Revision, b.withEvent([]clientv3.Op{clientv3.OpPut(key, string(val))}, ev)...)
 		if err != nil {
 			return nil, err
 		}

@@ -232,7 +232,7 @@ func (b *Broker) lead(shard int, sess *concurrency.Session) {
 		}
 	}()
 	seen := map[string]time.Time{} // token id → last reported call
-	var lastRead, lastKeepAliveScan time.Time
+	var lastRead, lastKeepAliveScan, lastCompact time.Time
 	tick := time.NewTicker(b.refresh.Tick)
 	defer tick.Stop()
 	for {
@@ -252,6 +252,10 @@ func (b *Broker) lead(shard int, sess *concurrency.Session) {
 		}
 		due := b.dueTokens(shard, now, seen, keepAliveScan)
 		b.refreshAll(ctx, due)
+		if shard == 0 && time.Since(lastCompact) >= eventCompactEvery {
+			b.compactEvents(ctx)
+			lastCompact = time.Now()
+		}
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/tokenbroker/tokenbroker/broker/event"
 	"github.com/tokenbroker/tokenbroker/broker/seal"
 )
 
@@ -63,6 +64,7 @@ type entry struct {
 type Store struct {
 	cli    *clientv3.Client
 	prefix string // full etcd prefix of the keys
+	base   string // the broker's etcd prefix, where events go
 	seal   *seal.Keyring
 	log    *zap.Logger
 	now    func() time.Time
@@ -98,7 +100,7 @@ func NewStore(ctx context.Context, cli *clientv3.Client, prefix string, keys *se
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	s := &Store{cli: cli, prefix: prefix + keysPrefix, seal: keys, log: log.Named("apikeys"), now: time.Now}
+	s := &Store{cli: cli, prefix: prefix + keysPrefix, base: prefix, seal: keys, log: log.Named("apikeys"), now: time.Now}
 	empty := map[string]entry{}
 	s.keys.Store(&empty)
 	s.static.Store(&empty)
@@ -206,8 +208,13 @@ func (s *Store) Create(ctx context.Context, identity, description string) (Key, 
 			return Key{}, "", err
 		}
 		sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+		ev, err := s.eventOp(event.APIKeyCreated, id, identity)
+		if err != nil {
+			cancel()
+			return Key{}, "", err
+		}
 		resp, err := s.cli.Txn(sctx).If(clientv3.Compare(clientv3.CreateRevision(etcdKey), "=", 0)).
-			Then(clientv3.OpPut(etcdKey, string(val))).Commit()
+			Then(clientv3.OpPut(etcdKey, string(val)), ev).Commit()
 		cancel()
 		if err != nil {
 			return Key{}, "", storeError(ctx, "create key", err)
@@ -281,8 +288,13 @@ func (s *Store) Retire(ctx context.Context, id string) (Key, error) {
 			return Key{}, err
 		}
 		sctx, cancel = context.WithTimeout(ctx, storeTimeout)
+		ev, err := s.eventOp(event.APIKeyRetired, id, sk.Identity)
+		if err != nil {
+			cancel()
+			return Key{}, err
+		}
 		txn, err := s.cli.Txn(sctx).If(clientv3.Compare(clientv3.ModRevision(etcdKey), "=", resp.Kvs[0].ModRevision)).
-			Then(clientv3.OpPut(etcdKey, string(val))).Commit()
+			Then(clientv3.OpPut(etcdKey, string(val)), ev).Commit()
 		cancel()
 		if err != nil {
 			return Key{}, storeError(ctx, "retire key", err)
@@ -418,6 +430,22 @@ func (s *Store) applyEvent(kv *mvccpb.KeyValue, deleted bool) {
 		return
 	}
 	s.apply(id, sk, kv.ModRevision)
+}
+
+// eventOp is the write of an event about key id of identity, tagged like
+// the key records, to go in the transaction of the change.
+func (s *Store) eventOp(t event.Type, id, identity string) (clientv3.Op, error) {
+	e := event.New(t, s.now())
+	e.Subject, e.Detail = id, "identity "+identity
+	data, err := event.Encode(e)
+	if err != nil {
+		return clientv3.Op{}, err
+	}
+	key := event.Key(s.base, e.ID)
+	if data, err = s.seal.SignRecord(key, data); err != nil {
+		return clientv3.Op{}, fmt.Errorf("apikey: sign event: %w", err)
+	}
+	return clientv3.OpPut(key, string(data)), nil
 }
 
 // encode returns the etcd value of sk, tagged for etcdKey.

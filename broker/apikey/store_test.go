@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
+	"github.com/tokenbroker/tokenbroker/broker/event"
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
 	"github.com/tokenbroker/tokenbroker/internal/testkeys"
 )
@@ -458,5 +459,45 @@ func TestForgedKeyRecordIsRefused(t *testing.T) {
 	}
 	if got := apikey.UntrustedRecords() - before; got < 3 {
 		t.Errorf("UntrustedRecords grew by %d, want at least 3 (one per forged record)", got)
+	}
+}
+
+// Issuing and retiring a key records an event each, in the same
+// transaction, naming the key's id and identity and never the key.
+func TestKeyEvents(t *testing.T) {
+	e := etcdtest.Start(t)
+	cli := e.Client(t, nil)
+	s := newStore(t, cli)
+	k, plaintext, err := s.Create(t.Context(), "svc-events", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Retire(t.Context(), k.ID); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(t.Context(), prefix+event.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []event.Type
+	for _, kv := range resp.Kvs {
+		if err := testkeys.Keyring().VerifyRecord(string(kv.Key), kv.Value); err != nil {
+			t.Errorf("event record %s is not tagged: %v", kv.Key, err)
+		}
+		ev, err := event.Decode(kv.Value, kv.ModRevision)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, ev.Type)
+		if ev.Subject != k.ID || !strings.Contains(ev.Detail, "svc-events") {
+			t.Errorf("event %s is about %q (%q), want key %s of svc-events", ev.Type, ev.Subject, ev.Detail, k.ID)
+		}
+		_, secret, _ := strings.Cut(strings.TrimPrefix(plaintext, "tbk_"), "_")
+		if strings.Contains(string(kv.Value), secret) {
+			t.Errorf("event %s carries the key", ev.Type)
+		}
+	}
+	if len(got) != 2 || got[0] != event.APIKeyCreated || got[1] != event.APIKeyRetired {
+		t.Errorf("events %v, want apikey.created then apikey.retired", got)
 	}
 }
