@@ -19,7 +19,7 @@ var adminPrefix = "/" + tokenbrokerv1.AdminService_ServiceDesc.ServiceName + "/"
 // method but the Get and List ones, including methods added later.
 func audited(method string) bool {
 	name, ok := strings.CutPrefix(method, adminPrefix)
-	return ok && !strings.HasPrefix(name, "Get") && !strings.HasPrefix(name, "List")
+	return ok && !strings.HasPrefix(name, "Get") && !strings.HasPrefix(name, "List") && !strings.HasPrefix(name, "Watch")
 }
 
 // auditCall logs one admin change, whatever its outcome (refused ones

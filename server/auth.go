@@ -249,6 +249,9 @@ var requirements = func() map[string]requirement {
 	for _, md := range tokenbrokerv1.AdminService_ServiceDesc.Methods {
 		m["/"+tokenbrokerv1.AdminService_ServiceDesc.ServiceName+"/"+md.MethodName] = requirement{policy.Admin, scopeGlobal}
 	}
+	for _, sd := range tokenbrokerv1.AdminService_ServiceDesc.Streams {
+		m["/"+tokenbrokerv1.AdminService_ServiceDesc.ServiceName+"/"+sd.StreamName] = requirement{policy.Admin, scopeGlobal}
+	}
 	return m
 }()
 

@@ -6,6 +6,8 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
@@ -150,4 +152,14 @@ func newGatewayMux(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServe
 		return nil, nil, err
 	}
 	return mux, chained, nil
+}
+
+func (g *gatewayAdmin) ListEvents(ctx context.Context, req *tokenbrokerv1.ListEventsRequest) (*tokenbrokerv1.ListEventsResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_ListEvents_FullMethodName, req, g.next.ListEvents)
+}
+
+// WatchEvents is a gRPC stream only; the gateway routes no REST call here
+// (REST callers page with ListEvents and after_id).
+func (g *gatewayAdmin) WatchEvents(*tokenbrokerv1.WatchEventsRequest, tokenbrokerv1.AdminService_WatchEventsServer) error {
+	return status.Error(codes.Unimplemented, "WatchEvents is served over gRPC; over REST, page with GET /v1/admin/events?after_id=")
 }

@@ -1988,6 +1988,357 @@ func (x *RotateClientSecretResponse) GetProvider() *Provider {
 	return nil
 }
 
+// Event is a recorded change of a grant, a provider or an API key. It
+// carries no secret and no token.
+type Event struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Orders events by the time they were recorded; resume after it.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// grant.reauthorization_required, grant.failing, grant.recovered,
+	// grant.authorized, grant.revoked, provider.secret_rotated,
+	// provider.changed, apikey.created, apikey.retired or
+	// refresh.answer_lost.
+	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// When the change was recorded.
+	Time *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	// The provider concerned, when there is one.
+	Provider string `protobuf:"bytes,4,opt,name=provider,proto3" json:"provider,omitempty"`
+	// The account concerned ("" for the provider's own client identity).
+	Account string `protobuf:"bytes,5,opt,name=account,proto3" json:"account,omitempty"`
+	// The grant's health before the change, for grant events.
+	HealthBefore GrantHealth `protobuf:"varint,6,opt,name=health_before,json=healthBefore,proto3,enum=tokenbroker.v1.GrantHealth" json:"health_before,omitempty"`
+	// The grant's health after the change, for grant events.
+	HealthAfter GrantHealth `protobuf:"varint,7,opt,name=health_after,json=healthAfter,proto3,enum=tokenbroker.v1.GrantHealth" json:"health_after,omitempty"`
+	// What else the event is about: an API key's id.
+	Subject string `protobuf:"bytes,8,opt,name=subject,proto3" json:"subject,omitempty"`
+	// Why, in words safe to show an admin (e.g. the grant's last error).
+	Detail        string `protobuf:"bytes,9,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Event) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Event) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Event) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *Event) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *Event) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *Event) GetHealthBefore() GrantHealth {
+	if x != nil {
+		return x.HealthBefore
+	}
+	return GrantHealth_GRANT_HEALTH_UNSPECIFIED
+}
+
+func (x *Event) GetHealthAfter() GrantHealth {
+	if x != nil {
+		return x.HealthAfter
+	}
+	return GrantHealth_GRANT_HEALTH_UNSPECIFIED
+}
+
+func (x *Event) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *Event) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// ListEventsRequest selects events.
+type ListEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only events after this one; from the oldest kept when empty.
+	AfterId string `protobuf:"bytes,1,opt,name=after_id,json=afterId,proto3" json:"after_id,omitempty"`
+	// Only events of these types; all when empty.
+	Types []string `protobuf:"bytes,2,rep,name=types,proto3" json:"types,omitempty"`
+	// Only events of this provider; all when empty.
+	Provider string `protobuf:"bytes,3,opt,name=provider,proto3" json:"provider,omitempty"`
+	// At most this many events (1000 when 0 or more).
+	PageSize      int32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsRequest) Reset() {
+	*x = ListEventsRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsRequest) ProtoMessage() {}
+
+func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListEventsRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListEventsRequest) GetAfterId() string {
+	if x != nil {
+		return x.AfterId
+	}
+	return ""
+}
+
+func (x *ListEventsRequest) GetTypes() []string {
+	if x != nil {
+		return x.Types
+	}
+	return nil
+}
+
+func (x *ListEventsRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *ListEventsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+// ListEventsResponse returns events oldest first.
+type ListEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The events; ask again with after_id set to the last one's id for more.
+	Events        []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListEventsResponse) Reset() {
+	*x = ListEventsResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListEventsResponse) ProtoMessage() {}
+
+func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListEventsResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListEventsResponse) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// WatchEventsRequest selects the events to stream.
+type WatchEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only events after this one; from the oldest kept when empty.
+	AfterId string `protobuf:"bytes,1,opt,name=after_id,json=afterId,proto3" json:"after_id,omitempty"`
+	// Only events of these types; all when empty.
+	Types []string `protobuf:"bytes,2,rep,name=types,proto3" json:"types,omitempty"`
+	// Only events of this provider; all when empty.
+	Provider      string `protobuf:"bytes,3,opt,name=provider,proto3" json:"provider,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsRequest) Reset() {
+	*x = WatchEventsRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsRequest) ProtoMessage() {}
+
+func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
+func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *WatchEventsRequest) GetAfterId() string {
+	if x != nil {
+		return x.AfterId
+	}
+	return ""
+}
+
+func (x *WatchEventsRequest) GetTypes() []string {
+	if x != nil {
+		return x.Types
+	}
+	return nil
+}
+
+func (x *WatchEventsRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+// WatchEventsResponse carries one event.
+type WatchEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event.
+	Event         *Event `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsResponse) Reset() {
+	*x = WatchEventsResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsResponse) ProtoMessage() {}
+
+func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
+func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *WatchEventsResponse) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
 var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_admin_proto_rawDesc = "" +
@@ -2125,7 +2476,30 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x0fskip_validation\x18\x03 \x01(\bR\x0eskipValidation\x123\n" +
 	"\aoverlap\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\aoverlap\"R\n" +
 	"\x1aRotateClientSecretResponse\x124\n" +
-	"\bprovider\x18\x01 \x01(\v2\x18.tokenbroker.v1.ProviderR\bprovider*\x93\x01\n" +
+	"\bprovider\x18\x01 \x01(\v2\x18.tokenbroker.v1.ProviderR\bprovider\"\xc5\x02\n" +
+	"\x05Event\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1a\n" +
+	"\bprovider\x18\x04 \x01(\tR\bprovider\x12\x18\n" +
+	"\aaccount\x18\x05 \x01(\tR\aaccount\x12@\n" +
+	"\rhealth_before\x18\x06 \x01(\x0e2\x1b.tokenbroker.v1.GrantHealthR\fhealthBefore\x12>\n" +
+	"\fhealth_after\x18\a \x01(\x0e2\x1b.tokenbroker.v1.GrantHealthR\vhealthAfter\x12\x18\n" +
+	"\asubject\x18\b \x01(\tR\asubject\x12\x16\n" +
+	"\x06detail\x18\t \x01(\tR\x06detail\"}\n" +
+	"\x11ListEventsRequest\x12\x19\n" +
+	"\bafter_id\x18\x01 \x01(\tR\aafterId\x12\x14\n" +
+	"\x05types\x18\x02 \x03(\tR\x05types\x12\x1a\n" +
+	"\bprovider\x18\x03 \x01(\tR\bprovider\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\"C\n" +
+	"\x12ListEventsResponse\x12-\n" +
+	"\x06events\x18\x01 \x03(\v2\x15.tokenbroker.v1.EventR\x06events\"a\n" +
+	"\x12WatchEventsRequest\x12\x19\n" +
+	"\bafter_id\x18\x01 \x01(\tR\aafterId\x12\x14\n" +
+	"\x05types\x18\x02 \x03(\tR\x05types\x12\x1a\n" +
+	"\bprovider\x18\x03 \x01(\tR\bprovider\"B\n" +
+	"\x13WatchEventsResponse\x12+\n" +
+	"\x05event\x18\x01 \x01(\v2\x15.tokenbroker.v1.EventR\x05event*\x93\x01\n" +
 	"\x0fClientAuthStyle\x12!\n" +
 	"\x1dCLIENT_AUTH_STYLE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17CLIENT_AUTH_STYLE_BASIC\x10\x01\x12\x1a\n" +
@@ -2143,7 +2517,7 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x17GRANT_HEALTH_REFRESHING\x10\x02\x12)\n" +
 	"%GRANT_HEALTH_REAUTHORIZATION_REQUIRED\x10\x03\x12\x18\n" +
 	"\x14GRANT_HEALTH_FAILING\x10\x04\x12\x18\n" +
-	"\x14GRANT_HEALTH_PENDING\x10\x052\xf4\f\n" +
+	"\x14GRANT_HEALTH_PENDING\x10\x052\xbf\x0e\n" +
 	"\fAdminService\x12\x86\x01\n" +
 	"\vPutProvider\x12\".tokenbroker.v1.PutProviderRequest\x1a#.tokenbroker.v1.PutProviderResponse\".\x82\xd3\xe4\x93\x02(:\x01*\x1a#/v1/admin/providers/{provider.name}\x12z\n" +
 	"\vGetProvider\x12\".tokenbroker.v1.GetProviderRequest\x1a#.tokenbroker.v1.GetProviderResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/admin/providers/{name}\x12y\n" +
@@ -2158,7 +2532,10 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\vRevokeGrant\x12\".tokenbroker.v1.RevokeGrantRequest\x1a#.tokenbroker.v1.RevokeGrantResponse\"9\x82\xd3\xe4\x93\x023*1/v1/admin/providers/{provider}/accounts/{account}\x12w\n" +
 	"\fCreateApiKey\x12#.tokenbroker.v1.CreateApiKeyRequest\x1a$.tokenbroker.v1.CreateApiKeyResponse\"\x1c\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/v1/admin/apikeys\x12q\n" +
 	"\vListApiKeys\x12\".tokenbroker.v1.ListApiKeysRequest\x1a#.tokenbroker.v1.ListApiKeysResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/admin/apikeys\x12y\n" +
-	"\fRetireApiKey\x12#.tokenbroker.v1.RetireApiKeyRequest\x1a$.tokenbroker.v1.RetireApiKeyResponse\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/v1/admin/apikeys/{id}BEZCgithub.com/tokenbroker/tokenbroker/gen/tokenbroker/v1;tokenbrokerv1b\x06proto3"
+	"\fRetireApiKey\x12#.tokenbroker.v1.RetireApiKeyRequest\x1a$.tokenbroker.v1.RetireApiKeyResponse\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/v1/admin/apikeys/{id}\x12m\n" +
+	"\n" +
+	"ListEvents\x12!.tokenbroker.v1.ListEventsRequest\x1a\".tokenbroker.v1.ListEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/admin/events\x12Z\n" +
+	"\vWatchEvents\x12\".tokenbroker.v1.WatchEventsRequest\x1a#.tokenbroker.v1.WatchEventsResponse\"\x000\x01BEZCgithub.com/tokenbroker/tokenbroker/gen/tokenbroker/v1;tokenbrokerv1b\x06proto3"
 
 var (
 	file_tokenbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -2173,7 +2550,7 @@ func file_tokenbroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_tokenbroker_v1_admin_proto_goTypes = []any{
 	(ClientAuthStyle)(0),               // 0: tokenbroker.v1.ClientAuthStyle
 	(GrantType)(0),                     // 1: tokenbroker.v1.GrantType
@@ -2206,25 +2583,30 @@ var file_tokenbroker_v1_admin_proto_goTypes = []any{
 	(*RetireApiKeyResponse)(nil),       // 28: tokenbroker.v1.RetireApiKeyResponse
 	(*RotateClientSecretRequest)(nil),  // 29: tokenbroker.v1.RotateClientSecretRequest
 	(*RotateClientSecretResponse)(nil), // 30: tokenbroker.v1.RotateClientSecretResponse
-	nil,                                // 31: tokenbroker.v1.Provider.GrantTokenUrlsEntry
-	nil,                                // 32: tokenbroker.v1.Provider.TokenParamsEntry
-	(*timestamppb.Timestamp)(nil),      // 33: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 34: google.protobuf.Duration
+	(*Event)(nil),                      // 31: tokenbroker.v1.Event
+	(*ListEventsRequest)(nil),          // 32: tokenbroker.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),         // 33: tokenbroker.v1.ListEventsResponse
+	(*WatchEventsRequest)(nil),         // 34: tokenbroker.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),        // 35: tokenbroker.v1.WatchEventsResponse
+	nil,                                // 36: tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	nil,                                // 37: tokenbroker.v1.Provider.TokenParamsEntry
+	(*timestamppb.Timestamp)(nil),      // 38: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 39: google.protobuf.Duration
 }
 var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
-	33, // 0: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
-	31, // 1: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	38, // 0: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
+	36, // 1: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
 	3,  // 2: tokenbroker.v1.Provider.client_secret:type_name -> tokenbroker.v1.SecretInfo
 	0,  // 3: tokenbroker.v1.Provider.client_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	32, // 4: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
+	37, // 4: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
 	1,  // 5: tokenbroker.v1.Provider.grant_types:type_name -> tokenbroker.v1.GrantType
-	34, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
-	33, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	33, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	39, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
+	38, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	38, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 9: tokenbroker.v1.Provider.introspection_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	34, // 10: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
-	34, // 11: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
-	34, // 12: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
+	39, // 10: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
+	39, // 11: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
+	39, // 12: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
 	4,  // 13: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
 	4,  // 14: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
 	4,  // 15: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
@@ -2233,49 +2615,58 @@ var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
 	3,  // 18: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
 	3,  // 19: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
 	2,  // 20: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
-	33, // 21: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
-	33, // 22: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
-	33, // 23: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	33, // 24: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
+	38, // 21: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
+	38, // 22: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
+	38, // 23: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	38, // 24: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
 	1,  // 25: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
 	13, // 26: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
-	33, // 27: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	38, // 27: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
 	13, // 28: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
-	33, // 29: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
-	33, // 30: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
+	38, // 29: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
+	38, // 30: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
 	22, // 31: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
 	22, // 32: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
-	34, // 33: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
+	39, // 33: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
 	4,  // 34: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
-	5,  // 35: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
-	7,  // 36: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
-	9,  // 37: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
-	11, // 38: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
-	29, // 39: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
-	14, // 40: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
-	16, // 41: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
-	18, // 42: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
-	20, // 43: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
-	23, // 44: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
-	25, // 45: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
-	27, // 46: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
-	6,  // 47: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
-	8,  // 48: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
-	10, // 49: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
-	12, // 50: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
-	30, // 51: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
-	15, // 52: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
-	17, // 53: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
-	19, // 54: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
-	21, // 55: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
-	24, // 56: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
-	26, // 57: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
-	28, // 58: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
-	47, // [47:59] is the sub-list for method output_type
-	35, // [35:47] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	38, // 35: tokenbroker.v1.Event.time:type_name -> google.protobuf.Timestamp
+	2,  // 36: tokenbroker.v1.Event.health_before:type_name -> tokenbroker.v1.GrantHealth
+	2,  // 37: tokenbroker.v1.Event.health_after:type_name -> tokenbroker.v1.GrantHealth
+	31, // 38: tokenbroker.v1.ListEventsResponse.events:type_name -> tokenbroker.v1.Event
+	31, // 39: tokenbroker.v1.WatchEventsResponse.event:type_name -> tokenbroker.v1.Event
+	5,  // 40: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
+	7,  // 41: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
+	9,  // 42: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
+	11, // 43: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
+	29, // 44: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
+	14, // 45: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
+	16, // 46: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
+	18, // 47: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
+	20, // 48: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
+	23, // 49: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
+	25, // 50: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
+	27, // 51: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
+	32, // 52: tokenbroker.v1.AdminService.ListEvents:input_type -> tokenbroker.v1.ListEventsRequest
+	34, // 53: tokenbroker.v1.AdminService.WatchEvents:input_type -> tokenbroker.v1.WatchEventsRequest
+	6,  // 54: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
+	8,  // 55: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
+	10, // 56: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
+	12, // 57: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
+	30, // 58: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
+	15, // 59: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
+	17, // 60: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
+	19, // 61: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
+	21, // 62: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
+	24, // 63: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
+	26, // 64: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
+	28, // 65: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
+	33, // 66: tokenbroker.v1.AdminService.ListEvents:output_type -> tokenbroker.v1.ListEventsResponse
+	35, // 67: tokenbroker.v1.AdminService.WatchEvents:output_type -> tokenbroker.v1.WatchEventsResponse
+	54, // [54:68] is the sub-list for method output_type
+	40, // [40:54] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }
@@ -2289,7 +2680,7 @@ func file_tokenbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_admin_proto_rawDesc), len(file_tokenbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   30,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

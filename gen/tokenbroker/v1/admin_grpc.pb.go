@@ -31,6 +31,8 @@ const (
 	AdminService_CreateApiKey_FullMethodName       = "/tokenbroker.v1.AdminService/CreateApiKey"
 	AdminService_ListApiKeys_FullMethodName        = "/tokenbroker.v1.AdminService/ListApiKeys"
 	AdminService_RetireApiKey_FullMethodName       = "/tokenbroker.v1.AdminService/RetireApiKey"
+	AdminService_ListEvents_FullMethodName         = "/tokenbroker.v1.AdminService/ListEvents"
+	AdminService_WatchEvents_FullMethodName        = "/tokenbroker.v1.AdminService/WatchEvents"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -82,6 +84,18 @@ type AdminServiceClient interface {
 	// RetireApiKey makes a key unusable at once on every replica. Errors:
 	// NOT_FOUND.
 	RetireApiKey(ctx context.Context, in *RetireApiKeyRequest, opts ...grpc.CallOption) (*RetireApiKeyResponse, error)
+	// ListEvents lists recorded events, oldest first: those after after_id
+	// (from the oldest kept when empty) that the filters select. Each event
+	// was recorded in the same etcd transaction as its change. Errors:
+	// INVALID_ARGUMENT for a malformed after_id or an unknown type.
+	ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error)
+	// WatchEvents streams the events after after_id (from the oldest kept
+	// when empty) that the filters select, then each new one as it is
+	// recorded, until the caller cancels. A consumer that reconnects with the
+	// id of the last event it got misses none that is still kept and sees
+	// none twice. Errors: INVALID_ARGUMENT as for ListEvents; UNAVAILABLE
+	// when etcd is.
+	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
 }
 
 type adminServiceClient struct {
@@ -212,6 +226,35 @@ func (c *adminServiceClient) RetireApiKey(ctx context.Context, in *RetireApiKeyR
 	return out, nil
 }
 
+func (c *adminServiceClient) ListEvents(ctx context.Context, in *ListEventsRequest, opts ...grpc.CallOption) (*ListEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListEventsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_WatchEvents_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchEventsRequest, WatchEventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -261,6 +304,18 @@ type AdminServiceServer interface {
 	// RetireApiKey makes a key unusable at once on every replica. Errors:
 	// NOT_FOUND.
 	RetireApiKey(context.Context, *RetireApiKeyRequest) (*RetireApiKeyResponse, error)
+	// ListEvents lists recorded events, oldest first: those after after_id
+	// (from the oldest kept when empty) that the filters select. Each event
+	// was recorded in the same etcd transaction as its change. Errors:
+	// INVALID_ARGUMENT for a malformed after_id or an unknown type.
+	ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error)
+	// WatchEvents streams the events after after_id (from the oldest kept
+	// when empty) that the filters select, then each new one as it is
+	// recorded, until the caller cancels. A consumer that reconnects with the
+	// id of the last event it got misses none that is still kept and sees
+	// none twice. Errors: INVALID_ARGUMENT as for ListEvents; UNAVAILABLE
+	// when etcd is.
+	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -306,6 +361,12 @@ func (UnimplementedAdminServiceServer) ListApiKeys(context.Context, *ListApiKeys
 }
 func (UnimplementedAdminServiceServer) RetireApiKey(context.Context, *RetireApiKeyRequest) (*RetireApiKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RetireApiKey not implemented")
+}
+func (UnimplementedAdminServiceServer) ListEvents(context.Context, *ListEventsRequest) (*ListEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListEvents not implemented")
+}
+func (UnimplementedAdminServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -544,6 +605,35 @@ func _AdminService_RetireApiKey_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListEvents(ctx, req.(*ListEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).WatchEvents(m, &grpc.GenericServerStream[WatchEventsRequest, WatchEventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -599,7 +689,17 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "RetireApiKey",
 			Handler:    _AdminService_RetireApiKey_Handler,
 		},
+		{
+			MethodName: "ListEvents",
+			Handler:    _AdminService_ListEvents_Handler,
+		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchEvents",
+			Handler:       _AdminService_WatchEvents_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "tokenbroker/v1/admin.proto",
 }
