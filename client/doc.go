@@ -13,6 +13,13 @@
 //	ts := client.NewTokenSource(conn, "mediahound", client.WithScopes("read"))
 //	httpClient := client.NewClient(ctx, ts)
 //
+// A workload without an API key authenticates with the token its platform
+// gives it (a Kubernetes projected service-account token, a SPIFFE
+// JWT-SVID), read from its file and read again as it rotates:
+//
+//	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds),
+//		client.WithTokenFile("/var/run/secrets/tokenbroker/token"))
+//
 // The TokenSource works anywhere an oauth2.TokenSource does, oauth2.NewClient
 // included. NewClient and NewTransport add what oauth2.NewClient lacks: when
 // the provider's API answers 401 because a token was revoked or rotated

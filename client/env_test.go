@@ -18,8 +18,10 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
+	"github.com/tokenbroker/tokenbroker/broker/workload"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
+	"github.com/tokenbroker/tokenbroker/internal/fakes"
 	"github.com/tokenbroker/tokenbroker/internal/testkeys"
 	"github.com/tokenbroker/tokenbroker/sandbox"
 	"github.com/tokenbroker/tokenbroker/server"
@@ -50,7 +52,17 @@ type env struct {
 	grpcAddr string
 	key      string // API key of testIdentity
 	otherKey string // API key of otherIdentity
+	// issuer issues workload tokens the broker accepts (audience
+	// workloadAudience): the service account workloadSA may do everything,
+	// otherSA get tokens of provider "other" only.
+	issuer *fakes.WorkloadIssuer
 }
+
+const (
+	workloadAudience = "tokenbroker"
+	workloadSA       = "system:serviceaccount:apps:billing"
+	otherSA          = "system:serviceaccount:apps:other-service"
+)
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
@@ -97,13 +109,20 @@ func newEnv(t *testing.T) *env {
 	pol, err := policy.New([]policy.Rule{
 		{Identities: []string{testIdentity}, Actions: policy.Actions},
 		{Identities: []string{otherIdentity}, Providers: []string{"other"}, Actions: []policy.Action{policy.Token}},
+		{Identities: []string{workloadSA}, Actions: policy.Actions},
+		{Identities: []string{otherSA}, Providers: []string{"other"}, Actions: []policy.Action{policy.Token}},
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer := fakes.NewWorkloadIssuer(t)
+	jwts, err := workload.New([]workload.Issuer{{Issuer: issuer.URL(), Discovery: true, CAFile: issuer.CAFile, Audiences: []string{workloadAudience}}}, workload.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv, err := server.New(server.Config{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: b,
-		Auth: server.AuthConfig{Keys: keys, Policy: pol},
+		Auth: server.AuthConfig{Keys: keys, Workload: jwts, Policy: pol},
 	})
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
@@ -127,6 +146,7 @@ func newEnv(t *testing.T) *env {
 		grpcAddr: srv.GRPCAddr(),
 		key:      key,
 		otherKey: otherKey,
+		issuer:   issuer,
 	}
 	e.register(t, "sandbox", testClientSecret)
 	return e

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"net"
 	"net/http"
 	"strings"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
+	"github.com/tokenbroker/tokenbroker/broker/workload"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
 
@@ -34,6 +36,10 @@ type AuthConfig struct {
 	// Keys checks API keys sent as "authorization: Bearer <key>"; nil
 	// accepts none. The Server does not close it.
 	Keys *apikey.Store
+	// Workload verifies JWTs sent as "authorization: Bearer <jwt>"
+	// (Kubernetes service-account tokens, SPIFFE JWT-SVIDs, OIDC tokens);
+	// nil accepts none. SetWorkloadVerifier replaces it.
+	Workload *workload.Verifier
 	// Policy says who may do what; nil allows nothing. SetPolicy replaces it.
 	Policy *policy.Policy
 	// RateLimit applies per caller identity; DefaultRateLimit when zero.
@@ -48,18 +54,22 @@ type AuthConfig struct {
 const (
 	ViaAPIKey = "api_key"
 	ViaMTLS   = "mtls"
+	ViaJWT    = "jwt"
 	ViaNone   = "none" // InsecureNoAuth, no credentials
 )
 
 // Caller is an authenticated caller.
 type Caller struct {
 	// Identity is the API key's identity, the client certificate's first URI
-	// SAN or its subject CN, or AnonymousIdentity.
+	// SAN or its subject CN, the JWT issuer's identity prefix and claim, or
+	// AnonymousIdentity.
 	Identity string
-	// Via is ViaAPIKey, ViaMTLS or ViaNone.
+	// Via is ViaAPIKey, ViaMTLS, ViaJWT or ViaNone.
 	Via string
 	// KeyID is the public id of the API key, when Via is ViaAPIKey.
 	KeyID string
+	// Issuer is the JWT's issuer, when Via is ViaJWT.
+	Issuer string
 }
 
 // callState travels in the context of one call: the logging interceptor
@@ -284,6 +294,7 @@ type AuthStats struct {
 // guard authenticates, rate-limits, authorizes and audits calls.
 type guard struct {
 	keys     *apikey.Store
+	workload atomic.Pointer[workload.Verifier]
 	insecure bool
 	policy   atomic.Pointer[policy.Policy]
 	limiter  atomic.Pointer[rateLimiter]
@@ -298,6 +309,7 @@ type guard struct {
 func newGuard(cfg AuthConfig, log, audit *zap.Logger) *guard {
 	g := &guard{keys: cfg.Keys, insecure: cfg.InsecureNoAuth, log: log.Named("auth"), audit: audit}
 	g.setPolicy(cfg.Policy)
+	g.workload.Store(cfg.Workload)
 	g.limiter.Store(newRateLimiter(cfg.RateLimit, nil))
 	return g
 }
@@ -317,39 +329,69 @@ func (g *guard) stats() AuthStats {
 	}
 }
 
-var errUnauthenticated = status.Error(codes.Unauthenticated, "missing or invalid credentials")
+var (
+	errUnauthenticated = status.Error(codes.Unauthenticated, "missing or invalid credentials")
+	// errIssuerKeysUnavailable: a JWT's issuer keys cannot be fetched now.
+	errIssuerKeysUnavailable = status.Error(codes.Unavailable, "cannot verify the token now: its issuer's keys are unavailable")
+)
 
 // authenticate finds out who the caller is. An Authorization value wins
-// over a client certificate and must be a valid API key. The reason it
-// returns on failure is for the log; the caller sees errUnauthenticated.
-func (g *guard) authenticate(p presented) (Caller, string) {
+// over a client certificate and must be a valid API key or JWT. The
+// reason it returns on failure is for the log; the caller sees
+// errUnauthenticated, or errIssuerKeysUnavailable.
+func (g *guard) authenticate(ctx context.Context, p presented) (Caller, string, error) {
 	switch {
 	case len(p.authorization) > 1:
-		return Caller{}, "more than one authorization value"
+		return Caller{}, "more than one authorization value", errUnauthenticated
 	case len(p.authorization) == 1:
 		key, ok := bearer(p.authorization[0])
 		if !ok {
-			return Caller{}, "authorization is not a bearer token"
+			return Caller{}, "authorization is not a bearer token", errUnauthenticated
+		}
+		if workload.LooksLikeJWT(key) {
+			return g.authenticateJWT(ctx, key)
 		}
 		if g.keys == nil {
-			return Caller{}, "api keys are not enabled"
+			return Caller{}, "api keys are not enabled", errUnauthenticated
 		}
 		identity, err := g.keys.Authenticate(key)
 		if err != nil {
-			return Caller{}, "invalid, unknown or retired api key"
+			return Caller{}, "invalid, unknown or retired api key", errUnauthenticated
 		}
 		id, _ := apikey.ParseID(key)
-		return Caller{Identity: identity, Via: ViaAPIKey, KeyID: id}, ""
+		return Caller{Identity: identity, Via: ViaAPIKey, KeyID: id}, "", nil
 	case p.cert != nil:
 		identity := certIdentity(p.cert)
 		if apikey.ValidateIdentity(identity) != nil {
-			return Caller{}, "client certificate has no usable URI SAN or CN"
+			return Caller{}, "client certificate has no usable URI SAN or CN", errUnauthenticated
 		}
-		return Caller{Identity: identity, Via: ViaMTLS}, ""
+		return Caller{Identity: identity, Via: ViaMTLS}, "", nil
 	case g.insecure:
-		return Caller{Identity: AnonymousIdentity, Via: ViaNone}, ""
+		return Caller{Identity: AnonymousIdentity, Via: ViaNone}, "", nil
 	}
-	return Caller{}, "no credentials"
+	return Caller{}, "no credentials", errUnauthenticated
+}
+
+// authenticateJWT verifies a bearer JWT. The reason never quotes the
+// token.
+func (g *guard) authenticateJWT(ctx context.Context, token string) (Caller, string, error) {
+	v := g.workload.Load()
+	if v.Len() == 0 {
+		return Caller{}, "jwt issuers are not configured", errUnauthenticated
+	}
+	id, err := v.Verify(ctx, token)
+	switch {
+	case errors.Is(err, workload.ErrKeysUnavailable):
+		return Caller{}, err.Error(), errIssuerKeysUnavailable
+	case ctx.Err() != nil:
+		return Caller{}, "jwt verification interrupted", status.FromContextError(ctx.Err()).Err()
+	case err != nil:
+		return Caller{}, err.Error(), errUnauthenticated
+	}
+	if apikey.ValidateIdentity(id.Name) != nil {
+		return Caller{}, "jwt identity is not usable (empty, too long or not printable)", errUnauthenticated
+	}
+	return Caller{Identity: id.Name, Via: ViaJWT, Issuer: id.Issuer}, "", nil
 }
 
 // admit authenticates the call, records the caller in st, and applies the
@@ -357,11 +399,11 @@ func (g *guard) authenticate(p presented) (Caller, string) {
 func (g *guard) admit(ctx context.Context, st *callState, method string, req any) error {
 	p := credentialsOf(ctx)
 	st.peer = p.peer
-	caller, reason := g.authenticate(p)
-	if reason != "" {
+	caller, reason, err := g.authenticate(ctx, p)
+	if err != nil {
 		g.unauthenticated.Add(1)
 		g.log.Info("unauthenticated call", zap.String("method", method), zap.Stringer("peer", p.peer), zap.String("reason", reason))
-		return errUnauthenticated
+		return err
 	}
 	pol := g.policy.Load()
 	st.caller, st.authenticated, st.policy = caller, true, pol

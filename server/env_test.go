@@ -22,6 +22,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
+	"github.com/tokenbroker/tokenbroker/broker/workload"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
 	"github.com/tokenbroker/tokenbroker/internal/testkeys"
@@ -138,6 +139,8 @@ type options struct {
 	transport http.RoundTripper
 	// tracing, when set, traces the servers and the provider calls.
 	tracing trace.TracerProvider
+	// workload, when set, verifies JWT callers.
+	workload *workload.Verifier
 }
 
 func (e *env) start(log *zap.Logger) *instance {
@@ -189,7 +192,7 @@ func (e *env) startWith(o options) *instance {
 	}
 	srv, err := server.New(server.Config{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: b, Logger: log, TLS: o.tls,
-		Auth:           server.AuthConfig{Keys: keys, Policy: pol, RateLimit: o.rateLimit, InsecureNoAuth: o.insecure},
+		Auth:           server.AuthConfig{Keys: keys, Workload: o.workload, Policy: pol, RateLimit: o.rateLimit, InsecureNoAuth: o.insecure},
 		TracerProvider: o.tracing,
 	})
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
+	"github.com/tokenbroker/tokenbroker/broker/workload"
 	"github.com/tokenbroker/tokenbroker/gen/openapiv2"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
@@ -205,6 +206,10 @@ func (s *Server) Start() {
 // finish under the old one. Under AuthConfig.InsecureNoAuth every caller
 // keeps every action.
 func (s *Server) SetPolicy(p *policy.Policy) { s.guard.setPolicy(p) }
+
+// SetWorkloadVerifier replaces the verifier of JWT callers; nil accepts
+// none. Calls already authenticated are not affected.
+func (s *Server) SetWorkloadVerifier(v *workload.Verifier) { s.guard.workload.Store(v) }
 
 // SetRateLimit replaces the per-caller rate limit; every bucket starts full.
 func (s *Server) SetRateLimit(l RateLimit) { s.guard.limiter.Store(newRateLimiter(l, nil)) }

@@ -38,7 +38,7 @@ type App struct {
 }
 
 // errNoAuth is what StartApp says when no caller could ever authenticate.
-var errNoAuth = errors.New("no authentication configured: no API key in auth.api_keys or in etcd, and no tls.client_ca_file, " +
+var errNoAuth = errors.New("no authentication configured: no API key in auth.api_keys or in etcd, no auth.jwt_issuers and no tls.client_ca_file, " +
 	"so every call would be refused; declare a bootstrap admin key (`tokenbroker apikey new --identity admin` prints one " +
 	"with its config snippet) and a policy rule for it, or set tls.client_ca_file; " +
 	"--insecure-no-auth lets every caller in without credentials, for a trusted development network only")
@@ -64,10 +64,14 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 			return nil, err
 		}
 	}
-	if cfg.insecureNoAuth && (len(cfg.Auth.APIKeys) > 0 || cfg.TLS.ClientCAFile != "") {
-		return nil, errors.New("--insecure-no-auth conflicts with auth.api_keys and tls.client_ca_file: authentication is configured; drop the flag")
+	if cfg.insecureNoAuth && (len(cfg.Auth.APIKeys) > 0 || len(cfg.Auth.JWTIssuers) > 0 || cfg.TLS.ClientCAFile != "") {
+		return nil, errors.New("--insecure-no-auth conflicts with auth.api_keys, auth.jwt_issuers and tls.client_ca_file: authentication is configured; drop the flag")
 	}
 	pol, err := cfg.Auth.policy()
+	if err != nil {
+		return nil, err
+	}
+	jwts, err := cfg.Auth.verifier(cfg.insecureHTTPLoopback, log)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +106,7 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 	case cfg.insecureNoAuth:
 		log.Warn("INSECURE: authentication is off (--insecure-no-auth): callers without credentials are let in " +
 			"as \"" + server.AnonymousIdentity + "\" and every caller may do everything; use this on a trusted development network only")
-	case cfg.TLS.ClientCAFile == "" && !a.keys.Usable():
+	case cfg.TLS.ClientCAFile == "" && jwts == nil && !a.keys.Usable():
 		return nil, errNoAuth
 	case pol.Len() == 0:
 		log.Warn("auth.policy has no rule: every call but health checks will be refused")
@@ -144,7 +148,7 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 	metrics.WatchGrants(a.broker)
 	a.server, err = server.New(server.Config{
 		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, Broker: a.broker, Logger: log, TLS: tlsConfig, Metrics: metrics,
-		Auth:           server.AuthConfig{Keys: a.keys, Policy: pol, RateLimit: cfg.Auth.rateLimit(), InsecureNoAuth: cfg.insecureNoAuth},
+		Auth:           server.AuthConfig{Keys: a.keys, Workload: jwts, Policy: pol, RateLimit: cfg.Auth.rateLimit(), InsecureNoAuth: cfg.insecureNoAuth},
 		TracerProvider: tp,
 	})
 	if err != nil {
@@ -208,20 +212,26 @@ func (a *App) ApplyProviders(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-// ReloadAuth applies a new auth section: static API keys, policy and rate
-// limit. It changes nothing when the section is invalid. Calls already
-// authorized finish under the old policy.
+// ReloadAuth applies a new auth section: static API keys, JWT issuers,
+// policy and rate limit. It changes nothing when the section is invalid.
+// Calls already authorized finish under the old policy; the issuers' keys
+// are fetched again on first use.
 func (a *App) ReloadAuth(auth AuthConfig) error {
-	if errs := auth.validate(); len(errs) > 0 {
+	if errs := auth.validate(a.cfg.insecureHTTPLoopback); len(errs) > 0 {
 		return errors.Join(errs...)
 	}
 	pol, err := auth.policy()
 	if err != nil {
 		return err
 	}
+	jwts, err := auth.verifier(a.cfg.insecureHTTPLoopback, a.log)
+	if err != nil {
+		return err
+	}
 	if err := a.keys.SetStatic(auth.staticKeys()); err != nil {
 		return err
 	}
+	a.server.SetWorkloadVerifier(jwts)
 	a.server.SetPolicy(pol)
 	a.server.SetRateLimit(auth.rateLimit())
 	return nil

@@ -23,6 +23,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/seal"
 	"github.com/tokenbroker/tokenbroker/broker/seal/pkcs11"
+	"github.com/tokenbroker/tokenbroker/broker/workload"
 	"github.com/tokenbroker/tokenbroker/server"
 )
 
@@ -113,9 +114,39 @@ type AuthConfig struct {
 	// secret part (`tokenbroker apikey new` prints both), so that the first
 	// admin can get in; AdminService.CreateApiKey issues the others.
 	APIKeys []APIKeyConfig `yaml:"api_keys"`
+	// JWTIssuers are trusted issuers of workload tokens (Kubernetes
+	// service-account tokens, SPIFFE JWT-SVIDs, OIDC tokens) that callers
+	// may present instead of an API key.
+	JWTIssuers []JWTIssuerConfig `yaml:"jwt_issuers"`
 	// Policy rules; whatever no rule allows is denied.
 	Policy    []PolicyRule    `yaml:"policy"`
 	RateLimit RateLimitConfig `yaml:"rate_limit"`
+}
+
+// JWTIssuerConfig declares a trusted issuer of workload tokens; see
+// workload.Issuer for each field. Exactly one of jwks_url, jwks_file and
+// discovery says where its keys are.
+type JWTIssuerConfig struct {
+	Issuer         string        `yaml:"issuer"`
+	JWKSURL        string        `yaml:"jwks_url"`
+	JWKSFile       string        `yaml:"jwks_file"`
+	Discovery      bool          `yaml:"discovery"`
+	CAFile         string        `yaml:"ca_file"`
+	Audiences      []string      `yaml:"audiences"`
+	Algorithms     []string      `yaml:"algorithms"`
+	IdentityClaim  string        `yaml:"identity_claim"`
+	IdentityPrefix string        `yaml:"identity_prefix"`
+	TrustDomain    string        `yaml:"trust_domain"`
+	ClockSkew      time.Duration `yaml:"clock_skew"`
+	MaxLifetime    time.Duration `yaml:"max_lifetime"`
+}
+
+func (j JWTIssuerConfig) issuer() workload.Issuer {
+	return workload.Issuer{
+		Issuer: j.Issuer, JWKSURL: j.JWKSURL, JWKSFile: j.JWKSFile, Discovery: j.Discovery, CAFile: j.CAFile,
+		Audiences: j.Audiences, Algorithms: j.Algorithms, IdentityClaim: j.IdentityClaim,
+		IdentityPrefix: j.IdentityPrefix, TrustDomain: j.TrustDomain, ClockSkew: j.ClockSkew, MaxLifetime: j.MaxLifetime,
+	}
 }
 
 // APIKeyConfig declares a static API key.
@@ -454,7 +485,7 @@ func (c *Config) Validate(getenv func(string) string) error {
 	default:
 		errs = append(errs, fmt.Errorf("log.format %q is not json or console", c.Log.Format))
 	}
-	errs = append(errs, c.Auth.validate()...)
+	errs = append(errs, c.Auth.validate(c.insecureHTTPLoopback)...)
 	errs = append(errs, c.Tracing.validate()...)
 	switch t := c.TLS; {
 	case t.CertFile == "" && t.KeyFile == "" && t.ClientCAFile != "":
@@ -561,9 +592,24 @@ func (pc ProviderConfig) secret(getenv func(string) string) (string, error) {
 	return pc.ClientSecret, nil
 }
 
-// validate reports every problem of the auth section.
-func (a AuthConfig) validate() []error {
+// validate reports every problem of the auth section. Plain http JWKS URLs
+// are allowed to loopback addresses with allowHTTPLoopback only.
+func (a AuthConfig) validate(allowHTTPLoopback bool) []error {
 	var errs []error
+	seen := map[string]bool{}
+	for i, j := range a.JWTIssuers {
+		path := fmt.Sprintf("auth.jwt_issuers[%d]", i)
+		if seen[j.Issuer] {
+			errs = append(errs, fmt.Errorf("%s: issuer %q is declared twice", path, j.Issuer))
+		}
+		seen[j.Issuer] = true
+		err := j.issuer().Validate(allowHTTPLoopback)
+		if joined, ok := err.(interface{ Unwrap() []error }); ok {
+			for _, e := range joined.Unwrap() {
+				errs = append(errs, fmt.Errorf("%s: %w", path, e))
+			}
+		}
+	}
 	if err := apikey.ValidateStatic(a.staticKeys()); err != nil {
 		errs = append(errs, fmt.Errorf("auth.api_keys: %w", err))
 	}
@@ -593,6 +639,23 @@ func (a AuthConfig) policy() (*policy.Policy, error) {
 		}
 	}
 	return policy.New(rules)
+}
+
+// verifier builds the verifier of the declared JWT issuers; nil when none
+// is declared.
+func (a AuthConfig) verifier(allowHTTPLoopback bool, log *zap.Logger) (*workload.Verifier, error) {
+	if len(a.JWTIssuers) == 0 {
+		return nil, nil
+	}
+	issuers := make([]workload.Issuer, len(a.JWTIssuers))
+	for i, j := range a.JWTIssuers {
+		issuers[i] = j.issuer()
+	}
+	v, err := workload.New(issuers, workload.Options{AllowHTTPLoopback: allowHTTPLoopback, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("auth.jwt_issuers: %w", err)
+	}
+	return v, nil
 }
 
 func (a AuthConfig) rateLimit() server.RateLimit {

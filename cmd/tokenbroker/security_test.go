@@ -502,7 +502,7 @@ func FuzzDecodeAuthConfig(f *testing.F) {
 				done <- ""
 				return
 			}
-			if errs := cfg.Auth.validate(); len(errs) == 0 {
+			if errs := cfg.Auth.validate(false); len(errs) == 0 {
 				if _, err := cfg.Auth.policy(); err != nil {
 					done <- fmt.Sprintf("validate accepted a policy that policy() rejects: %v", err)
 					return
