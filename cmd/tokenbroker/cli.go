@@ -235,7 +235,7 @@ client certificate) whose identity the broker's policy allows.`,
 	f.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the broker's answer")
 	f.StringVarP(&c.output, "output", "o", outputTable, "output format: table or json (protobuf JSON with the proto field names)")
 
-	root.AddCommand(c.providerCommand(), c.accountCommand(), c.grantCommand(), c.tokenCommand(), c.apiKeysCommand())
+	root.AddCommand(c.providerCommand(), c.accountCommand(), c.grantCommand(), c.tokenCommand(), c.apiKeysCommand(), c.eventsCommand())
 	return root
 }
 
@@ -379,11 +379,24 @@ func (apiKeyCredentials) RequireTransportSecurity() bool { return false }
 // run wraps a command's work: it bounds it with --timeout and turns its
 // error into an exitError with the matching exit code.
 func (c *cli) run(fn func(ctx context.Context, cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return c.call(fn, true)
+}
+
+// stream is run for a command that follows a stream until interrupted: no
+// --timeout, and an interruption ends it successfully.
+func (c *cli) stream(fn func(ctx context.Context, cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return c.call(fn, false)
+}
+
+func (c *cli) call(fn func(ctx context.Context, cmd *cobra.Command, args []string) error, bounded bool) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
-		ctx, cancel := context.WithTimeout(cmd.Context(), c.timeout)
+		ctx, cancel := context.WithCancel(cmd.Context())
+		if bounded {
+			ctx, cancel = context.WithTimeout(cmd.Context(), c.timeout)
+		}
 		defer cancel()
 		err := fn(ctx, cmd, args)
-		if err == nil {
+		if err == nil || (!bounded && cmd.Context().Err() != nil) {
 			return nil
 		}
 		var ee *exitError

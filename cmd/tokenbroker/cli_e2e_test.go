@@ -196,6 +196,8 @@ func TestCLIAgainstDev(t *testing.T) {
 		{name: "revoke a grant", give: []string{"grant", "revoke", "sandbox", "alice-pw"}, wantStdout: `^grant sandbox/alice-pw revoked\n$`},
 		{name: "a revoked grant is gone", give: []string{"grant", "revoke", "sandbox", "alice-pw"}, wantCode: exitNotFound, wantStderr: `account "alice-pw" of provider "sandbox"`},
 		{name: "a revoked grant has no tokens", give: []string{"token", "get", "sandbox", "--account", "alice-pw"}, wantCode: exitNotFound, wantStderr: `"alice-pw"`},
+		{name: "list events", give: []string{"events", "list", "--provider", "sandbox"}, wantStdout: `(?m)^ID\s+TIME\s+TYPE\s+PROVIDER\s+ACCOUNT\s+HEALTH\s+DETAIL\n(?:.*\n)*\S+\s+\S+\s+grant\.revoked\s+sandbox\s+alice-pw\s+ok→-`},
+		{name: "an unknown event type", give: []string{"events", "list", "--type", "grant.exploded"}, wantCode: exitUsage, wantStderr: "unknown event type"},
 		{name: "introspect an unknown token", give: []string{"token", "introspect", "--token-stdin", "-o", "json"}, stdin: "no-such-token\n", wantStdout: `^\{\s*\}\n$`},
 		{name: "bad flag", give: []string{"provider", "put", "x", "--bogus"}, wantCode: exitUsage, wantStderr: "tokenbroker: unknown flag: --bogus (see 'tokenbroker provider put --help')"},
 		{name: "a secret as a flag", give: []string{"provider", "rotate-secret", "sandbox", "--client-secret", wrongSecret}, wantCode: exitUsage, wantStderr: "unknown flag: --client-secret"},

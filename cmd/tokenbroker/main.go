@@ -47,6 +47,7 @@ admin commands, over gRPC to a running broker ($TOKENBROKER_ADDR, $TOKENBROKER_A
   grant       list|revoke|authorize grants
   token       get|refresh|introspect access tokens
   apikeys     create|list|retire API keys
+  events      list|watch grant lifecycle events
   keys        generate a master key; reseal every record under the primary key
   config      validate FILE: report every problem of a config file at once
 
@@ -65,7 +66,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runDev(ctx, args[1:], stdout, stderr)
 	case "apikey":
 		return runAPIKey(args[1:], stdout, stderr)
-	case "provider", "account", "grant", "token", "apikeys":
+	case "provider", "account", "grant", "token", "apikeys", "events":
 		return runCLI(ctx, args, stdout, stderr, getenv)
 	case "keys":
 		return runKeys(ctx, args[1:], stdout, stderr, getenv)
