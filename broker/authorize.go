@@ -246,6 +246,7 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, cb Callback) (*Grant
 	if cur != nil {
 		rec.Generation = cur.Generation + 1
 	}
+	b.planHandOver(rec, p, g.Type, tok.RefreshToken)
 	next := *g
 	next.Health, next.LastError, next.Cooldown = HealthOK, "", nil
 	next.RefreshToken, next.RefreshTokenUpdateTime = tok.RefreshToken, issued.UTC()

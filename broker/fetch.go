@@ -31,7 +31,13 @@ type TokenRequest struct {
 }
 
 // GetToken returns a token for r that stays valid for at least r.MinTTL.
-// A fresh token in memory is returned without touching etcd. Otherwise the
+// A fresh token in memory is returned without touching etcd.
+//
+// A token whose replacement revokes it (TokenRecord.ProviderExpiresAt) is
+// served with the expiry of its planned replacement, and is not replaced
+// before then: a caller whose min_ttl reaches past that moment gets it all
+// the same, with that earlier expiry, and without waiting; a caller asking
+// once it has passed waits for the replacement. Otherwise the
 // token is fetched once under the grant's etcd lock, however many callers
 // on however many replicas ask. When the provider fails while the current
 // token is still valid, the current token is returned.
@@ -48,7 +54,7 @@ func (b *Broker) GetToken(ctx context.Context, r TokenRequest) (*TokenRecord, er
 	now := b.now()
 	if id, ok := tokenID(r.Provider, r.Account, r.Scopes); ok {
 		if e, ok := b.tokens.load(id); ok {
-			if rec := e.rec.Load(); rec != nil && rec.Fresh(now, minTTL) {
+			if rec := e.rec.Load(); rec != nil && rec.servable(now, minTTL) {
 				b.touch(id, e, now)
 				b.obs.TokenServed(OutcomeHit)
 				return rec, nil
@@ -61,7 +67,7 @@ func (b *Broker) GetToken(ctx context.Context, r TokenRequest) (*TokenRecord, er
 	}
 	id := key.id()
 	rec, err := b.fetch(ctx, "get\x00"+id, key, func(cur *TokenRecord) bool {
-		return cur != nil && cur.Fresh(b.now(), minTTL)
+		return cur != nil && cur.servable(b.now(), minTTL)
 	}, "")
 	if err != nil {
 		b.obs.TokenServed(OutcomeError)
@@ -79,7 +85,10 @@ func (b *Broker) GetToken(ctx context.Context, r TokenRequest) (*TokenRecord, er
 // valid token obtained less than MinForcedRefreshInterval ago (by any
 // replica, for any caller) is returned without a provider call, so that
 // the provider sees at most one forced refresh per key and interval.
-// Errors as for GetToken.
+// A token whose replacement revokes it is not replaced before the
+// expiry it was served with (see GetToken) unless it is staleToken: a
+// refresh without staleToken returns it until then. Errors as for
+// GetToken.
 func (b *Broker) Refresh(ctx context.Context, r TokenRequest, staleToken string) (*TokenRecord, error) {
 	key, err := NewTokenKey(r.Provider, r.Account, r.Scopes)
 	if err != nil {
@@ -96,7 +105,7 @@ func (b *Broker) Refresh(ctx context.Context, r TokenRequest, staleToken string)
 		}
 		return cur.AccessToken != staleToken && cur.ExpiresAt.After(now)
 	}
-	if rec := b.cached(id); current(rec) {
+	if rec := b.cached(id); current(rec) || promised(rec, staleToken, b.now()) {
 		return rec, nil
 	}
 	return b.fetch(ctx, "refresh\x00"+id+"\x00"+staleToken, key, current, staleToken)
@@ -107,7 +116,13 @@ func (b *Broker) Refresh(ctx context.Context, r TokenRequest, staleToken string)
 // caller giving up does not fail the others.
 // A failing provider does not fail callers while the current token is
 // valid, except that stale (a token a caller found refused) is never served.
+//
+// A token promised to callers (TokenRecord.Promised) counts as good
+// whatever good says, unless it is stale: it is not replaced before the
+// expiry it was served with.
 func (b *Broker) fetch(ctx context.Context, flight string, key TokenKey, good func(*TokenRecord) bool, stale string) (*TokenRecord, error) {
+	wanted := good
+	good = func(cur *TokenRecord) bool { return wanted(cur) || promised(cur, stale, b.now()) }
 	ch := b.flights.DoChan(flight, func() (any, error) {
 		if !b.enter() {
 			return nil, ErrClosed
@@ -153,6 +168,13 @@ func lockName(key TokenKey) string {
 // such a record is written without a compare on its revision, and holds
 // nothing a lost update would break (health, statistics, cooldown).
 func sharedGrant(g *Grant) bool { return g.Account == "" }
+
+// promised reports whether cur, the current token, must not be replaced
+// at now: it is promised to callers (TokenRecord.Promised) and is not the
+// token a caller found refused.
+func promised(cur *TokenRecord, stale string, now time.Time) bool {
+	return cur != nil && cur.AccessToken != stale && cur.Promised(now)
+}
 
 // grantLock serializes everything that may call the provider for one grant:
 // a local mutex (the etcd mutex lets the same session in twice) and the
@@ -273,7 +295,7 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 			return b.serveStale(cur, stale, err)
 		}
 	}
-	rec, next, err := b.obtain(ctx, p, g, key, cur, held)
+	rec, next, method, err := b.obtain(ctx, p, g, key, cur, held)
 	if err != nil {
 		if lost && errors.Is(err, ErrReauthorizationRequired) {
 			err = fmt.Errorf("%w (%w)", err, ErrRefreshAnswerLost)
@@ -284,9 +306,10 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	if lost {
 		b.log.Info("an earlier refresh of the grant got no stored answer; this one succeeded", zap.String("grant", gid))
 	}
-	if next.RefreshToken == g.RefreshToken || g.RefreshToken == "" {
+	if (next.RefreshToken == g.RefreshToken || g.RefreshToken == "") && (cur == nil || cur.ProviderExpiresAt.IsZero()) {
 		// Tokens replaced stay valid until they expire, unless the provider
-		// rotated the refresh token, which revokes them (see commit).
+		// rotated the refresh token, which revokes them (see commit), or
+		// revokes them on refresh.
 		if prev := carried(cur, rec.AccessToken, b.now()); len(prev) > 0 {
 			rec.previous = &prev
 		}
@@ -297,7 +320,11 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	b.clearCooldown(gid)
 	b.offer(id, rec)
 	b.log.Info("token obtained", zap.Stringer("key", key), zap.Int64("generation", rec.Generation),
-		zap.Duration("lifetime", rec.Lifetime()), zap.Bool("refresh_token_rotated", next.RefreshToken != g.RefreshToken))
+		zap.Duration("lifetime", rec.Lifetime()), zap.Bool("refresh_token_rotated", next.RefreshToken != g.RefreshToken),
+		zap.Bool("served_until_hand_over", !rec.ProviderExpiresAt.IsZero()))
+	if method == GrantRefreshToken && cur != nil && cur.AccessToken != rec.AccessToken {
+		b.learnRevocation(ctx, p, cur)
+	}
 	return rec, nil
 }
 
@@ -355,17 +382,20 @@ func (b *Broker) serveStale(cur *TokenRecord, stale string, err error) (*TokenRe
 // memory, so that the fenced write compares the revision that is current.
 func (b *Broker) readForFetch(ctx context.Context, provider, id, gid string) (*Provider, *TokenRecord, *Grant, error) {
 	pkey := b.prefix + providersPrefix + provider
-	rec, g, presp, err := b.readTokenAndGrantWith(ctx, id, gid, clientv3.OpGet(pkey))
+	rec, g, extra, err := b.readTokenAndGrantWith(ctx, id, gid, clientv3.OpGet(pkey), clientv3.OpGet(b.learnedKey(provider)))
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	kvs := presp.GetKvs()
+	kvs := extra[0].GetKvs()
 	if len(kvs) == 0 {
 		return nil, nil, nil, fmt.Errorf("%w: provider %q", ErrNotFound, provider)
 	}
 	p, err := b.decodeProvider(pkey, kvs[0].Value, kvs[0].ModRevision)
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	if kvs := extra[1].GetKvs(); len(kvs) > 0 {
+		p.LearnedRefreshRevokesAccessToken = b.decodeLearned(kvs[0].Value)
 	}
 	return p, rec, g, nil
 }
@@ -377,8 +407,8 @@ func (b *Broker) readTokenAndGrant(ctx context.Context, id, gid string) (*TokenR
 }
 
 // readTokenAndGrantWith reads a token record, its grant (unless gid is
-// empty) and the range of one more op, in one transaction.
-func (b *Broker) readTokenAndGrantWith(ctx context.Context, id, gid string, extra ...clientv3.Op) (*TokenRecord, *Grant, *etcdserverpb.RangeResponse, error) {
+// empty) and the ranges of the extra ops, in one transaction.
+func (b *Broker) readTokenAndGrantWith(ctx context.Context, id, gid string, extra ...clientv3.Op) (*TokenRecord, *Grant, []*etcdserverpb.RangeResponse, error) {
 	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
 	defer cancel()
 	tkey, gkey := b.prefix+tokensPrefix+id, b.prefix+grantsPrefix+gid
@@ -402,9 +432,9 @@ func (b *Broker) readTokenAndGrantWith(ctx context.Context, id, gid string, extr
 			return nil, nil, nil, err
 		}
 	}
-	var extraResp *etcdserverpb.RangeResponse
-	if len(extra) > 0 {
-		extraResp = resp.Responses[2].GetResponseRange()
+	extraResp := make([]*etcdserverpb.RangeResponse, len(extra))
+	for i := range extra {
+		extraResp[i] = resp.Responses[2+i].GetResponseRange()
 	}
 	return rec, g, extraResp, nil
 }
@@ -418,17 +448,23 @@ func (b *Broker) readToken(ctx context.Context, id string) (*TokenRecord, error)
 // obtain asks the provider for a new token of key through grant g, and
 // returns it with the grant as it must be stored next. prev is the current
 // record, or nil. A refresh token that the provider rejects falls back to
-// the password grant where the account has a password.
-func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey, prev *TokenRecord, held func(context.Context) error) (*TokenRecord, *Grant, error) {
+// the password grant where the account has a password. method is the grant
+// the token was obtained with.
+//
+// A token of a grant that the next refresh revokes (it holds a refresh
+// token and p.RevokesOnRefresh) gets, as its ExpiresAt, its hand-over: the
+// moment the broker will replace it (RefreshConfig.handOver), earlier than
+// the provider's expiry, which goes to ProviderExpiresAt.
+func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey, prev *TokenRecord, held func(context.Context) error) (*TokenRecord, *Grant, GrantType, error) {
 	method := g.Type
 	if g.RefreshToken != "" {
 		method = GrantRefreshToken
 	}
 	if method == GrantAuthorizationCode { // consented once, but holds no refresh token
-		return nil, nil, fmt.Errorf("%w: account %q of provider %q has no refresh token", ErrReauthorizationRequired, g.Account, p.Name)
+		return nil, nil, "", fmt.Errorf("%w: account %q of provider %q has no refresh token", ErrReauthorizationRequired, g.Account, p.Name)
 	}
 	if !p.Allows(method) && method != GrantRefreshToken {
-		return nil, nil, fmt.Errorf("%w: provider %q does not allow the %s grant", ErrNotFound, p.Name, method)
+		return nil, nil, "", fmt.Errorf("%w: provider %q does not allow the %s grant", ErrNotFound, p.Name, method)
 	}
 	issued := b.now()
 	scope := grantScope(p, g, key)
@@ -444,9 +480,9 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 	}
 	if err != nil {
 		if rejectsGrant(err) && method != GrantClientCredentials {
-			return nil, nil, fmt.Errorf("%w: %w", ErrReauthorizationRequired, err)
+			return nil, nil, "", fmt.Errorf("%w: %w", ErrReauthorizationRequired, err)
 		}
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	if tok.TokenType != "" && !isBearer(tok.TokenType) {
 		err := &ProviderError{Provider: p.Name, Err: fmt.Errorf("%w: token_type %q is not bearer", oauth.ErrBadResponse, tok.TokenType)}
@@ -456,9 +492,9 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 			// lineage breaks on the next refresh.
 			next := *g
 			next.RefreshToken, next.RefreshTokenUpdateTime = tok.RefreshToken, issued.UTC()
-			return nil, &next, err
+			return nil, &next, "", err
 		}
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	lifetime := tok.ExpiresIn
 	if lifetime <= 0 {
@@ -471,6 +507,7 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 	if prev != nil {
 		rec.Generation = prev.Generation + 1
 	}
+	b.planHandOver(rec, p, g.Type, cmp(tok.RefreshToken, g.RefreshToken))
 	next := *g
 	next.Health, next.LastError, next.Cooldown = HealthOK, "", nil
 	next.LastRefresh, next.ExpireTime, next.RefreshedBy = issued.UTC(), rec.ExpiresAt.UTC(), b.replica
@@ -486,7 +523,18 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 		// the new one is stored with the token, before anyone uses it.
 		next.RefreshToken, next.RefreshTokenUpdateTime = tok.RefreshToken, issued.UTC()
 	}
-	return rec, &next, nil
+	return rec, &next, method, nil
+}
+
+// planHandOver makes rec, just obtained through a grant of type gt, a token
+// served until its hand-over when the next refresh, with refreshToken,
+// revokes it; rec keeps the provider's expiry otherwise.
+func (b *Broker) planHandOver(rec *TokenRecord, p *Provider, gt GrantType, refreshToken string) {
+	if gt == GrantClientCredentials || refreshToken == "" || !p.RevokesOnRefresh() {
+		return
+	}
+	rec.ProviderExpiresAt = rec.ExpiresAt
+	rec.ExpiresAt = b.tuningOf(p).handOver(rec.IssuedAt, rec.ProviderExpiresAt)
 }
 
 // call makes one token request with bounded retries: temporary failures

@@ -336,3 +336,6 @@ func getToken(t *testing.T, b *Broker, provider string) *TokenRecord {
 	}
 	return rec
 }
+
+// ptr returns a pointer to v.
+func ptr[T any](v T) *T { return &v }

@@ -177,7 +177,9 @@ func (b *Broker) Introspect(ctx context.Context, token string) (*Introspection, 
 	out.ClientID = cmp(in.ClientID, own.ClientID)
 	out.Username = cmp(in.Username, own.Username)
 	out.Subject = in.Subject
-	if !in.ExpiresAt.IsZero() {
+	if !in.ExpiresAt.IsZero() && in.ExpiresAt.Before(out.ExpiresAt) {
+		// Never later than the broker's own: a token served until its
+		// hand-over is not answered for beyond it.
 		out.ExpiresAt = in.ExpiresAt
 	}
 	if !in.IssuedAt.IsZero() {

@@ -57,8 +57,13 @@ var presets = map[string]preset{
 	}},
 	// MediaHaven: /auth?client_id=… to authorize, /auth/oauth2/token, the
 	// password grant at /auth/ropc.php, introspection at
-	// /auth/introspect.php (HTTP Basic); refresh tokens rotate.
+	// /auth/introspect.php (HTTP Basic); refresh tokens rotate, and "the
+	// previous access_token and refresh_token will be invalid".
 	"mediahaven": {apply: func(p *Provider, base string) {
+		if p.RefreshRevokesAccessToken == nil {
+			revokes := true
+			p.RefreshRevokesAccessToken = &revokes
+		}
 		fill(&p.AuthorizeURL, base+"/auth")
 		fill(&p.TokenURL, base+"/auth/oauth2/token")
 		fill(&p.IntrospectionURL, base+"/auth/introspect.php")

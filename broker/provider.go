@@ -78,6 +78,17 @@ type Provider struct {
 	// RedirectURL is the broker's callback registered at the provider
 	// (…/v1/oauth/callback), for the authorization code grant.
 	RedirectURL string
+	// RefreshRevokesAccessToken says whether a refresh of a grant revokes
+	// the access tokens issued before it (RFC 6749 §6 allows it; MediaHaven
+	// and Hydra/fosite do). Nil means unknown: the broker then learns it
+	// through the introspection endpoint, if there is one, and until it
+	// knows assumes that it does. See RevokesOnRefresh.
+	RefreshRevokesAccessToken *bool
+	// LearnedRefreshRevokesAccessToken is what the broker learned of the
+	// same through the introspection endpoint; nil until it has. It is kept
+	// apart from the provider's record, and only read, never set, by
+	// PutProvider.
+	LearnedRefreshRevokesAccessToken *bool
 
 	SecretUpdateTime time.Time
 	// ConfigSecretDigest is the SHA-256 (hex) of the client secret the
@@ -109,6 +120,20 @@ func (p *Provider) Allows(g GrantType) bool {
 		return g == GrantClientCredentials
 	}
 	return slices.Contains(p.GrantTypes, g)
+}
+
+// RevokesOnRefresh reports whether a refresh of one of p's grants revokes
+// the access tokens issued before it: as configured, else as learned, else
+// yes (a token served as valid must not die early, and assuming revocation
+// only serves it for a shorter time).
+func (p *Provider) RevokesOnRefresh() bool {
+	switch {
+	case p.RefreshRevokesAccessToken != nil:
+		return *p.RefreshRevokesAccessToken
+	case p.LearnedRefreshRevokesAccessToken != nil:
+		return *p.LearnedRefreshRevokesAccessToken
+	}
+	return true
 }
 
 // TokenLifetime is the lifetime assumed for tokens without expires_in.

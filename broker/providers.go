@@ -83,7 +83,10 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 			cond = clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)
 			change = ""
 			if !sameIdentity(old, &next) {
-				ops = append(ops, clientv3.OpDelete(b.prefix+tokensPrefix+p.Name+"/", clientv3.WithPrefix()))
+				// Another endpoint or client may revoke on refresh or not:
+				// what was learned of the old one is forgotten too.
+				ops = append(ops, clientv3.OpDelete(b.prefix+tokensPrefix+p.Name+"/", clientv3.WithPrefix()),
+					clientv3.OpDelete(b.learnedKey(p.Name)))
 				change = "where or as whom tokens are obtained changed"
 			}
 		}
@@ -120,24 +123,32 @@ func sameIdentity(a, b *Provider) bool {
 		slices.Equal(a.DefaultScopes, b.DefaultScopes)
 }
 
-// GetProvider reads provider name from etcd. The result includes the client
-// secret: callers that answer admins must not pass it on. Errors wrap
-// ErrInvalidArgument, ErrNotFound or ErrStoreUnavailable.
+// GetProvider reads provider name from etcd, with what the broker learned
+// of it. The result includes the client secret: callers that answer admins
+// must not pass it on. Errors wrap ErrInvalidArgument, ErrNotFound or
+// ErrStoreUnavailable.
 func (b *Broker) GetProvider(ctx context.Context, name string) (*Provider, error) {
 	if err := ValidateProviderName(name); err != nil {
 		return nil, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
 	defer cancel()
-	resp, err := b.cli.Get(sctx, b.prefix+providersPrefix+name)
+	resp, err := b.cli.Txn(sctx).Then(clientv3.OpGet(b.prefix+providersPrefix+name), clientv3.OpGet(b.learnedKey(name))).Commit()
 	if err != nil {
 		return nil, storeError(ctx, "read provider", err)
 	}
-	if len(resp.Kvs) == 0 {
+	kvs := resp.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) == 0 {
 		return nil, fmt.Errorf("%w: provider %q", ErrNotFound, name)
 	}
-	kv := resp.Kvs[0]
-	return b.decodeProvider(string(kv.Key), kv.Value, kv.ModRevision)
+	p, err := b.decodeProvider(string(kvs[0].Key), kvs[0].Value, kvs[0].ModRevision)
+	if err != nil {
+		return nil, err
+	}
+	if learned := resp.Responses[1].GetResponseRange().GetKvs(); len(learned) > 0 {
+		p.LearnedRefreshRevokesAccessToken = b.decodeLearned(learned[0].Value)
+	}
+	return p, nil
 }
 
 // ListProviders reads every provider from etcd, sorted by name. Errors wrap
@@ -178,6 +189,7 @@ func (b *Broker) DeleteProvider(ctx context.Context, name string) error {
 		clientv3.OpDelete(key),
 		clientv3.OpDelete(b.prefix+tokensPrefix+name+"/", clientv3.WithPrefix()),
 		clientv3.OpDelete(b.prefix+grantsPrefix+name+"/", clientv3.WithPrefix()),
+		clientv3.OpDelete(b.learnedKey(name)),
 	).Commit()
 	if err != nil {
 		return storeError(ctx, "delete provider", err)

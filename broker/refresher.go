@@ -66,8 +66,13 @@ func (c RefreshConfig) withDefaults() RefreshConfig {
 	return c
 }
 
-// due reports whether rec should be refreshed ahead of its expiry.
+// due reports whether rec should be refreshed ahead of its expiry. A token
+// served until its hand-over is due a tick before it: refreshAll waits
+// for the moment itself.
 func (c RefreshConfig) due(rec *TokenRecord, now time.Time) bool {
+	if !rec.ProviderExpiresAt.IsZero() {
+		return rec.ExpiresAt.Sub(now) <= c.Tick
+	}
 	life := rec.Lifetime()
 	lead := max(time.Duration(float64(life)*c.LeadFraction), min(c.MinLead, life/2))
 	// Callers at the default min_ttl leave the hot path when less than
@@ -75,6 +80,16 @@ func (c RefreshConfig) due(rec *TokenRecord, now time.Time) bool {
 	// ticks before that, so that the new token is there when they ask.
 	lead = max(lead, min(c.callerMinTTL, life/2)+2*c.Tick)
 	return rec.ExpiresAt.Sub(now) <= lead
+}
+
+// handOver is when a token that its replacement revokes is replaced, and
+// so the expiry it is served with: MinLead before the provider's expiry,
+// but at most half its lifetime. Refreshing ahead buys such a token
+// nothing (its replacement would revoke it at once), so it is served for
+// as long as the provider allows, less a margin for the clocks and for a
+// caller's last request on its way to the provider.
+func (c RefreshConfig) handOver(issued, providerExpiry time.Time) time.Time {
+	return providerExpiry.Add(-min(c.MinLead, providerExpiry.Sub(issued)/2))
 }
 
 // shardOf maps a token id to its shard.
@@ -305,7 +320,7 @@ func (b *Broker) dueTokens(shard int, now time.Time, seen map[string]time.Time, 
 			continue
 		}
 		if rec, _, c, ok := candidate(id, e); ok && hotDue(id, rec, c) {
-			due = append(due, dueToken{rec.Key, b.notDue(c)})
+			due = append(due, dueToken{key: rec.Key, good: b.notDue(c), at: handOverOf(rec)})
 		}
 	}
 	if !keepAliveScan || !b.anyKeepAlive() {
@@ -323,7 +338,7 @@ func (b *Broker) dueTokens(shard int, now time.Time, seen map[string]time.Time, 
 			kept = map[string]bool{}
 		}
 		kept[gid] = true
-		due = append(due, dueToken{rec.Key, b.keptAlive(c.keepAlive)})
+		due = append(due, dueToken{key: rec.Key, good: b.keptAlive(c.keepAlive)})
 		return true
 	})
 	return due
@@ -356,25 +371,41 @@ func (b *Broker) keptAlive(period time.Duration) func(*TokenRecord) bool {
 type dueToken struct {
 	key  TokenKey
 	good func(*TokenRecord) bool
+	// at, when not zero, is the token's hand-over: the refresh waits for it.
+	at time.Time
+}
+
+// handOverOf is rec's hand-over, zero for a token served until the
+// provider's expiry.
+func handOverOf(rec *TokenRecord) time.Time {
+	if rec.ProviderExpiresAt.IsZero() {
+		return time.Time{}
+	}
+	return rec.ExpiresAt
 }
 
 // tuning is the refresh configuration of provider name's tokens: the
 // broker's, with the provider's overrides.
 func (b *Broker) tuning(name string) RefreshConfig {
-	c := b.refresh
 	if v, ok := b.providers.Load(name); ok {
-		p := v.(*Provider)
-		if p.RefreshLeadFraction > 0 {
-			c.LeadFraction = p.RefreshLeadFraction
-		}
-		if p.RefreshMinLead > 0 {
-			c.MinLead = p.RefreshMinLead
-		}
-		if p.RefreshIdleAfter > 0 {
-			c.IdleAfter = p.RefreshIdleAfter
-		}
-		c.keepAlive = p.KeepAlive
+		return b.tuningOf(v.(*Provider))
 	}
+	return b.refresh
+}
+
+// tuningOf is the refresh configuration of p's tokens.
+func (b *Broker) tuningOf(p *Provider) RefreshConfig {
+	c := b.refresh
+	if p.RefreshLeadFraction > 0 {
+		c.LeadFraction = p.RefreshLeadFraction
+	}
+	if p.RefreshMinLead > 0 {
+		c.MinLead = p.RefreshMinLead
+	}
+	if p.RefreshIdleAfter > 0 {
+		c.IdleAfter = p.RefreshIdleAfter
+	}
+	c.keepAlive = p.KeepAlive
 	return c
 }
 
@@ -392,6 +423,15 @@ func (b *Broker) refreshAll(ctx context.Context, tokens []dueToken) {
 		wg.Go(func() {
 			defer func() { <-sem }()
 			key := t.key
+			if wait := t.at.Sub(b.now()); wait > 0 {
+				// Not a moment before the hand-over: callers were told
+				// the token lasts until then.
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(min(wait, b.refresh.Tick)):
+				}
+			}
 			before := b.cached(key.id())
 			rec, err := b.fetch(ctx, "bg\x00"+key.id(), key, t.good, "")
 			switch {

@@ -32,6 +32,11 @@ func putRotatingAccount(t *testing.T, b *Broker, f *sandboxFront) {
 	t.Helper()
 	p := sandboxProvider("media", f.TokenURL())
 	p.GrantTypes = []GrantType{GrantPassword, GrantRefreshToken}
+	// The refresher's failover and outages are under test here, with
+	// refreshes ahead of expiry: tokens are served until the provider's
+	// expiry, as for a provider that keeps access tokens on refresh. The
+	// hand-over of revoking providers has tests of its own (handover_test.go).
+	p.RefreshRevokesAccessToken = ptr(false)
 	putProvider(t, b, p, sandboxClientSecret)
 	if _, err := b.PutAccount(context.Background(), Account{
 		Provider: "media", Account: "alice", Type: GrantPassword, Username: "alice", Password: "wonderland",

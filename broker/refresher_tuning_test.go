@@ -29,6 +29,9 @@ func TestRefresherPerProviderTuningAndKeepAlive(t *testing.T) {
 	kept := sandboxProvider("kept", f.TokenURL())
 	kept.GrantTypes = []GrantType{GrantPassword, GrantRefreshToken}
 	kept.KeepAlive = 10 * time.Minute
+	// A token its refresh revokes waits for its hand-over instead
+	// (TestHandOverIsNotAdvanced).
+	kept.RefreshRevokesAccessToken = ptr(false)
 	putProvider(t, b, kept, sandboxClientSecret)
 	plain := sandboxProvider("plain", f.TokenURL())
 	putProvider(t, b, plain, sandboxClientSecret)

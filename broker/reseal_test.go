@@ -109,6 +109,9 @@ func (f *resealFixture) provider() Provider {
 		ClientID: sandboxClientID, ClientAuth: oauth.AuthBasic, PKCE: true,
 		RedirectURL: "https://broker.example.com/v1/oauth/callback",
 		GrantTypes:  []GrantType{GrantClientCredentials, GrantPassword, GrantAuthorizationCode},
+		// Served until the provider's expiry, so that Refresh without a
+		// stale token replaces the token at once.
+		RefreshRevokesAccessToken: ptr(false),
 	}
 }
 

@@ -20,6 +20,9 @@ const (
 	// refreshingPrefix marks a grant whose refresh token was presented
 	// and whose answer is not stored yet (see markRefreshing).
 	refreshingPrefix = "refreshing/"
+	// learnedPrefix holds what the broker learned of a provider (see
+	// learnRevocation).
+	learnedPrefix = "learned/"
 )
 
 // DefaultPrefix is the etcd prefix of every key the broker writes.
@@ -99,6 +102,7 @@ type storedProvider struct {
 	RefreshIdleAfter     time.Duration     `json:"refresh_idle_after,omitempty"`
 	KeepAlive            time.Duration     `json:"keep_alive,omitempty"`
 	RedirectURL          string            `json:"redirect_url,omitempty"`
+	RevokesOnRefresh     *bool             `json:"refresh_revokes_access_token,omitempty"`
 	SecretUpdateTime     time.Time         `json:"secret_update_time"`
 	PreviousSecret       []byte            `json:"previous_client_secret_sealed,omitempty"`
 	ConfigSecretDigest   []byte            `json:"config_secret_digest_sealed,omitempty"`
@@ -128,7 +132,7 @@ func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
 		DefaultScopes: p.DefaultScopes, TokenParams: p.TokenParams,
 		DefaultTokenLifetime: p.DefaultTokenLifetime, PKCE: p.PKCE, RedirectURL: p.RedirectURL,
 		RefreshLeadFraction: p.RefreshLeadFraction, RefreshMinLead: p.RefreshMinLead,
-		RefreshIdleAfter: p.RefreshIdleAfter, KeepAlive: p.KeepAlive,
+		RefreshIdleAfter: p.RefreshIdleAfter, KeepAlive: p.KeepAlive, RevokesOnRefresh: p.RefreshRevokesAccessToken,
 		SecretUpdateTime: p.SecretUpdateTime, CreateTime: p.CreateTime, UpdateTime: p.UpdateTime,
 	}
 	if len(p.GrantTokenURLs) > 0 {
@@ -178,7 +182,7 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 		DefaultScopes: s.DefaultScopes, TokenParams: s.TokenParams,
 		DefaultTokenLifetime: s.DefaultTokenLifetime, PKCE: s.PKCE, RedirectURL: s.RedirectURL,
 		RefreshLeadFraction: s.RefreshLeadFraction, RefreshMinLead: s.RefreshMinLead,
-		RefreshIdleAfter: s.RefreshIdleAfter, KeepAlive: s.KeepAlive,
+		RefreshIdleAfter: s.RefreshIdleAfter, KeepAlive: s.KeepAlive, RefreshRevokesAccessToken: s.RevokesOnRefresh,
 		SecretUpdateTime: s.SecretUpdateTime, CreateTime: s.CreateTime, UpdateTime: s.UpdateTime,
 		Revision: rev,
 	}
@@ -210,7 +214,10 @@ type storedToken struct {
 	IDToken      []byte    `json:"id_token_sealed,omitempty"`
 	IssuedAt     time.Time `json:"issued_at"`
 	ExpiresAt    time.Time `json:"expires_at"`
-	Generation   int64     `json:"generation"`
+	// ProviderExpiresAt is set when ExpiresAt is the hand-over (see
+	// TokenRecord.ProviderExpiresAt).
+	ProviderExpiresAt time.Time `json:"provider_expires_at,omitzero"`
+	Generation        int64     `json:"generation"`
 	// For introspection: whom the token was issued to, and the tokens it
 	// replaced that are still valid.
 	ClientID string          `json:"client_id,omitempty"`
@@ -232,7 +239,7 @@ func (b *Broker) encodeToken(key string, r *TokenRecord, clientID, username stri
 	return json.Marshal(storedToken{
 		Provider: r.Key.Provider, Account: r.Key.Account, Scope: r.Key.Scope,
 		AccessToken: access, TokenType: r.TokenType, GrantedScope: r.Scope, IDToken: id,
-		IssuedAt: r.IssuedAt, ExpiresAt: r.ExpiresAt, Generation: r.Generation,
+		IssuedAt: r.IssuedAt, ExpiresAt: r.ExpiresAt, ProviderExpiresAt: r.ProviderExpiresAt, Generation: r.Generation,
 		ClientID: clientID, Username: username, Previous: r.replaced(),
 	})
 }
@@ -279,7 +286,7 @@ func (b *Broker) decodeToken(key string, data []byte, rev int64) (*TokenRecord, 
 	return &TokenRecord{
 		Key:         TokenKey{Provider: s.Provider, Account: s.Account, Scope: s.Scope},
 		AccessToken: access, TokenType: s.TokenType, Scope: s.GrantedScope, IDToken: id,
-		IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt, Generation: s.Generation, Revision: rev,
+		IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt, ProviderExpiresAt: s.ProviderExpiresAt, Generation: s.Generation, Revision: rev,
 		previous: previousOf(s.Previous),
 	}, nil
 }

@@ -52,7 +52,18 @@ type TokenRecord struct {
 	Scope       string // granted scopes, space-separated ("" when the provider did not say)
 	IDToken     string
 	IssuedAt    time.Time
-	ExpiresAt   time.Time
+	// ExpiresAt is the expiry served to callers. For most tokens it is
+	// the provider's; for a token that its replacement revokes, it is the
+	// moment the broker replaces it (see ProviderExpiresAt).
+	ExpiresAt time.Time
+	// ProviderExpiresAt is zero unless the token's replacement revokes it
+	// (a refresh-token grant of a provider that revokes on refresh, see
+	// Provider.RevokesOnRefresh). It is then the expiry the provider gave,
+	// and ExpiresAt is earlier: the hand-over, the moment the broker plans
+	// to replace the token. Every replica serves that same ExpiresAt, and
+	// nothing replaces the token before it (see Promised), so that no
+	// caller holds a token that dies before the expiry it was told.
+	ProviderExpiresAt time.Time
 	// Generation counts the tokens of this lineage: 1 for the first.
 	Generation int64
 	// Revision is the etcd revision that stored the record.
@@ -82,6 +93,20 @@ func (r *TokenRecord) Fresh(now time.Time, minTTL time.Duration) bool {
 		minTTL = half
 	}
 	return r.ExpiresAt.Sub(now) > minTTL
+}
+
+// Promised reports whether the token must not be replaced at now: its
+// replacement revokes it and its served expiry has not come. Callers are
+// served it until then even when it cannot meet their min_ttl.
+func (r *TokenRecord) Promised(now time.Time) bool {
+	return !r.ProviderExpiresAt.IsZero() && now.Before(r.ExpiresAt)
+}
+
+// servable reports whether the token may be served now to a caller asking
+// for minTTL: it is fresh, or promised until its served expiry, which is
+// then the best any token of its lineage can do.
+func (r *TokenRecord) servable(now time.Time, minTTL time.Duration) bool {
+	return r.Fresh(now, minTTL) || r.Promised(now)
 }
 
 // GrantedScope is the scope the token carries: what the provider said it

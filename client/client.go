@@ -62,7 +62,10 @@ func WithCallOptions(opts ...grpc.CallOption) Option {
 // TokenBrokerService. It keeps the last token in memory and hands it out
 // until the early expiry before it expires; then the next caller asks the
 // broker (GetToken) while concurrent callers wait for that one answer.
-// Refresh replaces a token that the provider's API refused.
+// Refresh replaces a token that the provider's API refused. The expiry it
+// goes by is the one the broker served: for a provider that revokes access
+// tokens on refresh, the moment the broker replaces the token, so a token
+// handed out is never one the broker has already had revoked.
 //
 // A TokenSource is safe for concurrent use. It starts no goroutines and
 // holds nothing to close; closing the gRPC connection is the caller's.

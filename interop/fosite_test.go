@@ -167,6 +167,16 @@ func fositeProvider(t *testing.T, b *broker.Broker, s *fositeServer, name string
 	}
 }
 
+// fositeAlice registers fosite's user as the password account alice of
+// provider fosite.
+func fositeAlice(t *testing.T, b *broker.Broker) {
+	t.Helper()
+	if _, err := b.PutAccount(context.Background(), broker.Account{Provider: "fosite", Account: "alice", Type: broker.GrantPassword,
+		Username: fositeUser, Password: fositePassword, Scopes: []string{"read"}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestFositePasswordGrantRotates runs the password grant and refreshes
 // against fosite: each refresh presents the refresh token fosite issued
 // last (no reuse, which fosite punishes by revoking the whole chain), and
@@ -176,10 +186,7 @@ func TestFositePasswordGrantRotates(t *testing.T) {
 	b := newBroker(t, "")
 	fositeProvider(t, b, s, "fosite")
 	ctx := context.Background()
-	if _, err := b.PutAccount(ctx, broker.Account{Provider: "fosite", Account: "alice", Type: broker.GrantPassword,
-		Username: fositeUser, Password: fositePassword, Scopes: []string{"read"}}); err != nil {
-		t.Fatal(err)
-	}
+	fositeAlice(t, b)
 	req := broker.TokenRequest{Provider: "fosite", Account: "alice"}
 	first, err := b.GetToken(ctx, req)
 	if err != nil {

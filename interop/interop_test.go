@@ -372,15 +372,16 @@ func TestAuthorizationCode(t *testing.T) {
 		t.Errorf("Introspect = %+v, want active, %s/%s, subject alice@interop, client %s", in, name, account, basicClient)
 	}
 
-	// Refresh on expiry: once less than half the lifetime is left, GetToken
-	// refreshes, and the server rotates the refresh token.
-	time.Sleep(time.Until(rec.ExpiresAt.Add(-rec.Lifetime()/2)) + 50*time.Millisecond)
+	// Refresh on expiry: until the broker knows whether the server revokes
+	// on refresh, the token is served until its hand-over; after it,
+	// GetToken refreshes, and the server rotates the refresh token.
+	time.Sleep(time.Until(rec.ExpiresAt) + 50*time.Millisecond)
 	refreshed, err := b.GetToken(ctx, req)
 	if err != nil {
-		t.Fatalf("GetToken after half the lifetime: %v", err)
+		t.Fatalf("GetToken after the hand-over: %v", err)
 	}
 	if refreshed.AccessToken == rec.AccessToken || refreshed.Generation != rec.Generation+1 {
-		t.Errorf("GetToken after half the lifetime: generation %d (was %d), same token %v; want a new token",
+		t.Errorf("GetToken after the hand-over: generation %d (was %d), same token %v; want a new token",
 			refreshed.Generation, rec.Generation, refreshed.AccessToken == rec.AccessToken)
 	}
 	g1 := g

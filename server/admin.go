@@ -109,6 +109,7 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 		PKCE:             in.GetPkce(),
 	}
 	p.RefreshLeadFraction = in.GetRefreshLeadFraction()
+	p.RefreshRevokesAccessToken = in.RefreshRevokesAccessToken
 	for _, d := range []struct {
 		name string
 		in   *durationpb.Duration
@@ -165,6 +166,9 @@ func (s *adminServer) toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 		RedirectUri:         p.RedirectURL,
 		Pkce:                p.PKCE,
 		RefreshLeadFraction: p.RefreshLeadFraction,
+
+		RefreshRevokesAccessToken:        p.RefreshRevokesAccessToken,
+		LearnedRefreshRevokesAccessToken: p.LearnedRefreshRevokesAccessToken,
 	}
 	for _, d := range []struct {
 		in  time.Duration

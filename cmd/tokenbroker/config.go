@@ -347,6 +347,12 @@ type ProviderConfig struct {
 	RefreshMinLead      time.Duration `yaml:"refresh_min_lead"`
 	RefreshIdleAfter    time.Duration `yaml:"refresh_idle_after"`
 	KeepAlive           time.Duration `yaml:"keep_alive"`
+	// RefreshRevokesAccessToken says whether a refresh revokes the access
+	// tokens issued before it; such tokens are served until the broker
+	// replaces them, before the provider's expiry. Unset: learned through
+	// the introspection endpoint, and assumed true until then (the
+	// mediahaven preset sets true).
+	RefreshRevokesAccessToken *bool `yaml:"refresh_revokes_access_token"`
 }
 
 // defaultConfig is what applies where neither file, environment nor flags
@@ -546,6 +552,7 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 	}
 	p.PKCE, p.RedirectURL = pc.PKCE, pc.RedirectURL
 	p.RefreshLeadFraction, p.RefreshMinLead, p.RefreshIdleAfter, p.KeepAlive = pc.RefreshLeadFraction, pc.RefreshMinLead, pc.RefreshIdleAfter, pc.KeepAlive
+	p.RefreshRevokesAccessToken = pc.RefreshRevokesAccessToken
 	switch pc.Preset {
 	case "":
 	case "oidc":

@@ -310,16 +310,17 @@ func TestProviderSecret(t *testing.T) {
 
 func TestProviderConversion(t *testing.T) {
 	pc := ProviderConfig{
-		Name:                 "mediahound",
-		TokenURL:             "https://auth.example.com/oauth2/token",
-		GrantTokenURLs:       map[string]string{"password": "https://auth.example.com/oauth2/password"},
-		ClientID:             "svc",
-		ClientSecret:         "s3cret",
-		ClientAuthStyle:      "basic+post",
-		DefaultScopes:        []string{"read"},
-		TokenParams:          map[string]string{"audience": "api"},
-		GrantTypes:           []string{"client_credentials", "password"},
-		DefaultTokenLifetime: 30 * time.Minute,
+		Name:                      "mediahound",
+		TokenURL:                  "https://auth.example.com/oauth2/token",
+		GrantTokenURLs:            map[string]string{"password": "https://auth.example.com/oauth2/password"},
+		ClientID:                  "svc",
+		ClientSecret:              "s3cret",
+		ClientAuthStyle:           "basic+post",
+		DefaultScopes:             []string{"read"},
+		TokenParams:               map[string]string{"audience": "api"},
+		GrantTypes:                []string{"client_credentials", "password"},
+		DefaultTokenLifetime:      30 * time.Minute,
+		RefreshRevokesAccessToken: ptr(false),
 	}
 	p, secret, err := pc.provider(envMap(nil))
 	if err != nil {
@@ -342,6 +343,7 @@ func TestProviderConversion(t *testing.T) {
 		{name: "params", give: p.TokenParams, want: map[string]string{"audience": "api"}},
 		{name: "allows password", give: p.Allows("password"), want: true},
 		{name: "lifetime", give: p.DefaultTokenLifetime, want: 30 * time.Minute},
+		{name: "revokes on refresh", give: p.RevokesOnRefresh(), want: false},
 		// The secret travels apart from the provider.
 		{name: "no secret in provider", give: p.ClientSecret, want: ""},
 	}
@@ -353,6 +355,16 @@ func TestProviderConversion(t *testing.T) {
 		})
 	}
 
+	t.Run("unset revocation is assumed, the mediahaven preset says so", func(t *testing.T) {
+		unset, _, err := ProviderConfig{Name: "a", TokenURL: "https://a.example/t", ClientID: "x"}.provider(envMap(nil))
+		if err != nil || unset.RefreshRevokesAccessToken != nil || !unset.RevokesOnRefresh() {
+			t.Errorf("unset: refresh_revokes_access_token %v, revokes %t, err %v; want nil, true, nil", unset.RefreshRevokesAccessToken, unset.RevokesOnRefresh(), err)
+		}
+		haven, _, err := ProviderConfig{Name: "h", Preset: "mediahaven", BaseURL: "https://h.example", ClientID: "x"}.provider(envMap(nil))
+		if err != nil || haven.RefreshRevokesAccessToken == nil || !*haven.RefreshRevokesAccessToken {
+			t.Errorf("mediahaven preset: refresh_revokes_access_token %v, err %v; want true", haven.RefreshRevokesAccessToken, err)
+		}
+	})
 	t.Run("default auth style is basic", func(t *testing.T) {
 		p, _, err := ProviderConfig{Name: "a", TokenURL: "https://a.example/t", ClientID: "x"}.provider(envMap(nil))
 		if err != nil || p.ClientAuth != oauth.AuthBasic {
@@ -473,3 +485,6 @@ func TestDecodeConfigRejectsSecondDocument(t *testing.T) {
 		t.Errorf("decodeConfig(two documents) = nil, want an error")
 	}
 }
+
+// ptr returns a pointer to v.
+func ptr[T any](v T) *T { return &v }

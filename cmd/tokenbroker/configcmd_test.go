@@ -26,6 +26,9 @@ func TestConfigValidate(t *testing.T) {
 		{name: "every problem at once", give: "log:\n  level: loud\netcd:\n  prefix: nope\nproviders:\n  - name: Bad Name\n    client_id: x\n",
 			want: []string{"log.level", "etcd.prefix", "provider name", "token_url is required"}},
 		{name: "unknown field", give: "grpc_adr: x\n", want: []string{"grpc_adr"}},
+		{name: "revocation set", give: "providers:\n  - name: haven\n    preset: mediahaven\n    base_url: https://haven.example.com\n    client_id: id\n    refresh_revokes_access_token: false\n", wantO: "ok"},
+		{name: "revocation not a bool", give: "providers:\n  - name: haven\n    token_url: https://haven.example.com/t\n    client_id: id\n    refresh_revokes_access_token: sometimes\n",
+			want: []string{"sometimes", "bool"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

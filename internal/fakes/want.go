@@ -153,11 +153,15 @@ func CheckTokenRequests(t testing.TB, f *Server, n int, want WantRequest, v Flow
 type Served struct {
 	AccessToken, IDToken, TokenType string
 	ExpiresAt                       time.Time
+	// ProviderExpiresAt, when set, is the provider's expiry of a token the
+	// broker serves until an earlier hand-over (ExpiresAt).
+	ProviderExpiresAt time.Time
 }
 
 // CheckServed fails the test unless served is what the token answer of
 // issued carried: its access token, its id_token (one wanted when idToken),
-// type Bearer, and an expiry expires_in after now.
+// type Bearer, and an expiry expires_in after now (or, for a token served
+// until its hand-over, a provider's expiry so, and a served one before it).
 func CheckServed(t testing.TB, served Served, issued Request, now time.Time, idToken bool) {
 	t.Helper()
 	if want := issued.AnswerString("access_token"); served.AccessToken != want {
@@ -170,8 +174,15 @@ func CheckServed(t testing.TB, served Served, issued Request, now time.Time, idT
 		t.Errorf("the broker served token type %q, want Bearer", served.TokenType)
 	}
 	expiresIn, _ := issued.Answer["expires_in"].(float64)
-	if want := now.Add(time.Duration(expiresIn) * time.Second); !served.ExpiresAt.Equal(want) {
-		t.Errorf("the broker served a token expiring at %v, want %v (expires_in %v)", served.ExpiresAt, want, issued.Answer["expires_in"])
+	expiry := served.ExpiresAt
+	if !served.ProviderExpiresAt.IsZero() {
+		if !served.ExpiresAt.Before(served.ProviderExpiresAt) {
+			t.Errorf("the broker served a token until %v, its hand-over, want before the provider's expiry %v", served.ExpiresAt, served.ProviderExpiresAt)
+		}
+		expiry = served.ProviderExpiresAt
+	}
+	if want := now.Add(time.Duration(expiresIn) * time.Second); !expiry.Equal(want) {
+		t.Errorf("the broker took a token to expire at %v, want %v (expires_in %v)", expiry, want, issued.Answer["expires_in"])
 	}
 }
 

@@ -335,9 +335,19 @@ type Provider struct {
 	RefreshIdleAfter *durationpb.Duration `protobuf:"bytes,23,opt,name=refresh_idle_after,json=refreshIdleAfter,proto3" json:"refresh_idle_after,omitempty"`
 	// Named accounts' tokens are refreshed at least this often even when
 	// idle, so that their refresh token does not lapse; off when unset.
-	KeepAlive     *durationpb.Duration `protobuf:"bytes,24,opt,name=keep_alive,json=keepAlive,proto3" json:"keep_alive,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	KeepAlive *durationpb.Duration `protobuf:"bytes,24,opt,name=keep_alive,json=keepAlive,proto3" json:"keep_alive,omitempty"`
+	// Whether a refresh revokes the access tokens issued before it (RFC 6749
+	// section 6 allows it; MediaHaven and Hydra do). Tokens of grants that
+	// such a refresh renews are served until the moment the broker replaces
+	// them, before the provider's expiry. Unset: the broker learns it through
+	// the introspection endpoint, if any, and assumes until then that it
+	// does. The mediahaven preset sets it.
+	RefreshRevokesAccessToken *bool `protobuf:"varint,25,opt,name=refresh_revokes_access_token,json=refreshRevokesAccessToken,proto3,oneof" json:"refresh_revokes_access_token,omitempty"`
+	// Output only: what the broker learned of refresh_revokes_access_token
+	// through the introspection endpoint; unset until it has.
+	LearnedRefreshRevokesAccessToken *bool `protobuf:"varint,26,opt,name=learned_refresh_revokes_access_token,json=learnedRefreshRevokesAccessToken,proto3,oneof" json:"learned_refresh_revokes_access_token,omitempty"`
+	unknownFields                    protoimpl.UnknownFields
+	sizeCache                        protoimpl.SizeCache
 }
 
 func (x *Provider) Reset() {
@@ -536,6 +546,20 @@ func (x *Provider) GetKeepAlive() *durationpb.Duration {
 		return x.KeepAlive
 	}
 	return nil
+}
+
+func (x *Provider) GetRefreshRevokesAccessToken() bool {
+	if x != nil && x.RefreshRevokesAccessToken != nil {
+		return *x.RefreshRevokesAccessToken
+	}
+	return false
+}
+
+func (x *Provider) GetLearnedRefreshRevokesAccessToken() bool {
+	if x != nil && x.LearnedRefreshRevokesAccessToken != nil {
+		return *x.LearnedRefreshRevokesAccessToken
+	}
+	return false
 }
 
 // PutProviderRequest creates or replaces a provider.
@@ -2349,8 +2373,7 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x03set\x18\x01 \x01(\bR\x03set\x12 \n" +
 	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\x12;\n" +
 	"\vupdate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xf7\n" +
-	"\n" +
+	"updateTime\"\xdc\f\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\ttoken_url\x18\x02 \x01(\tR\btokenUrl\x12#\n" +
@@ -2380,13 +2403,17 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x10refresh_min_lead\x18\x16 \x01(\v2\x19.google.protobuf.DurationR\x0erefreshMinLead\x12G\n" +
 	"\x12refresh_idle_after\x18\x17 \x01(\v2\x19.google.protobuf.DurationR\x10refreshIdleAfter\x128\n" +
 	"\n" +
-	"keep_alive\x18\x18 \x01(\v2\x19.google.protobuf.DurationR\tkeepAlive\x1aA\n" +
+	"keep_alive\x18\x18 \x01(\v2\x19.google.protobuf.DurationR\tkeepAlive\x12D\n" +
+	"\x1crefresh_revokes_access_token\x18\x19 \x01(\bH\x00R\x19refreshRevokesAccessToken\x88\x01\x01\x12S\n" +
+	"$learned_refresh_revokes_access_token\x18\x1a \x01(\bH\x01R learnedRefreshRevokesAccessToken\x88\x01\x01\x1aA\n" +
 	"\x13GrantTokenUrlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10TokenParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"o\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x1f\n" +
+	"\x1d_refresh_revokes_access_tokenB'\n" +
+	"%_learned_refresh_revokes_access_token\"o\n" +
 	"\x12PutProviderRequest\x124\n" +
 	"\bprovider\x18\x01 \x01(\v2\x18.tokenbroker.v1.ProviderR\bprovider\x12#\n" +
 	"\rclient_secret\x18\x02 \x01(\tR\fclientSecret\"K\n" +
@@ -2674,6 +2701,7 @@ func file_tokenbroker_v1_admin_proto_init() {
 	if File_tokenbroker_v1_admin_proto != nil {
 		return
 	}
+	file_tokenbroker_v1_admin_proto_msgTypes[1].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
