@@ -395,7 +395,7 @@ func (b *Broker) readForFetch(ctx context.Context, provider, id, gid string) (*P
 		return nil, nil, nil, err
 	}
 	if kvs := extra[1].GetKvs(); len(kvs) > 0 {
-		p.LearnedRefreshRevokesAccessToken = b.decodeLearned(kvs[0].Value)
+		p.LearnedRefreshRevokesAccessToken = b.decodeLearned(string(kvs[0].Key), kvs[0].Value)
 	}
 	return p, rec, g, nil
 }

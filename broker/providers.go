@@ -146,7 +146,7 @@ func (b *Broker) GetProvider(ctx context.Context, name string) (*Provider, error
 		return nil, err
 	}
 	if learned := resp.Responses[1].GetResponseRange().GetKvs(); len(learned) > 0 {
-		p.LearnedRefreshRevokesAccessToken = b.decodeLearned(learned[0].Value)
+		p.LearnedRefreshRevokesAccessToken = b.decodeLearned(string(learned[0].Key), learned[0].Value)
 	}
 	return p, nil
 }

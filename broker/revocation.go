@@ -30,8 +30,14 @@ type storedLearned struct {
 func (b *Broker) learnedKey(provider string) string { return b.prefix + learnedPrefix + provider }
 
 // decodeLearned returns what a learned record says; nil for a record it
-// cannot read, which is then learned again.
-func (b *Broker) decodeLearned(data []byte) *bool {
+// cannot read, which is then learned again, and for one without a valid
+// tag made with the master key: a forged "does not revoke" must not bring
+// back early revocations, so the broker assumes revocation instead.
+func (b *Broker) decodeLearned(key string, data []byte) *bool {
+	if err := b.verifyRecord(key, data); err != nil {
+		b.log.Error("ignore a learned provider record that failed authentication", zap.Error(err))
+		return nil
+	}
 	var s storedLearned
 	if err := json.Unmarshal(data, &s); err != nil {
 		b.log.Warn("ignore undecodable learned provider record", zap.Error(err))
@@ -63,7 +69,7 @@ func (b *Broker) learnRevocation(ctx context.Context, p *Provider, prev *TokenRe
 		return
 	}
 	revokes := !in.Active
-	val, err := json.Marshal(storedLearned{RefreshRevokesAccessToken: revokes, LearnTime: b.now().UTC(), LearnedBy: b.replica})
+	val, err := b.signRecord(b.learnedKey(p.Name), storedLearned{RefreshRevokesAccessToken: revokes, LearnTime: b.now().UTC(), LearnedBy: b.replica})
 	if err != nil {
 		return
 	}

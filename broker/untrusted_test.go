@@ -197,3 +197,23 @@ func TestResealSignsUntaggedRecordsOnlyWhenAsked(t *testing.T) {
 		t.Errorf("after signing: Refresh = %v, want a token", err)
 	}
 }
+
+// A learned "refreshes do not revoke access tokens" written straight into
+// etcd is ignored: the broker goes on assuming revocation, the safe side.
+func TestForgedLearnedRecordIsIgnored(t *testing.T) {
+	e := etcdtest.Start(t)
+	attacker := e.Client(t, nil)
+	mh := newMediaHound(t, 0)
+	b := newTestBroker(t, e)
+	putProvider(t, b, mediaHoundProvider(mh), mediaHoundClientSecret)
+	if _, err := attacker.Put(context.Background(), b.learnedKey("mediahound"), `{"refresh_revokes_access_token":false}`); err != nil {
+		t.Fatal(err)
+	}
+	p, err := b.GetProvider(context.Background(), "mediahound")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.LearnedRefreshRevokesAccessToken != nil {
+		t.Errorf("GetProvider: learned %v from a forged record, want nothing learned", *p.LearnedRefreshRevokesAccessToken)
+	}
+}
