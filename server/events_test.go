@@ -1,7 +1,9 @@
 package server_test
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"net/http"
 	"testing"
 	"time"
@@ -44,5 +46,46 @@ func TestEventsOverTheAPI(t *testing.T) {
 	}
 	if code, _, raw := restCall(t, http.MethodGet, in.baseURL+"/v1/admin/events?types=grant.exploded", nil); code != http.StatusBadRequest {
 		t.Errorf("GET /v1/admin/events?types=grant.exploded = %d %s, want 400", code, raw)
+	}
+}
+
+// GET /v1/admin/events:watch streams newline-delimited JSON through the
+// same checks as every REST call: no key is 401 before any byte streams,
+// and an admin sees the events of changes as they happen.
+func TestWatchEventsOverREST(t *testing.T) {
+	e := newEnv(t)
+	in := e.start(zaptest.NewLogger(t))
+	if code, raw := restDo(t, http.DefaultClient, http.MethodGet, in.baseURL+"/v1/admin/events:watch", http.Header{}, nil); code != http.StatusUnauthorized {
+		t.Errorf("GET /v1/admin/events:watch without a key = %d %s, want 401", code, raw)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, in.baseURL+"/v1/admin/events:watch?types=provider.changed", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+testAdminKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/x-ndjson" {
+		t.Fatalf("GET /v1/admin/events:watch = %d %s, want 200 application/x-ndjson", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	lines := bufio.NewScanner(resp.Body)
+	for _, name := range []string{"first", "second"} {
+		e.register(in, name)
+		if !lines.Scan() {
+			t.Fatalf("the stream ended before the event of %s: %v", name, lines.Err())
+		}
+		var got struct {
+			Result struct {
+				Event struct{ Type, Provider string } `json:"event"`
+			} `json:"result"`
+		}
+		if err := json.Unmarshal(lines.Bytes(), &got); err != nil || got.Result.Event.Provider != name || got.Result.Event.Type != "provider.changed" {
+			t.Errorf("streamed line %s (%v), want provider.changed of %s", lines.Bytes(), err, name)
+		}
 	}
 }

@@ -151,6 +151,9 @@ func newGatewayMux(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServe
 	if err := tokenbrokerv1.RegisterAdminServiceHandlerServer(ctx, mux, &gatewayAdmin{next: admin, intercept: intercept}); err != nil {
 		return nil, nil, err
 	}
+	if err := handleRESTWatchEvents(mux, admin, intercept); err != nil {
+		return nil, nil, err
+	}
 	return mux, chained, nil
 }
 
@@ -158,8 +161,9 @@ func (g *gatewayAdmin) ListEvents(ctx context.Context, req *tokenbrokerv1.ListEv
 	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_ListEvents_FullMethodName, req, g.next.ListEvents)
 }
 
-// WatchEvents is a gRPC stream only; the gateway routes no REST call here
-// (REST callers page with ListEvents and after_id).
+// WatchEvents is not routed by the generated gateway, which cannot stream
+// in-process: GET /v1/admin/events:watch is served by
+// handleRESTWatchEvents.
 func (g *gatewayAdmin) WatchEvents(*tokenbrokerv1.WatchEventsRequest, tokenbrokerv1.AdminService_WatchEventsServer) error {
-	return status.Error(codes.Unimplemented, "WatchEvents is served over gRPC; over REST, page with GET /v1/admin/events?after_id=")
+	return status.Error(codes.Unimplemented, "WatchEvents over REST is GET "+restWatchEventsPath)
 }
