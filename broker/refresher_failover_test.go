@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/broker/oauth"
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
 	"github.com/tokenbroker/tokenbroker/sandbox"
 )
@@ -59,6 +60,10 @@ func aliceGrant(t *testing.T, b *Broker) *Grant {
 type callerStats struct {
 	calls, expired, short atomic.Int64
 	latency               latencyLog
+	// allowShort logs answers valid for less than their min_ttl instead
+	// of failing: near a revoking provider's hand-over they are the
+	// contract.
+	allowShort bool
 
 	mu   sync.Mutex
 	errs []error
@@ -76,8 +81,10 @@ func (s *callerStats) check(t *testing.T) {
 	if n := s.expired.Load(); n != 0 {
 		t.Errorf("%d calls were served an expired token, want 0", n)
 	}
-	if n := s.short.Load(); n != 0 {
+	if n := s.short.Load(); n != 0 && !s.allowShort {
 		t.Errorf("%d calls were served a token valid for less than their min_ttl, want 0", n)
+	} else if n != 0 {
+		t.Logf("%d calls were served a token valid for less than their min_ttl, with its true expiry (a hand-over was near)", n)
 	}
 }
 
@@ -126,6 +133,23 @@ func callContinuously(ctx context.Context, wg *sync.WaitGroup, n int, pick func(
 // logged).
 func TestRefresherFailover(t *testing.T) {
 	t.Parallel() // mostly waiting: overlaps with the other long scenarios
+	testFailover(t, false)
+}
+
+// TestRefresherFailoverRevoking is TestRefresherFailover for a provider
+// whose refreshes revoke the access token: tokens are served until their
+// hand-over, the leader refreshes then, and is killed then. Callers that
+// ask after the hand-over wait for the new token, behind the dead
+// replica's lock: the slowest caller, not only the forced refresh, must
+// answer within 4.5 s, and no caller gets a token past its served expiry.
+// (A caller's min_ttl cannot always be met near a hand-over: see the
+// README; such answers are counted, not failed.)
+func TestRefresherFailoverRevoking(t *testing.T) {
+	t.Parallel()
+	testFailover(t, true)
+}
+
+func testFailover(t *testing.T, revokes bool) {
 	rounds := shortOrLong(t, "failovers", 3, 20)
 	const (
 		ttl      = 3 // SessionTTL, seconds
@@ -149,7 +173,10 @@ func TestRefresherFailover(t *testing.T) {
 		named int
 	)
 	add := func() {
-		r := newFleetReplica(t, e.Endpoint, fmt.Sprintf("failover-%d", named), cfg)
+		name := fmt.Sprintf("failover-%d", named)
+		rcfg := cfg
+		rcfg.OAuth = &oauth.Client{UserAgent: name} // tells the provider who asks
+		r := newFleetReplica(t, e.Endpoint, name, rcfg)
 		named++
 		mu.Lock()
 		live = append(live, r)
@@ -164,6 +191,14 @@ func TestRefresherFailover(t *testing.T) {
 		add()
 	}
 	putRotatingAccount(t, live[0].Broker, f)
+	if revokes {
+		p, err := live[0].GetProvider(context.Background(), "media")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.RefreshRevokesAccessToken = ptr(true)
+		putProvider(t, live[0].Broker, *p, "")
+	}
 	req := TokenRequest{Provider: "media", Account: "alice", MinTTL: minTTL}
 	key, err := NewTokenKey("media", "alice", nil)
 	if err != nil {
@@ -205,10 +240,23 @@ func TestRefresherFailover(t *testing.T) {
 		sent := f.sb.RefreshCalls()
 		// The next refresh reaches the provider and gets no answer.
 		f.sb.SetFailure(&sandbox.Failure{Status: 503, Body: `{"error":"temporarily_unavailable"}`, Delay: time.Minute})
-		pollFor(t, "the leader's refresh to reach the provider", 10*time.Second, func() bool { return f.sb.RefreshCalls() > sent })
-		old := leaderAmong(snapshot(), 0)
+		pollFor(t, "the leader's refresh to reach the provider", 2*lifetime, func() bool { return f.sb.RefreshCalls() > sent })
+		// The replica whose refresh is in flight: the leader refreshing
+		// ahead, or, at a revoking provider's hand-over, whichever asked
+		// first, the leader or a caller's replica.
+		var old *fleetReplica
+		reqs := f.sb.Requests()
+		for i := len(reqs) - 1; i >= 0 && old == nil; i-- {
+			if reqs[i].Form.Get("grant_type") == "refresh_token" {
+				for _, r := range snapshot() {
+					if r.name == reqs[i].Header.Get("User-Agent") {
+						old = r
+					}
+				}
+			}
+		}
 		if old == nil {
-			t.Fatalf("round %d: a refresh is in flight but no single replica leads", round)
+			t.Fatalf("round %d: a refresh is in flight but no live replica sent it", round)
 		}
 
 		stale := live[0].cached(id)
@@ -272,7 +320,13 @@ func TestRefresherFailover(t *testing.T) {
 	t.Logf("failover over %d kills with a %ds session TTL: provider asked again after max %v (mean %v, bound %v); slowest forced refresh %v (mean %v, bound %v); new leader after max %v (mean %v); new leader's refresh on every replica after max %v (mean %v)",
 		rounds, ttl, longestOf(again), averageOf(again), bound, longestOf(waits), averageOf(waits), waitBound,
 		longestOf(elections), averageOf(elections), longestOf(refreshes), averageOf(refreshes))
+	stats.allowShort = revokes
 	stats.check(t)
+	if revokes {
+		if _, _, _, slowest, _ := stats.latency.summary(0); slowest > waitBound+2*time.Second {
+			t.Errorf("a caller waited %v for its token, want within %v (plus 2s of slack)", slowest, waitBound)
+		}
+	}
 	if n := f.sb.ReusedRefreshTokens(); n != 0 {
 		t.Errorf("the provider saw %d replaced refresh tokens presented again, want 0", n)
 	}
