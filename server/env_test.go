@@ -127,7 +127,11 @@ type options struct {
 	log       *zap.Logger
 	rules     []policy.Rule
 	rateLimit server.RateLimit
-	tls       *tls.Config
+	// unauthLimit limits failed authentications per remote address;
+	// when zero, 1000 a second: the tests that count on Unauthenticated
+	// answers make dozens of failed calls from 127.0.0.1.
+	unauthLimit server.RateLimit
+	tls         *tls.Config
 	// clientTLS is the clients' TLS configuration when tls is set.
 	clientTLS *tls.Config
 	insecure  bool
@@ -190,9 +194,12 @@ func (e *env) startWith(o options) *instance {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if o.unauthLimit == (server.RateLimit{}) {
+		o.unauthLimit = server.RateLimit{RPS: 1000, Burst: 1000}
+	}
 	srv, err := server.New(server.Config{
 		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: b, Logger: log, TLS: o.tls,
-		Auth:           server.AuthConfig{Keys: keys, Workload: o.workload, Policy: pol, RateLimit: o.rateLimit, InsecureNoAuth: o.insecure},
+		Auth:           server.AuthConfig{Keys: keys, Workload: o.workload, Policy: pol, RateLimit: o.rateLimit, UnauthenticatedRateLimit: o.unauthLimit, InsecureNoAuth: o.insecure},
 		TracerProvider: o.tracing,
 	})
 	if err != nil {

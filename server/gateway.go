@@ -143,6 +143,7 @@ func newGatewayMux(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServe
 	mux := runtime.NewServeMux(append([]runtime.ServeMuxOption{
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, gatewayMarshaler),
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithErrorHandler(restError),
 	}, extra...)...)
 	chained := &gatewayTokenBroker{next: tb, intercept: intercept}
 	if err := tokenbrokerv1.RegisterTokenBrokerServiceHandlerServer(ctx, mux, chained); err != nil {

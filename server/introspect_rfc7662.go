@@ -38,6 +38,7 @@ func introspectionHandler(tb tokenbrokerv1.TokenBrokerServiceServer, intercept g
 			case codes.InvalidArgument:
 				writeOAuthError(w, http.StatusBadRequest, "invalid_request", "the token parameter is missing")
 			case codes.ResourceExhausted:
+				setRetryAfter(w.Header(), err)
 				writeOAuthError(w, http.StatusTooManyRequests, "temporarily_unavailable", "rate limited")
 			default:
 				writeOAuthError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "introspection is unavailable")

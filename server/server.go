@@ -214,6 +214,12 @@ func (s *Server) SetWorkloadVerifier(v *workload.Verifier) { s.guard.workload.St
 // SetRateLimit replaces the per-caller rate limit; every bucket starts full.
 func (s *Server) SetRateLimit(l RateLimit) { s.guard.limiter.Store(newRateLimiter(l, nil)) }
 
+// SetUnauthenticatedRateLimit replaces the limit of failed
+// authentications per remote address; every bucket starts full.
+func (s *Server) SetUnauthenticatedRateLimit(l RateLimit) {
+	s.guard.failures.Store(newFailureLimiter(l, nil))
+}
+
 // AuthStats counts the calls refused since the server started.
 func (s *Server) AuthStats() AuthStats { return s.guard.stats() }
 

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"os"
 	"strings"
@@ -121,6 +122,10 @@ type AuthConfig struct {
 	// Policy rules; whatever no rule allows is denied.
 	Policy    []PolicyRule    `yaml:"policy"`
 	RateLimit RateLimitConfig `yaml:"rate_limit"`
+	// UnauthenticatedRateLimit limits failed authentications per remote
+	// address (an IPv4 address, an IPv6 /64): beyond it they are answered
+	// ResourceExhausted (HTTP 429) with a Retry-After, and logged less.
+	UnauthenticatedRateLimit RateLimitConfig `yaml:"unauthenticated_rate_limit"`
 }
 
 // JWTIssuerConfig declares a trusted issuer of workload tokens; see
@@ -166,10 +171,26 @@ type PolicyRule struct {
 	Actions    []string `yaml:"actions"`
 }
 
-// RateLimitConfig is the per-caller rate limit.
+// RateLimitConfig is a token bucket: RPS refills a second, at most Burst.
 type RateLimitConfig struct {
 	RPS   float64 `yaml:"rps"`
 	Burst int     `yaml:"burst"`
+}
+
+// maxBurst bounds a rate limit's burst.
+const maxBurst = 1_000_000
+
+// validate reports a bucket that is empty, infinite or not a number; name
+// is its place in the file.
+func (r RateLimitConfig) validate(name string) error {
+	if !(r.RPS > 0) || math.IsInf(r.RPS, 0) || r.Burst < 1 || r.Burst > maxBurst {
+		return fmt.Errorf("%s: rps must be a number above 0 and burst between 1 and %d", name, maxBurst)
+	}
+	return nil
+}
+
+func (r RateLimitConfig) limit() server.RateLimit {
+	return server.RateLimit{RPS: r.RPS, Burst: r.Burst}
 }
 
 // TLSConfig names the PEM files of the listeners' TLS.
@@ -368,9 +389,12 @@ func defaultConfig() Config {
 		MinForcedRefreshInterval: broker.DefaultMinForcedRefreshInterval,
 		Refresher:                RefresherConfig{SessionTTL: 10 * time.Second, Shards: 1},
 		ShutdownTimeout:          15 * time.Second,
-		Auth: AuthConfig{RateLimit: RateLimitConfig{
-			RPS: server.DefaultRateLimit.RPS, Burst: server.DefaultRateLimit.Burst,
-		}},
+		Auth: AuthConfig{
+			RateLimit: RateLimitConfig{RPS: server.DefaultRateLimit.RPS, Burst: server.DefaultRateLimit.Burst},
+			UnauthenticatedRateLimit: RateLimitConfig{
+				RPS: server.DefaultUnauthenticatedRateLimit.RPS, Burst: server.DefaultUnauthenticatedRateLimit.Burst,
+			},
+		},
 		Tracing: TracingConfig{SampleRatio: 1, ServiceName: "tokenbroker"},
 	}
 }
@@ -623,8 +647,10 @@ func (a AuthConfig) validate(allowHTTPLoopback bool) []error {
 	if _, err := a.policy(); err != nil {
 		errs = append(errs, fmt.Errorf("auth.policy: %w", err))
 	}
-	if a.RateLimit.RPS <= 0 || a.RateLimit.Burst < 1 {
-		errs = append(errs, errors.New("auth.rate_limit: rps must be above 0 and burst at least 1"))
+	for _, err := range []error{a.RateLimit.validate("auth.rate_limit"), a.UnauthenticatedRateLimit.validate("auth.unauthenticated_rate_limit")} {
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errs
 }
@@ -663,10 +689,6 @@ func (a AuthConfig) verifier(allowHTTPLoopback bool, log *zap.Logger) (*workload
 		return nil, fmt.Errorf("auth.jwt_issuers: %w", err)
 	}
 	return v, nil
-}
-
-func (a AuthConfig) rateLimit() server.RateLimit {
-	return server.RateLimit{RPS: a.RateLimit.RPS, Burst: a.RateLimit.Burst}
 }
 
 // errNoMasterKey is what serve says when no master key is configured.
