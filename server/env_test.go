@@ -119,6 +119,8 @@ type instance struct {
 	admin    tokenbrokerv1.AdminServiceClient
 	baseURL  string
 	grpcAddr string
+	// metricsURL is the metrics listener's http://host:port.
+	metricsURL string
 }
 
 // options vary an instance: its logger, policy rules besides
@@ -145,6 +147,8 @@ type options struct {
 	tracing trace.TracerProvider
 	// workload, when set, verifies JWT callers.
 	workload *workload.Verifier
+	// metrics, when set, instruments the servers.
+	metrics *server.Metrics
 }
 
 func (e *env) start(log *zap.Logger) *instance {
@@ -161,11 +165,16 @@ func (e *env) startWith(o options) *instance {
 	}
 	in := &instance{requests: &etcdtest.Counter{}}
 	cli := e.etcd.Client(t, in.requests)
+	var observer broker.Observer
+	if o.metrics != nil {
+		observer = o.metrics
+	}
 	b, err := broker.New(context.Background(), broker.Config{
-		Client: cli,
-		OAuth:  withTracer(oauthClient(o.transport), o.tracing),
-		Logger: log,
-		Now:    e.clock.Now,
+		Client:   cli,
+		Observer: observer,
+		OAuth:    withTracer(oauthClient(o.transport), o.tracing),
+		Logger:   log,
+		Now:      e.clock.Now,
 		// Replicas of one test share the master key; failures are retried
 		// at once, as each case of a test expects.
 		Keyring:      testkeys.Keyring(),
@@ -198,7 +207,8 @@ func (e *env) startWith(o options) *instance {
 		o.unauthLimit = server.RateLimit{RPS: 1000, Burst: 1000}
 	}
 	srv, err := server.New(server.Config{
-		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: b, Logger: log, TLS: o.tls,
+		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0", Broker: b, Logger: log, TLS: o.tls,
+		Metrics:        o.metrics,
 		Auth:           server.AuthConfig{Keys: keys, Workload: o.workload, Policy: pol, RateLimit: o.rateLimit, UnauthenticatedRateLimit: o.unauthLimit, InsecureNoAuth: o.insecure},
 		TracerProvider: o.tracing,
 	})
@@ -224,6 +234,7 @@ func (e *env) startWith(o options) *instance {
 		in.baseURL = "https://" + srv.HTTPAddr()
 	}
 	in.grpcAddr = srv.GRPCAddr()
+	in.metricsURL = "http://" + srv.MetricsAddr()
 	return in
 }
 

@@ -147,7 +147,7 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 	}
 	metrics.WatchGrants(a.broker)
 	a.server, err = server.New(server.Config{
-		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, Broker: a.broker, Logger: log, TLS: tlsConfig, Metrics: metrics,
+		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, MetricsAddr: cfg.MetricsAddr, Broker: a.broker, Logger: log, TLS: tlsConfig, Metrics: metrics,
 		Auth: server.AuthConfig{Keys: a.keys, Workload: jwts, Policy: pol, RateLimit: cfg.Auth.RateLimit.limit(),
 			UnauthenticatedRateLimit: cfg.Auth.UnauthenticatedRateLimit.limit(), InsecureNoAuth: cfg.insecureNoAuth},
 		TracerProvider: tp,
@@ -176,6 +176,9 @@ func (a *App) GRPCAddr() string { return a.server.GRPCAddr() }
 
 // HTTPAddr is the bound REST listener address.
 func (a *App) HTTPAddr() string { return a.server.HTTPAddr() }
+
+// MetricsAddr is the bound metrics listener address; empty without one.
+func (a *App) MetricsAddr() string { return a.server.MetricsAddr() }
 
 // Wait blocks until ctx ends (nil) or a listener fails (its error).
 func (a *App) Wait(ctx context.Context) error {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -33,6 +34,10 @@ type Config struct {
 	// GRPCAddr and HTTPAddr are the listen addresses.
 	GRPCAddr string `yaml:"grpc_addr"`
 	HTTPAddr string `yaml:"http_addr"`
+	// MetricsAddr serves /metrics and /openapi.json, without credentials:
+	// a loopback address by default, one only the scraper reaches in a
+	// cluster; "" serves neither.
+	MetricsAddr string `yaml:"metrics_addr"`
 	// PublicURL is the REST listener's URL as browsers and providers reach
 	// it (e.g. https://tokenbroker.example.com); the consent callback is
 	// PublicURL + /v1/oauth/callback. Derived from the bound address when
@@ -376,12 +381,17 @@ type ProviderConfig struct {
 	RefreshRevokesAccessToken *bool `yaml:"refresh_revokes_access_token"`
 }
 
+// defaultMetricsAddr keeps the metrics on the machine unless the file says
+// otherwise.
+const defaultMetricsAddr = "127.0.0.1:9464"
+
 // defaultConfig is what applies where neither file, environment nor flags
 // say otherwise.
 func defaultConfig() Config {
 	return Config{
 		GRPCAddr:                 ":9090",
 		HTTPAddr:                 ":8080",
+		MetricsAddr:              defaultMetricsAddr,
 		DataDir:                  "tokenbroker-data",
 		Etcd:                     EtcdConfig{Prefix: broker.DefaultPrefix, DialTimeout: 5 * time.Second, RequestTimeout: time.Second},
 		Log:                      LogConfig{Level: "info", Format: "json"},
@@ -452,6 +462,7 @@ func applyEnv(cfg *Config, getenv func(string) string) {
 	}
 	set(&cfg.GRPCAddr, "TOKENBROKER_GRPC_ADDR")
 	set(&cfg.HTTPAddr, "TOKENBROKER_HTTP_ADDR")
+	set(&cfg.MetricsAddr, "TOKENBROKER_METRICS_ADDR")
 	set(&cfg.DataDir, "TOKENBROKER_DATA_DIR")
 	set(&cfg.Log.Level, "TOKENBROKER_LOG_LEVEL")
 	set(&cfg.Log.Format, "TOKENBROKER_LOG_FORMAT")
@@ -480,6 +491,11 @@ func (c *Config) Validate(getenv func(string) string) error {
 	}
 	if c.HTTPAddr == "" {
 		errs = append(errs, errors.New("http_addr is empty"))
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			errs = append(errs, fmt.Errorf("metrics_addr %q is not host:port (\"\" serves no metrics)", c.MetricsAddr))
+		}
 	}
 	if c.PublicURL != "" {
 		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {

@@ -182,7 +182,7 @@ func writePEM(t *testing.T, dir, name, typ string, der []byte) string {
 // followed by extra.
 func securityConfig(t *testing.T, extra string) string {
 	t.Helper()
-	return writeConfig(t, fmt.Sprintf("grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\ndata_dir: %s\nshutdown_timeout: 5s\n%s", t.TempDir(), extra))
+	return writeConfig(t, fmt.Sprintf("grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nmetrics_addr: 127.0.0.1:0\ndata_dir: %s\nshutdown_timeout: 5s\n%s", t.TempDir(), extra))
 }
 
 func testKeyYAML(identity string, actions string) string {
@@ -242,8 +242,9 @@ func TestRunServeRefusesUnsafeSetups(t *testing.T) {
 }
 
 var (
-	httpAddrLog = regexp.MustCompile(`"http_addr":"([^"]+)"`)
-	grpcAddrLog = regexp.MustCompile(`"grpc_addr":"([^"]+)"`)
+	httpAddrLog    = regexp.MustCompile(`"http_addr":"([^"]+)"`)
+	grpcAddrLog    = regexp.MustCompile(`"grpc_addr":"([^"]+)"`)
+	metricsAddrLog = regexp.MustCompile(`"metrics_addr":"([^"]+)"`)
 )
 
 // serving runs serve in the background until the test ends and returns its
@@ -308,7 +309,7 @@ func TestRunServeReloadsAuthOnSIGHUP(t *testing.T) {
 	}
 	rewrite := func(body string) {
 		t.Helper()
-		content := fmt.Sprintf("grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\ndata_dir: %s\nshutdown_timeout: 5s\n%s", t.TempDir(), body)
+		content := fmt.Sprintf("grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nmetrics_addr: 127.0.0.1:0\ndata_dir: %s\nshutdown_timeout: 5s\n%s", t.TempDir(), body)
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
