@@ -333,6 +333,23 @@ func restDo(t testing.TB, client *http.Client, method, url string, header http.H
 	return resp.StatusCode, raw
 }
 
+// postToken posts an empty GetToken request for provider with key and
+// returns the status and the Retry-After header.
+func postToken(t testing.TB, baseURL, provider, key string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, baseURL+"/v1/providers/"+provider+"/token", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header.Get("Retry-After")
+}
+
 // postAsAdmin posts a raw body to the gateway as the test admin.
 func postAsAdmin(t testing.TB, url, body string) int {
 	t.Helper()

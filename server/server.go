@@ -110,6 +110,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.UnaryInterceptor(chain),
 		grpc.ChainStreamInterceptor(stream...),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
+		grpc.ForceServerCodecV2(newRequestCodec()),
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS.Clone())))
