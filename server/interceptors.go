@@ -98,6 +98,7 @@ func unaryChain(log *zap.Logger, g *guard, m *Metrics) grpc.UnaryServerIntercept
 			handler = func(context.Context, any) (any, error) { return nil, bad }
 		}
 		resp, err := g.serve(ctx, st, req, info, handler, log)
+		err = boundMessage(err)
 		logCall(log, info.FullMethod, st, err, start)
 		return resp, err
 	}

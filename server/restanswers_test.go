@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/sandbox"
 	"github.com/tokenbroker/tokenbroker/server"
 )
 
@@ -91,5 +93,41 @@ func TestUnparsableGRPCRequestIsInvalidArgument(t *testing.T) {
 	_, _, anonymous := in.clientAs(t, nil, "")
 	if err := anonymous.Invoke(context.Background(), tokenbrokerv1.AdminService_PutProvider_FullMethodName, bad, new(wrapperspb.BytesValue)); status.Code(err) != codes.Unauthenticated {
 		t.Errorf("PutProvider with a message that does not parse and no credentials = %v, want Unauthenticated", err)
+	}
+}
+
+// TestOversizedInputIsNotEchoed: a 100 KB provider name, a provider with
+// 900 KB of token_params and a REST body with a 100 KB unknown field are
+// refused with errors of at most a few KB, and nothing is stored.
+func TestOversizedInputIsNotEchoed(t *testing.T) {
+	e := newEnv(t)
+	in := e.start(nil)
+	ctx := context.Background()
+	params := make(map[string]string)
+	for i := range 900 {
+		params[fmt.Sprintf("p%d", i)] = strings.Repeat("v", 1000)
+	}
+	tests := []struct {
+		name string
+		give *tokenbrokerv1.Provider
+	}{
+		{"100 KB name", &tokenbrokerv1.Provider{Name: strings.Repeat("N", 100<<10), TokenUrl: e.url + sandbox.TokenPath, ClientId: testClientID}},
+		{"900 KB of token_params", &tokenbrokerv1.Provider{Name: "big", TokenUrl: e.url + sandbox.TokenPath, ClientId: testClientID, TokenParams: params}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := in.admin.PutProvider(ctx, &tokenbrokerv1.PutProviderRequest{Provider: tt.give})
+			if st := status.Convert(err); st.Code() != codes.InvalidArgument || len(st.Message()) > 4<<10 {
+				t.Errorf("PutProvider = %v with a message of %d bytes: %.200s; want InvalidArgument of at most 4 KB", st.Code(), len(st.Message()), st.Message())
+			}
+		})
+	}
+	if _, err := in.admin.GetProvider(ctx, &tokenbrokerv1.GetProviderRequest{Name: "big"}); status.Code(err) != codes.NotFound {
+		t.Errorf("GetProvider(big) after a refused put = %v, want NotFound", err)
+	}
+	code, raw := restDo(t, http.DefaultClient, http.MethodPost, in.baseURL+"/v1/admin/apikeys",
+		http.Header{"Authorization": {"Bearer " + testAdminKey}}, []byte(`{"`+strings.Repeat("x", 100<<10)+`": 1}`))
+	if code != http.StatusBadRequest || len(raw) > 2<<10 {
+		t.Errorf("REST body with a 100 KB unknown field = %d with %d bytes, want 400 of at most 2 KB", code, len(raw))
 	}
 }

@@ -29,6 +29,7 @@ func restError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, 
 		runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, errBodyTooLarge)
 		return
 	}
+	err = boundMessage(err) // the gateway's decoding errors quote the body
 	setRetryAfter(w.Header(), err)
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
 }
