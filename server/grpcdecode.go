@@ -10,24 +10,41 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
 
 // requestCodec is the gRPC server's codec: the proto codec, except that a
-// request of this API's package that cannot be unmarshalled (invalid wire
-// data, a string that is not UTF-8) is reset and set aside rather than
-// failed. grpc-go answers a message it cannot unmarshal with Internal, as
-// if the server had failed, and before any interceptor runs; set aside,
-// the call reaches the interceptor chain, which answers InvalidArgument
-// (see undecodable). Requests of this API are all unary, so the chain runs
-// for every one set aside and takes it back.
+// request of one of this API's unary methods that cannot be unmarshalled
+// (invalid wire data, a string that is not UTF-8) is reset and set aside
+// rather than failed. grpc-go answers a message it cannot unmarshal with
+// Internal, as if the server had failed, and before any interceptor runs;
+// set aside, the call reaches the unary interceptor chain, which answers
+// InvalidArgument and takes the request back (see undecodable). Requests
+// of streaming methods fail as grpc-go fails them.
 type requestCodec struct{ encoding.CodecV2 }
 
 func newRequestCodec() requestCodec {
 	return requestCodec{encoding.GetCodecV2(encodingproto.Name)}
 }
 
-// apiPackage is the proto package of the requests requestCodec sets aside.
-const apiPackage = "tokenbroker.v1"
+// unaryRequests are the request types of the API's unary methods: the
+// ones requestCodec sets aside.
+var unaryRequests = func() map[protoreflect.FullName]bool {
+	m := map[protoreflect.FullName]bool{}
+	for _, f := range []protoreflect.FileDescriptor{tokenbrokerv1.File_tokenbroker_v1_token_broker_proto, tokenbrokerv1.File_tokenbroker_v1_admin_proto} {
+		for i := range f.Services().Len() {
+			methods := f.Services().Get(i).Methods()
+			for j := range methods.Len() {
+				if md := methods.Get(j); !md.IsStreamingClient() && !md.IsStreamingServer() {
+					m[md.Input().FullName()] = true
+				}
+			}
+		}
+	}
+	return m
+}()
 
 // undecodableRequests holds the requests requestCodec set aside until the
 // interceptor chain takes them; undecodablePending counts them, so that
@@ -43,7 +60,7 @@ func (c requestCodec) Unmarshal(data mem.BufferSlice, v any) error {
 		return nil
 	}
 	m, ok := v.(proto.Message)
-	if !ok || m.ProtoReflect().Descriptor().ParentFile().Package() != apiPackage {
+	if !ok || !unaryRequests[m.ProtoReflect().Descriptor().FullName()] {
 		return err
 	}
 	proto.Reset(m)
