@@ -105,6 +105,12 @@ func (b *Broker) PutAccount(ctx context.Context, a Account) (*Grant, error) {
 	if err != nil {
 		return nil, err
 	}
+	switch {
+	case len(a.Username) > MaxUsernameLen:
+		return nil, invalidf("username is %d bytes, longer than %d", len(a.Username), MaxUsernameLen)
+	case len(a.Password) > MaxPasswordLen:
+		return nil, invalidf("password is %d bytes, longer than %d", len(a.Password), MaxPasswordLen)
+	}
 	switch a.Type {
 	case GrantPassword:
 		if a.Username == "" {
@@ -115,7 +121,7 @@ func (b *Broker) PutAccount(ctx context.Context, a Account) (*Grant, error) {
 			return nil, invalidf("an authorization_code account has no username or password")
 		}
 	default:
-		return nil, invalidf("an account's grant type is password or authorization_code, not %q", a.Type)
+		return nil, invalidf("an account's grant type is password or authorization_code, not %s", quote(string(a.Type)))
 	}
 	if !p.Allows(a.Type) {
 		return nil, invalidf("provider %q does not allow the %s grant", p.Name, a.Type)

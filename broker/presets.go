@@ -114,6 +114,9 @@ func fillGrants(p *Provider, gs ...GrantType) {
 // unset. Errors wrap ErrInvalidArgument (unknown preset, bad base URL) or
 // are a *ProviderError (discovery failed).
 func (b *Broker) ApplyPreset(ctx context.Context, p *Provider, name, base string) error {
+	if len(base) > MaxURLLen {
+		return invalidf("base_url: %v", tooLong("the URL", len(base), MaxURLLen))
+	}
 	if name == "oidc" {
 		return b.discover(ctx, p, strings.TrimRight(base, "/"))
 	}
@@ -126,7 +129,7 @@ func ApplyStaticPreset(p *Provider, name, base string) error {
 	base = strings.TrimRight(base, "/")
 	pr, ok := presets[name]
 	if !ok {
-		return invalidf("unknown preset %q; known: %s", name, strings.Join(PresetNames(), ", "))
+		return invalidf("unknown preset %s; known: %s", quote(name), strings.Join(PresetNames(), ", "))
 	}
 	if base == "" {
 		base = pr.defaultBase

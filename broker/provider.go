@@ -164,33 +164,42 @@ func (p *Provider) Validate() error {
 	}
 	for g, u := range p.GrantTokenURLs {
 		if !g.valid() {
-			errs = append(errs, fmt.Errorf("grant_token_urls: unknown grant type %q", g))
+			errs = append(errs, fmt.Errorf("grant_token_urls: unknown grant type %s", quote(string(g))))
+			continue
 		}
 		if err := validateURL(u); err != nil {
 			errs = append(errs, fmt.Errorf("grant_token_urls[%s]: %w", g, err))
 		}
 	}
-	if p.ClientID == "" {
+	switch {
+	case p.ClientID == "":
 		errs = append(errs, errors.New("client_id is required"))
+	case len(p.ClientID) > MaxClientIDLen:
+		errs = append(errs, tooLong("client_id", len(p.ClientID), MaxClientIDLen))
+	}
+	if len(p.ClientSecret) > MaxClientSecretLen {
+		errs = append(errs, tooLong("client_secret", len(p.ClientSecret), MaxClientSecretLen))
 	}
 	switch p.ClientAuth {
 	case oauth.AuthBasic, oauth.AuthPost, oauth.AuthBasicAndPost:
 	default:
 		errs = append(errs, fmt.Errorf("client_auth_style %d is not one of basic, post, basic+post", p.ClientAuth))
 	}
-	for _, g := range p.GrantTypes {
-		if !g.valid() {
-			errs = append(errs, fmt.Errorf("grant_types: unknown grant type %q", g))
+	if len(p.GrantTypes) > MaxGrantTypes {
+		errs = append(errs, fmt.Errorf("grant_types has %d entries, more than %d", len(p.GrantTypes), MaxGrantTypes))
+	} else {
+		for _, g := range p.GrantTypes {
+			if !g.valid() {
+				errs = append(errs, fmt.Errorf("grant_types: unknown grant type %s", quote(string(g))))
+			}
 		}
 	}
-	if _, err := normalizeScopes(p.DefaultScopes); err != nil {
+	if len(p.DefaultScopes) > maxScopes {
+		errs = append(errs, fmt.Errorf("default_scopes has %d entries, more than %d", len(p.DefaultScopes), maxScopes))
+	} else if _, err := normalizeScopes(p.DefaultScopes); err != nil {
 		errs = append(errs, fmt.Errorf("default_scopes: %w", err))
 	}
-	for k := range p.TokenParams {
-		if reservedParam(k) {
-			errs = append(errs, fmt.Errorf("token_params: %q is set by the broker", k))
-		}
-	}
+	errs = append(errs, validateTokenParams(p.TokenParams)...)
 	if p.RefreshLeadFraction < 0 || p.RefreshLeadFraction >= 1 {
 		errs = append(errs, errors.New("refresh_lead_fraction must be between 0 and 1"))
 	}
@@ -201,9 +210,31 @@ func (p *Provider) Validate() error {
 		errs = append(errs, errors.New("default_token_lifetime must not be negative"))
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%w: provider %q: %w", ErrInvalidArgument, p.Name, errors.Join(errs...))
+		return fmt.Errorf("%w: provider %s: %w", ErrInvalidArgument, quote(p.Name), errors.Join(errs...))
 	}
 	return nil
+}
+
+// validateTokenParams bounds the extra token parameters: how many, the
+// length of each key and value, and no key the broker sets itself.
+func validateTokenParams(params map[string]string) []error {
+	if len(params) > MaxTokenParams {
+		return []error{fmt.Errorf("token_params has %d entries, more than %d", len(params), MaxTokenParams)}
+	}
+	var errs []error
+	for k, v := range params {
+		switch {
+		case k == "":
+			errs = append(errs, errors.New("token_params: a key is empty"))
+		case len(k) > MaxTokenParamKeyLen:
+			errs = append(errs, fmt.Errorf("token_params: key %s: %w", quote(k), tooLong("the key", len(k), MaxTokenParamKeyLen)))
+		case reservedParam(k):
+			errs = append(errs, fmt.Errorf("token_params: %s is set by the broker", quote(k)))
+		case len(v) > MaxTokenParamValueLen:
+			errs = append(errs, fmt.Errorf("token_params[%s]: %w", quote(k), tooLong("the value", len(v), MaxTokenParamValueLen)))
+		}
+	}
+	return errs
 }
 
 func reservedParam(k string) bool {
@@ -217,6 +248,9 @@ func reservedParam(k string) bool {
 func validateURL(raw string) error {
 	if raw == "" {
 		return nil
+	}
+	if len(raw) > MaxURLLen {
+		return tooLong("the URL", len(raw), MaxURLLen)
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -254,7 +288,7 @@ func ValidateProviderName(name string) error {
 		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
 		case (c == '-' || c == '_' || c == '.') && i > 0:
 		default:
-			return invalidf("provider name %q: only lowercase letters, digits, '-', '_' and '.' are allowed, starting with a letter or digit", name)
+			return invalidf("provider name %s: only lowercase letters, digits, '-', '_' and '.' are allowed, starting with a letter or digit", quote(name))
 		}
 	}
 	return nil
@@ -315,7 +349,7 @@ func validateScope(s string) error {
 	for i := 0; i < len(s); i++ {
 		// RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 		if c := s[i]; c < 0x21 || c > 0x7e || c == '"' || c == '\\' {
-			return invalidf("scope %q has a character RFC 6749 does not allow", s)
+			return invalidf("scope %s has a character RFC 6749 does not allow", quote(s))
 		}
 	}
 	return nil

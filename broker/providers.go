@@ -41,7 +41,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 	if b.requireHTTPS {
 		for _, u := range append([]string{p.TokenURL, p.AuthorizeURL, p.IntrospectionURL, p.RevocationURL}, slices.Collect(maps.Values(p.GrantTokenURLs))...) {
 			if strings.HasPrefix(u, "http:") {
-				return nil, invalidf("provider %q: %s: plain http is refused (serve --insecure-http-loopback allows it to loopback addresses)", p.Name, u)
+				return nil, invalidf("provider %q: %s: plain http is refused (serve --insecure-http-loopback allows it to loopback addresses)", p.Name, quote(u))
 			}
 		}
 	}
@@ -218,8 +218,11 @@ func (b *Broker) provider(ctx context.Context, name string) (*Provider, error) {
 // is refused with invalid_client. Cached tokens are kept. Errors wrap
 // ErrInvalidArgument, ErrNotFound, ErrStoreUnavailable or ErrConflict.
 func (b *Broker) RotateClientSecret(ctx context.Context, name, secret string, validate bool, overlap time.Duration) (*Provider, error) {
-	if secret == "" {
+	switch {
+	case secret == "":
 		return nil, invalidf("the new client secret is empty")
+	case len(secret) > MaxClientSecretLen:
+		return nil, invalidf("the new client secret is %d bytes, longer than %d", len(secret), MaxClientSecretLen)
 	}
 	if overlap < 0 || overlap > 7*24*time.Hour {
 		return nil, invalidf("overlap must be between 0 and 7 days")

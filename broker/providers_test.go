@@ -150,6 +150,25 @@ func TestProviderValidate(t *testing.T) {
 		{name: "bad grant url", give: func(p *Provider) {
 			p.GrantTokenURLs = map[GrantType]string{GrantPassword: "mailto:x@example.com"}
 		}, want: "grant_token_urls[password]"},
+		{name: "token url of 2048", give: func(p *Provider) {
+			p.TokenURL = "https://example.com/" + strings.Repeat("t", MaxURLLen-len("https://example.com/"))
+		}},
+		{name: "token url of 2049", give: func(p *Provider) {
+			p.TokenURL = "https://example.com/" + strings.Repeat("t", MaxURLLen+1-len("https://example.com/"))
+		}, want: "token_url: the URL is 2049 bytes, longer than 2048"},
+		{name: "client id of 513", give: func(p *Provider) { p.ClientID = strings.Repeat("c", 513) }, want: "client_id is 513 bytes, longer than 512"},
+		{name: "client secret of 4097", give: func(p *Provider) { p.ClientSecret = strings.Repeat("s", 4097) }, want: "client_secret is 4097 bytes, longer than 4096"},
+		{name: "32 token params", give: func(p *Provider) { p.TokenParams = numbered(32, "v") }},
+		{name: "33 token params", give: func(p *Provider) { p.TokenParams = numbered(33, "v") }, want: "token_params has 33 entries, more than 32"},
+		{name: "token param value of 2049", give: func(p *Provider) { p.TokenParams = map[string]string{"audience": strings.Repeat("a", 2049)} },
+			want: `token_params["audience"]: the value is 2049 bytes, longer than 2048`},
+		{name: "token param key of 129", give: func(p *Provider) { p.TokenParams = map[string]string{strings.Repeat("k", 129): "v"} },
+			want: `token_params: key "` + strings.Repeat("k", 64) + `"…: the key is 129 bytes, longer than 128`},
+		{name: "empty token param key", give: func(p *Provider) { p.TokenParams = map[string]string{"": "v"} }, want: "token_params: a key is empty"},
+		{name: "65 default scopes", give: func(p *Provider) { p.DefaultScopes = slices.Repeat([]string{"s"}, 65) }, want: "default_scopes has 65 entries, more than 64"},
+		{name: "9 grant types", give: func(p *Provider) { p.GrantTypes = slices.Repeat([]GrantType{GrantClientCredentials}, 9) }, want: "grant_types has 9 entries, more than 8"},
+		{name: "long unknown grant type", give: func(p *Provider) { p.GrantTypes = []GrantType{GrantType(strings.Repeat("g", 1000))} },
+			want: `unknown grant type "` + strings.Repeat("g", 64) + `"…`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -12,14 +12,12 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
@@ -44,6 +42,13 @@ type AuthConfig struct {
 	Policy *policy.Policy
 	// RateLimit applies per caller identity; DefaultRateLimit when zero.
 	RateLimit RateLimit
+	// UnauthenticatedRateLimit applies to failed authentications per
+	// remote address (IPv4 address, IPv6 /64): beyond it they are answered
+	// ResourceExhausted instead of Unauthenticated, and logged less.
+	// Credentials are still checked, so valid callers behind the same
+	// address are not locked out. DefaultUnauthenticatedRateLimit when
+	// zero.
+	UnauthenticatedRateLimit RateLimit
 	// InsecureNoAuth lets callers without credentials in as
 	// AnonymousIdentity and allows every caller every action. Credentials
 	// that are presented are still checked.
@@ -289,6 +294,9 @@ type AuthStats struct {
 	Unauthenticated  uint64
 	PermissionDenied uint64
 	RateLimited      uint64
+	// UnauthenticatedRateLimited counts failed authentications answered
+	// ResourceExhausted (see AuthConfig.UnauthenticatedRateLimit).
+	UnauthenticatedRateLimited uint64
 }
 
 // guard authenticates, rate-limits, authorizes and audits calls.
@@ -298,19 +306,24 @@ type guard struct {
 	insecure bool
 	policy   atomic.Pointer[policy.Policy]
 	limiter  atomic.Pointer[rateLimiter]
+	failures atomic.Pointer[failureLimiter]
 	log      *zap.Logger
 	audit    *zap.Logger
 
-	unauthenticated  atomic.Uint64
-	permissionDenied atomic.Uint64
-	rateLimited      atomic.Uint64
+	failureLog *failureLog
+
+	unauthenticated        atomic.Uint64
+	permissionDenied       atomic.Uint64
+	rateLimited            atomic.Uint64
+	unauthenticatedLimited atomic.Uint64
 }
 
 func newGuard(cfg AuthConfig, log, audit *zap.Logger) *guard {
-	g := &guard{keys: cfg.Keys, insecure: cfg.InsecureNoAuth, log: log.Named("auth"), audit: audit}
+	g := &guard{keys: cfg.Keys, insecure: cfg.InsecureNoAuth, log: log.Named("auth"), audit: audit, failureLog: newFailureLog()}
 	g.setPolicy(cfg.Policy)
 	g.workload.Store(cfg.Workload)
 	g.limiter.Store(newRateLimiter(cfg.RateLimit, nil))
+	g.failures.Store(newFailureLimiter(cfg.UnauthenticatedRateLimit, nil))
 	return g
 }
 
@@ -326,6 +339,8 @@ func (g *guard) stats() AuthStats {
 		Unauthenticated:  g.unauthenticated.Load(),
 		PermissionDenied: g.permissionDenied.Load(),
 		RateLimited:      g.rateLimited.Load(),
+
+		UnauthenticatedRateLimited: g.unauthenticatedLimited.Load(),
 	}
 }
 
@@ -401,9 +416,7 @@ func (g *guard) admit(ctx context.Context, st *callState, method string, req any
 	st.peer = p.peer
 	caller, reason, err := g.authenticate(ctx, p)
 	if err != nil {
-		g.unauthenticated.Add(1)
-		g.log.Info("unauthenticated call", zap.String("method", method), zap.Stringer("peer", p.peer), zap.String("reason", reason))
-		return err
+		return g.rejectFailure(method, p, reason, err)
 	}
 	pol := g.policy.Load()
 	st.caller, st.authenticated, st.policy = caller, true, pol
@@ -411,11 +424,7 @@ func (g *guard) admit(ctx context.Context, st *callState, method string, req any
 	if ok, wait := g.limiter.Load().allow(caller.Identity); !ok {
 		g.rateLimited.Add(1)
 		g.log.Info("rate limited", zap.String("caller", caller.Identity), zap.String("method", method))
-		s, err := status.New(codes.ResourceExhausted, "rate limit exceeded").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(wait)})
-		if err != nil {
-			return status.Error(codes.ResourceExhausted, "rate limit exceeded")
-		}
-		return s.Err()
+		return retryLater("rate limit exceeded", wait)
 	}
 
 	rq, known := requirementOf(method)

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -665,9 +667,10 @@ func TestRateLimitPerCaller(t *testing.T) {
 	if retry == nil || retry.GetRetryDelay().AsDuration() <= 0 {
 		t.Errorf("ResourceExhausted details = %v, want a RetryInfo with a delay", st.Details())
 	}
-	code, _ := restDo(t, http.DefaultClient, http.MethodPost, in.baseURL+"/v1/providers/sandbox/token", http.Header{"Authorization": {"Bearer " + key}}, []byte(`{}`))
-	if code != http.StatusTooManyRequests {
-		t.Errorf("REST call beyond the burst = %d, want 429", code)
+	code, retryAfter := postToken(t, in.baseURL, "sandbox", key)
+	wait := retry.GetRetryDelay().AsDuration()
+	if secs, err := strconv.Atoi(retryAfter); code != http.StatusTooManyRequests || err != nil || secs < 1 || secs > int(math.Ceil(wait.Seconds())) {
+		t.Errorf("REST call beyond the burst = %d with Retry-After %q, want 429 with at most %s in whole seconds", code, retryAfter, wait)
 	}
 	// Another caller has its own bucket; health checks are not limited.
 	if _, err := in.tokens.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Provider: "sandbox"}); err != nil {

@@ -19,6 +19,7 @@ import (
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/sandbox"
+	"github.com/tokenbroker/tokenbroker/server"
 )
 
 func TestGetTokenColdFetchThenHitsFromMemory(t *testing.T) {
@@ -475,10 +476,44 @@ func TestHealthAndOpenAPI(t *testing.T) {
 	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("health = %v, %v; want SERVING", resp, err)
 	}
-	code, body, _ := restCall(t, http.MethodGet, in.baseURL+"/openapi.json", nil)
+	code, body, _ := restCall(t, http.MethodGet, in.metricsURL+server.OpenAPIPath, nil)
 	paths, _ := body["paths"].(map[string]any)
 	if code != http.StatusOK || body["swagger"] != "2.0" || paths["/v1/providers/{provider}/token"] == nil {
-		t.Errorf("GET /openapi.json = %d with paths %v, want the generated document", code, paths)
+		t.Errorf("GET /openapi.json on the metrics listener = %d with paths %v, want the generated document", code, paths)
+	}
+}
+
+// TestMetricsAreServedOnTheirOwnListener: /metrics, which names providers
+// in its labels, and /openapi.json are served on the metrics listener and
+// not on the API listener, with or without credentials; with no metrics
+// address there is no such listener.
+func TestMetricsAreServedOnTheirOwnListener(t *testing.T) {
+	e := newEnv(t)
+	in := e.startWith(options{metrics: server.NewMetrics()})
+	e.register(in, "sandbox")
+	if _, err := in.tokens.GetToken(context.Background(), &tokenbrokerv1.GetTokenRequest{Provider: "sandbox"}); err != nil {
+		t.Fatal(err)
+	}
+	code, raw := restDo(t, http.DefaultClient, http.MethodGet, in.metricsURL+server.MetricsPath, nil, nil)
+	if code != http.StatusOK || !strings.Contains(string(raw), `provider="sandbox"`) {
+		t.Errorf("GET /metrics on the metrics listener = %d, want 200 with the provider's series", code)
+	}
+	for _, path := range []string{server.MetricsPath, server.OpenAPIPath} {
+		for _, header := range []http.Header{nil, {"Authorization": {"Bearer " + testAdminKey}}} {
+			if code, raw := restDo(t, http.DefaultClient, http.MethodGet, in.baseURL+path, header, nil); code != http.StatusNotFound || strings.Contains(string(raw), "sandbox") {
+				t.Errorf("GET %s on the API listener (authorization %v) = %d %.80s, want 404", path, header != nil, code, raw)
+			}
+		}
+	}
+
+	srv, err := server.New(server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: in.broker, Metrics: server.NewMetrics()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown(context.Background())
+	srv.Start()
+	if got := srv.MetricsAddr(); got != "" {
+		t.Errorf("MetricsAddr() without Config.MetricsAddr = %q, want no listener", got)
 	}
 }
 

@@ -119,6 +119,8 @@ type instance struct {
 	admin    tokenbrokerv1.AdminServiceClient
 	baseURL  string
 	grpcAddr string
+	// metricsURL is the metrics listener's http://host:port.
+	metricsURL string
 }
 
 // options vary an instance: its logger, policy rules besides
@@ -127,7 +129,11 @@ type options struct {
 	log       *zap.Logger
 	rules     []policy.Rule
 	rateLimit server.RateLimit
-	tls       *tls.Config
+	// unauthLimit limits failed authentications per remote address;
+	// when zero, 1000 a second: the tests that count on Unauthenticated
+	// answers make dozens of failed calls from 127.0.0.1.
+	unauthLimit server.RateLimit
+	tls         *tls.Config
 	// clientTLS is the clients' TLS configuration when tls is set.
 	clientTLS *tls.Config
 	insecure  bool
@@ -141,6 +147,8 @@ type options struct {
 	tracing trace.TracerProvider
 	// workload, when set, verifies JWT callers.
 	workload *workload.Verifier
+	// metrics, when set, instruments the servers.
+	metrics *server.Metrics
 }
 
 func (e *env) start(log *zap.Logger) *instance {
@@ -157,11 +165,16 @@ func (e *env) startWith(o options) *instance {
 	}
 	in := &instance{requests: &etcdtest.Counter{}}
 	cli := e.etcd.Client(t, in.requests)
+	var observer broker.Observer
+	if o.metrics != nil {
+		observer = o.metrics
+	}
 	b, err := broker.New(context.Background(), broker.Config{
-		Client: cli,
-		OAuth:  withTracer(oauthClient(o.transport), o.tracing),
-		Logger: log,
-		Now:    e.clock.Now,
+		Client:   cli,
+		Observer: observer,
+		OAuth:    withTracer(oauthClient(o.transport), o.tracing),
+		Logger:   log,
+		Now:      e.clock.Now,
 		// Replicas of one test share the master key; failures are retried
 		// at once, as each case of a test expects.
 		Keyring:      testkeys.Keyring(),
@@ -190,9 +203,13 @@ func (e *env) startWith(o options) *instance {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if o.unauthLimit == (server.RateLimit{}) {
+		o.unauthLimit = server.RateLimit{RPS: 1000, Burst: 1000}
+	}
 	srv, err := server.New(server.Config{
-		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: b, Logger: log, TLS: o.tls,
-		Auth:           server.AuthConfig{Keys: keys, Workload: o.workload, Policy: pol, RateLimit: o.rateLimit, InsecureNoAuth: o.insecure},
+		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", MetricsAddr: "127.0.0.1:0", Broker: b, Logger: log, TLS: o.tls,
+		Metrics:        o.metrics,
+		Auth:           server.AuthConfig{Keys: keys, Workload: o.workload, Policy: pol, RateLimit: o.rateLimit, UnauthenticatedRateLimit: o.unauthLimit, InsecureNoAuth: o.insecure},
 		TracerProvider: o.tracing,
 	})
 	if err != nil {
@@ -217,6 +234,7 @@ func (e *env) startWith(o options) *instance {
 		in.baseURL = "https://" + srv.HTTPAddr()
 	}
 	in.grpcAddr = srv.GRPCAddr()
+	in.metricsURL = "http://" + srv.MetricsAddr()
 	return in
 }
 
@@ -313,6 +331,23 @@ func restDo(t testing.TB, client *http.Client, method, url string, header http.H
 		t.Fatal(err)
 	}
 	return resp.StatusCode, raw
+}
+
+// postToken posts an empty GetToken request for provider with key and
+// returns the status and the Retry-After header.
+func postToken(t testing.TB, baseURL, provider, key string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, baseURL+"/v1/providers/"+provider+"/token", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header.Get("Retry-After")
 }
 
 // postAsAdmin posts a raw body to the gateway as the test admin.

@@ -43,6 +43,23 @@ var statusTable = []struct {
 	{oauth.ErrResponseTooLarge, codes.Unavailable},
 }
 
+// maxStatusMessage bounds the message of every status the server answers
+// with, whatever made it: a message that quotes input is cut.
+const maxStatusMessage = 1024
+
+// boundMessage returns err with its status message cut to
+// maxStatusMessage bytes (at a rune boundary, then "…"); err itself when
+// it is shorter or not a status.
+func boundMessage(err error) error {
+	st, ok := status.FromError(err)
+	if !ok || len(st.Message()) <= maxStatusMessage {
+		return err
+	}
+	p := st.Proto()
+	p.Message = broker.Cut(p.Message, maxStatusMessage)
+	return status.FromProto(p).Err()
+}
+
 // toStatus converts an error of package broker into a status error a caller
 // can act on. Context errors pass through as Canceled and DeadlineExceeded;
 // an error it does not know becomes Internal with a generic message, and its

@@ -125,7 +125,7 @@ func newGateway(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServer, 
 // and REST GetToken through getToken, which hands the requests it does not
 // serve itself to the gateway.
 func mountGateway(mux *http.ServeMux, gw http.Handler, getToken *restGetToken) {
-	gateway := http.MaxBytesHandler(gw, MaxRequestBytes)
+	gateway := withBodyLimit(gw)
 	getToken.gateway = gateway
 	mux.Handle("/v1/", gateway)
 	mux.Handle(restGetTokenPattern, getToken)
@@ -143,6 +143,8 @@ func newGatewayMux(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServe
 	mux := runtime.NewServeMux(append([]runtime.ServeMuxOption{
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, gatewayMarshaler),
 		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithErrorHandler(restError),
+		runtime.WithRoutingErrorHandler(restRoutingError),
 	}, extra...)...)
 	chained := &gatewayTokenBroker{next: tb, intercept: intercept}
 	if err := tokenbrokerv1.RegisterTokenBrokerServiceHandlerServer(ctx, mux, chained); err != nil {

@@ -29,6 +29,9 @@ func logStream(log *zap.Logger) grpc.StreamServerInterceptor {
 // responses or credentials: they carry tokens and secrets.
 func logCall(log *zap.Logger, method string, st *callState, err error, start time.Time) {
 	code := status.Code(err)
+	if !st.authenticated && (code == codes.Unauthenticated || code == codes.ResourceExhausted) {
+		return // the guard logged the failed authentication, within its limit
+	}
 	if ce := log.Check(levelOf(code), "call"); ce != nil {
 		fields := []zap.Field{
 			zap.String("method", method),
@@ -88,7 +91,14 @@ func recoverStream(log *zap.Logger) grpc.StreamServerInterceptor {
 func unaryChain(log *zap.Logger, g *guard, m *Metrics) grpc.UnaryServerInterceptor {
 	call := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler, start time.Time) (any, error) {
 		ctx, st := withCallState(ctx)
+		// A request that could not be unmarshalled is answered
+		// InvalidArgument once the caller is admitted (with the request
+		// reset, authorization sees no provider).
+		if bad := undecodable(req); bad != nil {
+			handler = func(context.Context, any) (any, error) { return nil, bad }
+		}
 		resp, err := g.serve(ctx, st, req, info, handler, log)
+		err = boundMessage(err)
 		logCall(log, info.FullMethod, st, err, start)
 		return resp, err
 	}

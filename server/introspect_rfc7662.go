@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 
 	"go.uber.org/zap"
@@ -24,6 +25,10 @@ func introspectionHandler(tb tokenbrokerv1.TokenBrokerServiceServer, intercept g
 	return withRESTCredentials(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, MaxRequestBytes)
 		if err := r.ParseForm(); err != nil {
+			if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+				writeOAuthError(w, http.StatusRequestEntityTooLarge, "invalid_request", "the body is too large")
+				return
+			}
 			writeOAuthError(w, http.StatusBadRequest, "invalid_request", "the body is not form-encoded")
 			return
 		}
@@ -38,6 +43,7 @@ func introspectionHandler(tb tokenbrokerv1.TokenBrokerServiceServer, intercept g
 			case codes.InvalidArgument:
 				writeOAuthError(w, http.StatusBadRequest, "invalid_request", "the token parameter is missing")
 			case codes.ResourceExhausted:
+				setRetryAfter(w.Header(), err)
 				writeOAuthError(w, http.StatusTooManyRequests, "temporarily_unavailable", "rate limited")
 			default:
 				writeOAuthError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "introspection is unavailable")

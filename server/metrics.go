@@ -14,7 +14,8 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
 )
 
-// MetricsPath serves the Prometheus metrics on the REST listener.
+// MetricsPath serves the Prometheus metrics on the metrics listener
+// (Config.MetricsAddr).
 const MetricsPath = "/metrics"
 
 // Metrics are the broker's Prometheus metrics. It is a broker.Observer; the

@@ -47,9 +47,9 @@ func (h *restGetToken) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// What withRESTCredentials and the size limit do for the gateway, done
 	// here without copying the request twice.
 	ctx := runtime.NewServerMetadataContext(withRESTRequest(r), runtime.ServerMetadata{})
-	body := http.MaxBytesReader(w, r.Body, MaxRequestBytes)
+	limitBody(w, r)
 	var req tokenbrokerv1.GetTokenRequest
-	if err := h.marshaler.NewDecoder(body).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+	if err := h.marshaler.NewDecoder(r.Body).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
 		runtime.HTTPError(ctx, h.mux, h.marshaler, w, r, status.Errorf(codes.InvalidArgument, "%v", err))
 		return
 	}

@@ -79,7 +79,7 @@ func TestRESTGetTokenMatchesGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gateway := http.MaxBytesHandler(withRESTCredentials(mux), MaxRequestBytes)
+	gateway := withBodyLimit(withRESTCredentials(mux))
 
 	tests := []struct {
 		name    string

@@ -1,6 +1,6 @@
 // Package server is tokenbroker's transport: the gRPC services, the REST
-// gateway guarded by the same interceptor chain, health, reflection and the
-// OpenAPI document.
+// gateway guarded by the same interceptor chain, health, reflection, and on
+// a listener of their own the metrics and the OpenAPI document.
 package server
 
 import (
@@ -36,7 +36,12 @@ type Config struct {
 	// GRPCAddr and HTTPAddr are the listen addresses; port 0 picks one.
 	GRPCAddr string
 	HTTPAddr string
-	Broker   *broker.Broker
+	// MetricsAddr is the listen address of /metrics and /openapi.json,
+	// served without credentials and so kept off the API listeners (a
+	// loopback address, or one only the scraper reaches). Empty serves
+	// neither.
+	MetricsAddr string
+	Broker      *broker.Broker
 	// Auth authenticates and authorizes every call but health checks, on
 	// both listeners. Its zero value lets no one in.
 	Auth AuthConfig
@@ -44,8 +49,8 @@ type Config struct {
 	// certificates authenticate callers (see LoadTLS). Nil serves plain
 	// text.
 	TLS *tls.Config
-	// Metrics, when set, instruments the interceptor chain and serves
-	// /metrics on the REST listener.
+	// Metrics, when set, instruments the interceptor chain, and is served
+	// at /metrics on MetricsAddr.
 	Metrics *Metrics
 	// Logger is scoped with Named("server"), audit events with
 	// Named(AuditLoggerName); nop when nil.
@@ -63,11 +68,13 @@ type Server struct {
 	log      *zap.Logger
 	grpc     *grpc.Server
 	http     *http.Server
+	metrics  *http.Server // nil without MetricsAddr
 	tls      bool
 	health   *health.Server
 	guard    *guard
 	grpcLis  net.Listener
 	httpLis  net.Listener
+	metLis   net.Listener
 	errc     chan error
 	wg       sync.WaitGroup
 	stopOnce sync.Once
@@ -98,11 +105,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
 
-	s := &Server{log: log, health: health.NewServer(), guard: g, errc: make(chan error, 2)}
+	s := &Server{log: log, health: health.NewServer(), guard: g, errc: make(chan error, 3)}
 	opts := []grpc.ServerOption{
 		grpc.UnaryInterceptor(chain),
 		grpc.ChainStreamInterceptor(stream...),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
+		grpc.ForceServerCodecV2(newRequestCodec()),
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.TLS.Clone())))
@@ -123,7 +131,6 @@ func New(cfg Config) (*Server, error) {
 	// by caller credentials: a browser following a redirect has none.
 	mux.Handle("GET "+CallbackPath, callbackHandler(cfg.Broker, log))
 	mux.Handle("POST "+IntrospectPath, introspectionHandler(tb, chain, log))
-	mux.HandleFunc("GET /openapi.json", serveOpenAPI)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))
@@ -138,9 +145,6 @@ func New(cfg Config) (*Server, error) {
 		}
 		_, _ = fmt.Fprintf(w, "ok\nleading refresh shards: %v\n", cfg.Broker.LeadingShards())
 	})
-	if cfg.Metrics != nil {
-		mux.Handle("GET "+MetricsPath, cfg.Metrics.Handler())
-	}
 	s.http = &http.Server{
 		Handler:           httpTracing(cfg.TracerProvider, mux),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -160,8 +164,36 @@ func New(cfg Config) (*Server, error) {
 		s.grpcLis.Close()
 		return nil, fmt.Errorf("http listener: %w", err)
 	}
+	if cfg.MetricsAddr != "" {
+		s.metrics = &http.Server{
+			Handler:           metricsMux(cfg.Metrics),
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			ErrorLog:          zap.NewStdLog(log.Named("metrics-http")),
+		}
+		if s.metLis, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			s.grpcLis.Close()
+			s.httpLis.Close()
+			return nil, fmt.Errorf("metrics listener: %w", err)
+		}
+	}
 	return s, nil
 }
+
+// metricsMux serves m (when not nil) at MetricsPath and the OpenAPI
+// document at OpenAPIPath.
+func metricsMux(m *Metrics) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+OpenAPIPath, serveOpenAPI)
+	if m != nil {
+		mux.Handle("GET "+MetricsPath, m.Handler())
+	}
+	return mux
+}
+
+// OpenAPIPath serves the OpenAPI document on the metrics listener.
+const OpenAPIPath = "/openapi.json"
 
 func serveOpenAPI(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
@@ -173,6 +205,15 @@ func (s *Server) GRPCAddr() string { return s.grpcLis.Addr().String() }
 
 // HTTPAddr is the address the REST listener is bound to.
 func (s *Server) HTTPAddr() string { return s.httpLis.Addr().String() }
+
+// MetricsAddr is the address the metrics listener is bound to; empty
+// without one.
+func (s *Server) MetricsAddr() string {
+	if s.metLis == nil {
+		return ""
+	}
+	return s.metLis.Addr().String()
+}
 
 // Start serves both listeners in the background until Shutdown. A listener
 // that fails is reported on Err.
@@ -199,7 +240,17 @@ func (s *Server) Start() {
 			s.errc <- fmt.Errorf("http server: %w", err)
 		}
 	}()
-	s.log.Info("serving", zap.String("grpc_addr", s.GRPCAddr()), zap.String("http_addr", s.HTTPAddr()), zap.Bool("tls", s.tls))
+	if s.metrics != nil {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.metrics.Serve(s.metLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.errc <- fmt.Errorf("metrics server: %w", err)
+			}
+		}()
+	}
+	s.log.Info("serving", zap.String("grpc_addr", s.GRPCAddr()), zap.String("http_addr", s.HTTPAddr()),
+		zap.String("metrics_addr", s.MetricsAddr()), zap.Bool("tls", s.tls))
 }
 
 // SetPolicy replaces the authorization policy; calls already authorized
@@ -213,6 +264,12 @@ func (s *Server) SetWorkloadVerifier(v *workload.Verifier) { s.guard.workload.St
 
 // SetRateLimit replaces the per-caller rate limit; every bucket starts full.
 func (s *Server) SetRateLimit(l RateLimit) { s.guard.limiter.Store(newRateLimiter(l, nil)) }
+
+// SetUnauthenticatedRateLimit replaces the limit of failed
+// authentications per remote address; every bucket starts full.
+func (s *Server) SetUnauthenticatedRateLimit(l RateLimit) {
+	s.guard.failures.Store(newFailureLimiter(l, nil))
+}
 
 // AuthStats counts the calls refused since the server started.
 func (s *Server) AuthStats() AuthStats { return s.guard.stats() }
@@ -232,6 +289,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			close(done)
 		}()
 		err = s.http.Shutdown(ctx)
+		if s.metrics != nil {
+			if s.metrics.Shutdown(ctx) != nil {
+				s.metrics.Close()
+			}
+		}
 		select {
 		case <-done:
 		case <-ctx.Done():
@@ -244,6 +306,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// Listeners that Start never served are closed here.
 		s.grpcLis.Close()
 		s.httpLis.Close()
+		if s.metLis != nil {
+			s.metLis.Close()
+		}
 		s.wg.Wait()
 	})
 	return err

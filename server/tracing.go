@@ -69,8 +69,8 @@ func gatewayTracing(tp trace.TracerProvider) []runtime.ServeMuxOption {
 
 // httpTracing wraps the REST listener's handler so that every request to
 // the gateway (/v1/...) and to the introspection endpoint gets a server
-// span; next itself when tp is nil. Health, readiness, metrics and the
-// OpenAPI document are not traced. The span carries the method, the route,
+// span; next itself when tp is nil. Health and readiness are not traced,
+// nor is anything on the metrics listener. The span carries the method, the route,
 // the path and the status, never the query, the body or a header's value
 // but User-Agent.
 func httpTracing(tp trace.TracerProvider, next http.Handler) http.Handler {

@@ -147,8 +147,9 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 	}
 	metrics.WatchGrants(a.broker)
 	a.server, err = server.New(server.Config{
-		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, Broker: a.broker, Logger: log, TLS: tlsConfig, Metrics: metrics,
-		Auth:           server.AuthConfig{Keys: a.keys, Workload: jwts, Policy: pol, RateLimit: cfg.Auth.rateLimit(), InsecureNoAuth: cfg.insecureNoAuth},
+		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, MetricsAddr: cfg.MetricsAddr, Broker: a.broker, Logger: log, TLS: tlsConfig, Metrics: metrics,
+		Auth: server.AuthConfig{Keys: a.keys, Workload: jwts, Policy: pol, RateLimit: cfg.Auth.RateLimit.limit(),
+			UnauthenticatedRateLimit: cfg.Auth.UnauthenticatedRateLimit.limit(), InsecureNoAuth: cfg.insecureNoAuth},
 		TracerProvider: tp,
 	})
 	if err != nil {
@@ -175,6 +176,9 @@ func (a *App) GRPCAddr() string { return a.server.GRPCAddr() }
 
 // HTTPAddr is the bound REST listener address.
 func (a *App) HTTPAddr() string { return a.server.HTTPAddr() }
+
+// MetricsAddr is the bound metrics listener address; empty without one.
+func (a *App) MetricsAddr() string { return a.server.MetricsAddr() }
 
 // Wait blocks until ctx ends (nil) or a listener fails (its error).
 func (a *App) Wait(ctx context.Context) error {
@@ -213,7 +217,7 @@ func (a *App) ApplyProviders(ctx context.Context, cfg Config) error {
 }
 
 // ReloadAuth applies a new auth section: static API keys, JWT issuers,
-// policy and rate limit. It changes nothing when the section is invalid.
+// policy and rate limits. It changes nothing when the section is invalid.
 // Calls already authorized finish under the old policy; the issuers' keys
 // are fetched again on first use.
 func (a *App) ReloadAuth(auth AuthConfig) error {
@@ -233,7 +237,8 @@ func (a *App) ReloadAuth(auth AuthConfig) error {
 	}
 	a.server.SetWorkloadVerifier(jwts)
 	a.server.SetPolicy(pol)
-	a.server.SetRateLimit(auth.rateLimit())
+	a.server.SetRateLimit(auth.RateLimit.limit())
+	a.server.SetUnauthenticatedRateLimit(auth.UnauthenticatedRateLimit.limit())
 	return nil
 }
 

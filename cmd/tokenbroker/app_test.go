@@ -74,6 +74,7 @@ func appConfig(fakeURL, dataDir string) Config {
 	cfg := defaultConfig()
 	cfg.GRPCAddr = "127.0.0.1:0"
 	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.MetricsAddr = "127.0.0.1:0"
 	cfg.DataDir = dataDir
 	cfg.ShutdownTimeout = 5 * time.Second
 	cfg.keyring = testkeys.Keyring()
@@ -309,9 +310,12 @@ func TestAppREST(t *testing.T) {
 	})
 
 	t.Run("openapi", func(t *testing.T) {
-		status, raw := httpCall(t, http.MethodGet, base+"/openapi.json", "", "", nil)
+		if status, _ := httpCall(t, http.MethodGet, base+"/openapi.json", "", "", nil); status != http.StatusNotFound {
+			t.Errorf("GET /openapi.json on the API port status = %d, want 404 (it is on metrics_addr)", status)
+		}
+		status, raw := httpCall(t, http.MethodGet, "http://"+app.MetricsAddr()+"/openapi.json", "", "", nil)
 		if status != http.StatusOK {
-			t.Fatalf("GET /openapi.json status = %d, want 200", status)
+			t.Fatalf("GET /openapi.json on metrics_addr status = %d, want 200", status)
 		}
 		doc := decodeJSON(t, "GET /openapi.json", raw)
 		if doc["swagger"] != "2.0" {
@@ -352,6 +356,7 @@ func TestStartAppAddressInUse(t *testing.T) {
 	}{
 		{name: "grpc", give: func(c *Config, addr string) { c.GRPCAddr = addr }, want: "grpc listener"},
 		{name: "http", give: func(c *Config, addr string) { c.HTTPAddr = addr }, want: "http listener"},
+		{name: "metrics", give: func(c *Config, addr string) { c.MetricsAddr = addr }, want: "metrics listener"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

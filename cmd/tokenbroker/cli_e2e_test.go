@@ -51,7 +51,7 @@ func buildTokenbroker(t *testing.T, dir string) string {
 func startDev(t *testing.T, bin string) *devProcess {
 	t.Helper()
 	var stdout, stderr syncBuffer
-	cmd := exec.Command(bin, "dev", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-level", "warn")
+	cmd := exec.Command(bin, "dev", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--log-level", "warn")
 	cmd.Env = cliEnv(nil)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

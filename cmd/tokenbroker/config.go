@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -32,6 +34,10 @@ type Config struct {
 	// GRPCAddr and HTTPAddr are the listen addresses.
 	GRPCAddr string `yaml:"grpc_addr"`
 	HTTPAddr string `yaml:"http_addr"`
+	// MetricsAddr serves /metrics and /openapi.json, without credentials:
+	// a loopback address by default, one only the scraper reaches in a
+	// cluster; "" serves neither.
+	MetricsAddr string `yaml:"metrics_addr"`
 	// PublicURL is the REST listener's URL as browsers and providers reach
 	// it (e.g. https://tokenbroker.example.com); the consent callback is
 	// PublicURL + /v1/oauth/callback. Derived from the bound address when
@@ -121,6 +127,10 @@ type AuthConfig struct {
 	// Policy rules; whatever no rule allows is denied.
 	Policy    []PolicyRule    `yaml:"policy"`
 	RateLimit RateLimitConfig `yaml:"rate_limit"`
+	// UnauthenticatedRateLimit limits failed authentications per remote
+	// address (an IPv4 address, an IPv6 /64): beyond it they are answered
+	// ResourceExhausted (HTTP 429) with a Retry-After, and logged less.
+	UnauthenticatedRateLimit RateLimitConfig `yaml:"unauthenticated_rate_limit"`
 }
 
 // JWTIssuerConfig declares a trusted issuer of workload tokens; see
@@ -166,10 +176,26 @@ type PolicyRule struct {
 	Actions    []string `yaml:"actions"`
 }
 
-// RateLimitConfig is the per-caller rate limit.
+// RateLimitConfig is a token bucket: RPS refills a second, at most Burst.
 type RateLimitConfig struct {
 	RPS   float64 `yaml:"rps"`
 	Burst int     `yaml:"burst"`
+}
+
+// maxBurst bounds a rate limit's burst.
+const maxBurst = 1_000_000
+
+// validate reports a bucket that is empty, infinite or not a number; name
+// is its place in the file.
+func (r RateLimitConfig) validate(name string) error {
+	if !(r.RPS > 0) || math.IsInf(r.RPS, 0) || r.Burst < 1 || r.Burst > maxBurst {
+		return fmt.Errorf("%s: rps must be a number above 0 and burst between 1 and %d", name, maxBurst)
+	}
+	return nil
+}
+
+func (r RateLimitConfig) limit() server.RateLimit {
+	return server.RateLimit{RPS: r.RPS, Burst: r.Burst}
 }
 
 // TLSConfig names the PEM files of the listeners' TLS.
@@ -355,12 +381,17 @@ type ProviderConfig struct {
 	RefreshRevokesAccessToken *bool `yaml:"refresh_revokes_access_token"`
 }
 
+// defaultMetricsAddr keeps the metrics on the machine unless the file says
+// otherwise.
+const defaultMetricsAddr = "127.0.0.1:9464"
+
 // defaultConfig is what applies where neither file, environment nor flags
 // say otherwise.
 func defaultConfig() Config {
 	return Config{
 		GRPCAddr:                 ":9090",
 		HTTPAddr:                 ":8080",
+		MetricsAddr:              defaultMetricsAddr,
 		DataDir:                  "tokenbroker-data",
 		Etcd:                     EtcdConfig{Prefix: broker.DefaultPrefix, DialTimeout: 5 * time.Second, RequestTimeout: time.Second},
 		Log:                      LogConfig{Level: "info", Format: "json"},
@@ -368,9 +399,12 @@ func defaultConfig() Config {
 		MinForcedRefreshInterval: broker.DefaultMinForcedRefreshInterval,
 		Refresher:                RefresherConfig{SessionTTL: 10 * time.Second, Shards: 1},
 		ShutdownTimeout:          15 * time.Second,
-		Auth: AuthConfig{RateLimit: RateLimitConfig{
-			RPS: server.DefaultRateLimit.RPS, Burst: server.DefaultRateLimit.Burst,
-		}},
+		Auth: AuthConfig{
+			RateLimit: RateLimitConfig{RPS: server.DefaultRateLimit.RPS, Burst: server.DefaultRateLimit.Burst},
+			UnauthenticatedRateLimit: RateLimitConfig{
+				RPS: server.DefaultUnauthenticatedRateLimit.RPS, Burst: server.DefaultUnauthenticatedRateLimit.Burst,
+			},
+		},
 		Tracing: TracingConfig{SampleRatio: 1, ServiceName: "tokenbroker"},
 	}
 }
@@ -428,6 +462,7 @@ func applyEnv(cfg *Config, getenv func(string) string) {
 	}
 	set(&cfg.GRPCAddr, "TOKENBROKER_GRPC_ADDR")
 	set(&cfg.HTTPAddr, "TOKENBROKER_HTTP_ADDR")
+	set(&cfg.MetricsAddr, "TOKENBROKER_METRICS_ADDR")
 	set(&cfg.DataDir, "TOKENBROKER_DATA_DIR")
 	set(&cfg.Log.Level, "TOKENBROKER_LOG_LEVEL")
 	set(&cfg.Log.Format, "TOKENBROKER_LOG_FORMAT")
@@ -456,6 +491,11 @@ func (c *Config) Validate(getenv func(string) string) error {
 	}
 	if c.HTTPAddr == "" {
 		errs = append(errs, errors.New("http_addr is empty"))
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			errs = append(errs, fmt.Errorf("metrics_addr %q is not host:port (\"\" serves no metrics)", c.MetricsAddr))
+		}
 	}
 	if c.PublicURL != "" {
 		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
@@ -623,8 +663,10 @@ func (a AuthConfig) validate(allowHTTPLoopback bool) []error {
 	if _, err := a.policy(); err != nil {
 		errs = append(errs, fmt.Errorf("auth.policy: %w", err))
 	}
-	if a.RateLimit.RPS <= 0 || a.RateLimit.Burst < 1 {
-		errs = append(errs, errors.New("auth.rate_limit: rps must be above 0 and burst at least 1"))
+	for _, err := range []error{a.RateLimit.validate("auth.rate_limit"), a.UnauthenticatedRateLimit.validate("auth.unauthenticated_rate_limit")} {
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errs
 }
@@ -663,10 +705,6 @@ func (a AuthConfig) verifier(allowHTTPLoopback bool, log *zap.Logger) (*workload
 		return nil, fmt.Errorf("auth.jwt_issuers: %w", err)
 	}
 	return v, nil
-}
-
-func (a AuthConfig) rateLimit() server.RateLimit {
-	return server.RateLimit{RPS: a.RateLimit.RPS, Burst: a.RateLimit.Burst}
 }
 
 // errNoMasterKey is what serve says when no master key is configured.

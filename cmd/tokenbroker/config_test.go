@@ -152,6 +152,7 @@ func TestApplyEnv(t *testing.T) {
 		{name: "empty values are ignored", give: map[string]string{"TOKENBROKER_GRPC_ADDR": "", "TOKENBROKER_ETCD_ENDPOINTS": ""}, want: func(*Config) {}},
 		{name: "grpc addr", give: map[string]string{"TOKENBROKER_GRPC_ADDR": "127.0.0.1:1"}, want: func(c *Config) { c.GRPCAddr = "127.0.0.1:1" }},
 		{name: "http addr", give: map[string]string{"TOKENBROKER_HTTP_ADDR": "127.0.0.1:2"}, want: func(c *Config) { c.HTTPAddr = "127.0.0.1:2" }},
+		{name: "metrics addr", give: map[string]string{"TOKENBROKER_METRICS_ADDR": "0.0.0.0:9464"}, want: func(c *Config) { c.MetricsAddr = "0.0.0.0:9464" }},
 		{name: "data dir", give: map[string]string{"TOKENBROKER_DATA_DIR": "/d"}, want: func(c *Config) { c.DataDir = "/d" }},
 		{name: "log level", give: map[string]string{"TOKENBROKER_LOG_LEVEL": "debug"}, want: func(c *Config) { c.Log.Level = "debug" }},
 		{name: "log format", give: map[string]string{"TOKENBROKER_LOG_FORMAT": "console"}, want: func(c *Config) { c.Log.Format = "console" }},
@@ -190,6 +191,7 @@ func TestValidateReportsEachProblem(t *testing.T) {
 	}{
 		{name: "grpc addr", give: func(c *Config) { c.GRPCAddr = "" }, want: "grpc_addr is empty"},
 		{name: "http addr", give: func(c *Config) { c.HTTPAddr = "" }, want: "http_addr is empty"},
+		{name: "metrics addr", give: func(c *Config) { c.MetricsAddr = "9464" }, want: `metrics_addr "9464" is not host:port`},
 		{name: "data dir", give: func(c *Config) { c.DataDir = "" }, want: "data_dir is empty"},
 		{name: "prefix", give: func(c *Config) { c.Etcd.Prefix = "tokenbroker/" }, want: "etcd.prefix must start with '/'"},
 		{name: "min ttl", give: func(c *Config) { c.DefaultMinTTL = -time.Second }, want: "default_min_ttl must not be negative"},
@@ -387,8 +389,8 @@ func writeConfig(t *testing.T, content string) string {
 // fail before anything starts: none of them names a usable listen address,
 // so a start would be noticed as an error of another kind or a hang.
 func TestRunServeRejectsBadConfig(t *testing.T) {
-	unknownField := writeConfig(t, "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nlisten: everywhere\n")
-	invalid := writeConfig(t, "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nlog:\n  level: loud\netcd:\n  prefix: nope\nproviders:\n  - name: a\n    client_id: x\n")
+	unknownField := writeConfig(t, "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nmetrics_addr: 127.0.0.1:0\nlisten: everywhere\n")
+	invalid := writeConfig(t, "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nmetrics_addr: 127.0.0.1:0\nlog:\n  level: loud\netcd:\n  prefix: nope\nproviders:\n  - name: a\n    client_id: x\n")
 	missing := filepath.Join(t.TempDir(), "missing.yaml")
 
 	tests := []struct {
@@ -424,7 +426,7 @@ func TestRunServeRejectsBadConfig(t *testing.T) {
 // TestRunServePrecedence checks flag > environment > file on the log level,
 // with a configuration that stays invalid otherwise so that nothing starts.
 func TestRunServePrecedence(t *testing.T) {
-	path := writeConfig(t, "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nlog:\n  level: from-file\netcd:\n  prefix: nope\n")
+	path := writeConfig(t, "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nmetrics_addr: 127.0.0.1:0\nlog:\n  level: from-file\netcd:\n  prefix: nope\n")
 	tests := []struct {
 		name string
 		give []string

@@ -118,6 +118,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.SetOutput(stderr)
 	grpcAddr := fs.String("grpc-addr", "127.0.0.1:9090", "gRPC listen address (port 0 picks one)")
 	httpAddr := fs.String("http-addr", "127.0.0.1:8080", "REST listen address (port 0 picks one)")
+	metricsAddr := fs.String("metrics-addr", defaultMetricsAddr, "listen address of /metrics and /openapi.json (port 0 picks one)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -156,7 +157,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 
 	cfg := devConfig(dataDir, env.baseURL(), clientID, base64.RawURLEncoding.EncodeToString(secret), keyID, keySHA256)
-	cfg.GRPCAddr, cfg.HTTPAddr, cfg.Log.Level = *grpcAddr, *httpAddr, *logLevel
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr, cfg.Log.Level = *grpcAddr, *httpAddr, *metricsAddr, *logLevel
 	cfg.keyring = keyring
 	cfg.insecureHTTPLoopback = true // the sandbox is plain http on loopback
 	if err := cfg.Validate(os.Getenv); err != nil {
@@ -175,7 +176,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return errors.Join(err, app.Close())
 	}
 	fmt.Fprintf(stdout, `tokenbroker dev is running: embedded etcd in %[1]s, sandbox OAuth2 provider at %[2]s
-  REST: http://%[3]s   gRPC: %[4]s   OpenAPI: http://%[3]s/openapi.json
+  REST: http://%[3]s   gRPC: %[4]s   Metrics: http://%[9]s/metrics   OpenAPI: http://%[9]s/openapi.json
 
 Your dev API key (identity %[5]q, allowed everything, admin included; it lasts as long as this run):
   %[6]s
@@ -194,7 +195,7 @@ and the broker's callback page confirms; refresh tokens rotate on every refresh:
   curl -s -H "Authorization: Bearer %[6]s" http://%[3]s/v1/admin/grants
 
 Ctrl-C stops it and deletes the data directory.
-`, dataDir, env.baseURL(), app.HTTPAddr(), app.GRPCAddr(), devIdentity, key, devUser, devPassword)
+`, dataDir, env.baseURL(), app.HTTPAddr(), app.GRPCAddr(), devIdentity, key, devUser, devPassword, app.MetricsAddr())
 	err = app.Wait(ctx)
 	return errors.Join(err, app.Close())
 }

@@ -28,7 +28,7 @@ func TestRunDev(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"dev", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-level", "warn"}, &stdout, &stderr, os.Getenv)
+		done <- run(ctx, []string{"dev", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--log-level", "warn"}, &stdout, &stderr, os.Getenv)
 	}()
 	// A failure below must not leave the command running.
 	stopped := false

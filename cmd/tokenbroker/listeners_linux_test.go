@@ -21,13 +21,13 @@ import (
 
 // TestServeListensOnlyOnConfiguredPorts runs `tokenbroker serve` with the
 // embedded etcd as a subprocess and lists the TCP sockets it listens on: only
-// the configured gRPC and HTTP addresses, nothing for etcd, whose sockets are
+// the configured gRPC, HTTP and metrics addresses, nothing for etcd, whose sockets are
 // unix sockets in a directory of the data directory only the owner can enter.
 func TestServeListensOnlyOnConfiguredPorts(t *testing.T) {
 	t.Parallel()
 	bin := buildTokenbroker(t, t.TempDir())
 	dataDir := t.TempDir()
-	path := writeConfig(t, fmt.Sprintf("grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\ndata_dir: %s\nshutdown_timeout: 5s\n%s",
+	path := writeConfig(t, fmt.Sprintf("grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nmetrics_addr: 127.0.0.1:0\ndata_dir: %s\nshutdown_timeout: 5s\n%s",
 		dataDir, testKeyYAML("svc", "token")))
 
 	var stderr syncBuffer
@@ -51,9 +51,9 @@ func TestServeListensOnlyOnConfiguredPorts(t *testing.T) {
 		}
 	})
 
-	var grpcAddr, httpAddr string
+	var grpcAddr, httpAddr, metricsAddr string
 	deadline := time.After(30 * time.Second)
-	for grpcAddr == "" || httpAddr == "" {
+	for grpcAddr == "" || httpAddr == "" || metricsAddr == "" {
 		select {
 		case err := <-exited:
 			exited <- err
@@ -68,11 +68,14 @@ func TestServeListensOnlyOnConfiguredPorts(t *testing.T) {
 		if m := httpAddrLog.FindStringSubmatch(stderr.String()); m != nil {
 			httpAddr = m[1]
 		}
+		if m := metricsAddrLog.FindStringSubmatch(stderr.String()); m != nil {
+			metricsAddr = m[1]
+		}
 	}
 
 	tcp, unix := listeners(t, cmd.Process.Pid)
 	t.Logf("tokenbroker serve listens on TCP %v and on unix sockets %v", tcp, unix)
-	want := []string{grpcAddr, httpAddr}
+	want := []string{grpcAddr, httpAddr, metricsAddr}
 	slices.Sort(want)
 	if !slices.Equal(tcp, want) {
 		t.Errorf("tokenbroker serve listens on TCP %v, want only the configured %v", tcp, want)

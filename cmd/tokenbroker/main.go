@@ -86,6 +86,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 	configPath := fs.String("config", getenv("TOKENBROKER_CONFIG"), "YAML config file ($TOKENBROKER_CONFIG)")
 	grpcAddr := fs.String("grpc-addr", "", "gRPC listen address (default :9090; $TOKENBROKER_GRPC_ADDR)")
 	httpAddr := fs.String("http-addr", "", "REST listen address (default :8080; $TOKENBROKER_HTTP_ADDR)")
+	metricsAddr := fs.String("metrics-addr", "", "listen address of /metrics and /openapi.json, served without credentials (default "+defaultMetricsAddr+`; "" serves neither; $TOKENBROKER_METRICS_ADDR)`)
 	dataDir := fs.String("data-dir", "", "embedded etcd data directory (default tokenbroker-data; $TOKENBROKER_DATA_DIR)")
 	endpoints := fs.String("etcd-endpoints", "", "comma-separated endpoints of an external etcd; none starts an embedded one ($TOKENBROKER_ETCD_ENDPOINTS)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error ($TOKENBROKER_LOG_LEVEL)")
@@ -111,6 +112,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 		}
 		if *endpoints != "" {
 			cfg.Etcd.Endpoints = splitList(*endpoints)
+		}
+		if flagSet(fs, "metrics-addr") {
+			cfg.MetricsAddr = *metricsAddr
 		}
 		if *sessionTTL != 0 {
 			cfg.Refresher.SessionTTL = *sessionTTL
@@ -195,4 +199,12 @@ func newLogger(cfg LogConfig, w io.Writer) (*zap.Logger, error) {
 		enc = zapcore.NewJSONEncoder(encCfg)
 	}
 	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level), zap.ErrorOutput(zapcore.AddSync(w))), nil
+}
+
+// flagSet reports whether the command line set flag name, so that an empty
+// value can mean "off" rather than "not given".
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }

@@ -9,7 +9,7 @@ import (
 )
 
 // TestMetricsAfterScriptedCalls: after one cold GetToken and four hits,
-// /metrics counts one miss, four hits, one provider call and five handled
+// /metrics, on metrics_addr and not on the API port, counts one miss, four hits, one provider call and five handled
 // GetToken RPCs, and shows the provider's grant as healthy.
 func TestMetricsAfterScriptedCalls(t *testing.T) {
 	fake := startFake(t)
@@ -17,7 +17,12 @@ func TestMetricsAfterScriptedCalls(t *testing.T) {
 	for range 5 {
 		grpcGetToken(t, app.GRPCAddr(), providerName)
 	}
-	resp, err := http.Get("http://" + app.HTTPAddr() + "/metrics")
+	if resp, err := http.Get("http://" + app.HTTPAddr() + "/metrics"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("GET /metrics on the API port = %v, %v; want 404 (it is on metrics_addr)", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	resp, err := http.Get("http://" + app.MetricsAddr() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

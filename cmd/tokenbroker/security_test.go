@@ -12,6 +12,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	"math"
 	"math/big"
 	"net"
 	"net/http"
@@ -181,7 +182,7 @@ func writePEM(t *testing.T, dir, name, typ string, der []byte) string {
 // followed by extra.
 func securityConfig(t *testing.T, extra string) string {
 	t.Helper()
-	return writeConfig(t, fmt.Sprintf("grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\ndata_dir: %s\nshutdown_timeout: 5s\n%s", t.TempDir(), extra))
+	return writeConfig(t, fmt.Sprintf("grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nmetrics_addr: 127.0.0.1:0\ndata_dir: %s\nshutdown_timeout: 5s\n%s", t.TempDir(), extra))
 }
 
 func testKeyYAML(identity string, actions string) string {
@@ -241,8 +242,9 @@ func TestRunServeRefusesUnsafeSetups(t *testing.T) {
 }
 
 var (
-	httpAddrLog = regexp.MustCompile(`"http_addr":"([^"]+)"`)
-	grpcAddrLog = regexp.MustCompile(`"grpc_addr":"([^"]+)"`)
+	httpAddrLog    = regexp.MustCompile(`"http_addr":"([^"]+)"`)
+	grpcAddrLog    = regexp.MustCompile(`"grpc_addr":"([^"]+)"`)
+	metricsAddrLog = regexp.MustCompile(`"metrics_addr":"([^"]+)"`)
 )
 
 // serving runs serve in the background until the test ends and returns its
@@ -307,7 +309,7 @@ func TestRunServeReloadsAuthOnSIGHUP(t *testing.T) {
 	}
 	rewrite := func(body string) {
 		t.Helper()
-		content := fmt.Sprintf("grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\ndata_dir: %s\nshutdown_timeout: 5s\n%s", t.TempDir(), body)
+		content := fmt.Sprintf("grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nmetrics_addr: 127.0.0.1:0\ndata_dir: %s\nshutdown_timeout: 5s\n%s", t.TempDir(), body)
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -410,6 +412,7 @@ auth:
     - identities: [first-admin]
       actions: [admin]
   rate_limit: {rps: 50, burst: 100}
+  unauthenticated_rate_limit: {rps: 0.5, burst: 5}
 tls:
   cert_file: /etc/tb/server.crt
   key_file: /etc/tb/server.key
@@ -424,7 +427,8 @@ seal:
 			{Identities: []string{"spiffe://corp/billing/*"}, Providers: []string{"stripe"}, Accounts: []string{"", "ops-*"}, Actions: []string{"token", "introspect"}},
 			{Identities: []string{"first-admin"}, Actions: []string{"admin"}},
 		},
-		RateLimit: RateLimitConfig{RPS: 50, Burst: 100},
+		RateLimit:                RateLimitConfig{RPS: 50, Burst: 100},
+		UnauthenticatedRateLimit: RateLimitConfig{RPS: 0.5, Burst: 5},
 	}
 	want.TLS = TLSConfig{CertFile: "/etc/tb/server.crt", KeyFile: "/etc/tb/server.key", ClientCAFile: "/etc/tb/clients-ca.crt"}
 	want.Seal = SealConfig{KeyFile: "/etc/tb/master.key"}
@@ -467,6 +471,9 @@ func TestValidateSecuritySections(t *testing.T) {
 		{"policy action", func(c *Config) { c.Auth.Policy = []PolicyRule{{Identities: []string{"a"}, Actions: []string{"root"}}} }, nil, `auth.policy: policy: invalid rule: rule 1: unknown action "root"`},
 		{"policy identities", func(c *Config) { c.Auth.Policy = []PolicyRule{{Actions: []string{"token"}}} }, nil, "rule 1: identities is empty"},
 		{"rate limit", func(c *Config) { c.Auth.RateLimit = RateLimitConfig{} }, nil, "auth.rate_limit"},
+		{"rate limit NaN", func(c *Config) { c.Auth.RateLimit.RPS = math.NaN() }, nil, "auth.rate_limit: rps must be a number above 0"},
+		{"unauthenticated rate limit", func(c *Config) { c.Auth.UnauthenticatedRateLimit = RateLimitConfig{RPS: 1} }, nil, "auth.unauthenticated_rate_limit: rps must be a number above 0 and burst between 1 and"},
+		{"unauthenticated rate limit infinite", func(c *Config) { c.Auth.UnauthenticatedRateLimit.RPS = math.Inf(1) }, nil, "auth.unauthenticated_rate_limit"},
 		{"cert without key", func(c *Config) { c.TLS.CertFile = "/x.crt" }, nil, "tls.cert_file and tls.key_file go together"},
 		{"client CA alone", func(c *Config) { c.TLS.ClientCAFile = "/ca.crt" }, nil, "tls.client_ca_file needs tls.cert_file and tls.key_file"},
 		{"two master keys", func(c *Config) { c.Seal.KeyFile = "/m.key" }, map[string]string{masterKeyEnv: masterKeyValue}, "seal.key_file and $TOKENBROKER_MASTER_KEY are both set"},
