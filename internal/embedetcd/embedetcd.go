@@ -14,6 +14,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -88,12 +90,21 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	// socket left by a killed member must not stop the start), and it binds
 	// before it waits for the data directory's own lock: without this lock a
 	// second member would take the sockets of the one that runs.
-	lock, err := fileutil.TryLockFile(filepath.Join(sockDir, "lock"), os.O_WRONLY|os.O_CREATE, 0o600)
+	lockPath := filepath.Join(sockDir, "lock")
+	lock, err := fileutil.TryLockFile(lockPath, os.O_WRONLY|os.O_CREATE, 0o600)
 	if errors.Is(err, fileutil.ErrLocked) {
-		return nil, fmt.Errorf("%w: %s", ErrInUse, dir)
+		holder := ""
+		if pid, err := os.ReadFile(lockPath); err == nil && len(pid) > 0 && len(pid) < 16 {
+			holder = " (process " + strings.TrimSpace(string(pid)) + ")"
+		}
+		return nil, fmt.Errorf("%w: %s%s", ErrInUse, dir, holder)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd: %w", err)
+	}
+	// Who holds it, for the message of the next one that tries.
+	if err := lock.Truncate(0); err == nil {
+		_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	s := &Server{lock: lock, quiet: new(atomic.Bool)}
 	bindDir, err := s.bindDir(sockDir)
