@@ -287,7 +287,7 @@ func (b *Broker) session(ctx context.Context) (*concurrency.Session, error) {
 	// Revoking a lost session's lease and granting the new one share one
 	// StoreTimeout. The session's keepalive lives as long as b.ctx; ctx
 	// only bounds the grant.
-	grantCtx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	grantCtx, cancel := b.storeCtx(ctx)
 	defer cancel()
 	if b.sess != nil {
 		select {

@@ -152,6 +152,26 @@ func (b *Broker) fetch(ctx context.Context, flight string, key TokenKey, good fu
 	}
 }
 
+// storeBudgetKey carries, in a context, the deadline that several store
+// calls share (withStoreBudget); the context itself keeps its own
+// deadline, so that a store call running out of budget is
+// ErrStoreUnavailable, not the caller's deadline.
+type storeBudgetKey struct{}
+
+func withStoreBudget(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, storeBudgetKey{}, time.Now().Add(d))
+}
+
+// storeCtx bounds one store call: by StoreTimeout, and by the budget ctx
+// carries, if any.
+func (b *Broker) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	deadline := time.Now().Add(b.storeTimeout)
+	if budget, ok := ctx.Value(storeBudgetKey{}).(time.Time); ok && budget.Before(deadline) {
+		deadline = budget
+	}
+	return context.WithDeadline(ctx, deadline)
+}
+
 // lockName is what a fetch of key locks: the grant of an account, whose
 // refreshes must happen one at a time (a refresh token rotates); the token
 // key itself for the provider's own client identity (client credentials),
@@ -196,7 +216,7 @@ func (b *Broker) grantLock(ctx context.Context, gid string) (m *concurrency.Mute
 	// First try without waiting, bounded like any store call: with etcd
 	// unreachable the fetch fails within StoreTimeout rather than at its
 	// own deadline. Only a lock another fetch holds is waited for.
-	tctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	tctx, cancel := b.storeCtx(ctx)
 	err = m.TryLock(tctx)
 	cancel()
 	if errors.Is(err, concurrency.ErrLocked) {
@@ -227,7 +247,11 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	// with etcd unreachable this fails within StoreTimeout (the lock would
 	// wait for the whole fetch) and a still-valid token is served; and a
 	// token another replica stored meanwhile is served without the lock.
-	if _, cur, g, err := b.readForFetch(ctx, key.Provider, id, gid); err != nil {
+	//
+	// The read and the taking of the lock share one StoreTimeout: with
+	// etcd unreachable a fetch answers within it, whichever step waits.
+	budget := withStoreBudget(ctx, b.storeTimeout)
+	if _, cur, g, err := b.readForFetch(budget, key.Provider, id, gid); err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return nil, err
 		}
@@ -240,7 +264,7 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 		// replica until its cooldown ends.
 		return b.serveStale(cur, stale, err)
 	}
-	m, unlock, err := b.grantLock(ctx, lockName(key))
+	m, unlock, err := b.grantLock(budget, lockName(key))
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && b.ctx.Err() == nil {
 			// The fetch's own budget ran out while another fetch of the
@@ -409,7 +433,7 @@ func (b *Broker) readTokenAndGrant(ctx context.Context, id, gid string) (*TokenR
 // readTokenAndGrantWith reads a token record, its grant (unless gid is
 // empty) and the ranges of the extra ops, in one transaction.
 func (b *Broker) readTokenAndGrantWith(ctx context.Context, id, gid string, extra ...clientv3.Op) (*TokenRecord, *Grant, []*etcdserverpb.RangeResponse, error) {
-	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	sctx, cancel := b.storeCtx(ctx)
 	defer cancel()
 	tkey, gkey := b.prefix+tokensPrefix+id, b.prefix+grantsPrefix+gid
 	ops := append([]clientv3.Op{clientv3.OpGet(tkey), clientv3.OpGet(gkey)}, extra...)
