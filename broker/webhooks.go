@@ -120,6 +120,13 @@ func (b *Broker) decodeWebhook(key string, data []byte) (*Webhook, error) {
 	return w, nil
 }
 
+// Bounds of a subscription: its filters, and its secret (whsec_ and the
+// base64 of at most 64 bytes).
+const (
+	maxWebhookFilters   = 64
+	maxWebhookSecretLen = 128
+)
+
 // GenerateWebhookSecret returns a fresh signing secret: whsec_ and the
 // base64 of 32 random bytes.
 func GenerateWebhookSecret() (string, error) {
@@ -132,6 +139,9 @@ func GenerateWebhookSecret() (string, error) {
 
 // webhookKeyBytes is the HMAC key of a whsec_ secret.
 func webhookKeyBytes(secret string) ([]byte, error) {
+	if len(secret) > maxWebhookSecretLen {
+		return nil, invalidf("webhook secret: %v", tooLong("the secret", len(secret), maxWebhookSecretLen))
+	}
 	raw, ok := strings.CutPrefix(secret, WebhookSecretPrefix)
 	if !ok {
 		return nil, invalidf("webhook secret must start with %s", WebhookSecretPrefix)
@@ -159,6 +169,9 @@ func (b *Broker) validateWebhook(w *Webhook) error {
 	}
 	if b.requireHTTPS && strings.HasPrefix(w.URL, "http:") {
 		return invalidf("webhook %q: url: plain http is refused (serve --insecure-http-loopback allows it to loopback addresses)", w.ID)
+	}
+	if len(w.EventTypes) > maxWebhookFilters || len(w.Providers) > maxWebhookFilters {
+		return invalidf("webhook %q: at most %d event types and %d providers", w.ID, maxWebhookFilters, maxWebhookFilters)
 	}
 	for _, t := range w.EventTypes {
 		if !t.Valid() {
