@@ -88,6 +88,8 @@ type Config struct {
 	// DefaultEventMaxAge when zero.
 	EventRetention int
 	EventMaxAge    time.Duration
+	// Webhooks tunes webhook delivery.
+	Webhooks WebhookConfig
 	// CooldownBase is a grant's pause after a failed token request, doubled
 	// per consecutive failure up to 64 times; 1s when zero.
 	CooldownBase time.Duration
@@ -117,6 +119,8 @@ type Broker struct {
 	cooldownBase   time.Duration
 	callbackURL    atomic.Pointer[string]
 	refresh        RefreshConfig
+	webhooks       WebhookConfig
+	webhookWake    chan struct{} // see wakeWebhooks
 	requireHTTPS   bool
 	obs            Observer
 	leading        []bool // per shard; guarded by mu
@@ -168,6 +172,8 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		backoff:        cmp(cfg.ProviderBackoff, 200*time.Millisecond),
 		cooldownBase:   cmp(cfg.CooldownBase, time.Second),
 		refresh:        cfg.Refresh.withDefaults(),
+		webhooks:       cfg.Webhooks.withDefaults(),
+		webhookWake:    make(chan struct{}, 1),
 		obs:            cfg.Observer,
 		discoveryClient: &http.Client{Timeout: 10 * time.Second,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},

@@ -20,6 +20,12 @@ type Observer interface {
 	RefreshFailed(provider string)
 	// Leading reports whether this replica leads shard.
 	Leading(shard int, leading bool)
+	// WebhookAttempt reports one delivery attempt to subscription
+	// webhook; lag, on success, is how long after the event was recorded
+	// it was delivered.
+	WebhookAttempt(webhook string, ok bool, lag time.Duration)
+	// WebhookDeadLettered reports a delivery that exhausted its schedule.
+	WebhookDeadLettered(webhook string)
 }
 
 // Outcomes of TokenServed.
@@ -36,3 +42,5 @@ func (nopObserver) ProviderCall(string, GrantType, string, time.Duration) {}
 func (nopObserver) Refreshed(string, time.Duration)                       {}
 func (nopObserver) RefreshFailed(string)                                  {}
 func (nopObserver) Leading(int, bool)                                     {}
+func (nopObserver) WebhookAttempt(string, bool, time.Duration)            {}
+func (nopObserver) WebhookDeadLettered(string)                            {}

@@ -185,7 +185,7 @@ func (b *Broker) campaign(shard int) {
 		}
 		log.Info("leading refresh shard")
 		b.setLeading(shard, true)
-		b.lead(shard, sess)
+		b.lead(shard, sess, fence{key: e.Key(), rev: e.Rev()})
 		b.setLeading(shard, false)
 		// Resign so that another replica takes over at once, not after the
 		// lease's TTL; after a lost session there is nothing to resign.
@@ -235,8 +235,9 @@ func isDone(sess *concurrency.Session) bool {
 }
 
 // lead refreshes shard's due hot tokens until Close or until the session,
-// and with it the leadership, is lost.
-func (b *Broker) lead(shard int, sess *concurrency.Session) {
+// and with it the leadership, is lost. The leader of shard 0 also delivers
+// webhooks, its writes fenced by f, its election key.
+func (b *Broker) lead(shard int, sess *concurrency.Session, f fence) {
 	ctx, cancel := context.WithCancel(b.ctx)
 	defer cancel()
 	go func() { // ends with lead: cancel is deferred above
@@ -246,6 +247,11 @@ func (b *Broker) lead(shard int, sess *concurrency.Session) {
 		case <-ctx.Done():
 		}
 	}()
+	if shard == 0 {
+		var wg sync.WaitGroup
+		defer wg.Wait() // after cancel, deferred last
+		wg.Go(func() { b.deliverWebhooks(ctx, f) })
+	}
 	seen := map[string]time.Time{} // token id → last reported call
 	var lastRead, lastKeepAliveScan, lastCompact time.Time
 	tick := time.NewTicker(b.refresh.Tick)

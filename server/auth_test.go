@@ -225,6 +225,54 @@ func matrixRPCs(providerURL, token string) []rpcCase {
 				return err
 			},
 		},
+		{
+			method: tokenbrokerv1.AdminService_PutWebhook_FullMethodName, action: policy.Admin, adminWant: codes.OK,
+			grpc: func(ctx context.Context, _ tokenbrokerv1.TokenBrokerServiceClient, ad tokenbrokerv1.AdminServiceClient) error {
+				_, err := ad.PutWebhook(ctx, &tokenbrokerv1.PutWebhookRequest{Webhook: &tokenbrokerv1.Webhook{Id: "matrix", Url: "https://hooks.example.com/matrix"}})
+				return err
+			},
+			restVerb: http.MethodPut, restPath: "/v1/admin/webhooks/matrix", restBody: `{"webhook":{"url":"https://hooks.example.com/matrix"}}`,
+		},
+		{
+			method: tokenbrokerv1.AdminService_GetWebhook_FullMethodName, action: policy.Admin, adminWant: codes.NotFound,
+			grpc: func(ctx context.Context, _ tokenbrokerv1.TokenBrokerServiceClient, ad tokenbrokerv1.AdminServiceClient) error {
+				_, err := ad.GetWebhook(ctx, &tokenbrokerv1.GetWebhookRequest{Id: "nowhere"})
+				return err
+			},
+			restVerb: http.MethodGet, restPath: "/v1/admin/webhooks/nowhere",
+		},
+		{
+			method: tokenbrokerv1.AdminService_ListWebhooks_FullMethodName, action: policy.Admin, adminWant: codes.OK,
+			grpc: func(ctx context.Context, _ tokenbrokerv1.TokenBrokerServiceClient, ad tokenbrokerv1.AdminServiceClient) error {
+				_, err := ad.ListWebhooks(ctx, &tokenbrokerv1.ListWebhooksRequest{})
+				return err
+			},
+			restVerb: http.MethodGet, restPath: "/v1/admin/webhooks",
+		},
+		{
+			method: tokenbrokerv1.AdminService_DeleteWebhook_FullMethodName, action: policy.Admin, adminWant: codes.NotFound,
+			grpc: func(ctx context.Context, _ tokenbrokerv1.TokenBrokerServiceClient, ad tokenbrokerv1.AdminServiceClient) error {
+				_, err := ad.DeleteWebhook(ctx, &tokenbrokerv1.DeleteWebhookRequest{Id: "nowhere"})
+				return err
+			},
+			restVerb: http.MethodDelete, restPath: "/v1/admin/webhooks/nowhere",
+		},
+		{
+			method: tokenbrokerv1.AdminService_ListWebhookDeliveries_FullMethodName, action: policy.Admin, adminWant: codes.OK,
+			grpc: func(ctx context.Context, _ tokenbrokerv1.TokenBrokerServiceClient, ad tokenbrokerv1.AdminServiceClient) error {
+				_, err := ad.ListWebhookDeliveries(ctx, &tokenbrokerv1.ListWebhookDeliveriesRequest{Id: "nowhere"})
+				return err
+			},
+			restVerb: http.MethodGet, restPath: "/v1/admin/webhooks/nowhere/deliveries",
+		},
+		{
+			method: tokenbrokerv1.AdminService_RedeliverWebhook_FullMethodName, action: policy.Admin, adminWant: codes.NotFound,
+			grpc: func(ctx context.Context, _ tokenbrokerv1.TokenBrokerServiceClient, ad tokenbrokerv1.AdminServiceClient) error {
+				_, err := ad.RedeliverWebhook(ctx, &tokenbrokerv1.RedeliverWebhookRequest{Id: "nowhere", EventId: "0000000000000000deadbeef"})
+				return err
+			},
+			restVerb: http.MethodPost, restPath: "/v1/admin/webhooks/nowhere/deliveries/0000000000000000deadbeef:redeliver", restBody: `{}`,
+		},
 	}
 }
 

@@ -169,3 +169,27 @@ func (g *gatewayAdmin) ListEvents(ctx context.Context, req *tokenbrokerv1.ListEv
 func (g *gatewayAdmin) WatchEvents(*tokenbrokerv1.WatchEventsRequest, tokenbrokerv1.AdminService_WatchEventsServer) error {
 	return status.Error(codes.Unimplemented, "WatchEvents over REST is GET "+restWatchEventsPath)
 }
+
+func (g *gatewayAdmin) PutWebhook(ctx context.Context, req *tokenbrokerv1.PutWebhookRequest) (*tokenbrokerv1.PutWebhookResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_PutWebhook_FullMethodName, req, g.next.PutWebhook)
+}
+
+func (g *gatewayAdmin) GetWebhook(ctx context.Context, req *tokenbrokerv1.GetWebhookRequest) (*tokenbrokerv1.GetWebhookResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_GetWebhook_FullMethodName, req, g.next.GetWebhook)
+}
+
+func (g *gatewayAdmin) ListWebhooks(ctx context.Context, req *tokenbrokerv1.ListWebhooksRequest) (*tokenbrokerv1.ListWebhooksResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_ListWebhooks_FullMethodName, req, g.next.ListWebhooks)
+}
+
+func (g *gatewayAdmin) DeleteWebhook(ctx context.Context, req *tokenbrokerv1.DeleteWebhookRequest) (*tokenbrokerv1.DeleteWebhookResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_DeleteWebhook_FullMethodName, req, g.next.DeleteWebhook)
+}
+
+func (g *gatewayAdmin) ListWebhookDeliveries(ctx context.Context, req *tokenbrokerv1.ListWebhookDeliveriesRequest) (*tokenbrokerv1.ListWebhookDeliveriesResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_ListWebhookDeliveries_FullMethodName, req, g.next.ListWebhookDeliveries)
+}
+
+func (g *gatewayAdmin) RedeliverWebhook(ctx context.Context, req *tokenbrokerv1.RedeliverWebhookRequest) (*tokenbrokerv1.RedeliverWebhookResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_RedeliverWebhook_FullMethodName, req, g.next.RedeliverWebhook)
+}

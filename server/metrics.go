@@ -35,6 +35,9 @@ type Metrics struct {
 	refreshAhead  *prometheus.HistogramVec
 	refreshFailed *prometheus.CounterVec
 	leading       *prometheus.GaugeVec
+	hookAttempts  *prometheus.CounterVec
+	hookLag       *prometheus.HistogramVec
+	hookDead      *prometheus.CounterVec
 }
 
 // NewMetrics makes the metrics and registers them, with the Go and process
@@ -66,7 +69,18 @@ func NewMetrics() *Metrics {
 	m.leading = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "tokenbroker_refresh_shard_leader", Help: "1 while this replica leads the refresh shard.",
 	}, []string{"shard"})
+	m.hookAttempts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tokenbroker_webhook_deliveries_total", Help: "Webhook delivery attempts by subscription and outcome (succeeded, failed).",
+	}, []string{"webhook", "outcome"})
+	m.hookLag = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "tokenbroker_webhook_delivery_lag_seconds", Help: "From an event's recording to its successful delivery, by subscription.",
+		Buckets: []float64{.01, .05, .1, .25, .5, 1, 5, 30, 120, 600, 3600, 21600, 86400},
+	}, []string{"webhook"})
+	m.hookDead = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tokenbroker_webhook_dead_letters_total", Help: "Webhook deliveries dead-lettered after their retry schedule, by subscription.",
+	}, []string{"webhook"})
 	m.reg.MustRegister(m.grpc, m.served, m.providerCalls, m.providerTime, m.refreshed, m.refreshAhead, m.refreshFailed, m.leading,
+		m.hookAttempts, m.hookLag, m.hookDead,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tokenbroker_etcd_errors_total", Help: "Failed etcd calls."},
 			func() float64 { return float64(broker.StoreErrors()) }),
@@ -119,6 +133,17 @@ func (m *Metrics) Leading(shard int, leading bool) {
 	}
 	m.leading.WithLabelValues(strconv.Itoa(shard)).Set(v)
 }
+
+func (m *Metrics) WebhookAttempt(webhook string, ok bool, lag time.Duration) {
+	if !ok {
+		m.hookAttempts.WithLabelValues(webhook, "failed").Inc()
+		return
+	}
+	m.hookAttempts.WithLabelValues(webhook, "succeeded").Inc()
+	m.hookLag.WithLabelValues(webhook).Observe(lag.Seconds())
+}
+
+func (m *Metrics) WebhookDeadLettered(webhook string) { m.hookDead.WithLabelValues(webhook).Inc() }
 
 // grantCollector reads the grants' health at scrape time.
 type grantCollector struct {

@@ -208,6 +208,67 @@ func (GrantHealth) EnumDescriptor() ([]byte, []int) {
 	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
+// WebhookDeliveryStatus is where one delivery stands.
+type WebhookDeliveryStatus int32
+
+const (
+	// Not set.
+	WebhookDeliveryStatus_WEBHOOK_DELIVERY_STATUS_UNSPECIFIED WebhookDeliveryStatus = 0
+	// An attempt failed; another is due at next_attempt_time.
+	WebhookDeliveryStatus_WEBHOOK_DELIVERY_STATUS_RETRYING WebhookDeliveryStatus = 1
+	// The receiver answered 2xx.
+	WebhookDeliveryStatus_WEBHOOK_DELIVERY_STATUS_DELIVERED WebhookDeliveryStatus = 2
+	// Every attempt of the retry schedule failed: a dead letter.
+	WebhookDeliveryStatus_WEBHOOK_DELIVERY_STATUS_DEAD WebhookDeliveryStatus = 3
+	// A dead letter queued for delivery again.
+	WebhookDeliveryStatus_WEBHOOK_DELIVERY_STATUS_QUEUED WebhookDeliveryStatus = 4
+)
+
+// Enum value maps for WebhookDeliveryStatus.
+var (
+	WebhookDeliveryStatus_name = map[int32]string{
+		0: "WEBHOOK_DELIVERY_STATUS_UNSPECIFIED",
+		1: "WEBHOOK_DELIVERY_STATUS_RETRYING",
+		2: "WEBHOOK_DELIVERY_STATUS_DELIVERED",
+		3: "WEBHOOK_DELIVERY_STATUS_DEAD",
+		4: "WEBHOOK_DELIVERY_STATUS_QUEUED",
+	}
+	WebhookDeliveryStatus_value = map[string]int32{
+		"WEBHOOK_DELIVERY_STATUS_UNSPECIFIED": 0,
+		"WEBHOOK_DELIVERY_STATUS_RETRYING":    1,
+		"WEBHOOK_DELIVERY_STATUS_DELIVERED":   2,
+		"WEBHOOK_DELIVERY_STATUS_DEAD":        3,
+		"WEBHOOK_DELIVERY_STATUS_QUEUED":      4,
+	}
+)
+
+func (x WebhookDeliveryStatus) Enum() *WebhookDeliveryStatus {
+	p := new(WebhookDeliveryStatus)
+	*p = x
+	return p
+}
+
+func (x WebhookDeliveryStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WebhookDeliveryStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_tokenbroker_v1_admin_proto_enumTypes[3].Descriptor()
+}
+
+func (WebhookDeliveryStatus) Type() protoreflect.EnumType {
+	return &file_tokenbroker_v1_admin_proto_enumTypes[3]
+}
+
+func (x WebhookDeliveryStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WebhookDeliveryStatus.Descriptor instead.
+func (WebhookDeliveryStatus) EnumDescriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
 // SecretInfo describes a stored secret without revealing it.
 type SecretInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2363,6 +2424,806 @@ func (x *WatchEventsResponse) GetEvent() *Event {
 	return nil
 }
 
+// Webhook is a subscription: the events to push to a URL, signed as the
+// Standard Webhooks specification says.
+type Webhook struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unique id: lowercase letters, digits, '-', '_' and '.', at most 63 characters.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Receives the deliveries (POST); https, or http to a loopback address in development.
+	Url string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	// Only events of these types; all when empty.
+	EventTypes []string `protobuf:"bytes,3,rep,name=event_types,json=eventTypes,proto3" json:"event_types,omitempty"`
+	// Only events of these providers; all when empty.
+	Providers []string `protobuf:"bytes,4,rep,name=providers,proto3" json:"providers,omitempty"`
+	// Output only: the signing secret's state; never the secret.
+	Secret *SecretInfo `protobuf:"bytes,5,opt,name=secret,proto3" json:"secret,omitempty"`
+	// Output only: when the subscription was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Output only: when the subscription was last changed.
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Output only: the last event delivered or dead-lettered, in order.
+	LastEventId string `protobuf:"bytes,8,opt,name=last_event_id,json=lastEventId,proto3" json:"last_event_id,omitempty"`
+	// Output only: failed attempts since the last success.
+	ConsecutiveFailures int32 `protobuf:"varint,9,opt,name=consecutive_failures,json=consecutiveFailures,proto3" json:"consecutive_failures,omitempty"`
+	// Output only: while in the future, the circuit breaker pauses delivery until then.
+	PausedUntil   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=paused_until,json=pausedUntil,proto3" json:"paused_until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Webhook) Reset() {
+	*x = Webhook{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Webhook) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Webhook) ProtoMessage() {}
+
+func (x *Webhook) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Webhook.ProtoReflect.Descriptor instead.
+func (*Webhook) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *Webhook) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Webhook) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *Webhook) GetEventTypes() []string {
+	if x != nil {
+		return x.EventTypes
+	}
+	return nil
+}
+
+func (x *Webhook) GetProviders() []string {
+	if x != nil {
+		return x.Providers
+	}
+	return nil
+}
+
+func (x *Webhook) GetSecret() *SecretInfo {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+func (x *Webhook) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Webhook) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Webhook) GetLastEventId() string {
+	if x != nil {
+		return x.LastEventId
+	}
+	return ""
+}
+
+func (x *Webhook) GetConsecutiveFailures() int32 {
+	if x != nil {
+		return x.ConsecutiveFailures
+	}
+	return 0
+}
+
+func (x *Webhook) GetPausedUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PausedUntil
+	}
+	return nil
+}
+
+// PutWebhookRequest creates or replaces a subscription.
+type PutWebhookRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription; output-only fields are ignored.
+	Webhook *Webhook `protobuf:"bytes,1,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	// The signing secret, "whsec_" and the base64 of 24 to 64 bytes; empty
+	// keeps the stored one or generates one. Never returned but once, generated.
+	Secret        string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PutWebhookRequest) Reset() {
+	*x = PutWebhookRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutWebhookRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutWebhookRequest) ProtoMessage() {}
+
+func (x *PutWebhookRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutWebhookRequest.ProtoReflect.Descriptor instead.
+func (*PutWebhookRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *PutWebhookRequest) GetWebhook() *Webhook {
+	if x != nil {
+		return x.Webhook
+	}
+	return nil
+}
+
+func (x *PutWebhookRequest) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+// PutWebhookResponse returns the stored subscription.
+type PutWebhookResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription, without its secret.
+	Webhook *Webhook `protobuf:"bytes,1,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	// The secret the broker generated, shown only here; empty when the
+	// caller gave one or the stored one was kept.
+	GeneratedSecret string `protobuf:"bytes,2,opt,name=generated_secret,json=generatedSecret,proto3" json:"generated_secret,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *PutWebhookResponse) Reset() {
+	*x = PutWebhookResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PutWebhookResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PutWebhookResponse) ProtoMessage() {}
+
+func (x *PutWebhookResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PutWebhookResponse.ProtoReflect.Descriptor instead.
+func (*PutWebhookResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *PutWebhookResponse) GetWebhook() *Webhook {
+	if x != nil {
+		return x.Webhook
+	}
+	return nil
+}
+
+func (x *PutWebhookResponse) GetGeneratedSecret() string {
+	if x != nil {
+		return x.GeneratedSecret
+	}
+	return ""
+}
+
+// GetWebhookRequest names a subscription.
+type GetWebhookRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription's id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetWebhookRequest) Reset() {
+	*x = GetWebhookRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetWebhookRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetWebhookRequest) ProtoMessage() {}
+
+func (x *GetWebhookRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetWebhookRequest.ProtoReflect.Descriptor instead.
+func (*GetWebhookRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *GetWebhookRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// GetWebhookResponse returns a subscription.
+type GetWebhookResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription, without its secret.
+	Webhook       *Webhook `protobuf:"bytes,1,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetWebhookResponse) Reset() {
+	*x = GetWebhookResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetWebhookResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetWebhookResponse) ProtoMessage() {}
+
+func (x *GetWebhookResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetWebhookResponse.ProtoReflect.Descriptor instead.
+func (*GetWebhookResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *GetWebhookResponse) GetWebhook() *Webhook {
+	if x != nil {
+		return x.Webhook
+	}
+	return nil
+}
+
+// ListWebhooksRequest lists subscriptions.
+type ListWebhooksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWebhooksRequest) Reset() {
+	*x = ListWebhooksRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWebhooksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWebhooksRequest) ProtoMessage() {}
+
+func (x *ListWebhooksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWebhooksRequest.ProtoReflect.Descriptor instead.
+func (*ListWebhooksRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{38}
+}
+
+// ListWebhooksResponse returns subscriptions.
+type ListWebhooksResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Subscriptions sorted by id, without secrets or status.
+	Webhooks      []*Webhook `protobuf:"bytes,1,rep,name=webhooks,proto3" json:"webhooks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWebhooksResponse) Reset() {
+	*x = ListWebhooksResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWebhooksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWebhooksResponse) ProtoMessage() {}
+
+func (x *ListWebhooksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWebhooksResponse.ProtoReflect.Descriptor instead.
+func (*ListWebhooksResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ListWebhooksResponse) GetWebhooks() []*Webhook {
+	if x != nil {
+		return x.Webhooks
+	}
+	return nil
+}
+
+// DeleteWebhookRequest names the subscription to delete.
+type DeleteWebhookRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription's id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteWebhookRequest) Reset() {
+	*x = DeleteWebhookRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteWebhookRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteWebhookRequest) ProtoMessage() {}
+
+func (x *DeleteWebhookRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteWebhookRequest.ProtoReflect.Descriptor instead.
+func (*DeleteWebhookRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *DeleteWebhookRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// DeleteWebhookResponse is empty.
+type DeleteWebhookResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteWebhookResponse) Reset() {
+	*x = DeleteWebhookResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteWebhookResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteWebhookResponse) ProtoMessage() {}
+
+func (x *DeleteWebhookResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteWebhookResponse.ProtoReflect.Descriptor instead.
+func (*DeleteWebhookResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{41}
+}
+
+// WebhookDelivery is the delivery of one event to one subscription.
+type WebhookDelivery struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event's id, sent as webhook-id.
+	EventId string `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// The event's type.
+	EventType string `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// Where the delivery stands.
+	Status WebhookDeliveryStatus `protobuf:"varint,3,opt,name=status,proto3,enum=tokenbroker.v1.WebhookDeliveryStatus" json:"status,omitempty"`
+	// Attempts made (since the last redelivery).
+	Attempts int32 `protobuf:"varint,4,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// The receiver's last HTTP status; 0 when it gave none.
+	LastHttpStatus int32 `protobuf:"varint,5,opt,name=last_http_status,json=lastHttpStatus,proto3" json:"last_http_status,omitempty"`
+	// Why the last attempt failed.
+	LastError string `protobuf:"bytes,6,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// When the first attempt was made.
+	FirstAttemptTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=first_attempt_time,json=firstAttemptTime,proto3" json:"first_attempt_time,omitempty"`
+	// When the last attempt was made.
+	LastAttemptTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_attempt_time,json=lastAttemptTime,proto3" json:"last_attempt_time,omitempty"`
+	// When the next attempt is due, while retrying.
+	NextAttemptTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=next_attempt_time,json=nextAttemptTime,proto3" json:"next_attempt_time,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *WebhookDelivery) Reset() {
+	*x = WebhookDelivery{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WebhookDelivery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WebhookDelivery) ProtoMessage() {}
+
+func (x *WebhookDelivery) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WebhookDelivery.ProtoReflect.Descriptor instead.
+func (*WebhookDelivery) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *WebhookDelivery) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *WebhookDelivery) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *WebhookDelivery) GetStatus() WebhookDeliveryStatus {
+	if x != nil {
+		return x.Status
+	}
+	return WebhookDeliveryStatus_WEBHOOK_DELIVERY_STATUS_UNSPECIFIED
+}
+
+func (x *WebhookDelivery) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *WebhookDelivery) GetLastHttpStatus() int32 {
+	if x != nil {
+		return x.LastHttpStatus
+	}
+	return 0
+}
+
+func (x *WebhookDelivery) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *WebhookDelivery) GetFirstAttemptTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstAttemptTime
+	}
+	return nil
+}
+
+func (x *WebhookDelivery) GetLastAttemptTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastAttemptTime
+	}
+	return nil
+}
+
+func (x *WebhookDelivery) GetNextAttemptTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttemptTime
+	}
+	return nil
+}
+
+// ListWebhookDeliveriesRequest names a subscription.
+type ListWebhookDeliveriesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription's id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWebhookDeliveriesRequest) Reset() {
+	*x = ListWebhookDeliveriesRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWebhookDeliveriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWebhookDeliveriesRequest) ProtoMessage() {}
+
+func (x *ListWebhookDeliveriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWebhookDeliveriesRequest.ProtoReflect.Descriptor instead.
+func (*ListWebhookDeliveriesRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ListWebhookDeliveriesRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// ListWebhookDeliveriesResponse returns deliveries.
+type ListWebhookDeliveriesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Recent deliveries and every dead letter, newest event first.
+	Deliveries    []*WebhookDelivery `protobuf:"bytes,1,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWebhookDeliveriesResponse) Reset() {
+	*x = ListWebhookDeliveriesResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWebhookDeliveriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWebhookDeliveriesResponse) ProtoMessage() {}
+
+func (x *ListWebhookDeliveriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWebhookDeliveriesResponse.ProtoReflect.Descriptor instead.
+func (*ListWebhookDeliveriesResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ListWebhookDeliveriesResponse) GetDeliveries() []*WebhookDelivery {
+	if x != nil {
+		return x.Deliveries
+	}
+	return nil
+}
+
+// RedeliverWebhookRequest names a dead letter.
+type RedeliverWebhookRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription's id.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The dead-lettered event's id.
+	EventId       string `protobuf:"bytes,2,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedeliverWebhookRequest) Reset() {
+	*x = RedeliverWebhookRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedeliverWebhookRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedeliverWebhookRequest) ProtoMessage() {}
+
+func (x *RedeliverWebhookRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedeliverWebhookRequest.ProtoReflect.Descriptor instead.
+func (*RedeliverWebhookRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *RedeliverWebhookRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RedeliverWebhookRequest) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+// RedeliverWebhookResponse is empty.
+type RedeliverWebhookResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedeliverWebhookResponse) Reset() {
+	*x = RedeliverWebhookResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedeliverWebhookResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedeliverWebhookResponse) ProtoMessage() {}
+
+func (x *RedeliverWebhookResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedeliverWebhookResponse.ProtoReflect.Descriptor instead.
+func (*RedeliverWebhookResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{46}
+}
+
 var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_admin_proto_rawDesc = "" +
@@ -2526,7 +3387,60 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x05types\x18\x02 \x03(\tR\x05types\x12\x1a\n" +
 	"\bprovider\x18\x03 \x01(\tR\bprovider\"B\n" +
 	"\x13WatchEventsResponse\x12+\n" +
-	"\x05event\x18\x01 \x01(\v2\x15.tokenbroker.v1.EventR\x05event*\x93\x01\n" +
+	"\x05event\x18\x01 \x01(\v2\x15.tokenbroker.v1.EventR\x05event\"\xae\x03\n" +
+	"\aWebhook\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\x12\x1f\n" +
+	"\vevent_types\x18\x03 \x03(\tR\n" +
+	"eventTypes\x12\x1c\n" +
+	"\tproviders\x18\x04 \x03(\tR\tproviders\x122\n" +
+	"\x06secret\x18\x05 \x01(\v2\x1a.tokenbroker.v1.SecretInfoR\x06secret\x12;\n" +
+	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\x12\"\n" +
+	"\rlast_event_id\x18\b \x01(\tR\vlastEventId\x121\n" +
+	"\x14consecutive_failures\x18\t \x01(\x05R\x13consecutiveFailures\x12=\n" +
+	"\fpaused_until\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\vpausedUntil\"^\n" +
+	"\x11PutWebhookRequest\x121\n" +
+	"\awebhook\x18\x01 \x01(\v2\x17.tokenbroker.v1.WebhookR\awebhook\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\"r\n" +
+	"\x12PutWebhookResponse\x121\n" +
+	"\awebhook\x18\x01 \x01(\v2\x17.tokenbroker.v1.WebhookR\awebhook\x12)\n" +
+	"\x10generated_secret\x18\x02 \x01(\tR\x0fgeneratedSecret\"#\n" +
+	"\x11GetWebhookRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"G\n" +
+	"\x12GetWebhookResponse\x121\n" +
+	"\awebhook\x18\x01 \x01(\v2\x17.tokenbroker.v1.WebhookR\awebhook\"\x15\n" +
+	"\x13ListWebhooksRequest\"K\n" +
+	"\x14ListWebhooksResponse\x123\n" +
+	"\bwebhooks\x18\x01 \x03(\v2\x17.tokenbroker.v1.WebhookR\bwebhooks\"&\n" +
+	"\x14DeleteWebhookRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x17\n" +
+	"\x15DeleteWebhookResponse\"\xc9\x03\n" +
+	"\x0fWebhookDelivery\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x02 \x01(\tR\teventType\x12=\n" +
+	"\x06status\x18\x03 \x01(\x0e2%.tokenbroker.v1.WebhookDeliveryStatusR\x06status\x12\x1a\n" +
+	"\battempts\x18\x04 \x01(\x05R\battempts\x12(\n" +
+	"\x10last_http_status\x18\x05 \x01(\x05R\x0elastHttpStatus\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x06 \x01(\tR\tlastError\x12H\n" +
+	"\x12first_attempt_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x10firstAttemptTime\x12F\n" +
+	"\x11last_attempt_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x0flastAttemptTime\x12F\n" +
+	"\x11next_attempt_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextAttemptTime\".\n" +
+	"\x1cListWebhookDeliveriesRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"`\n" +
+	"\x1dListWebhookDeliveriesResponse\x12?\n" +
+	"\n" +
+	"deliveries\x18\x01 \x03(\v2\x1f.tokenbroker.v1.WebhookDeliveryR\n" +
+	"deliveries\"D\n" +
+	"\x17RedeliverWebhookRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
+	"\bevent_id\x18\x02 \x01(\tR\aeventId\"\x1a\n" +
+	"\x18RedeliverWebhookResponse*\x93\x01\n" +
 	"\x0fClientAuthStyle\x12!\n" +
 	"\x1dCLIENT_AUTH_STYLE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17CLIENT_AUTH_STYLE_BASIC\x10\x01\x12\x1a\n" +
@@ -2544,7 +3458,13 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x17GRANT_HEALTH_REFRESHING\x10\x02\x12)\n" +
 	"%GRANT_HEALTH_REAUTHORIZATION_REQUIRED\x10\x03\x12\x18\n" +
 	"\x14GRANT_HEALTH_FAILING\x10\x04\x12\x18\n" +
-	"\x14GRANT_HEALTH_PENDING\x10\x052\xbf\x0e\n" +
+	"\x14GRANT_HEALTH_PENDING\x10\x05*\xd3\x01\n" +
+	"\x15WebhookDeliveryStatus\x12'\n" +
+	"#WEBHOOK_DELIVERY_STATUS_UNSPECIFIED\x10\x00\x12$\n" +
+	" WEBHOOK_DELIVERY_STATUS_RETRYING\x10\x01\x12%\n" +
+	"!WEBHOOK_DELIVERY_STATUS_DELIVERED\x10\x02\x12 \n" +
+	"\x1cWEBHOOK_DELIVERY_STATUS_DEAD\x10\x03\x12\"\n" +
+	"\x1eWEBHOOK_DELIVERY_STATUS_QUEUED\x10\x042\xfb\x14\n" +
 	"\fAdminService\x12\x86\x01\n" +
 	"\vPutProvider\x12\".tokenbroker.v1.PutProviderRequest\x1a#.tokenbroker.v1.PutProviderResponse\".\x82\xd3\xe4\x93\x02(:\x01*\x1a#/v1/admin/providers/{provider.name}\x12z\n" +
 	"\vGetProvider\x12\".tokenbroker.v1.GetProviderRequest\x1a#.tokenbroker.v1.GetProviderResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/admin/providers/{name}\x12y\n" +
@@ -2562,7 +3482,15 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\fRetireApiKey\x12#.tokenbroker.v1.RetireApiKeyRequest\x1a$.tokenbroker.v1.RetireApiKeyResponse\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/v1/admin/apikeys/{id}\x12m\n" +
 	"\n" +
 	"ListEvents\x12!.tokenbroker.v1.ListEventsRequest\x1a\".tokenbroker.v1.ListEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/admin/events\x12Z\n" +
-	"\vWatchEvents\x12\".tokenbroker.v1.WatchEventsRequest\x1a#.tokenbroker.v1.WatchEventsResponse\"\x000\x01BEZCgithub.com/tokenbroker/tokenbroker/gen/tokenbroker/v1;tokenbrokerv1b\x06proto3"
+	"\vWatchEvents\x12\".tokenbroker.v1.WatchEventsRequest\x1a#.tokenbroker.v1.WatchEventsResponse\"\x000\x01\x12\x7f\n" +
+	"\n" +
+	"PutWebhook\x12!.tokenbroker.v1.PutWebhookRequest\x1a\".tokenbroker.v1.PutWebhookResponse\"*\x82\xd3\xe4\x93\x02$:\x01*\x1a\x1f/v1/admin/webhooks/{webhook.id}\x12t\n" +
+	"\n" +
+	"GetWebhook\x12!.tokenbroker.v1.GetWebhookRequest\x1a\".tokenbroker.v1.GetWebhookResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/admin/webhooks/{id}\x12u\n" +
+	"\fListWebhooks\x12#.tokenbroker.v1.ListWebhooksRequest\x1a$.tokenbroker.v1.ListWebhooksResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/admin/webhooks\x12}\n" +
+	"\rDeleteWebhook\x12$.tokenbroker.v1.DeleteWebhookRequest\x1a%.tokenbroker.v1.DeleteWebhookResponse\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/v1/admin/webhooks/{id}\x12\xa0\x01\n" +
+	"\x15ListWebhookDeliveries\x12,.tokenbroker.v1.ListWebhookDeliveriesRequest\x1a-.tokenbroker.v1.ListWebhookDeliveriesResponse\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/admin/webhooks/{id}/deliveries\x12\xa9\x01\n" +
+	"\x10RedeliverWebhook\x12'.tokenbroker.v1.RedeliverWebhookRequest\x1a(.tokenbroker.v1.RedeliverWebhookResponse\"B\x82\xd3\xe4\x93\x02<:\x01*\"7/v1/admin/webhooks/{id}/deliveries/{event_id}:redeliverBEZCgithub.com/tokenbroker/tokenbroker/gen/tokenbroker/v1;tokenbrokerv1b\x06proto3"
 
 var (
 	file_tokenbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -2576,124 +3504,164 @@ func file_tokenbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_tokenbroker_v1_admin_proto_rawDescData
 }
 
-var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_tokenbroker_v1_admin_proto_goTypes = []any{
-	(ClientAuthStyle)(0),               // 0: tokenbroker.v1.ClientAuthStyle
-	(GrantType)(0),                     // 1: tokenbroker.v1.GrantType
-	(GrantHealth)(0),                   // 2: tokenbroker.v1.GrantHealth
-	(*SecretInfo)(nil),                 // 3: tokenbroker.v1.SecretInfo
-	(*Provider)(nil),                   // 4: tokenbroker.v1.Provider
-	(*PutProviderRequest)(nil),         // 5: tokenbroker.v1.PutProviderRequest
-	(*PutProviderResponse)(nil),        // 6: tokenbroker.v1.PutProviderResponse
-	(*GetProviderRequest)(nil),         // 7: tokenbroker.v1.GetProviderRequest
-	(*GetProviderResponse)(nil),        // 8: tokenbroker.v1.GetProviderResponse
-	(*ListProvidersRequest)(nil),       // 9: tokenbroker.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),      // 10: tokenbroker.v1.ListProvidersResponse
-	(*DeleteProviderRequest)(nil),      // 11: tokenbroker.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil),     // 12: tokenbroker.v1.DeleteProviderResponse
-	(*Grant)(nil),                      // 13: tokenbroker.v1.Grant
-	(*PutAccountRequest)(nil),          // 14: tokenbroker.v1.PutAccountRequest
-	(*PutAccountResponse)(nil),         // 15: tokenbroker.v1.PutAccountResponse
-	(*StartAuthorizationRequest)(nil),  // 16: tokenbroker.v1.StartAuthorizationRequest
-	(*StartAuthorizationResponse)(nil), // 17: tokenbroker.v1.StartAuthorizationResponse
-	(*ListGrantsRequest)(nil),          // 18: tokenbroker.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),         // 19: tokenbroker.v1.ListGrantsResponse
-	(*RevokeGrantRequest)(nil),         // 20: tokenbroker.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),        // 21: tokenbroker.v1.RevokeGrantResponse
-	(*ApiKey)(nil),                     // 22: tokenbroker.v1.ApiKey
-	(*CreateApiKeyRequest)(nil),        // 23: tokenbroker.v1.CreateApiKeyRequest
-	(*CreateApiKeyResponse)(nil),       // 24: tokenbroker.v1.CreateApiKeyResponse
-	(*ListApiKeysRequest)(nil),         // 25: tokenbroker.v1.ListApiKeysRequest
-	(*ListApiKeysResponse)(nil),        // 26: tokenbroker.v1.ListApiKeysResponse
-	(*RetireApiKeyRequest)(nil),        // 27: tokenbroker.v1.RetireApiKeyRequest
-	(*RetireApiKeyResponse)(nil),       // 28: tokenbroker.v1.RetireApiKeyResponse
-	(*RotateClientSecretRequest)(nil),  // 29: tokenbroker.v1.RotateClientSecretRequest
-	(*RotateClientSecretResponse)(nil), // 30: tokenbroker.v1.RotateClientSecretResponse
-	(*Event)(nil),                      // 31: tokenbroker.v1.Event
-	(*ListEventsRequest)(nil),          // 32: tokenbroker.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),         // 33: tokenbroker.v1.ListEventsResponse
-	(*WatchEventsRequest)(nil),         // 34: tokenbroker.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),        // 35: tokenbroker.v1.WatchEventsResponse
-	nil,                                // 36: tokenbroker.v1.Provider.GrantTokenUrlsEntry
-	nil,                                // 37: tokenbroker.v1.Provider.TokenParamsEntry
-	(*timestamppb.Timestamp)(nil),      // 38: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 39: google.protobuf.Duration
+	(ClientAuthStyle)(0),                  // 0: tokenbroker.v1.ClientAuthStyle
+	(GrantType)(0),                        // 1: tokenbroker.v1.GrantType
+	(GrantHealth)(0),                      // 2: tokenbroker.v1.GrantHealth
+	(WebhookDeliveryStatus)(0),            // 3: tokenbroker.v1.WebhookDeliveryStatus
+	(*SecretInfo)(nil),                    // 4: tokenbroker.v1.SecretInfo
+	(*Provider)(nil),                      // 5: tokenbroker.v1.Provider
+	(*PutProviderRequest)(nil),            // 6: tokenbroker.v1.PutProviderRequest
+	(*PutProviderResponse)(nil),           // 7: tokenbroker.v1.PutProviderResponse
+	(*GetProviderRequest)(nil),            // 8: tokenbroker.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),           // 9: tokenbroker.v1.GetProviderResponse
+	(*ListProvidersRequest)(nil),          // 10: tokenbroker.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),         // 11: tokenbroker.v1.ListProvidersResponse
+	(*DeleteProviderRequest)(nil),         // 12: tokenbroker.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),        // 13: tokenbroker.v1.DeleteProviderResponse
+	(*Grant)(nil),                         // 14: tokenbroker.v1.Grant
+	(*PutAccountRequest)(nil),             // 15: tokenbroker.v1.PutAccountRequest
+	(*PutAccountResponse)(nil),            // 16: tokenbroker.v1.PutAccountResponse
+	(*StartAuthorizationRequest)(nil),     // 17: tokenbroker.v1.StartAuthorizationRequest
+	(*StartAuthorizationResponse)(nil),    // 18: tokenbroker.v1.StartAuthorizationResponse
+	(*ListGrantsRequest)(nil),             // 19: tokenbroker.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),            // 20: tokenbroker.v1.ListGrantsResponse
+	(*RevokeGrantRequest)(nil),            // 21: tokenbroker.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),           // 22: tokenbroker.v1.RevokeGrantResponse
+	(*ApiKey)(nil),                        // 23: tokenbroker.v1.ApiKey
+	(*CreateApiKeyRequest)(nil),           // 24: tokenbroker.v1.CreateApiKeyRequest
+	(*CreateApiKeyResponse)(nil),          // 25: tokenbroker.v1.CreateApiKeyResponse
+	(*ListApiKeysRequest)(nil),            // 26: tokenbroker.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),           // 27: tokenbroker.v1.ListApiKeysResponse
+	(*RetireApiKeyRequest)(nil),           // 28: tokenbroker.v1.RetireApiKeyRequest
+	(*RetireApiKeyResponse)(nil),          // 29: tokenbroker.v1.RetireApiKeyResponse
+	(*RotateClientSecretRequest)(nil),     // 30: tokenbroker.v1.RotateClientSecretRequest
+	(*RotateClientSecretResponse)(nil),    // 31: tokenbroker.v1.RotateClientSecretResponse
+	(*Event)(nil),                         // 32: tokenbroker.v1.Event
+	(*ListEventsRequest)(nil),             // 33: tokenbroker.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),            // 34: tokenbroker.v1.ListEventsResponse
+	(*WatchEventsRequest)(nil),            // 35: tokenbroker.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),           // 36: tokenbroker.v1.WatchEventsResponse
+	(*Webhook)(nil),                       // 37: tokenbroker.v1.Webhook
+	(*PutWebhookRequest)(nil),             // 38: tokenbroker.v1.PutWebhookRequest
+	(*PutWebhookResponse)(nil),            // 39: tokenbroker.v1.PutWebhookResponse
+	(*GetWebhookRequest)(nil),             // 40: tokenbroker.v1.GetWebhookRequest
+	(*GetWebhookResponse)(nil),            // 41: tokenbroker.v1.GetWebhookResponse
+	(*ListWebhooksRequest)(nil),           // 42: tokenbroker.v1.ListWebhooksRequest
+	(*ListWebhooksResponse)(nil),          // 43: tokenbroker.v1.ListWebhooksResponse
+	(*DeleteWebhookRequest)(nil),          // 44: tokenbroker.v1.DeleteWebhookRequest
+	(*DeleteWebhookResponse)(nil),         // 45: tokenbroker.v1.DeleteWebhookResponse
+	(*WebhookDelivery)(nil),               // 46: tokenbroker.v1.WebhookDelivery
+	(*ListWebhookDeliveriesRequest)(nil),  // 47: tokenbroker.v1.ListWebhookDeliveriesRequest
+	(*ListWebhookDeliveriesResponse)(nil), // 48: tokenbroker.v1.ListWebhookDeliveriesResponse
+	(*RedeliverWebhookRequest)(nil),       // 49: tokenbroker.v1.RedeliverWebhookRequest
+	(*RedeliverWebhookResponse)(nil),      // 50: tokenbroker.v1.RedeliverWebhookResponse
+	nil,                                   // 51: tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	nil,                                   // 52: tokenbroker.v1.Provider.TokenParamsEntry
+	(*timestamppb.Timestamp)(nil),         // 53: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 54: google.protobuf.Duration
 }
 var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
-	38, // 0: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
-	36, // 1: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
-	3,  // 2: tokenbroker.v1.Provider.client_secret:type_name -> tokenbroker.v1.SecretInfo
+	53, // 0: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
+	51, // 1: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	4,  // 2: tokenbroker.v1.Provider.client_secret:type_name -> tokenbroker.v1.SecretInfo
 	0,  // 3: tokenbroker.v1.Provider.client_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	37, // 4: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
+	52, // 4: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
 	1,  // 5: tokenbroker.v1.Provider.grant_types:type_name -> tokenbroker.v1.GrantType
-	39, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
-	38, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	38, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	54, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
+	53, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	53, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 9: tokenbroker.v1.Provider.introspection_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	39, // 10: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
-	39, // 11: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
-	39, // 12: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
-	4,  // 13: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
-	4,  // 14: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	4,  // 15: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	4,  // 16: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
+	54, // 10: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
+	54, // 11: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
+	54, // 12: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
+	5,  // 13: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
+	5,  // 14: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	5,  // 15: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	5,  // 16: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
 	1,  // 17: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
-	3,  // 18: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
-	3,  // 19: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
+	4,  // 18: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
+	4,  // 19: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
 	2,  // 20: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
-	38, // 21: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
-	38, // 22: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
-	38, // 23: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	38, // 24: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
+	53, // 21: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
+	53, // 22: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
+	53, // 23: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	53, // 24: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
 	1,  // 25: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
-	13, // 26: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
-	38, // 27: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
-	13, // 28: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
-	38, // 29: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
-	38, // 30: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
-	22, // 31: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
-	22, // 32: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
-	39, // 33: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
-	4,  // 34: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
-	38, // 35: tokenbroker.v1.Event.time:type_name -> google.protobuf.Timestamp
+	14, // 26: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
+	53, // 27: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	14, // 28: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
+	53, // 29: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
+	53, // 30: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
+	23, // 31: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
+	23, // 32: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
+	54, // 33: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
+	5,  // 34: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
+	53, // 35: tokenbroker.v1.Event.time:type_name -> google.protobuf.Timestamp
 	2,  // 36: tokenbroker.v1.Event.health_before:type_name -> tokenbroker.v1.GrantHealth
 	2,  // 37: tokenbroker.v1.Event.health_after:type_name -> tokenbroker.v1.GrantHealth
-	31, // 38: tokenbroker.v1.ListEventsResponse.events:type_name -> tokenbroker.v1.Event
-	31, // 39: tokenbroker.v1.WatchEventsResponse.event:type_name -> tokenbroker.v1.Event
-	5,  // 40: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
-	7,  // 41: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
-	9,  // 42: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
-	11, // 43: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
-	29, // 44: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
-	14, // 45: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
-	16, // 46: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
-	18, // 47: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
-	20, // 48: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
-	23, // 49: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
-	25, // 50: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
-	27, // 51: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
-	32, // 52: tokenbroker.v1.AdminService.ListEvents:input_type -> tokenbroker.v1.ListEventsRequest
-	34, // 53: tokenbroker.v1.AdminService.WatchEvents:input_type -> tokenbroker.v1.WatchEventsRequest
-	6,  // 54: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
-	8,  // 55: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
-	10, // 56: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
-	12, // 57: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
-	30, // 58: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
-	15, // 59: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
-	17, // 60: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
-	19, // 61: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
-	21, // 62: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
-	24, // 63: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
-	26, // 64: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
-	28, // 65: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
-	33, // 66: tokenbroker.v1.AdminService.ListEvents:output_type -> tokenbroker.v1.ListEventsResponse
-	35, // 67: tokenbroker.v1.AdminService.WatchEvents:output_type -> tokenbroker.v1.WatchEventsResponse
-	54, // [54:68] is the sub-list for method output_type
-	40, // [40:54] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	32, // 38: tokenbroker.v1.ListEventsResponse.events:type_name -> tokenbroker.v1.Event
+	32, // 39: tokenbroker.v1.WatchEventsResponse.event:type_name -> tokenbroker.v1.Event
+	4,  // 40: tokenbroker.v1.Webhook.secret:type_name -> tokenbroker.v1.SecretInfo
+	53, // 41: tokenbroker.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
+	53, // 42: tokenbroker.v1.Webhook.update_time:type_name -> google.protobuf.Timestamp
+	53, // 43: tokenbroker.v1.Webhook.paused_until:type_name -> google.protobuf.Timestamp
+	37, // 44: tokenbroker.v1.PutWebhookRequest.webhook:type_name -> tokenbroker.v1.Webhook
+	37, // 45: tokenbroker.v1.PutWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
+	37, // 46: tokenbroker.v1.GetWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
+	37, // 47: tokenbroker.v1.ListWebhooksResponse.webhooks:type_name -> tokenbroker.v1.Webhook
+	3,  // 48: tokenbroker.v1.WebhookDelivery.status:type_name -> tokenbroker.v1.WebhookDeliveryStatus
+	53, // 49: tokenbroker.v1.WebhookDelivery.first_attempt_time:type_name -> google.protobuf.Timestamp
+	53, // 50: tokenbroker.v1.WebhookDelivery.last_attempt_time:type_name -> google.protobuf.Timestamp
+	53, // 51: tokenbroker.v1.WebhookDelivery.next_attempt_time:type_name -> google.protobuf.Timestamp
+	46, // 52: tokenbroker.v1.ListWebhookDeliveriesResponse.deliveries:type_name -> tokenbroker.v1.WebhookDelivery
+	6,  // 53: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
+	8,  // 54: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
+	10, // 55: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
+	12, // 56: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
+	30, // 57: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
+	15, // 58: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
+	17, // 59: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
+	19, // 60: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
+	21, // 61: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
+	24, // 62: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
+	26, // 63: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
+	28, // 64: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
+	33, // 65: tokenbroker.v1.AdminService.ListEvents:input_type -> tokenbroker.v1.ListEventsRequest
+	35, // 66: tokenbroker.v1.AdminService.WatchEvents:input_type -> tokenbroker.v1.WatchEventsRequest
+	38, // 67: tokenbroker.v1.AdminService.PutWebhook:input_type -> tokenbroker.v1.PutWebhookRequest
+	40, // 68: tokenbroker.v1.AdminService.GetWebhook:input_type -> tokenbroker.v1.GetWebhookRequest
+	42, // 69: tokenbroker.v1.AdminService.ListWebhooks:input_type -> tokenbroker.v1.ListWebhooksRequest
+	44, // 70: tokenbroker.v1.AdminService.DeleteWebhook:input_type -> tokenbroker.v1.DeleteWebhookRequest
+	47, // 71: tokenbroker.v1.AdminService.ListWebhookDeliveries:input_type -> tokenbroker.v1.ListWebhookDeliveriesRequest
+	49, // 72: tokenbroker.v1.AdminService.RedeliverWebhook:input_type -> tokenbroker.v1.RedeliverWebhookRequest
+	7,  // 73: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
+	9,  // 74: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
+	11, // 75: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
+	13, // 76: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
+	31, // 77: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
+	16, // 78: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
+	18, // 79: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
+	20, // 80: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
+	22, // 81: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
+	25, // 82: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
+	27, // 83: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
+	29, // 84: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
+	34, // 85: tokenbroker.v1.AdminService.ListEvents:output_type -> tokenbroker.v1.ListEventsResponse
+	36, // 86: tokenbroker.v1.AdminService.WatchEvents:output_type -> tokenbroker.v1.WatchEventsResponse
+	39, // 87: tokenbroker.v1.AdminService.PutWebhook:output_type -> tokenbroker.v1.PutWebhookResponse
+	41, // 88: tokenbroker.v1.AdminService.GetWebhook:output_type -> tokenbroker.v1.GetWebhookResponse
+	43, // 89: tokenbroker.v1.AdminService.ListWebhooks:output_type -> tokenbroker.v1.ListWebhooksResponse
+	45, // 90: tokenbroker.v1.AdminService.DeleteWebhook:output_type -> tokenbroker.v1.DeleteWebhookResponse
+	48, // 91: tokenbroker.v1.AdminService.ListWebhookDeliveries:output_type -> tokenbroker.v1.ListWebhookDeliveriesResponse
+	50, // 92: tokenbroker.v1.AdminService.RedeliverWebhook:output_type -> tokenbroker.v1.RedeliverWebhookResponse
+	73, // [73:93] is the sub-list for method output_type
+	53, // [53:73] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }
@@ -2707,8 +3675,8 @@ func file_tokenbroker_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_admin_proto_rawDesc), len(file_tokenbroker_v1_admin_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   35,
+			NumEnums:      4,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,20 +19,26 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_PutProvider_FullMethodName        = "/tokenbroker.v1.AdminService/PutProvider"
-	AdminService_GetProvider_FullMethodName        = "/tokenbroker.v1.AdminService/GetProvider"
-	AdminService_ListProviders_FullMethodName      = "/tokenbroker.v1.AdminService/ListProviders"
-	AdminService_DeleteProvider_FullMethodName     = "/tokenbroker.v1.AdminService/DeleteProvider"
-	AdminService_RotateClientSecret_FullMethodName = "/tokenbroker.v1.AdminService/RotateClientSecret"
-	AdminService_PutAccount_FullMethodName         = "/tokenbroker.v1.AdminService/PutAccount"
-	AdminService_StartAuthorization_FullMethodName = "/tokenbroker.v1.AdminService/StartAuthorization"
-	AdminService_ListGrants_FullMethodName         = "/tokenbroker.v1.AdminService/ListGrants"
-	AdminService_RevokeGrant_FullMethodName        = "/tokenbroker.v1.AdminService/RevokeGrant"
-	AdminService_CreateApiKey_FullMethodName       = "/tokenbroker.v1.AdminService/CreateApiKey"
-	AdminService_ListApiKeys_FullMethodName        = "/tokenbroker.v1.AdminService/ListApiKeys"
-	AdminService_RetireApiKey_FullMethodName       = "/tokenbroker.v1.AdminService/RetireApiKey"
-	AdminService_ListEvents_FullMethodName         = "/tokenbroker.v1.AdminService/ListEvents"
-	AdminService_WatchEvents_FullMethodName        = "/tokenbroker.v1.AdminService/WatchEvents"
+	AdminService_PutProvider_FullMethodName           = "/tokenbroker.v1.AdminService/PutProvider"
+	AdminService_GetProvider_FullMethodName           = "/tokenbroker.v1.AdminService/GetProvider"
+	AdminService_ListProviders_FullMethodName         = "/tokenbroker.v1.AdminService/ListProviders"
+	AdminService_DeleteProvider_FullMethodName        = "/tokenbroker.v1.AdminService/DeleteProvider"
+	AdminService_RotateClientSecret_FullMethodName    = "/tokenbroker.v1.AdminService/RotateClientSecret"
+	AdminService_PutAccount_FullMethodName            = "/tokenbroker.v1.AdminService/PutAccount"
+	AdminService_StartAuthorization_FullMethodName    = "/tokenbroker.v1.AdminService/StartAuthorization"
+	AdminService_ListGrants_FullMethodName            = "/tokenbroker.v1.AdminService/ListGrants"
+	AdminService_RevokeGrant_FullMethodName           = "/tokenbroker.v1.AdminService/RevokeGrant"
+	AdminService_CreateApiKey_FullMethodName          = "/tokenbroker.v1.AdminService/CreateApiKey"
+	AdminService_ListApiKeys_FullMethodName           = "/tokenbroker.v1.AdminService/ListApiKeys"
+	AdminService_RetireApiKey_FullMethodName          = "/tokenbroker.v1.AdminService/RetireApiKey"
+	AdminService_ListEvents_FullMethodName            = "/tokenbroker.v1.AdminService/ListEvents"
+	AdminService_WatchEvents_FullMethodName           = "/tokenbroker.v1.AdminService/WatchEvents"
+	AdminService_PutWebhook_FullMethodName            = "/tokenbroker.v1.AdminService/PutWebhook"
+	AdminService_GetWebhook_FullMethodName            = "/tokenbroker.v1.AdminService/GetWebhook"
+	AdminService_ListWebhooks_FullMethodName          = "/tokenbroker.v1.AdminService/ListWebhooks"
+	AdminService_DeleteWebhook_FullMethodName         = "/tokenbroker.v1.AdminService/DeleteWebhook"
+	AdminService_ListWebhookDeliveries_FullMethodName = "/tokenbroker.v1.AdminService/ListWebhookDeliveries"
+	AdminService_RedeliverWebhook_FullMethodName      = "/tokenbroker.v1.AdminService/RedeliverWebhook"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -96,6 +102,26 @@ type AdminServiceClient interface {
 	// none twice. Errors: INVALID_ARGUMENT as for ListEvents; UNAVAILABLE
 	// when etcd is.
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
+	// PutWebhook creates or replaces a webhook subscription. An empty secret
+	// keeps the stored one or, for a new subscription, generates one, which
+	// this response carries once. The URL must be https (plain http only to a
+	// loopback address, where the broker allows it). Errors: INVALID_ARGUMENT.
+	PutWebhook(ctx context.Context, in *PutWebhookRequest, opts ...grpc.CallOption) (*PutWebhookResponse, error)
+	// GetWebhook returns a subscription with its delivery status, without its
+	// secret. Errors: NOT_FOUND.
+	GetWebhook(ctx context.Context, in *GetWebhookRequest, opts ...grpc.CallOption) (*GetWebhookResponse, error)
+	// ListWebhooks returns every subscription, sorted by id, without secrets.
+	ListWebhooks(ctx context.Context, in *ListWebhooksRequest, opts ...grpc.CallOption) (*ListWebhooksResponse, error)
+	// DeleteWebhook removes a subscription with its delivery records.
+	// Errors: NOT_FOUND.
+	DeleteWebhook(ctx context.Context, in *DeleteWebhookRequest, opts ...grpc.CallOption) (*DeleteWebhookResponse, error)
+	// ListWebhookDeliveries returns a subscription's recent deliveries and
+	// every dead letter, newest event first.
+	ListWebhookDeliveries(ctx context.Context, in *ListWebhookDeliveriesRequest, opts ...grpc.CallOption) (*ListWebhookDeliveriesResponse, error)
+	// RedeliverWebhook queues a dead letter for delivery again, with a fresh
+	// retry schedule. Errors: NOT_FOUND for no such delivery,
+	// INVALID_ARGUMENT for one that is not dead-lettered.
+	RedeliverWebhook(ctx context.Context, in *RedeliverWebhookRequest, opts ...grpc.CallOption) (*RedeliverWebhookResponse, error)
 }
 
 type adminServiceClient struct {
@@ -255,6 +281,66 @@ func (c *adminServiceClient) WatchEvents(ctx context.Context, in *WatchEventsReq
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
 
+func (c *adminServiceClient) PutWebhook(ctx context.Context, in *PutWebhookRequest, opts ...grpc.CallOption) (*PutWebhookResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutWebhookResponse)
+	err := c.cc.Invoke(ctx, AdminService_PutWebhook_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) GetWebhook(ctx context.Context, in *GetWebhookRequest, opts ...grpc.CallOption) (*GetWebhookResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetWebhookResponse)
+	err := c.cc.Invoke(ctx, AdminService_GetWebhook_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListWebhooks(ctx context.Context, in *ListWebhooksRequest, opts ...grpc.CallOption) (*ListWebhooksResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListWebhooksResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListWebhooks_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) DeleteWebhook(ctx context.Context, in *DeleteWebhookRequest, opts ...grpc.CallOption) (*DeleteWebhookResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteWebhookResponse)
+	err := c.cc.Invoke(ctx, AdminService_DeleteWebhook_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListWebhookDeliveries(ctx context.Context, in *ListWebhookDeliveriesRequest, opts ...grpc.CallOption) (*ListWebhookDeliveriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListWebhookDeliveriesResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListWebhookDeliveries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RedeliverWebhook(ctx context.Context, in *RedeliverWebhookRequest, opts ...grpc.CallOption) (*RedeliverWebhookResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RedeliverWebhookResponse)
+	err := c.cc.Invoke(ctx, AdminService_RedeliverWebhook_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -316,6 +402,26 @@ type AdminServiceServer interface {
 	// none twice. Errors: INVALID_ARGUMENT as for ListEvents; UNAVAILABLE
 	// when etcd is.
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
+	// PutWebhook creates or replaces a webhook subscription. An empty secret
+	// keeps the stored one or, for a new subscription, generates one, which
+	// this response carries once. The URL must be https (plain http only to a
+	// loopback address, where the broker allows it). Errors: INVALID_ARGUMENT.
+	PutWebhook(context.Context, *PutWebhookRequest) (*PutWebhookResponse, error)
+	// GetWebhook returns a subscription with its delivery status, without its
+	// secret. Errors: NOT_FOUND.
+	GetWebhook(context.Context, *GetWebhookRequest) (*GetWebhookResponse, error)
+	// ListWebhooks returns every subscription, sorted by id, without secrets.
+	ListWebhooks(context.Context, *ListWebhooksRequest) (*ListWebhooksResponse, error)
+	// DeleteWebhook removes a subscription with its delivery records.
+	// Errors: NOT_FOUND.
+	DeleteWebhook(context.Context, *DeleteWebhookRequest) (*DeleteWebhookResponse, error)
+	// ListWebhookDeliveries returns a subscription's recent deliveries and
+	// every dead letter, newest event first.
+	ListWebhookDeliveries(context.Context, *ListWebhookDeliveriesRequest) (*ListWebhookDeliveriesResponse, error)
+	// RedeliverWebhook queues a dead letter for delivery again, with a fresh
+	// retry schedule. Errors: NOT_FOUND for no such delivery,
+	// INVALID_ARGUMENT for one that is not dead-lettered.
+	RedeliverWebhook(context.Context, *RedeliverWebhookRequest) (*RedeliverWebhookResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -367,6 +473,24 @@ func (UnimplementedAdminServiceServer) ListEvents(context.Context, *ListEventsRe
 }
 func (UnimplementedAdminServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
+}
+func (UnimplementedAdminServiceServer) PutWebhook(context.Context, *PutWebhookRequest) (*PutWebhookResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PutWebhook not implemented")
+}
+func (UnimplementedAdminServiceServer) GetWebhook(context.Context, *GetWebhookRequest) (*GetWebhookResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetWebhook not implemented")
+}
+func (UnimplementedAdminServiceServer) ListWebhooks(context.Context, *ListWebhooksRequest) (*ListWebhooksResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListWebhooks not implemented")
+}
+func (UnimplementedAdminServiceServer) DeleteWebhook(context.Context, *DeleteWebhookRequest) (*DeleteWebhookResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteWebhook not implemented")
+}
+func (UnimplementedAdminServiceServer) ListWebhookDeliveries(context.Context, *ListWebhookDeliveriesRequest) (*ListWebhookDeliveriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListWebhookDeliveries not implemented")
+}
+func (UnimplementedAdminServiceServer) RedeliverWebhook(context.Context, *RedeliverWebhookRequest) (*RedeliverWebhookResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RedeliverWebhook not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -634,6 +758,114 @@ func _AdminService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type AdminService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
 
+func _AdminService_PutWebhook_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutWebhookRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).PutWebhook(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_PutWebhook_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).PutWebhook(ctx, req.(*PutWebhookRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_GetWebhook_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetWebhookRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).GetWebhook(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_GetWebhook_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).GetWebhook(ctx, req.(*GetWebhookRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListWebhooks_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWebhooksRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListWebhooks(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListWebhooks_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListWebhooks(ctx, req.(*ListWebhooksRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_DeleteWebhook_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteWebhookRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).DeleteWebhook(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_DeleteWebhook_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).DeleteWebhook(ctx, req.(*DeleteWebhookRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListWebhookDeliveries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWebhookDeliveriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListWebhookDeliveries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListWebhookDeliveries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListWebhookDeliveries(ctx, req.(*ListWebhookDeliveriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RedeliverWebhook_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RedeliverWebhookRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RedeliverWebhook(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RedeliverWebhook_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RedeliverWebhook(ctx, req.(*RedeliverWebhookRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -692,6 +924,30 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListEvents",
 			Handler:    _AdminService_ListEvents_Handler,
+		},
+		{
+			MethodName: "PutWebhook",
+			Handler:    _AdminService_PutWebhook_Handler,
+		},
+		{
+			MethodName: "GetWebhook",
+			Handler:    _AdminService_GetWebhook_Handler,
+		},
+		{
+			MethodName: "ListWebhooks",
+			Handler:    _AdminService_ListWebhooks_Handler,
+		},
+		{
+			MethodName: "DeleteWebhook",
+			Handler:    _AdminService_DeleteWebhook_Handler,
+		},
+		{
+			MethodName: "ListWebhookDeliveries",
+			Handler:    _AdminService_ListWebhookDeliveries_Handler,
+		},
+		{
+			MethodName: "RedeliverWebhook",
+			Handler:    _AdminService_RedeliverWebhook_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
