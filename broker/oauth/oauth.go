@@ -61,7 +61,10 @@ func ParseAuthStyle(s string) (AuthStyle, error) {
 
 // Request is one call to a token endpoint.
 type Request struct {
-	TokenURL     string
+	TokenURL string
+	// Auth authenticates the client. When nil, the client authenticates
+	// with ClientID and ClientSecret in AuthStyle (a ClientSecret).
+	Auth         ClientAuthenticator
 	ClientID     string
 	ClientSecret string
 	AuthStyle    AuthStyle
@@ -162,7 +165,8 @@ var secretParams = []string{
 //     within c.Timeout;
 //   - an error matching ctx.Err() (context.Canceled or
 //     context.DeadlineExceeded) when ctx ends first;
-//   - a plain error when r itself is unusable (bad TokenURL or AuthStyle).
+//   - a plain error when r itself is unusable (bad TokenURL or AuthStyle, or
+//     r.Auth could not authenticate).
 //
 // Token does not modify r.Params.
 func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
@@ -180,6 +184,8 @@ func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	return tok, err
 }
 
+func errInvalidStyle(s AuthStyle) error { return fmt.Errorf("oauth: invalid auth style %v", s) }
+
 // answer is an endpoint's HTTP answer, read within the size limit.
 type answer struct {
 	status      int
@@ -192,9 +198,6 @@ type answer struct {
 // post sends r's form to r.TokenURL with client authentication, and reads
 // the answer. Its errors are those of Token for transport and size.
 func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
-	if !r.AuthStyle.valid() {
-		return nil, fmt.Errorf("oauth: invalid auth style %v", r.AuthStyle)
-	}
 	if err := checkTokenURL(r.TokenURL, c.RequireHTTPS); err != nil {
 		return nil, err
 	}
@@ -203,11 +206,9 @@ func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
 	for k, v := range r.Params {
 		form[k] = slices.Clone(v)
 	}
-	if r.AuthStyle != AuthBasic {
-		form.Set("client_id", r.ClientID)
-		if r.ClientSecret != "" { // RFC 6749 §2.3.1: may be omitted when empty
-			form.Set("client_secret", r.ClientSecret)
-		}
+	header := make(http.Header)
+	if err := r.authenticator().Authenticate(r.TokenURL, form, header); err != nil {
+		return nil, err
 	}
 
 	callCtx, cancel := context.WithTimeout(ctx, orDefault(c.Timeout, defaultTimeout))
@@ -219,8 +220,8 @@ func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", orDefault(c.UserAgent, defaultUserAgent))
-	if r.AuthStyle != AuthPost {
-		req.Header.Set("Authorization", basicAuth(r.ClientID, r.ClientSecret))
+	for k, v := range header {
+		req.Header[k] = v
 	}
 
 	hc := defaultHTTPClient
@@ -241,7 +242,7 @@ func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
 
 	secrets := []string{r.ClientSecret}
 	for _, k := range secretParams {
-		secrets = append(secrets, r.Params[k]...)
+		secrets = append(secrets, form[k]...)
 	}
 	secrets = append(secrets, r.Params["token"]...)
 	return &answer{
