@@ -33,30 +33,39 @@ const (
 	AuthBasic        AuthStyle = iota + 1 // HTTP Basic (RFC 6749 §2.3.1: id and secret form-url-encoded, then base64)
 	AuthPost                              // client_id and client_secret in the form body
 	AuthBasicAndPost                      // both at once (MediaHound requires this)
+	// AuthPrivateKeyJWT is a client assertion signed with the client's
+	// private key (RFC 7523 §2.2, OpenID Connect Core §9); see
+	// PrivateKeyJWT. It takes no secret, so ClientSecret does not
+	// implement it.
+	AuthPrivateKeyJWT
 )
 
-var authStyleNames = [...]string{AuthBasic: "basic", AuthPost: "post", AuthBasicAndPost: "basic+post"}
+var authStyleNames = [...]string{AuthBasic: "basic", AuthPost: "post", AuthBasicAndPost: "basic+post", AuthPrivateKeyJWT: "private_key_jwt"}
 
-// String returns "basic", "post" or "basic+post", and "AuthStyle(N)" for
-// anything else.
+// String returns "basic", "post", "basic+post" or "private_key_jwt", and
+// "AuthStyle(N)" for anything else.
 func (s AuthStyle) String() string {
-	if s.valid() {
+	if s >= AuthBasic && s <= AuthPrivateKeyJWT {
 		return authStyleNames[s]
 	}
 	return "AuthStyle(" + strconv.Itoa(int(s)) + ")"
 }
 
+// valid reports whether s is a client secret style.
 func (s AuthStyle) valid() bool { return s >= AuthBasic && s <= AuthBasicAndPost }
+
+// UsesSecret reports whether s authenticates with the client secret.
+func (s AuthStyle) UsesSecret() bool { return s.valid() }
 
 // ParseAuthStyle is the inverse of AuthStyle.String. It returns an error for
 // any other string, the empty one included.
 func ParseAuthStyle(s string) (AuthStyle, error) {
-	for st := AuthBasic; st <= AuthBasicAndPost; st++ {
+	for st := AuthBasic; st <= AuthPrivateKeyJWT; st++ {
 		if authStyleNames[st] == s {
 			return st, nil
 		}
 	}
-	return 0, fmt.Errorf("oauth: unknown auth style %q (want basic, post or basic+post)", s)
+	return 0, fmt.Errorf("oauth: unknown auth style %q (want basic, post, basic+post or private_key_jwt)", s)
 }
 
 // Request is one call to a token endpoint.
