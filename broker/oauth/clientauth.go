@@ -23,6 +23,11 @@ type ClientAuthenticator interface {
 	// (an absolute URL) to form and header. Its errors are safe to log:
 	// they carry no credential.
 	Authenticate(endpoint string, form url.Values, header http.Header) error
+	// Secrets returns the values that must never appear in an error, even
+	// when a provider echoes them (a client secret, in whatever form it
+	// was sent). Credentials put in the form's client_secret or
+	// client_assertion are redacted without being named here.
+	Secrets() []string
 }
 
 // ClientSecret authenticates with a client id and secret (RFC 6749 §2.3.1)
@@ -50,6 +55,9 @@ func (c ClientSecret) Authenticate(_ string, form url.Values, header http.Header
 	}
 	return nil
 }
+
+// Secrets returns the secret.
+func (c ClientSecret) Secrets() []string { return []string{c.Secret} }
 
 // authenticator is r.Auth, or the client secret of r in r.AuthStyle.
 func (r *Request) authenticator() ClientAuthenticator {
@@ -102,6 +110,10 @@ func (a PrivateKeyJWT) Authenticate(endpoint string, form url.Values, _ http.Hea
 	form.Set("client_assertion", assertion)
 	return nil
 }
+
+// Secrets returns nothing: the assertion travels in client_assertion, and
+// the private key never leaves the process.
+func (a PrivateKeyJWT) Secrets() []string { return nil }
 
 // Assertion returns a new signed assertion for a request to endpoint.
 // Errors wrap ErrClientAssertion.

@@ -216,7 +216,8 @@ func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
 		form[k] = slices.Clone(v)
 	}
 	header := make(http.Header)
-	if err := r.authenticator().Authenticate(r.TokenURL, form, header); err != nil {
+	auth := r.authenticator()
+	if err := auth.Authenticate(r.TokenURL, form, header); err != nil {
 		return nil, err
 	}
 
@@ -249,7 +250,7 @@ func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
 		return nil, transportError(ctx, err)
 	}
 
-	secrets := []string{r.ClientSecret}
+	secrets := auth.Secrets()
 	for _, k := range secretParams {
 		secrets = append(secrets, form[k]...)
 	}
