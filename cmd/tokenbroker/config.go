@@ -342,17 +342,17 @@ type LogConfig struct {
 // one of ClientSecret, ClientSecretEnv and ClientSecretFile, or none: then
 // the stored secret is kept.
 type ProviderConfig struct {
-	Name                 string            `yaml:"name"`
-	TokenURL             string            `yaml:"token_url"`
-	AuthorizeURL         string            `yaml:"authorize_url"`
-	IntrospectionURL     string            `yaml:"introspection_url"`
-	RevocationURL        string            `yaml:"revocation_url"`
-	GrantTokenURLs       map[string]string `yaml:"grant_token_urls"`
-	ClientID             string            `yaml:"client_id"`
-	ClientSecret         string            `yaml:"client_secret"`
-	ClientSecretEnv      string            `yaml:"client_secret_env"`
-	ClientSecretFile     string            `yaml:"client_secret_file"`
-	ClientAuthStyle      string            `yaml:"client_auth_style"` // basic (default), post, basic+post, private_key_jwt
+	Name             string            `yaml:"name"`
+	TokenURL         string            `yaml:"token_url"`
+	AuthorizeURL     string            `yaml:"authorize_url"`
+	IntrospectionURL string            `yaml:"introspection_url"`
+	RevocationURL    string            `yaml:"revocation_url"`
+	GrantTokenURLs   map[string]string `yaml:"grant_token_urls"`
+	ClientID         string            `yaml:"client_id"`
+	ClientSecret     string            `yaml:"client_secret"`
+	ClientSecretEnv  string            `yaml:"client_secret_env"`
+	ClientSecretFile string            `yaml:"client_secret_file"`
+	ClientAuthStyle  string            `yaml:"client_auth_style"` // basic (default), post, basic+post, private_key_jwt
 	// ClientKeyFile is a private key (PEM or JWK) to sign client assertions
 	// with (private_key_jwt); without it the broker generates one of
 	// ClientKeyAlgorithm (RS256, ES256 (default) or EdDSA). A changed file
@@ -362,11 +362,11 @@ type ProviderConfig struct {
 	// ClientAssertionAudience is the aud of client assertions (the
 	// provider's issuer, for providers that want it); the token endpoint
 	// when empty.
-	ClientAssertionAudience string `yaml:"client_assertion_audience"`
-	DefaultScopes        []string          `yaml:"default_scopes"`
-	TokenParams          map[string]string `yaml:"token_params"`
-	GrantTypes           []string          `yaml:"grant_types"`
-	DefaultTokenLifetime time.Duration     `yaml:"default_token_lifetime"`
+	ClientAssertionAudience string            `yaml:"client_assertion_audience"`
+	DefaultScopes           []string          `yaml:"default_scopes"`
+	TokenParams             map[string]string `yaml:"token_params"`
+	GrantTypes              []string          `yaml:"grant_types"`
+	DefaultTokenLifetime    time.Duration     `yaml:"default_token_lifetime"`
 	// PKCE sends an S256 code challenge with authorization requests.
 	PKCE bool `yaml:"pkce"`
 	// RedirectURL is the callback registered at the provider; the broker's
