@@ -208,8 +208,11 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, cb Callback) (*Grant
 		params.Set(k, v)
 	}
 	issued := b.now()
-	tok, err := b.oauth.Token(ctx, oauth.Request{TokenURL: p.TokenURLFor(GrantAuthorizationCode), ClientID: p.ClientID,
-		ClientSecret: p.ClientSecret, AuthStyle: p.ClientAuth, Params: params})
+	req, err := p.tokenRequest(GrantAuthorizationCode, params)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := b.oauth.Token(ctx, req)
 	if err != nil {
 		return nil, &ProviderError{Provider: p.Name, Err: err}
 	}

@@ -579,21 +579,20 @@ func (b *Broker) call(ctx context.Context, p *Provider, g *Grant, method GrantTy
 	case GrantRefreshToken:
 		params.Set("refresh_token", g.RefreshToken)
 	}
-	req := oauth.Request{
-		TokenURL: p.TokenURLFor(method), ClientID: p.ClientID, ClientSecret: p.ClientSecret,
-		AuthStyle: p.ClientAuth, Params: params,
+	req, err := p.tokenRequest(method, params)
+	if err != nil {
+		return nil, err
 	}
-	var err error
 	for attempt := 0; ; attempt++ {
 		var tok *oauth.Token
 		start := time.Now()
 		tok, err = b.oauth.Token(ctx, req)
 		b.obs.ProviderCall(p.Name, method, callOutcome(err), time.Since(start))
-		if err != nil && refusesClient(err) && p.PreviousSecret != "" && time.Now().Before(p.PreviousSecretUntil) {
+		if err != nil && refusesClient(err) && p.ClientAuth.UsesSecret() && p.PreviousSecret != "" && time.Now().Before(p.PreviousSecretUntil) {
 			// Within a rotation's overlap: the old secret may still be the
 			// one the provider knows.
 			old := req
-			old.ClientSecret = p.PreviousSecret
+			old.Auth, _ = p.clientAuth(p.ClientAuth, p.PreviousSecret)
 			tok, err = b.oauth.Token(ctx, old)
 		}
 		if err == nil {

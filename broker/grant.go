@@ -303,8 +303,11 @@ func (b *Broker) RevokeGrant(ctx context.Context, provider, account string) erro
 
 // revokeAtProvider asks the provider to revoke a token (RFC 7009).
 func (b *Broker) revokeAtProvider(ctx context.Context, p *Provider, token, hint string) error {
-	err := b.oauth.Revoke(ctx, p.endpointRequest(p.RevocationURL, url.Values{"token_type_hint": {hint}}, false), token)
+	req, err := p.endpointRequest(p.RevocationURL, url.Values{"token_type_hint": {hint}}, false)
 	if err != nil {
+		return err
+	}
+	if err := b.oauth.Revoke(ctx, req, token); err != nil {
 		return &ProviderError{Provider: p.Name, Err: err}
 	}
 	return nil

@@ -165,7 +165,11 @@ func (b *Broker) Introspect(ctx context.Context, token string) (*Introspection, 
 	if err != nil || p.IntrospectionURL == "" {
 		return own, nil
 	}
-	in, err := b.oauth.Introspect(ctx, p.endpointRequest(p.IntrospectionURL, url.Values{"token_type_hint": {"access_token"}}, true), token)
+	req, err := p.endpointRequest(p.IntrospectionURL, url.Values{"token_type_hint": {"access_token"}}, true)
+	if err != nil {
+		return nil, err
+	}
+	in, err := b.oauth.Introspect(ctx, req, token)
 	if err != nil {
 		return nil, &ProviderError{Provider: p.Name, Err: err}
 	}

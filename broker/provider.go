@@ -55,6 +55,19 @@ type Provider struct {
 	// credentials in the body at its token endpoint, HTTP Basic at its
 	// introspection endpoint).
 	IntrospectionAuth oauth.AuthStyle
+	// ClientKeys sign client assertions when ClientAuth (or
+	// IntrospectionAuth) is private_key_jwt: the one without a RetireTime
+	// signs, the others are replaced keys still served in the JWKS until
+	// their RetireTime. PutProvider keeps the stored keys unless p brings
+	// one of its own (an import), and generates one of
+	// ClientKeyAlgorithm when private_key_jwt has none.
+	ClientKeys []ClientKey
+	// ClientKeyAlgorithm is the algorithm of a key the broker generates;
+	// DefaultClientKeyAlgorithm when empty.
+	ClientKeyAlgorithm string
+	// AssertionAudience is the aud of client assertions (the provider's
+	// issuer, for providers that want it); empty means the token endpoint.
+	AssertionAudience string
 	// DefaultScopes are requested when a caller names none.
 	DefaultScopes []string
 	// TokenParams are extra form parameters sent with every token request.
@@ -180,10 +193,22 @@ func (p *Provider) Validate() error {
 	if len(p.ClientSecret) > MaxClientSecretLen {
 		errs = append(errs, tooLong("client_secret", len(p.ClientSecret), MaxClientSecretLen))
 	}
-	switch p.ClientAuth {
-	case oauth.AuthBasic, oauth.AuthPost, oauth.AuthBasicAndPost:
+	if _, ok := clientAuthMethods[p.ClientAuth]; !ok {
+		errs = append(errs, fmt.Errorf("client_auth_style %d is not one of basic, post, basic+post, private_key_jwt", p.ClientAuth))
+	}
+	if _, ok := clientAuthMethods[p.IntrospectionAuth]; !ok && p.IntrospectionAuth != 0 {
+		errs = append(errs, fmt.Errorf("introspection_auth_style %d is not one of basic, post, basic+post, private_key_jwt", p.IntrospectionAuth))
+	}
+	if len(p.ClientKeys) > 1 {
+		errs = append(errs, errors.New("client_key: at most one key is imported at a time"))
+	}
+	switch p.ClientKeyAlgorithm {
+	case "", KeyRS256, KeyES256, KeyEdDSA:
 	default:
-		errs = append(errs, fmt.Errorf("client_auth_style %d is not one of basic, post, basic+post", p.ClientAuth))
+		errs = append(errs, fmt.Errorf("client_key_algorithm %q is not RS256, ES256 or EdDSA", p.ClientKeyAlgorithm))
+	}
+	if err := validateURL(p.AssertionAudience); err != nil {
+		errs = append(errs, fmt.Errorf("client_assertion_audience: %w", err))
 	}
 	if len(p.GrantTypes) > MaxGrantTypes {
 		errs = append(errs, fmt.Errorf("grant_types has %d entries, more than %d", len(p.GrantTypes), MaxGrantTypes))
@@ -358,14 +383,56 @@ func validateScope(s string) error {
 // endpointRequest is a client-authenticated request to the provider's
 // introspection or revocation endpoint: authenticated as at the token
 // endpoint (RFC 7009 §2.1), Basic when the token endpoint takes both, and
-// with IntrospectionAuth for introspection when it is set.
-func (p *Provider) endpointRequest(endpoint string, params url.Values, introspection bool) oauth.Request {
-	auth := p.ClientAuth
-	if auth == oauth.AuthBasicAndPost {
-		auth = oauth.AuthBasic
+// with IntrospectionAuth for introspection when it is set. An error wraps
+// ErrInvalidArgument (private_key_jwt without a key).
+func (p *Provider) endpointRequest(endpoint string, params url.Values, introspection bool) (oauth.Request, error) {
+	style := p.ClientAuth
+	if style == oauth.AuthBasicAndPost {
+		style = oauth.AuthBasic
 	}
 	if introspection && p.IntrospectionAuth != 0 {
-		auth = p.IntrospectionAuth
+		style = p.IntrospectionAuth
 	}
-	return oauth.Request{TokenURL: endpoint, ClientID: p.ClientID, ClientSecret: p.ClientSecret, AuthStyle: auth, Params: params}
+	auth, err := p.clientAuth(style, p.ClientSecret)
+	return oauth.Request{TokenURL: endpoint, Auth: auth, Params: params}, err
+}
+
+// tokenRequest is a client-authenticated request to the token endpoint of
+// grant g. An error wraps ErrInvalidArgument (private_key_jwt without a key).
+func (p *Provider) tokenRequest(g GrantType, params url.Values) (oauth.Request, error) {
+	auth, err := p.clientAuth(p.ClientAuth, p.ClientSecret)
+	return oauth.Request{TokenURL: p.TokenURLFor(g), Auth: auth, Params: params}, err
+}
+
+// clientAuth builds p's authenticator of style, with secret for the
+// styles that take one.
+func (p *Provider) clientAuth(style oauth.AuthStyle, secret string) (oauth.ClientAuthenticator, error) {
+	build, ok := clientAuthMethods[style]
+	if !ok {
+		return nil, invalidf("provider %q: client authentication %v is unknown", p.Name, style)
+	}
+	return build(p, style, secret)
+}
+
+// clientAuthMethods builds each way of authenticating to a provider from
+// the provider, the style and the secret in use. A new way is one entry.
+var clientAuthMethods = map[oauth.AuthStyle]func(p *Provider, style oauth.AuthStyle, secret string) (oauth.ClientAuthenticator, error){
+	oauth.AuthBasic:         clientSecretAuth,
+	oauth.AuthPost:          clientSecretAuth,
+	oauth.AuthBasicAndPost:  clientSecretAuth,
+	oauth.AuthPrivateKeyJWT: privateKeyJWTAuth,
+}
+
+func clientSecretAuth(p *Provider, style oauth.AuthStyle, secret string) (oauth.ClientAuthenticator, error) {
+	return oauth.ClientSecret{ID: p.ClientID, Secret: secret, Style: style}, nil
+}
+
+// privateKeyJWTAuth signs with p's signing key, for the audience p names
+// or its token endpoint.
+func privateKeyJWTAuth(p *Provider, _ oauth.AuthStyle, _ string) (oauth.ClientAuthenticator, error) {
+	k, ok := p.SigningKey()
+	if !ok {
+		return nil, invalidf("provider %q: private_key_jwt without a client key", p.Name)
+	}
+	return oauth.PrivateKeyJWT{ClientID: p.ClientID, Key: k.JWK(), Audience: orString(p.AssertionAudience, p.TokenURL)}, nil
 }

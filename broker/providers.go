@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -28,7 +29,11 @@ const maxCASAttempts = 5
 func (p *Provider) FillDefaults() { fillAuth(p, oauth.AuthBasic) }
 
 // PutProvider creates or replaces provider p. An empty secret keeps the
-// stored client secret; no ClientAuth means HTTP Basic. Changing where or as whom tokens are obtained (token
+// stored client secret; no ClientAuth means HTTP Basic. The stored client
+// keys are kept; a key in p.ClientKeys (an import) becomes the signing key
+// unless it is the signing key already, the one it replaces served for
+// DefaultClientKeyOverlap; a provider on private_key_jwt without any key
+// gets one generated. Changing where or as whom tokens are obtained (token
 // URLs, client_id, default scopes or token parameters) drops the provider's
 // cached tokens in the same transaction; rotating only the secret keeps
 // them. Errors wrap ErrInvalidArgument, ErrStoreUnavailable or ErrConflict.
@@ -45,6 +50,8 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 			}
 		}
 	}
+	imported := p.ClientKeys
+	var generated *ClientKey
 	key := b.prefix + providersPrefix + p.Name
 	for range maxCASAttempts {
 		sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
@@ -56,6 +63,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 		next := p
 		now := b.now().UTC()
 		next.CreateTime, next.UpdateTime = now, now
+		next.ClientKeys = nil
 		cond := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 		ops := []clientv3.Op(nil)
 		change := "created"
@@ -77,6 +85,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 				next.ConfigSecretDigest = old.ConfigSecretDigest
 			}
 			next.PreviousSecret, next.PreviousSecretUntil = old.PreviousSecret, old.PreviousSecretUntil
+			next.ClientKeys = old.ClientKeys
 			if secret == "" || secret == old.ClientSecret {
 				next.ClientSecret, next.SecretUpdateTime = old.ClientSecret, old.SecretUpdateTime
 			}
@@ -92,6 +101,26 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 		}
 		if next.SecretUpdateTime.Equal(now) && change == "" {
 			change = "client secret set"
+		}
+		signing, _ := next.SigningKey()
+		if len(imported) > 0 {
+			k := imported[0]
+			k.CreateTime, k.RetireTime = now, time.Time{}
+			next.ClientKeys = withKey(next.ClientKeys, k, now, DefaultClientKeyOverlap)
+		}
+		if _, ok := next.SigningKey(); !ok && next.usesPrivateKeyJWT() {
+			if generated == nil {
+				k, err := GenerateClientKey(next.ClientKeyAlgorithm)
+				if err != nil {
+					return nil, err
+				}
+				generated = &k
+			}
+			generated.CreateTime = now
+			next.ClientKeys = withKey(next.ClientKeys, *generated, now, 0)
+		}
+		if k, _ := next.SigningKey(); k.KeyID != signing.KeyID && change == "" {
+			change = "client key set"
 		}
 		val, err := b.encodeProvider(key, &next)
 		if err != nil {
@@ -242,8 +271,14 @@ func (b *Broker) RotateClientSecret(ctx context.Context, name, secret string, va
 		if len(p.DefaultScopes) > 0 {
 			params.Set("scope", strings.Join(p.DefaultScopes, " "))
 		}
-		if _, err := b.oauth.Token(ctx, oauth.Request{TokenURL: p.TokenURLFor(GrantClientCredentials), ClientID: p.ClientID,
-			ClientSecret: secret, AuthStyle: p.ClientAuth, Params: params}); err != nil {
+		if !p.ClientAuth.UsesSecret() {
+			return nil, invalidf("provider %q authenticates with %v, not its secret: rotate with skip_validation", name, p.ClientAuth)
+		}
+		auth, err := p.clientAuth(p.ClientAuth, secret)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := b.oauth.Token(ctx, oauth.Request{TokenURL: p.TokenURLFor(GrantClientCredentials), Auth: auth, Params: params}); err != nil {
 			return nil, &ProviderError{Provider: name, Err: err}
 		}
 	}
@@ -281,6 +316,93 @@ func (b *Broker) RotateClientSecret(ctx context.Context, name, secret string, va
 		}
 	}
 	return nil, fmt.Errorf("%w: provider %q changed %d times during the rotation", ErrConflict, name, maxCASAttempts)
+}
+
+// usesPrivateKeyJWT reports whether p signs client assertions for any of
+// its endpoints.
+func (p *Provider) usesPrivateKeyJWT() bool {
+	return p.ClientAuth == oauth.AuthPrivateKeyJWT || p.IntrospectionAuth == oauth.AuthPrivateKeyJWT
+}
+
+// RotateClientKey makes k provider name's signing key; a zero k (no
+// Private) is generated with algorithm alg (the provider's
+// ClientKeyAlgorithm when empty). The key that signed before stays in the
+// JWKS until overlap has passed (dropped at once when overlap is zero), so
+// that a provider caching the JWKS keeps verifying while it refetches.
+// Cached tokens are kept. Errors wrap ErrInvalidArgument, ErrNotFound,
+// ErrStoreUnavailable or ErrConflict.
+func (b *Broker) RotateClientKey(ctx context.Context, name string, k ClientKey, alg string, overlap time.Duration) (*Provider, error) {
+	if overlap < 0 || overlap > maxClientKeyOverlap {
+		return nil, invalidf("overlap must be between 0 and 30 days")
+	}
+	if k.Private != nil && alg != "" && alg != k.Algorithm {
+		return nil, invalidf("the imported key is %s, not %s", k.Algorithm, alg)
+	}
+	key := b.prefix + providersPrefix + name
+	for range maxCASAttempts {
+		cur, err := b.GetProvider(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		if k.Private == nil {
+			if k, err = GenerateClientKey(orString(alg, cur.ClientKeyAlgorithm)); err != nil {
+				return nil, err
+			}
+		}
+		now := b.now().UTC()
+		next := *cur
+		k.CreateTime, k.RetireTime = now, time.Time{}
+		next.ClientKeys, next.UpdateTime = withKey(cur.ClientKeys, k, now, overlap), now
+		val, err := b.encodeProvider(key, &next)
+		if err != nil {
+			return nil, err
+		}
+		ev := event.New(event.ProviderClientKeyRotated, time.Now())
+		ev.Provider, ev.Detail = name, "kid "+k.KeyID
+		ok, rev, err := b.casPut(ctx, key, cur.Revision, b.withEvent([]clientv3.Op{clientv3.OpPut(key, string(val))}, ev)...)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			next.Revision = rev
+			return &next, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: provider %q changed %d times during the key rotation", ErrConflict, name, maxCASAttempts)
+}
+
+// JWKS returns the public keys provider name signs client assertions with:
+// the signing key and the replaced ones still in their overlap. Errors wrap
+// ErrInvalidArgument, ErrNotFound or ErrStoreUnavailable.
+func (b *Broker) JWKS(ctx context.Context, name string) (*jose.JSONWebKeySet, error) {
+	if err := ValidateProviderName(name); err != nil {
+		return nil, err
+	}
+	p, err := b.provider(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return &jose.JSONWebKeySet{Keys: orEmpty(p.PublicKeys(b.now()))}, nil
+}
+
+// AllJWKS returns the public keys of every provider the broker knows, as
+// JWKS does for one. It reads memory only.
+func (b *Broker) AllJWKS() *jose.JSONWebKeySet {
+	var keys []jose.JSONWebKey
+	now := b.now()
+	b.providers.Range(func(_, v any) bool {
+		keys = append(keys, v.(*Provider).PublicKeys(now)...)
+		return true
+	})
+	slices.SortFunc(keys, func(a, b jose.JSONWebKey) int { return strings.Compare(a.KeyID, b.KeyID) })
+	return &jose.JSONWebKeySet{Keys: orEmpty(keys)}
+}
+
+func orEmpty(keys []jose.JSONWebKey) []jose.JSONWebKey {
+	if keys == nil {
+		return []jose.JSONWebKey{}
+	}
+	return keys
 }
 
 // ApplyConfigProvider puts p as the config file declares it. A secret the

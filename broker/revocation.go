@@ -63,7 +63,12 @@ func (b *Broker) learnRevocation(ctx context.Context, p *Provider, prev *TokenRe
 		return // expired at the provider: its answer would say nothing
 	}
 	log := b.log.With(zap.String("provider", p.Name))
-	in, err := b.oauth.Introspect(ctx, p.endpointRequest(p.IntrospectionURL, url.Values{"token_type_hint": {"access_token"}}, true), prev.AccessToken)
+	req, err := p.endpointRequest(p.IntrospectionURL, url.Values{"token_type_hint": {"access_token"}}, true)
+	if err != nil {
+		log.Warn("introspect the replaced access token to learn whether refreshes revoke it", zap.Error(err))
+		return
+	}
+	in, err := b.oauth.Introspect(ctx, req, prev.AccessToken)
 	if err != nil {
 		log.Warn("introspect the replaced access token to learn whether refreshes revoke it", zap.Error(err))
 		return

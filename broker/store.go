@@ -107,6 +107,9 @@ type storedProvider struct {
 	PreviousSecret       []byte            `json:"previous_client_secret_sealed,omitempty"`
 	ConfigSecretDigest   []byte            `json:"config_secret_digest_sealed,omitempty"`
 	PreviousSecretUntil  time.Time         `json:"previous_client_secret_until,omitzero"`
+	ClientKeys           []storedClientKey `json:"client_keys,omitempty"`
+	ClientKeyAlgorithm   string            `json:"client_key_algorithm,omitempty"`
+	AssertionAudience    string            `json:"client_assertion_audience,omitempty"`
 	CreateTime           time.Time         `json:"create_time"`
 	UpdateTime           time.Time         `json:"update_time"`
 }
@@ -124,7 +127,12 @@ func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	keys, err := b.encodeClientKeys(key, p.ClientKeys)
+	if err != nil {
+		return nil, err
+	}
 	s := storedProvider{
+		ClientKeys: keys, ClientKeyAlgorithm: p.ClientKeyAlgorithm, AssertionAudience: p.AssertionAudience,
 		PreviousSecret: previous, PreviousSecretUntil: p.PreviousSecretUntil, ConfigSecretDigest: configDigest,
 		Name: p.Name, TokenURL: p.TokenURL, AuthorizeURL: p.AuthorizeURL,
 		IntrospectionURL: p.IntrospectionURL, RevocationURL: p.RevocationURL,
@@ -174,7 +182,12 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 	if err != nil {
 		return nil, err
 	}
+	keys, err := b.decodeClientKeys(key, s.ClientKeys)
+	if err != nil {
+		return nil, err
+	}
 	p := &Provider{
+		ClientKeys: keys, ClientKeyAlgorithm: s.ClientKeyAlgorithm, AssertionAudience: s.AssertionAudience,
 		PreviousSecret: previous, PreviousSecretUntil: s.PreviousSecretUntil, ConfigSecretDigest: configDigest,
 		Name: s.Name, TokenURL: s.TokenURL, AuthorizeURL: s.AuthorizeURL,
 		IntrospectionURL: s.IntrospectionURL, RevocationURL: s.RevocationURL,
@@ -201,6 +214,51 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 		}
 	}
 	return p, nil
+}
+
+// storedClientKey is the etcd encoding of a ClientKey: the private key is
+// a JWK, sealed for the provider's key and the key's id.
+type storedClientKey struct {
+	KeyID      string    `json:"kid"`
+	Algorithm  string    `json:"alg"`
+	Private    []byte    `json:"private_jwk_sealed"`
+	CreateTime time.Time `json:"create_time"`
+	RetireTime time.Time `json:"retire_time,omitzero"`
+}
+
+func clientKeyField(kid string) string { return "client_key/" + kid }
+
+func (b *Broker) encodeClientKeys(key string, keys []ClientKey) ([]storedClientKey, error) {
+	var out []storedClientKey
+	for _, k := range keys {
+		jwk, err := k.JWK().MarshalJSON()
+		if err != nil {
+			return nil, fmt.Errorf("encode client key %s: %w", k.KeyID, err)
+		}
+		sealed, err := b.sealString(key, clientKeyField(k.KeyID), string(jwk))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, storedClientKey{KeyID: k.KeyID, Algorithm: k.Algorithm, Private: sealed, CreateTime: k.CreateTime, RetireTime: k.RetireTime})
+	}
+	return out, nil
+}
+
+func (b *Broker) decodeClientKeys(key string, stored []storedClientKey) ([]ClientKey, error) {
+	var out []ClientKey
+	for _, s := range stored {
+		jwk, err := b.openString(key, clientKeyField(s.KeyID), s.Private)
+		if err != nil {
+			return nil, err
+		}
+		k, err := ParseClientKey([]byte(jwk), s.Algorithm)
+		if err != nil {
+			return nil, fmt.Errorf("decode client key %s of %s: the stored key does not parse", s.KeyID, key)
+		}
+		k.KeyID, k.CreateTime, k.RetireTime = s.KeyID, s.CreateTime, s.RetireTime
+		out = append(out, k)
+	}
+	return out, nil
 }
 
 // storedToken is the etcd encoding of a TokenRecord.

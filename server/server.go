@@ -131,6 +131,7 @@ func New(cfg Config) (*Server, error) {
 	// by caller credentials: a browser following a redirect has none.
 	mux.Handle("GET "+CallbackPath, callbackHandler(cfg.Broker, log))
 	mux.Handle("POST "+IntrospectPath, introspectionHandler(tb, chain, log))
+	mountJWKS(mux, cfg.Broker, log.Named("jwks"))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))

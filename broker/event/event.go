@@ -35,6 +35,9 @@ const (
 	GrantRevoked Type = "grant.revoked"
 	// ProviderSecretRotated: the provider's client secret was rotated.
 	ProviderSecretRotated Type = "provider.secret_rotated"
+	// ProviderClientKeyRotated: the key the broker signs the provider's
+	// client assertions with was replaced.
+	ProviderClientKeyRotated Type = "provider.client_key_rotated"
 	// ProviderChanged: a provider was created or changed.
 	ProviderChanged Type = "provider.changed"
 	// APIKeyCreated and APIKeyRetired: an API key was issued or retired.
@@ -48,7 +51,7 @@ const (
 
 // Types lists every type, in the order above.
 var Types = []Type{GrantReauthorizationRequired, GrantFailing, GrantRecovered, GrantAuthorized, GrantRevoked,
-	ProviderSecretRotated, ProviderChanged, APIKeyCreated, APIKeyRetired, RefreshAnswerLost}
+	ProviderSecretRotated, ProviderClientKeyRotated, ProviderChanged, APIKeyCreated, APIKeyRetired, RefreshAnswerLost}
 
 // Valid reports whether t is one of Types.
 func (t Type) Valid() bool {

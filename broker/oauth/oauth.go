@@ -33,35 +33,47 @@ const (
 	AuthBasic        AuthStyle = iota + 1 // HTTP Basic (RFC 6749 §2.3.1: id and secret form-url-encoded, then base64)
 	AuthPost                              // client_id and client_secret in the form body
 	AuthBasicAndPost                      // both at once (MediaHound requires this)
+	// AuthPrivateKeyJWT is a client assertion signed with the client's
+	// private key (RFC 7523 §2.2, OpenID Connect Core §9); see
+	// PrivateKeyJWT. It takes no secret, so ClientSecret does not
+	// implement it.
+	AuthPrivateKeyJWT
 )
 
-var authStyleNames = [...]string{AuthBasic: "basic", AuthPost: "post", AuthBasicAndPost: "basic+post"}
+var authStyleNames = [...]string{AuthBasic: "basic", AuthPost: "post", AuthBasicAndPost: "basic+post", AuthPrivateKeyJWT: "private_key_jwt"}
 
-// String returns "basic", "post" or "basic+post", and "AuthStyle(N)" for
-// anything else.
+// String returns "basic", "post", "basic+post" or "private_key_jwt", and
+// "AuthStyle(N)" for anything else.
 func (s AuthStyle) String() string {
-	if s.valid() {
+	if s >= AuthBasic && s <= AuthPrivateKeyJWT {
 		return authStyleNames[s]
 	}
 	return "AuthStyle(" + strconv.Itoa(int(s)) + ")"
 }
 
+// valid reports whether s is a client secret style.
 func (s AuthStyle) valid() bool { return s >= AuthBasic && s <= AuthBasicAndPost }
+
+// UsesSecret reports whether s authenticates with the client secret.
+func (s AuthStyle) UsesSecret() bool { return s.valid() }
 
 // ParseAuthStyle is the inverse of AuthStyle.String. It returns an error for
 // any other string, the empty one included.
 func ParseAuthStyle(s string) (AuthStyle, error) {
-	for st := AuthBasic; st <= AuthBasicAndPost; st++ {
+	for st := AuthBasic; st <= AuthPrivateKeyJWT; st++ {
 		if authStyleNames[st] == s {
 			return st, nil
 		}
 	}
-	return 0, fmt.Errorf("oauth: unknown auth style %q (want basic, post or basic+post)", s)
+	return 0, fmt.Errorf("oauth: unknown auth style %q (want basic, post, basic+post or private_key_jwt)", s)
 }
 
 // Request is one call to a token endpoint.
 type Request struct {
-	TokenURL     string
+	TokenURL string
+	// Auth authenticates the client. When nil, the client authenticates
+	// with ClientID and ClientSecret in AuthStyle (a ClientSecret).
+	Auth         ClientAuthenticator
 	ClientID     string
 	ClientSecret string
 	AuthStyle    AuthStyle
@@ -162,7 +174,8 @@ var secretParams = []string{
 //     within c.Timeout;
 //   - an error matching ctx.Err() (context.Canceled or
 //     context.DeadlineExceeded) when ctx ends first;
-//   - a plain error when r itself is unusable (bad TokenURL or AuthStyle).
+//   - a plain error when r itself is unusable (bad TokenURL or AuthStyle, or
+//     r.Auth could not authenticate).
 //
 // Token does not modify r.Params.
 func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
@@ -180,6 +193,8 @@ func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	return tok, err
 }
 
+func errInvalidStyle(s AuthStyle) error { return fmt.Errorf("oauth: invalid auth style %v", s) }
+
 // answer is an endpoint's HTTP answer, read within the size limit.
 type answer struct {
 	status      int
@@ -192,9 +207,6 @@ type answer struct {
 // post sends r's form to r.TokenURL with client authentication, and reads
 // the answer. Its errors are those of Token for transport and size.
 func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
-	if !r.AuthStyle.valid() {
-		return nil, fmt.Errorf("oauth: invalid auth style %v", r.AuthStyle)
-	}
 	if err := checkTokenURL(r.TokenURL, c.RequireHTTPS); err != nil {
 		return nil, err
 	}
@@ -203,11 +215,10 @@ func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
 	for k, v := range r.Params {
 		form[k] = slices.Clone(v)
 	}
-	if r.AuthStyle != AuthBasic {
-		form.Set("client_id", r.ClientID)
-		if r.ClientSecret != "" { // RFC 6749 §2.3.1: may be omitted when empty
-			form.Set("client_secret", r.ClientSecret)
-		}
+	header := make(http.Header)
+	auth := r.authenticator()
+	if err := auth.Authenticate(r.TokenURL, form, header); err != nil {
+		return nil, err
 	}
 
 	callCtx, cancel := context.WithTimeout(ctx, orDefault(c.Timeout, defaultTimeout))
@@ -219,8 +230,8 @@ func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", orDefault(c.UserAgent, defaultUserAgent))
-	if r.AuthStyle != AuthPost {
-		req.Header.Set("Authorization", basicAuth(r.ClientID, r.ClientSecret))
+	for k, v := range header {
+		req.Header[k] = v
 	}
 
 	hc := defaultHTTPClient
@@ -239,9 +250,9 @@ func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
 		return nil, transportError(ctx, err)
 	}
 
-	secrets := []string{r.ClientSecret}
+	secrets := auth.Secrets()
 	for _, k := range secretParams {
-		secrets = append(secrets, r.Params[k]...)
+		secrets = append(secrets, form[k]...)
 	}
 	secrets = append(secrets, r.Params["token"]...)
 	return &answer{

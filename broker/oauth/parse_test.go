@@ -159,6 +159,7 @@ func TestAuthStyle(t *testing.T) {
 		{give: "basic", want: oauth.AuthBasic},
 		{give: "post", want: oauth.AuthPost},
 		{give: "basic+post", want: oauth.AuthBasicAndPost},
+		{give: "private_key_jwt", want: oauth.AuthPrivateKeyJWT},
 		{give: "", wantErr: true},
 		{give: "Basic", wantErr: true},
 		{give: "AuthStyle(0)", wantErr: true},

@@ -342,21 +342,31 @@ type LogConfig struct {
 // one of ClientSecret, ClientSecretEnv and ClientSecretFile, or none: then
 // the stored secret is kept.
 type ProviderConfig struct {
-	Name                 string            `yaml:"name"`
-	TokenURL             string            `yaml:"token_url"`
-	AuthorizeURL         string            `yaml:"authorize_url"`
-	IntrospectionURL     string            `yaml:"introspection_url"`
-	RevocationURL        string            `yaml:"revocation_url"`
-	GrantTokenURLs       map[string]string `yaml:"grant_token_urls"`
-	ClientID             string            `yaml:"client_id"`
-	ClientSecret         string            `yaml:"client_secret"`
-	ClientSecretEnv      string            `yaml:"client_secret_env"`
-	ClientSecretFile     string            `yaml:"client_secret_file"`
-	ClientAuthStyle      string            `yaml:"client_auth_style"` // basic (default), post, basic+post
-	DefaultScopes        []string          `yaml:"default_scopes"`
-	TokenParams          map[string]string `yaml:"token_params"`
-	GrantTypes           []string          `yaml:"grant_types"`
-	DefaultTokenLifetime time.Duration     `yaml:"default_token_lifetime"`
+	Name             string            `yaml:"name"`
+	TokenURL         string            `yaml:"token_url"`
+	AuthorizeURL     string            `yaml:"authorize_url"`
+	IntrospectionURL string            `yaml:"introspection_url"`
+	RevocationURL    string            `yaml:"revocation_url"`
+	GrantTokenURLs   map[string]string `yaml:"grant_token_urls"`
+	ClientID         string            `yaml:"client_id"`
+	ClientSecret     string            `yaml:"client_secret"`
+	ClientSecretEnv  string            `yaml:"client_secret_env"`
+	ClientSecretFile string            `yaml:"client_secret_file"`
+	ClientAuthStyle  string            `yaml:"client_auth_style"` // basic (default), post, basic+post, private_key_jwt
+	// ClientKeyFile is a private key (PEM or JWK) to sign client assertions
+	// with (private_key_jwt); without it the broker generates one of
+	// ClientKeyAlgorithm (RS256, ES256 (default) or EdDSA). A changed file
+	// replaces the key, the old one served in the JWKS for a day.
+	ClientKeyFile      string `yaml:"client_key_file"`
+	ClientKeyAlgorithm string `yaml:"client_key_algorithm"`
+	// ClientAssertionAudience is the aud of client assertions (the
+	// provider's issuer, for providers that want it); the token endpoint
+	// when empty.
+	ClientAssertionAudience string            `yaml:"client_assertion_audience"`
+	DefaultScopes           []string          `yaml:"default_scopes"`
+	TokenParams             map[string]string `yaml:"token_params"`
+	GrantTypes              []string          `yaml:"grant_types"`
+	DefaultTokenLifetime    time.Duration     `yaml:"default_token_lifetime"`
 	// PKCE sends an S256 code challenge with authorization requests.
 	PKCE bool `yaml:"pkce"`
 	// RedirectURL is the callback registered at the provider; the broker's
@@ -566,7 +576,7 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 		a, err := oauth.ParseAuthStyle(pc.ClientAuthStyle)
 		if err != nil {
 			// Reported here; Validate below checks the rest with the default.
-			errs = append(errs, fmt.Errorf("client_auth_style %q is not basic, post or basic+post", pc.ClientAuthStyle))
+			errs = append(errs, fmt.Errorf("client_auth_style %q is not basic, post, basic+post or private_key_jwt", pc.ClientAuthStyle))
 		} else {
 			auth = a
 		}
@@ -591,6 +601,17 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 		p.GrantTypes = append(p.GrantTypes, broker.GrantType(g))
 	}
 	p.PKCE, p.RedirectURL = pc.PKCE, pc.RedirectURL
+	p.ClientKeyAlgorithm, p.AssertionAudience = pc.ClientKeyAlgorithm, pc.ClientAssertionAudience
+	if pc.ClientKeyFile != "" {
+		data, err := os.ReadFile(pc.ClientKeyFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("client_key_file: cannot read %s", pc.ClientKeyFile))
+		} else if k, err := broker.ParseClientKey(data, pc.ClientKeyAlgorithm); err != nil {
+			errs = append(errs, fmt.Errorf("client_key_file %s: %w", pc.ClientKeyFile, err))
+		} else {
+			p.ClientKeys = []broker.ClientKey{k}
+		}
+	}
 	p.RefreshLeadFraction, p.RefreshMinLead, p.RefreshIdleAfter, p.KeepAlive = pc.RefreshLeadFraction, pc.RefreshMinLead, pc.RefreshIdleAfter, pc.KeepAlive
 	p.RefreshRevokesAccessToken = pc.RefreshRevokesAccessToken
 	switch pc.Preset {
