@@ -210,18 +210,25 @@ func (b *Broker) campaign(shard int) {
 // campaignWhileAlive campaigns for e until it wins, Close, or sess ends:
 // a campaign must not outlive its session's lease.
 func (b *Broker) campaignWhileAlive(e *concurrency.Election, sess *concurrency.Session) error {
-	ctx, cancel := context.WithCancel(b.ctx)
-	defer cancel()
+	ctx, stop := whileAlive(b.ctx, sess)
+	defer stop()
+	return e.Campaign(ctx, b.replica)
+}
+
+// whileAlive returns a context of parent that also ends when sess does.
+// stop cancels it and waits for the goroutine that watches sess.
+func whileAlive(parent context.Context, sess *concurrency.Session) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancel(parent)
 	done := make(chan struct{})
-	defer close(done)
-	go func() { // ends when the campaign does
+	go func() {
+		defer close(done)
 		select {
 		case <-sess.Done():
 			cancel()
-		case <-done:
+		case <-ctx.Done():
 		}
 	}()
-	return e.Campaign(ctx, b.replica)
+	return ctx, func() { cancel(); <-done }
 }
 
 // isDone reports whether sess has ended.
@@ -238,18 +245,11 @@ func isDone(sess *concurrency.Session) bool {
 // and with it the leadership, is lost. The leader of shard 0 also delivers
 // webhooks, its writes fenced by f, its election key.
 func (b *Broker) lead(shard int, sess *concurrency.Session, f fence) {
-	ctx, cancel := context.WithCancel(b.ctx)
-	defer cancel()
-	go func() { // ends with lead: cancel is deferred above
-		select {
-		case <-sess.Done():
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	ctx, stop := whileAlive(b.ctx, sess)
+	defer stop()
 	if shard == 0 {
 		var wg sync.WaitGroup
-		defer wg.Wait() // after cancel, deferred last
+		defer func() { stop(); wg.Wait() }()
 		wg.Go(func() { b.deliverWebhooks(ctx, f) })
 	}
 	seen := map[string]time.Time{} // token id → last reported call

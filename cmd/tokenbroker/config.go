@@ -247,8 +247,11 @@ func (p *PKCS11Config) validate(getenv func(string) string) []error {
 	return errs
 }
 
-// config resolves the PIN.
+// config checks the section and resolves the PIN.
 func (p *PKCS11Config) config(getenv func(string) string) (pkcs11.Config, error) {
+	if errs := p.validate(getenv); len(errs) > 0 {
+		return pkcs11.Config{}, errors.Join(errs...)
+	}
 	cfg := pkcs11.Config{Module: p.Module, TokenLabel: p.TokenLabel, KeyLabel: p.KeyLabel, PIN: getenv(p.PINEnv)}
 	if p.PINFile != "" {
 		b, err := os.ReadFile(p.PINFile)

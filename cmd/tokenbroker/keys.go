@@ -286,9 +286,6 @@ func startEmbedded(ctx context.Context, dir string, log *zap.Logger) (*embedetcd
 // wrapKey returns k's key-file line with its secret wrapped by the KEK of
 // the token cfg names.
 func wrapKey(cfg Config, getenv func(string) string, k seal.Key) (string, error) {
-	if errs := cfg.Seal.PKCS11.validate(getenv); len(errs) > 0 {
-		return "", errors.Join(errs...)
-	}
 	pc, err := cfg.Seal.PKCS11.config(getenv)
 	if err != nil {
 		return "", err
@@ -323,9 +320,6 @@ func runKeysCreateKEK(args []string, stdout, stderr io.Writer, getenv func(strin
 	}
 	if cfg.Seal.PKCS11 == nil {
 		return errors.New("keys create-kek: the configuration has no seal.pkcs11 section")
-	}
-	if errs := cfg.Seal.PKCS11.validate(getenv); len(errs) > 0 {
-		return fmt.Errorf("keys create-kek: %w", errors.Join(errs...))
 	}
 	pc, err := cfg.Seal.PKCS11.config(getenv)
 	if err != nil {
