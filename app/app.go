@@ -96,6 +96,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err error)
 	if err != nil {
 		return nil, err
 	}
+	ccfg.DialOptions = append(ccfg.DialOptions, cfg.EtcdDialOptions...)
 	a.client, err = clientv3.New(ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd client: %w", err)
@@ -178,6 +179,10 @@ func (a *App) Broker() *broker.Broker { return a.broker }
 
 // Client returns the app's etcd client.
 func (a *App) Client() *clientv3.Client { return a.client }
+
+// EtcdEndpoints are the endpoints of the store: the embedded etcd's, or
+// the external cluster's.
+func (a *App) EtcdEndpoints() []string { return a.client.Endpoints() }
 
 // GRPCAddr and HTTPAddr are the bound listener addresses.
 func (a *App) GRPCAddr() string { return a.server.GRPCAddr() }

@@ -17,6 +17,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"gopkg.in/yaml.v3"
 
 	"github.com/tokenbroker/tokenbroker/broker"
@@ -86,6 +87,9 @@ type Config struct {
 	// Keyring is the master keyring when the caller made one (dev mode);
 	// nil resolves it from Seal and the environment at start.
 	Keyring *seal.Keyring `yaml:"-"`
+	// EtcdDialOptions are added to those of the etcd client (tbbench
+	// counts the client's requests with interceptors).
+	EtcdDialOptions []grpc.DialOption `yaml:"-"`
 }
 
 // RefresherConfig tunes failover and the spread of background refreshes.
