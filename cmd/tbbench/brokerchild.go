@@ -5,40 +5,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/app"
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
-
-	"github.com/tokenbroker/tokenbroker/broker"
-	"github.com/tokenbroker/tokenbroker/broker/apikey"
-	"github.com/tokenbroker/tokenbroker/broker/oauth"
-	"github.com/tokenbroker/tokenbroker/broker/policy"
-	"github.com/tokenbroker/tokenbroker/broker/seal"
-	"github.com/tokenbroker/tokenbroker/internal/embedetcd"
-	"github.com/tokenbroker/tokenbroker/server"
 )
-
-// brokerChildConfig is what the broker process is told, as JSON in
-// TBBENCH_BROKER.
-type brokerChildConfig struct {
-	SandboxURL   string             `json:"sandbox_url"`
-	ClientID     string             `json:"client_id"`
-	ClientSecret string             `json:"client_secret"`
-	Keys         []apikey.StaticKey `json:"keys"`
-	// MasterKey is the key-file line of the master key (seal.FormatKey):
-	// the tokens loaded for the memory figure are sealed with it.
-	MasterKey string `json:"master_key"`
-}
 
 // The provider every benchmark call names, and the policy that lets the
 // benchmark's callers (identities bench-0, bench-1, …) get its tokens.
@@ -47,96 +25,63 @@ const (
 	benchIdentity = "bench-*"
 )
 
-// newProductionLogger is the logger `tokenbroker serve` builds by default
-// (cmd/tokenbroker newLogger): JSON, ISO 8601 times, level info, to w.
-func newProductionLogger(w io.Writer) *zap.Logger {
-	enc := zap.NewProductionEncoderConfig()
-	enc.EncodeTime = zapcore.ISO8601TimeEncoder
-	return zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.Lock(zapcore.AddSync(w)), zapcore.InfoLevel),
-		zap.ErrorOutput(zapcore.AddSync(w)))
+// Environment of the broker process: its configuration file's content and
+// its master key, as an operator would give them to `tokenbroker serve`.
+const (
+	brokerConfigEnv = "TBBENCH_BROKER_CONFIG"
+	brokerKeyEnv    = app.MasterKeyEnv
+)
+
+// brokerConfig is the broker's configuration: the defaults of `tokenbroker
+// serve` with loopback listeners, the sandbox provider at tokenURL, the
+// benchmark's API keys and a policy for them. One thing differs: the
+// per-caller rate limit is lifted, since the benchmark's few identities
+// call far more often than the default 1000/s.
+func brokerConfig(tokenURL, clientID, clientSecret string, keys []app.APIKeyConfig) app.Config {
+	cfg := app.DefaultConfig()
+	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Auth.APIKeys = keys
+	cfg.Auth.Policy = []app.PolicyRule{{Identities: []string{benchIdentity}, Providers: []string{benchProvider, sentinelProvider}, Actions: []string{"token", "introspect"}}}
+	cfg.Auth.RateLimit = app.RateLimitConfig{RPS: 1e9, Burst: 1_000_000}
+	cfg.Providers = []app.ProviderConfig{{Name: benchProvider, TokenURL: tokenURL, ClientID: clientID, ClientSecret: clientSecret, ClientAuthStyle: "basic"}}
+	return cfg
 }
 
-// runBrokerChild runs the broker as `tokenbroker serve` does with embedded
-// etcd (cmd/tokenbroker StartApp): etcd with its production settings
-// (fsync, default raft ticks) in a temporary directory, one etcd client
-// shared by the API key store and the broker, the broker with its
-// background refresher, authentication by API key and a policy, and the
-// info-level JSON log on stderr. Two things differ: the etcd client counts
-// its requests, and the per-caller rate limit is lifted, since the
-// benchmark's few identities call far more often than the default 1000/s.
+// runBrokerChild runs the broker as `tokenbroker serve
+// --insecure-http-loopback` does (app.Start), from the YAML configuration
+// in $TBBENCH_BROKER_CONFIG and the master key in $TOKENBROKER_MASTER_KEY:
+// embedded etcd with its production settings (fsync, default raft ticks)
+// in a temporary directory, the broker with its background refresher,
+// authentication by API key and a policy, and the info-level JSON log on
+// stderr. The etcd client also counts its requests, for the control
+// listener's /etcd.
 func runBrokerChild(ctx context.Context, ready func(readyLine), control *http.ServeMux) error {
-	var cfg brokerChildConfig
-	if err := json.Unmarshal([]byte(getenv("TBBENCH_BROKER")), &cfg); err != nil {
-		return fmt.Errorf("TBBENCH_BROKER: %w", err)
-	}
 	start := time.Now()
-	log := newProductionLogger(os.Stderr)
+	cfg := app.DefaultConfig()
+	if err := app.DecodeConfig(strings.NewReader(getenv(brokerConfigEnv)), &cfg); err != nil {
+		return fmt.Errorf("$%s: %w", brokerConfigEnv, err)
+	}
 	dir, err := os.MkdirTemp("", "tbbench-broker-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	etcd, err := embedetcd.Start(ctx, embedetcd.Config{Dir: dir, Logger: log.Named("etcd").WithOptions(zap.IncreaseLevel(zap.ErrorLevel))})
+	cfg.DataDir = dir
+	cfg.InsecureHTTPLoopback = true // the sandbox is plain http on loopback
+	counter := newEtcdCounter(cfg.Etcd.Prefix)
+	cfg.EtcdDialOptions = counter.dialOptions()
+	if err := cfg.Validate(os.Getenv); err != nil {
+		return fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	log, err := app.NewLogger(cfg.Log, os.Stderr)
 	if err != nil {
 		return err
 	}
-	defer etcd.Close()
-
-	counter := newEtcdCounter(broker.DefaultPrefix)
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   []string{etcd.Endpoint()},
-		DialTimeout: 5 * time.Second,
-		Logger:      log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.WarnLevel)),
-		Context:     context.Background(),
-		DialOptions: counter.dialOptions(),
-	})
+	a, err := app.Start(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	defer cli.Close()
-
-	keyring, err := seal.ParseKeyEnv(cfg.MasterKey)
-	if err != nil {
-		return err
-	}
-	keys, err := apikey.NewStore(ctx, cli, broker.DefaultPrefix, keyring, log)
-	if err != nil {
-		return err
-	}
-	defer keys.Close()
-	if err := keys.SetStatic(cfg.Keys); err != nil {
-		return err
-	}
-	pol, err := policy.New([]policy.Rule{{Identities: []string{benchIdentity}, Providers: []string{benchProvider, sentinelProvider}, Actions: []policy.Action{policy.Token, policy.Introspect}}})
-	if err != nil {
-		return err
-	}
-	metrics := server.NewMetrics()
-	b, err := broker.New(ctx, broker.Config{Client: cli, Keyring: keyring, Logger: log, Observer: metrics})
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	metrics.WatchGrants(b)
-	if _, err := b.PutProvider(ctx, broker.Provider{
-		Name: benchProvider, TokenURL: cfg.SandboxURL, ClientID: cfg.ClientID, ClientAuth: oauth.AuthBasic,
-	}, cfg.ClientSecret); err != nil {
-		return err
-	}
-	srv, err := server.New(server.Config{
-		GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Broker: b, Logger: log, Metrics: metrics,
-		Auth: server.AuthConfig{Keys: keys, Policy: pol, RateLimit: server.RateLimit{RPS: 1e9, Burst: 1e9}},
-	})
-	if err != nil {
-		return err
-	}
-	b.SetCallbackURL("http://" + srv.HTTPAddr() + server.CallbackPath)
-	srv.Start()
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
+	defer a.Close()
 	startup := time.Since(start)
 
 	control.HandleFunc("GET /etcd", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, counter.snapshot()) })
@@ -148,13 +93,8 @@ func runBrokerChild(ctx context.Context, ready func(readyLine), control *http.Se
 	cs := &http.Server{Handler: control, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = cs.Serve(lis) }()
 	defer cs.Close()
-	ready(readyLine{GRPC: srv.GRPCAddr(), HTTP: srv.HTTPAddr(), Control: lis.Addr().String(), Startup: startup.String(), EtcdAddr: etcd.Endpoint()})
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-srv.Err():
-		return err
-	}
+	ready(readyLine{GRPC: a.GRPCAddr(), HTTP: a.HTTPAddr(), Control: lis.Addr().String(), Startup: startup.String(), EtcdAddr: a.EtcdEndpoints()[0]})
+	return a.Wait(ctx)
 }
 
 // etcdCounter counts what an etcd client sends: every unary request and

@@ -37,7 +37,9 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"gopkg.in/yaml.v3"
 
+	"github.com/tokenbroker/tokenbroker/app"
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
 	"github.com/tokenbroker/tokenbroker/broker/seal"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
@@ -220,14 +222,14 @@ func (b *bench) runAll(ctx context.Context) error {
 	defer sbServer.Close()
 
 	// API keys: one identity per gRPC connection (at most 4).
-	var static []apikey.StaticKey
+	var static []app.APIKeyConfig
 	for i := range 4 {
 		id, key, sum, err := apikey.Generate()
 		if err != nil {
 			return err
 		}
 		b.keys = append(b.keys, key)
-		static = append(static, apikey.StaticKey{ID: id, Identity: fmt.Sprintf("bench-%d", i), SHA256: sum})
+		static = append(static, app.APIKeyConfig{ID: id, Identity: fmt.Sprintf("bench-%d", i), SHA256: sum})
 	}
 	master, err := seal.GenerateKey("bench")
 	if err != nil {
@@ -238,13 +240,12 @@ func (b *bench) runAll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := json.Marshal(brokerChildConfig{SandboxURL: "http://" + lis.Addr().String() + sandbox.TokenPath,
-		ClientID: clientID, ClientSecret: secret, Keys: static, MasterKey: masterLine})
+	cfg, err := yaml.Marshal(brokerConfig("http://"+lis.Addr().String()+sandbox.TokenPath, clientID, secret, static))
 	if err != nil {
 		return err
 	}
 	b.progress("starting the broker (embedded etcd, sandbox provider, API keys, policy)…")
-	if b.broker, err = startChild(ctx, "broker", b.serverCPU, []string{"TBBENCH_CHILD=broker", "TBBENCH_BROKER=" + string(cfg)}); err != nil {
+	if b.broker, err = startChild(ctx, "broker", b.serverCPU, []string{"TBBENCH_CHILD=broker", brokerConfigEnv + "=" + string(cfg), brokerKeyEnv + "=" + masterLine}); err != nil {
 		return err
 	}
 	defer b.broker.stop()

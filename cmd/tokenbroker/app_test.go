@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tokenbroker/tokenbroker/app"
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/testkeys"
@@ -46,7 +47,7 @@ func startFake(t *testing.T) *fakeProvider {
 	return &fakeProvider{Server: sb, url: ts.URL}
 }
 
-// testIdentity is the identity of testKey, a static API key of every App
+// testIdentity is the identity of testKey, a static API key of every app.App
 // the tests start, allowed everything.
 const testIdentity = "test-caller"
 
@@ -68,20 +69,20 @@ func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]strin
 
 func (bearer) RequireTransportSecurity() bool { return false }
 
-// appConfig is the configuration of an App on 127.0.0.1:0 with its data in
+// appConfig is the configuration of an app.App on 127.0.0.1:0 with its data in
 // dataDir, the fake registered as "mediahound", a master key, and testKey.
-func appConfig(fakeURL, dataDir string) Config {
-	cfg := defaultConfig()
+func appConfig(fakeURL, dataDir string) app.Config {
+	cfg := app.DefaultConfig()
 	cfg.GRPCAddr = "127.0.0.1:0"
 	cfg.HTTPAddr = "127.0.0.1:0"
 	cfg.MetricsAddr = "127.0.0.1:0"
 	cfg.DataDir = dataDir
 	cfg.ShutdownTimeout = 5 * time.Second
-	cfg.keyring = testkeys.Keyring()
-	cfg.insecureHTTPLoopback = true // the fake provider is plain http on loopback
-	cfg.Auth.APIKeys = []APIKeyConfig{{ID: testKeyID, Identity: testIdentity, SHA256: testKeySHA256}}
-	cfg.Auth.Policy = []PolicyRule{{Identities: []string{testIdentity}, Actions: []string{"token", "introspect", "admin"}}}
-	cfg.Providers = []ProviderConfig{{
+	cfg.Keyring = testkeys.Keyring()
+	cfg.InsecureHTTPLoopback = true // the fake provider is plain http on loopback
+	cfg.Auth.APIKeys = []app.APIKeyConfig{{ID: testKeyID, Identity: testIdentity, SHA256: testKeySHA256}}
+	cfg.Auth.Policy = []app.PolicyRule{{Identities: []string{testIdentity}, Actions: []string{"token", "introspect", "admin"}}}
+	cfg.Providers = []app.ProviderConfig{{
 		Name:            providerName,
 		TokenURL:        fakeURL + sandbox.TokenPath,
 		ClientID:        fakeClientID,
@@ -91,18 +92,18 @@ func appConfig(fakeURL, dataDir string) Config {
 	return cfg
 }
 
-// startApp starts an App and returns it with a Close that runs once; the
+// startApp starts an app.App and returns it with a Close that runs once; the
 // test's cleanup calls it too.
-func startApp(t *testing.T, cfg Config) (*App, func() error) {
+func startApp(t *testing.T, cfg app.Config) (*app.App, func() error) {
 	t.Helper()
-	app, err := StartApp(t.Context(), cfg, zaptest.NewLogger(t))
+	inst, err := app.Start(t.Context(), cfg, zaptest.NewLogger(t))
 	if err != nil {
-		t.Fatalf("StartApp: %v", err)
+		t.Fatalf("app.Start: %v", err)
 	}
 	var once sync.Once
 	var closeErr error
 	closeApp := func() error {
-		once.Do(func() { closeErr = app.Close() })
+		once.Do(func() { closeErr = inst.Close() })
 		return closeErr
 	}
 	t.Cleanup(func() {
@@ -110,10 +111,10 @@ func startApp(t *testing.T, cfg Config) (*App, func() error) {
 			t.Errorf("App.Close: %v, want nil", err)
 		}
 	})
-	return app, closeApp
+	return inst, closeApp
 }
 
-// grpcGetToken asks the App at addr for a token of provider over gRPC.
+// grpcGetToken asks the app.App at addr for a token of provider over gRPC.
 func grpcGetToken(t *testing.T, addr, provider string) *tokenbrokerv1.Token {
 	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(bearer(testKey)))
@@ -177,7 +178,7 @@ func decodeJSON(t *testing.T, what string, raw []byte) map[string]any {
 	return out
 }
 
-// TestAppRestartKeepsTokens restarts the App on the same data directory: the
+// TestAppRestartKeepsTokens restarts the app.App on the same data directory: the
 // token obtained before the restart is served after it, without a second call
 // to the provider, and the registered provider is still there, secret hidden.
 func TestAppRestartKeepsTokens(t *testing.T) {
@@ -271,12 +272,12 @@ func TestAppRestartKeepsTokens(t *testing.T) {
 	}
 }
 
-// TestAppREST drives the REST listener of a running App.
+// TestAppREST drives the REST listener of a running app.App.
 func TestAppREST(t *testing.T) {
 	t.Parallel()
 	fake := startFake(t)
-	app, _ := startApp(t, appConfig(fake.url, t.TempDir()))
-	base := "http://" + app.HTTPAddr()
+	inst, _ := startApp(t, appConfig(fake.url, t.TempDir()))
+	base := "http://" + inst.HTTPAddr()
 
 	t.Run("token", func(t *testing.T) {
 		status, raw := httpCall(t, http.MethodPost, base+"/v1/providers/"+providerName+"/token", testKey, "application/json", []byte(`{}`))
@@ -313,7 +314,7 @@ func TestAppREST(t *testing.T) {
 		if status, _ := httpCall(t, http.MethodGet, base+"/openapi.json", "", "", nil); status != http.StatusNotFound {
 			t.Errorf("GET /openapi.json on the API port status = %d, want 404 (it is on metrics_addr)", status)
 		}
-		status, raw := httpCall(t, http.MethodGet, "http://"+app.MetricsAddr()+"/openapi.json", "", "", nil)
+		status, raw := httpCall(t, http.MethodGet, "http://"+inst.MetricsAddr()+"/openapi.json", "", "", nil)
 		if status != http.StatusOK {
 			t.Fatalf("GET /openapi.json on metrics_addr status = %d, want 200", status)
 		}
@@ -336,7 +337,7 @@ func TestAppREST(t *testing.T) {
 }
 
 // TestStartAppAddressInUse starts on an address another listener holds:
-// StartApp fails, stops what it started, and a later start on the same data
+// app.Start fails, stops what it started, and a later start on the same data
 // directory works.
 func TestStartAppAddressInUse(t *testing.T) {
 	t.Parallel()
@@ -351,28 +352,28 @@ func TestStartAppAddressInUse(t *testing.T) {
 
 	tests := []struct {
 		name string
-		give func(*Config, string)
+		give func(*app.Config, string)
 		want string
 	}{
-		{name: "grpc", give: func(c *Config, addr string) { c.GRPCAddr = addr }, want: "grpc listener"},
-		{name: "http", give: func(c *Config, addr string) { c.HTTPAddr = addr }, want: "http listener"},
-		{name: "metrics", give: func(c *Config, addr string) { c.MetricsAddr = addr }, want: "metrics listener"},
+		{name: "grpc", give: func(c *app.Config, addr string) { c.GRPCAddr = addr }, want: "grpc listener"},
+		{name: "http", give: func(c *app.Config, addr string) { c.HTTPAddr = addr }, want: "http listener"},
+		{name: "metrics", give: func(c *app.Config, addr string) { c.MetricsAddr = addr }, want: "metrics listener"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := appConfig(fake.url, dataDir)
 			tt.give(&cfg, taken.Addr().String())
-			app, err := StartApp(t.Context(), cfg, zaptest.NewLogger(t))
+			inst, err := app.Start(t.Context(), cfg, zaptest.NewLogger(t))
 			if err == nil {
-				app.Close()
-				t.Fatalf("StartApp with %s on %s (in use) = nil error, want one", tt.name, taken.Addr())
+				inst.Close()
+				t.Fatalf("app.Start with %s on %s (in use) = nil error, want one", tt.name, taken.Addr())
 			}
 			if !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("StartApp error = %q, want it to mention %q", err, tt.want)
+				t.Errorf("app.Start error = %q, want it to mention %q", err, tt.want)
 			}
 		})
 	}
 
-	app, _ := startApp(t, appConfig(fake.url, dataDir))
-	grpcGetToken(t, app.GRPCAddr(), providerName)
+	inst, _ := startApp(t, appConfig(fake.url, dataDir))
+	grpcGetToken(t, inst.GRPCAddr(), providerName)
 }

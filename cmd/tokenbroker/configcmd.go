@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/tokenbroker/tokenbroker/app"
 )
 
 // runConfig runs `tokenbroker config validate FILE`: it decodes the file
@@ -15,7 +17,7 @@ func runConfig(args []string, stdout, stderr io.Writer, getenv func(string) stri
 		fmt.Fprintln(stderr, "usage: tokenbroker config validate FILE")
 		return errors.New("config: want 'validate FILE'")
 	}
-	cfg, err := readConfig(args[1], getenv)
+	cfg, err := app.ReadConfig(args[1], getenv)
 	if err != nil {
 		return err
 	}

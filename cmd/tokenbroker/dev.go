@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/app"
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
 	"github.com/tokenbroker/tokenbroker/broker/seal"
 	"github.com/tokenbroker/tokenbroker/sandbox"
@@ -90,15 +91,15 @@ const devIdentity = "dev"
 // devConfig is the configuration `tokenbroker dev` runs: loopback
 // listeners, a throwaway data directory, the sandbox provider, and the dev
 // API key (by its id and hash) whose caller may do everything.
-func devConfig(dataDir, sandboxURL, clientID, clientSecret, keyID, keySHA256 string) Config {
-	cfg := defaultConfig()
-	cfg.Auth.APIKeys = []APIKeyConfig{{ID: keyID, Identity: devIdentity, SHA256: keySHA256}}
-	cfg.Auth.Policy = []PolicyRule{{Identities: []string{devIdentity}, Actions: []string{"token", "introspect", "admin"}}}
+func devConfig(dataDir, sandboxURL, clientID, clientSecret, keyID, keySHA256 string) app.Config {
+	cfg := app.DefaultConfig()
+	cfg.Auth.APIKeys = []app.APIKeyConfig{{ID: keyID, Identity: devIdentity, SHA256: keySHA256}}
+	cfg.Auth.Policy = []app.PolicyRule{{Identities: []string{devIdentity}, Actions: []string{"token", "introspect", "admin"}}}
 	cfg.GRPCAddr = "127.0.0.1:9090"
 	cfg.HTTPAddr = "127.0.0.1:8080"
 	cfg.DataDir = dataDir
 	cfg.Log.Format = "console"
-	cfg.Providers = []ProviderConfig{{
+	cfg.Providers = []app.ProviderConfig{{
 		Name:             "sandbox",
 		TokenURL:         sandboxURL + sandbox.TokenPath,
 		AuthorizeURL:     sandboxURL + sandbox.AuthorizePath,
@@ -118,7 +119,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.SetOutput(stderr)
 	grpcAddr := fs.String("grpc-addr", "127.0.0.1:9090", "gRPC listen address (port 0 picks one)")
 	httpAddr := fs.String("http-addr", "127.0.0.1:8080", "REST listen address (port 0 picks one)")
-	metricsAddr := fs.String("metrics-addr", defaultMetricsAddr, "listen address of /metrics and /openapi.json (port 0 picks one)")
+	metricsAddr := fs.String("metrics-addr", app.DefaultMetricsAddr, "listen address of /metrics and /openapi.json (port 0 picks one)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -158,22 +159,22 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 
 	cfg := devConfig(dataDir, env.baseURL(), clientID, base64.RawURLEncoding.EncodeToString(secret), keyID, keySHA256)
 	cfg.GRPCAddr, cfg.HTTPAddr, cfg.MetricsAddr, cfg.Log.Level = *grpcAddr, *httpAddr, *metricsAddr, *logLevel
-	cfg.keyring = keyring
-	cfg.insecureHTTPLoopback = true // the sandbox is plain http on loopback
+	cfg.Keyring = keyring
+	cfg.InsecureHTTPLoopback = true // the sandbox is plain http on loopback
 	if err := cfg.Validate(os.Getenv); err != nil {
 		return err
 	}
-	log, err := newLogger(cfg.Log, stderr)
+	log, err := app.NewLogger(cfg.Log, stderr)
 	if err != nil {
 		return err
 	}
 	defer log.Sync() //nolint:errcheck // nothing to do about a failed flush
-	app, err := StartApp(ctx, cfg, log)
+	inst, err := app.Start(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	if err := env.setProvider(clientID, base64.RawURLEncoding.EncodeToString(secret), app.CallbackURL()); err != nil {
-		return errors.Join(err, app.Close())
+	if err := env.setProvider(clientID, base64.RawURLEncoding.EncodeToString(secret), inst.CallbackURL()); err != nil {
+		return errors.Join(err, inst.Close())
 	}
 	fmt.Fprintf(stdout, `tokenbroker dev is running: embedded etcd in %[1]s, sandbox OAuth2 provider at %[2]s
   REST: http://%[3]s   gRPC: %[4]s   Metrics: http://%[9]s/metrics   OpenAPI: http://%[9]s/openapi.json
@@ -195,7 +196,7 @@ and the broker's callback page confirms; refresh tokens rotate on every refresh:
   curl -s -H "Authorization: Bearer %[6]s" http://%[3]s/v1/admin/grants
 
 Ctrl-C stops it and deletes the data directory.
-`, dataDir, env.baseURL(), app.HTTPAddr(), app.GRPCAddr(), devIdentity, key, devUser, devPassword, app.MetricsAddr())
-	err = app.Wait(ctx)
-	return errors.Join(err, app.Close())
+`, dataDir, env.baseURL(), inst.HTTPAddr(), inst.GRPCAddr(), devIdentity, key, devUser, devPassword, inst.MetricsAddr())
+	err = inst.Wait(ctx)
+	return errors.Join(err, inst.Close())
 }

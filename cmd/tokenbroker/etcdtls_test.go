@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/app"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
@@ -65,19 +66,19 @@ func TestExternalEtcdOverMutualTLS(t *testing.T) {
 	cfg := appConfig(fake.url, t.TempDir())
 	cfg.Etcd.Endpoints = []string{endpoint}
 	cfg.Etcd.DialTimeout = 2 * time.Second
-	cfg.Etcd.TLS = EtcdTLSConfig{CAFile: filepath.Join(dir, "ca.pem"), CertFile: filepath.Join(dir, "client.pem"), KeyFile: filepath.Join(dir, "client-key.pem")}
-	app, _ := startApp(t, cfg)
-	grpcGetToken(t, app.GRPCAddr(), providerName)
+	cfg.Etcd.TLS = app.EtcdTLSConfig{CAFile: filepath.Join(dir, "ca.pem"), CertFile: filepath.Join(dir, "client.pem"), KeyFile: filepath.Join(dir, "client-key.pem")}
+	inst, _ := startApp(t, cfg)
+	grpcGetToken(t, inst.GRPCAddr(), providerName)
 
 	tests := []struct {
 		name string
-		give EtcdTLSConfig
+		give app.EtcdTLSConfig
 		want string
 	}{
-		{"no client certificate", EtcdTLSConfig{CAFile: filepath.Join(dir, "ca.pem")}, ""},
-		{"CA file without a certificate", EtcdTLSConfig{CAFile: filepath.Join(dir, "client-key.pem")}, "holds no PEM certificate"},
-		{"key without certificate", EtcdTLSConfig{CAFile: filepath.Join(dir, "ca.pem"), KeyFile: filepath.Join(dir, "client-key.pem")}, "go together"},
-		{"key not matching", EtcdTLSConfig{CAFile: filepath.Join(dir, "ca.pem"), CertFile: filepath.Join(dir, "client.pem"), KeyFile: filepath.Join(dir, "server-key.pem")}, "client certificate"},
+		{"no client certificate", app.EtcdTLSConfig{CAFile: filepath.Join(dir, "ca.pem")}, ""},
+		{"CA file without a certificate", app.EtcdTLSConfig{CAFile: filepath.Join(dir, "client-key.pem")}, "holds no PEM certificate"},
+		{"key without certificate", app.EtcdTLSConfig{CAFile: filepath.Join(dir, "ca.pem"), KeyFile: filepath.Join(dir, "client-key.pem")}, "go together"},
+		{"key not matching", app.EtcdTLSConfig{CAFile: filepath.Join(dir, "ca.pem"), CertFile: filepath.Join(dir, "client.pem"), KeyFile: filepath.Join(dir, "server-key.pem")}, "client certificate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -85,13 +86,13 @@ func TestExternalEtcdOverMutualTLS(t *testing.T) {
 			bad.Etcd.TLS = tt.give
 			bad.DataDir = t.TempDir()
 			bad.Etcd.DialTimeout = time.Second
-			app, err := StartApp(t.Context(), bad, zaptest.NewLogger(t))
+			inst, err := app.Start(t.Context(), bad, zaptest.NewLogger(t))
 			if err == nil {
-				app.Close()
-				t.Fatalf("StartApp with %s = nil error, want one", tt.name)
+				inst.Close()
+				t.Fatalf("app.Start with %s = nil error, want one", tt.name)
 			}
 			if !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("StartApp error = %q, want it to mention %q", err, tt.want)
+				t.Errorf("app.Start error = %q, want it to mention %q", err, tt.want)
 			}
 		})
 	}

@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/tokenbroker/tokenbroker/app"
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/seal"
 	"github.com/tokenbroker/tokenbroker/broker/seal/pkcs11"
@@ -86,7 +87,7 @@ func runKeysGenerate(args []string, stdout, stderr io.Writer, getenv func(string
 	defer clear(k.Secret)
 	line := seal.FormatKey(k)
 	if *configPath != "" {
-		cfg, err := readConfig(*configPath, getenv)
+		cfg, err := app.ReadConfig(*configPath, getenv)
 		if err != nil {
 			return fmt.Errorf("keys generate: %w", err)
 		}
@@ -125,7 +126,7 @@ func runKeysReseal(ctx context.Context, args []string, stdout, stderr io.Writer,
 	if fs.NArg() > 0 {
 		return fmt.Errorf("keys reseal: unexpected argument %q", fs.Arg(0))
 	}
-	cfg, err := readConfig(*configPath, getenv)
+	cfg, err := app.ReadConfig(*configPath, getenv)
 	if err != nil {
 		return fmt.Errorf("keys reseal: %w", err)
 	}
@@ -133,18 +134,18 @@ func runKeysReseal(ctx context.Context, args []string, stdout, stderr io.Writer,
 		cfg.DataDir = *dataDir
 	}
 	if *endpoints != "" {
-		cfg.Etcd.Endpoints = splitList(*endpoints)
+		cfg.Etcd.Endpoints = app.SplitList(*endpoints)
 	}
-	cfg.getenv = getenv
-	if err := cfg.validateForReseal(); err != nil {
+	cfg.Getenv = getenv
+	if err := cfg.ValidateForReseal(); err != nil {
 		return fmt.Errorf("keys reseal: %w", err)
 	}
-	log, err := newLogger(cfg.Log, stderr)
+	log, err := app.NewLogger(cfg.Log, stderr)
 	if err != nil {
 		return fmt.Errorf("keys reseal: %w", err)
 	}
 	defer log.Sync() //nolint:errcheck // nothing to do about a failed flush
-	keyring, err := cfg.masterKeyring(log)
+	keyring, err := cfg.MasterKeyring(log)
 	if err != nil {
 		return fmt.Errorf("keys reseal: %w", err)
 	}
@@ -176,29 +177,9 @@ func runKeysReseal(ctx context.Context, args []string, stdout, stderr io.Writer,
 	return nil
 }
 
-// validateForReseal checks what `keys reseal` needs of the configuration:
-// a store and a master key. The rest (listeners, auth, providers and their
-// secrets) is for serve.
-func (c *Config) validateForReseal() error {
-	var errs []error
-	if len(c.Etcd.Endpoints) == 0 && c.DataDir == "" {
-		errs = append(errs, errors.New("data_dir is empty and no etcd.endpoints are set"))
-	}
-	if !strings.HasPrefix(c.Etcd.Prefix, "/") {
-		errs = append(errs, errors.New("etcd.prefix must start with '/'"))
-	}
-	switch {
-	case c.Seal.KeyFile != "" && c.env()(masterKeyEnv) != "":
-		errs = append(errs, fmt.Errorf("seal.key_file and $%s are both set; set one", masterKeyEnv))
-	case c.Seal.KeyFile == "" && c.env()(masterKeyEnv) == "":
-		errs = append(errs, fmt.Errorf("no master key: set seal.key_file (or $%s) to the new key first, then the old keys", masterKeyEnv))
-	}
-	return errors.Join(errs...)
-}
-
 // openStore connects to the configuration's etcd: the external cluster, or
 // the embedded member in the data directory, which must exist already.
-func openStore(ctx context.Context, cfg Config, log *zap.Logger) (*clientv3.Client, func(), error) {
+func openStore(ctx context.Context, cfg app.Config, log *zap.Logger) (*clientv3.Client, func(), error) {
 	endpoints := cfg.Etcd.Endpoints
 	var srv *embedetcd.Server
 	if len(endpoints) == 0 {
@@ -211,7 +192,7 @@ func openStore(ctx context.Context, cfg Config, log *zap.Logger) (*clientv3.Clie
 		}
 		endpoints = []string{srv.Endpoint()}
 	}
-	ccfg, err := etcdClientConfig(cfg.Etcd, endpoints, log)
+	ccfg, err := app.EtcdClientConfig(cfg.Etcd, endpoints, log)
 	if err != nil {
 		if srv != nil {
 			srv.Close()
@@ -285,8 +266,8 @@ func startEmbedded(ctx context.Context, dir string, log *zap.Logger) (*embedetcd
 
 // wrapKey returns k's key-file line with its secret wrapped by the KEK of
 // the token cfg names.
-func wrapKey(cfg Config, getenv func(string) string, k seal.Key) (string, error) {
-	pc, err := cfg.Seal.PKCS11.config(getenv)
+func wrapKey(cfg app.Config, getenv func(string) string, k seal.Key) (string, error) {
+	pc, err := cfg.Seal.PKCS11.Config(getenv)
 	if err != nil {
 		return "", err
 	}
@@ -314,14 +295,14 @@ func runKeysCreateKEK(args []string, stdout, stderr io.Writer, getenv func(strin
 	if fs.NArg() > 0 {
 		return fmt.Errorf("keys create-kek: unexpected argument %q", fs.Arg(0))
 	}
-	cfg, err := readConfig(*configPath, getenv)
+	cfg, err := app.ReadConfig(*configPath, getenv)
 	if err != nil {
 		return fmt.Errorf("keys create-kek: %w", err)
 	}
 	if cfg.Seal.PKCS11 == nil {
 		return errors.New("keys create-kek: the configuration has no seal.pkcs11 section")
 	}
-	pc, err := cfg.Seal.PKCS11.config(getenv)
+	pc, err := cfg.Seal.PKCS11.Config(getenv)
 	if err != nil {
 		return fmt.Errorf("keys create-kek: %w", err)
 	}

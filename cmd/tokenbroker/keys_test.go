@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tokenbroker/tokenbroker/app"
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/event"
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
@@ -83,7 +84,7 @@ func TestKeysCommandErrors(t *testing.T) {
 		{"generate bad id", []string{"keys", "generate", "--id", "Upper"}, nil, "key id must be of [a-z0-9-]"},
 		{"generate extra argument", []string{"keys", "generate", "--id", "k", "more"}, nil, `unexpected argument "more"`},
 		{"reseal without master key", []string{"keys", "reseal", "--config", noKey}, nil, "no master key: set seal.key_file"},
-		{"reseal with two master keys", []string{"keys", "reseal", "--config", noData}, map[string]string{masterKeyEnv: "k9:" + strings.Repeat("A", 43) + "="}, "seal.key_file and $TOKENBROKER_MASTER_KEY are both set"},
+		{"reseal with two master keys", []string{"keys", "reseal", "--config", noData}, map[string]string{app.MasterKeyEnv: "k9:" + strings.Repeat("A", 43) + "="}, "seal.key_file and $TOKENBROKER_MASTER_KEY are both set"},
 		{"reseal without etcd data", []string{"keys", "reseal", "--config", noData}, nil, "holds no etcd data"},
 		{"reseal missing config", []string{"keys", "reseal", "--config", filepath.Join(dir, "missing.yaml")}, nil, "no such file"},
 		{"reseal unknown config field", []string{"keys", "reseal", "--config", unknownField}, nil, "field key_files not found"},
@@ -178,13 +179,13 @@ func TestKeysResealRotatesTheMasterKey(t *testing.T) {
 		}
 	}
 	cfg := appConfig(fake.url, dataDir)
-	cfg.keyring = nil
+	cfg.Keyring = nil
 	cfg.Seal.KeyFile = keyFile
 
 	writeKeys(oldLine)
-	app, closeApp := startApp(t, cfg)
-	tok := grpcGetToken(t, app.GRPCAddr(), providerName)
-	before := sealedKeyIDs(t, app.client, cfg.Etcd.Prefix)
+	inst, closeApp := startApp(t, cfg)
+	tok := grpcGetToken(t, inst.GRPCAddr(), providerName)
+	before := sealedKeyIDs(t, inst.Client(), cfg.Etcd.Prefix)
 	if len(before) < 2 {
 		t.Fatalf("sealed values in etcd: %v, want at least the client secret and the access token", before)
 	}
@@ -198,13 +199,13 @@ func TestKeysResealRotatesTheMasterKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeKeys(newLine, oldLine)
-	app, closeApp = startApp(t, cfg)
-	if got := grpcGetToken(t, app.GRPCAddr(), providerName); got.GetAccessToken() != tok.GetAccessToken() {
+	inst, closeApp = startApp(t, cfg)
+	if got := grpcGetToken(t, inst.GRPCAddr(), providerName); got.GetAccessToken() != tok.GetAccessToken() {
 		t.Fatalf("GetToken after the restart with k2,k1 returned another token; want the stored one")
 	}
 	// Providers from the config file were registered again, under k2; the
 	// token is still under k1.
-	mid := sealedKeyIDs(t, app.client, cfg.Etcd.Prefix)
+	mid := sealedKeyIDs(t, inst.Client(), cfg.Etcd.Prefix)
 	stale := map[string]bool{}
 	for name, id := range mid {
 		if id == "k1" {
@@ -225,7 +226,7 @@ func TestKeysResealRotatesTheMasterKey(t *testing.T) {
 	if err := run(t.Context(), []string{"keys", "reseal", "--config", configFile}, &busyOut, &busyOut, envMap(nil)); err == nil || !strings.Contains(err.Error(), "a running broker holds its data directory") {
 		t.Fatalf("keys reseal while the broker runs = %v, want an error saying a running broker holds the data directory\n%s", err, busyOut.String())
 	}
-	if got := grpcGetToken(t, app.GRPCAddr(), providerName); got.GetAccessToken() != tok.GetAccessToken() {
+	if got := grpcGetToken(t, inst.GRPCAddr(), providerName); got.GetAccessToken() != tok.GetAccessToken() {
 		t.Fatalf("GetToken after a refused reseal returned another token; want the stored one")
 	}
 	if err := closeApp(); err != nil {
@@ -254,21 +255,21 @@ func TestKeysResealRotatesTheMasterKey(t *testing.T) {
 
 	// Drop the old key: everything opens with k2 alone.
 	writeKeys(newLine)
-	app, _ = startApp(t, cfg)
-	for name, id := range sealedKeyIDs(t, app.client, cfg.Etcd.Prefix) {
+	inst, _ = startApp(t, cfg)
+	for name, id := range sealedKeyIDs(t, inst.Client(), cfg.Etcd.Prefix) {
 		if id != "k2" {
 			t.Errorf("%s sealed with %q after keys reseal, want k2", name, id)
 		}
 	}
 	calls := fake.TokenCalls()
-	if got := grpcGetToken(t, app.GRPCAddr(), providerName); got.GetAccessToken() != tok.GetAccessToken() {
+	if got := grpcGetToken(t, inst.GRPCAddr(), providerName); got.GetAccessToken() != tok.GetAccessToken() {
 		t.Errorf("GetToken with k2 alone returned another token; want the stored one, re-sealed")
 	}
 	if fake.TokenCalls() != calls {
 		t.Errorf("GetToken with k2 alone called the provider; want the stored token")
 	}
 	// The re-sealed client secret still authenticates at the provider.
-	conn, err := grpc.NewClient(app.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(bearer(testKey)))
+	conn, err := grpc.NewClient(inst.GRPCAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithPerRPCCredentials(bearer(testKey)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -316,7 +317,7 @@ func TestKeysResealReportsRecordsUnderAMissingKey(t *testing.T) {
 	if _, err := e.Client(t, nil).Delete(t.Context(), broker.DefaultPrefix+event.Prefix, clientv3.WithPrefix()); err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{masterKeyEnv: generateKeyLine(t, "k2")}
+	env := map[string]string{app.MasterKeyEnv: generateKeyLine(t, "k2")}
 	scanned, resealed, failed, out, err := resealOutput(t, []string{"--etcd-endpoints", e.Endpoint}, env)
 	if err == nil || !strings.Contains(err.Error(), "re-seal incomplete") || !strings.Contains(err.Error(), "keep the old keys") {
 		t.Errorf("keys reseal = %v, want an incomplete re-seal telling to keep the old keys", err)

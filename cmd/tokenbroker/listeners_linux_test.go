@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/app"
 )
 
 // TestServeListensOnlyOnConfiguredPorts runs `tokenbroker serve` with the
@@ -32,7 +34,7 @@ func TestServeListensOnlyOnConfiguredPorts(t *testing.T) {
 
 	var stderr syncBuffer
 	cmd := exec.Command(bin, "serve", "--config", path)
-	cmd.Env = cliEnv(map[string]string{masterKeyEnv: masterKeyValue})
+	cmd.Env = cliEnv(map[string]string{app.MasterKeyEnv: masterKeyValue})
 	cmd.Stderr = &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -15,8 +15,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/tokenbroker/tokenbroker/app"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 func main() {
@@ -86,7 +86,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 	configPath := fs.String("config", getenv("TOKENBROKER_CONFIG"), "YAML config file ($TOKENBROKER_CONFIG)")
 	grpcAddr := fs.String("grpc-addr", "", "gRPC listen address (default :9090; $TOKENBROKER_GRPC_ADDR)")
 	httpAddr := fs.String("http-addr", "", "REST listen address (default :8080; $TOKENBROKER_HTTP_ADDR)")
-	metricsAddr := fs.String("metrics-addr", "", "listen address of /metrics and /openapi.json, served without credentials (default "+defaultMetricsAddr+`; "" serves neither; $TOKENBROKER_METRICS_ADDR)`)
+	metricsAddr := fs.String("metrics-addr", "", "listen address of /metrics and /openapi.json, served without credentials (default "+app.DefaultMetricsAddr+`; "" serves neither; $TOKENBROKER_METRICS_ADDR)`)
 	dataDir := fs.String("data-dir", "", "embedded etcd data directory (default tokenbroker-data; $TOKENBROKER_DATA_DIR)")
 	endpoints := fs.String("etcd-endpoints", "", "comma-separated endpoints of an external etcd; none starts an embedded one ($TOKENBROKER_ETCD_ENDPOINTS)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error ($TOKENBROKER_LOG_LEVEL)")
@@ -100,8 +100,8 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 		return err
 	}
 	// load reads the configuration: file, then environment, then flags.
-	load := func() (Config, error) {
-		cfg, err := readConfig(*configPath, getenv)
+	load := func() (app.Config, error) {
+		cfg, err := app.ReadConfig(*configPath, getenv)
 		if err != nil {
 			return cfg, err
 		}
@@ -111,7 +111,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 			}
 		}
 		if *endpoints != "" {
-			cfg.Etcd.Endpoints = splitList(*endpoints)
+			cfg.Etcd.Endpoints = app.SplitList(*endpoints)
 		}
 		if flagSet(fs, "metrics-addr") {
 			cfg.MetricsAddr = *metricsAddr
@@ -125,9 +125,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 		if *minForced >= 0 {
 			cfg.MinForcedRefreshInterval = *minForced
 		}
-		cfg.getenv = getenv
-		cfg.insecureNoAuth, cfg.insecureGenerateMasterKey = *insecureNoAuth, *insecureMasterKey
-		cfg.insecureHTTPLoopback = *insecureHTTP
+		cfg.Getenv = getenv
+		cfg.InsecureNoAuth, cfg.InsecureGenerateMasterKey = *insecureNoAuth, *insecureMasterKey
+		cfg.InsecureHTTPLoopback = *insecureHTTP
 		if err := cfg.Validate(getenv); err != nil {
 			return cfg, fmt.Errorf("invalid configuration:\n%w", err)
 		}
@@ -137,68 +137,51 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(cfg.Log, stderr)
+	log, err := app.NewLogger(cfg.Log, stderr)
 	if err != nil {
 		return err
 	}
 	defer log.Sync() //nolint:errcheck // nothing to do about a failed flush
-	// Registered before the app starts: a SIGHUP from then on reloads
+	// Registered before the inst starts: a SIGHUP from then on reloads
 	// instead of killing the process.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	app, err := StartApp(ctx, cfg, log)
+	inst, err := app.Start(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	err = serveUntilDone(ctx, app, hup, load, log)
+	err = serveUntilDone(ctx, inst, hup, load, log)
 	log.Info("shutting down")
-	return errors.Join(err, app.Close())
+	return errors.Join(err, inst.Close())
 }
 
 // serveUntilDone serves until ctx ends (nil) or a listener fails (its
 // error). Each signal on reload re-reads the configuration and applies its
 // auth section; a configuration that does not load is logged and the
 // running one kept.
-func serveUntilDone(ctx context.Context, app *App, reload <-chan os.Signal, load func() (Config, error), log *zap.Logger) error {
+func serveUntilDone(ctx context.Context, inst *app.App, reload <-chan os.Signal, load func() (app.Config, error), log *zap.Logger) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case err := <-app.Err():
+		case err := <-inst.Err():
 			return err
 		case <-reload:
 			cfg, err := load()
 			if err == nil {
-				err = app.ReloadAuth(cfg.Auth)
+				err = inst.ReloadAuth(cfg.Auth)
 			}
 			if err != nil {
 				log.Error("reload failed; keeping the running auth configuration", zap.Error(err))
 				continue
 			}
 			log.Info("auth configuration reloaded", zap.Int("api_keys", len(cfg.Auth.APIKeys)), zap.Int("policy_rules", len(cfg.Auth.Policy)))
-			if err := app.ApplyProviders(ctx, cfg); err != nil {
+			if err := inst.ApplyProviders(ctx, cfg); err != nil {
 				log.Error("reload: applying providers failed", zap.Error(err))
 			}
 		}
 	}
-}
-
-func newLogger(cfg LogConfig, w io.Writer) (*zap.Logger, error) {
-	level, err := zapcore.ParseLevel(cfg.Level)
-	if err != nil {
-		return nil, err
-	}
-	encCfg := zap.NewProductionEncoderConfig()
-	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
-	var enc zapcore.Encoder
-	if cfg.Format == "console" {
-		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
-		enc = zapcore.NewConsoleEncoder(encCfg)
-	} else {
-		enc = zapcore.NewJSONEncoder(encCfg)
-	}
-	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level), zap.ErrorOutput(zapcore.AddSync(w))), nil
 }
 
 // flagSet reports whether the command line set flag name, so that an empty

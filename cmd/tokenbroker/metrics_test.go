@@ -13,16 +13,16 @@ import (
 // GetToken RPCs, and shows the provider's grant as healthy.
 func TestMetricsAfterScriptedCalls(t *testing.T) {
 	fake := startFake(t)
-	app, _ := startApp(t, appConfig(fake.url, t.TempDir()))
+	inst, _ := startApp(t, appConfig(fake.url, t.TempDir()))
 	for range 5 {
-		grpcGetToken(t, app.GRPCAddr(), providerName)
+		grpcGetToken(t, inst.GRPCAddr(), providerName)
 	}
-	if resp, err := http.Get("http://" + app.HTTPAddr() + "/metrics"); err != nil || resp.StatusCode != http.StatusNotFound {
+	if resp, err := http.Get("http://" + inst.HTTPAddr() + "/metrics"); err != nil || resp.StatusCode != http.StatusNotFound {
 		t.Errorf("GET /metrics on the API port = %v, %v; want 404 (it is on metrics_addr)", resp, err)
 	} else {
 		resp.Body.Close()
 	}
-	resp, err := http.Get("http://" + app.MetricsAddr() + "/metrics")
+	resp, err := http.Get("http://" + inst.MetricsAddr() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestMetricsAfterScriptedCalls(t *testing.T) {
 			t.Errorf("%s = %v, want %v", tt.give, got, tt.want)
 		}
 	}
-	if resp, err := http.Get("http://" + app.HTTPAddr() + "/readyz"); err != nil || resp.StatusCode != http.StatusOK {
+	if resp, err := http.Get("http://" + inst.HTTPAddr() + "/readyz"); err != nil || resp.StatusCode != http.StatusOK {
 		t.Errorf("/readyz = %v, %v; want 200", resp, err)
 	} else {
 		resp.Body.Close()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/tokenbroker/tokenbroker/app"
 	"github.com/tokenbroker/tokenbroker/broker/seal/pkcs11"
 )
 
@@ -19,12 +20,12 @@ seal:
   key_file: /nonexistent/master.keys
   pkcs11: {module: /usr/lib/softhsm/libsofthsm2.so, token_label: t, key_label: k, pin_env: PIN}
 `)
-	cfg, err := readConfig(path, getenv)
+	cfg, err := app.ReadConfig(path, getenv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.getenv = getenv
-	if _, err := cfg.masterKeyring(nil); !errors.Is(err, pkcs11.ErrNotBuilt) {
+	cfg.Getenv = getenv
+	if _, err := cfg.MasterKeyring(nil); !errors.Is(err, pkcs11.ErrNotBuilt) {
 		t.Errorf("the master key with seal.pkcs11 in a build without it: %v, want ErrNotBuilt", err)
 	}
 	var out, errOut bytes.Buffer

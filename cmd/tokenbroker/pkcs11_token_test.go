@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tokenbroker/tokenbroker/app"
 	"github.com/tokenbroker/tokenbroker/internal/softhsm"
 )
 
@@ -48,17 +49,17 @@ seal:
 
 	fake := startFake(t)
 	dataDir := t.TempDir()
-	start := func() (*App, func() error) {
-		cfg, err := readConfig(path, getenv)
+	start := func() (*app.App, func() error) {
+		cfg, err := app.ReadConfig(path, getenv)
 		if err != nil {
 			t.Fatal(err)
 		}
 		base := appConfig(fake.url, dataDir)
-		base.Seal, base.keyring, base.getenv = cfg.Seal, nil, getenv
+		base.Seal, base.Keyring, base.Getenv = cfg.Seal, nil, getenv
 		return startApp(t, base)
 	}
-	app, stop := start()
-	p, err := app.Broker().GetProvider(t.Context(), providerName)
+	inst, stop := start()
+	p, err := inst.Broker().GetProvider(t.Context(), providerName)
 	if err != nil || p.ClientSecret != fakeClientSecret {
 		t.Fatalf("GetProvider under the token's master key: %v", err)
 	}
@@ -70,10 +71,10 @@ seal:
 		t.Fatalf("GetProvider after a restart: %v; want the secret sealed before to open", err)
 	}
 	// The plain key file is refused as a key: it holds only the wrapped key.
-	cfg, _ := readConfig(path, getenv)
+	cfg, _ := app.ReadConfig(path, getenv)
 	cfg.Seal.PKCS11 = nil
-	cfg.getenv = getenv
-	if _, err := cfg.masterKeyring(nil); err == nil {
+	cfg.Getenv = getenv
+	if _, err := cfg.MasterKeyring(nil); err == nil {
 		t.Errorf("the key file read without the token opened as a master key; want it refused")
 	}
 }

@@ -18,15 +18,15 @@ func TestNodeExample(t *testing.T) {
 		t.Fatalf("node is not installed: the README's Node example needs it (%v)", err)
 	}
 	fake := startFake(t)
-	app, _ := startApp(t, appConfig(fake.url, t.TempDir()))
-	want := grpcGetToken(t, app.GRPCAddr(), providerName).GetAccessToken()
+	inst, _ := startApp(t, appConfig(fake.url, t.TempDir()))
+	want := grpcGetToken(t, inst.GRPCAddr(), providerName).GetAccessToken()
 
 	script, err := filepath.Abs(filepath.Join("..", "..", "examples", "node", "get-token.mjs"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.CommandContext(t.Context(), node, script, providerName)
-	cmd.Env = append(os.Environ(), "TOKENBROKER_URL=http://"+app.HTTPAddr(), "TOKENBROKER_API_KEY="+testKey)
+	cmd.Env = append(os.Environ(), "TOKENBROKER_URL=http://"+inst.HTTPAddr(), "TOKENBROKER_API_KEY="+testKey)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
@@ -38,7 +38,7 @@ func TestNodeExample(t *testing.T) {
 
 	// A wrong key: a clear message and a failing exit status.
 	cmd = exec.CommandContext(t.Context(), node, script, providerName)
-	cmd.Env = append(os.Environ(), "TOKENBROKER_URL=http://"+app.HTTPAddr(), "TOKENBROKER_API_KEY=tbk_wrong")
+	cmd.Env = append(os.Environ(), "TOKENBROKER_URL=http://"+inst.HTTPAddr(), "TOKENBROKER_API_KEY=tbk_wrong")
 	errOut.Reset()
 	cmd.Stderr = &errOut
 	if err := cmd.Run(); err == nil || !strings.Contains(errOut.String(), "401") {

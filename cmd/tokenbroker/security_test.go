@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/tokenbroker/tokenbroker/app"
 	"github.com/tokenbroker/tokenbroker/broker/seal"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/testkeys"
@@ -45,12 +46,12 @@ func TestAPIKeyNew(t *testing.T) {
 	}
 	// The snippet is configuration as it is: decoded strictly, it declares
 	// the key by its id and the hash of its secret part.
-	cfg := defaultConfig()
-	if err := decodeConfig(strings.NewReader(snippet), &cfg); err != nil {
+	cfg := app.DefaultConfig()
+	if err := app.DecodeConfig(strings.NewReader(snippet), &cfg); err != nil {
 		t.Fatalf("the printed snippet does not decode: %v\n%s", err, snippet)
 	}
 	sum := sha256.Sum256([]byte(m[2]))
-	want := APIKeyConfig{ID: m[1], Identity: "first-admin", SHA256: hex.EncodeToString(sum[:])}
+	want := app.APIKeyConfig{ID: m[1], Identity: "first-admin", SHA256: hex.EncodeToString(sum[:])}
 	if len(cfg.Auth.APIKeys) != 1 || cfg.Auth.APIKeys[0] != want {
 		t.Errorf("snippet declares %+v, want %+v", cfg.Auth.APIKeys, want)
 	}
@@ -195,7 +196,7 @@ func testKeyYAML(identity string, actions string) string {
 func TestRunServeRefusesUnsafeSetups(t *testing.T) {
 	t.Parallel()
 	pki := newPKI(t)
-	withKey := map[string]string{masterKeyEnv: masterKeyValue}
+	withKey := map[string]string{app.MasterKeyEnv: masterKeyValue}
 	tests := []struct {
 		name string
 		give string
@@ -203,8 +204,8 @@ func TestRunServeRefusesUnsafeSetups(t *testing.T) {
 		env  map[string]string
 		want []string
 	}{
-		{name: "no master key", give: testKeyYAML("admin", "admin"), want: []string{"no master key", "seal.key_file", masterKeyEnv, "--insecure-generate-master-key"}},
-		{name: "malformed master key", give: testKeyYAML("admin", "admin"), env: map[string]string{masterKeyEnv: "k1:tooshort"}, want: []string{"$" + masterKeyEnv, "entry 1"}},
+		{name: "no master key", give: testKeyYAML("admin", "admin"), want: []string{"no master key", "seal.key_file", app.MasterKeyEnv, "--insecure-generate-master-key"}},
+		{name: "malformed master key", give: testKeyYAML("admin", "admin"), env: map[string]string{app.MasterKeyEnv: "k1:tooshort"}, want: []string{"$" + app.MasterKeyEnv, "entry 1"}},
 		{name: "missing master key file", give: testKeyYAML("admin", "admin") + "seal: {key_file: /nonexistent/master.key}\n", want: []string{"/nonexistent/master.key"}},
 		{name: "no authentication", give: "", env: withKey, want: []string{"no authentication configured", "auth.api_keys", "tls.client_ca_file", "--insecure-no-auth"}},
 		{name: "insecure flag with authentication", give: testKeyYAML("admin", "admin"), args: []string{"--insecure-no-auth"}, env: withKey, want: []string{"--insecure-no-auth conflicts"}},
@@ -302,7 +303,7 @@ func TestRunServeInsecureFlags(t *testing.T) {
 func TestRunServeReloadsAuthOnSIGHUP(t *testing.T) {
 	t.Parallel()
 	path := securityConfig(t, testKeyYAML("svc", "token"))
-	stderr, addr := serving(t, []string{"serve", "--config", path}, map[string]string{masterKeyEnv: masterKeyValue})
+	stderr, addr := serving(t, []string{"serve", "--config", path}, map[string]string{app.MasterKeyEnv: masterKeyValue})
 	url := "http://" + addr + "/v1/admin/providers"
 	if status, raw := httpCall(t, http.MethodGet, url, testKey, "", nil); status != http.StatusForbidden {
 		t.Fatalf("GET %s before the reload = %d %s, want 403", url, status, raw)
@@ -342,15 +343,15 @@ func TestRunServeReloadsAuthOnSIGHUP(t *testing.T) {
 	}
 }
 
-// TestAppMutualTLS runs the App with TLS on both listeners and a client CA.
+// TestAppMutualTLS runs the app.App with TLS on both listeners and a client CA.
 func TestAppMutualTLS(t *testing.T) {
 	t.Parallel()
 	pki := newPKI(t)
 	fake := startFake(t)
 	cfg := appConfig(fake.url, t.TempDir())
-	cfg.TLS = TLSConfig{CertFile: pki.certFile, KeyFile: pki.keyFile, ClientCAFile: pki.caFile}
-	cfg.Auth.Policy = append(cfg.Auth.Policy, PolicyRule{Identities: []string{"spiffe://corp/svc-a"}, Providers: []string{providerName}, Actions: []string{"token"}})
-	app, _ := startApp(t, cfg)
+	cfg.TLS = app.TLSConfig{CertFile: pki.certFile, KeyFile: pki.keyFile, ClientCAFile: pki.caFile}
+	cfg.Auth.Policy = append(cfg.Auth.Policy, app.PolicyRule{Identities: []string{"spiffe://corp/svc-a"}, Providers: []string{providerName}, Actions: []string{"token"}})
+	inst, _ := startApp(t, cfg)
 
 	spiffe, _ := url.Parse("spiffe://corp/svc-a")
 	client := pki.issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "svc-a"}, URIs: []*url.URL{spiffe}})
@@ -368,7 +369,7 @@ func TestAppMutualTLS(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pki.pool, Certificates: tt.certs}}
 			defer tr.CloseIdleConnections()
-			req, err := http.NewRequest(http.MethodPost, "https://"+app.HTTPAddr()+"/v1/providers/"+providerName+"/token", strings.NewReader("{}"))
+			req, err := http.NewRequest(http.MethodPost, "https://"+inst.HTTPAddr()+"/v1/providers/"+providerName+"/token", strings.NewReader("{}"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -386,7 +387,7 @@ func TestAppMutualTLS(t *testing.T) {
 		})
 	}
 	// gRPC on the other listener, with the client certificate.
-	conn, err := grpc.NewClient(app.GRPCAddr(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pki.pool, Certificates: []tls.Certificate{client}})))
+	conn, err := grpc.NewClient(inst.GRPCAddr(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pki.pool, Certificates: []tls.Certificate{client}})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,90 +398,37 @@ func TestAppMutualTLS(t *testing.T) {
 	}
 }
 
-func TestDecodeConfigSecuritySections(t *testing.T) {
-	give := `
-auth:
-  api_keys:
-    - id: abcdefghijkl
-      identity: first-admin
-      sha256: 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
-  policy:
-    - identities: ["spiffe://corp/billing/*"]
-      providers: [stripe]
-      accounts: ["", "ops-*"]
-      actions: [token, introspect]
-    - identities: [first-admin]
-      actions: [admin]
-  rate_limit: {rps: 50, burst: 100}
-  unauthenticated_rate_limit: {rps: 0.5, burst: 5}
-tls:
-  cert_file: /etc/tb/server.crt
-  key_file: /etc/tb/server.key
-  client_ca_file: /etc/tb/clients-ca.crt
-seal:
-  key_file: /etc/tb/master.key
-`
-	want := defaultConfig()
-	want.Auth = AuthConfig{
-		APIKeys: []APIKeyConfig{{ID: "abcdefghijkl", Identity: "first-admin", SHA256: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}},
-		Policy: []PolicyRule{
-			{Identities: []string{"spiffe://corp/billing/*"}, Providers: []string{"stripe"}, Accounts: []string{"", "ops-*"}, Actions: []string{"token", "introspect"}},
-			{Identities: []string{"first-admin"}, Actions: []string{"admin"}},
-		},
-		RateLimit:                RateLimitConfig{RPS: 50, Burst: 100},
-		UnauthenticatedRateLimit: RateLimitConfig{RPS: 0.5, Burst: 5},
-	}
-	want.TLS = TLSConfig{CertFile: "/etc/tb/server.crt", KeyFile: "/etc/tb/server.key", ClientCAFile: "/etc/tb/clients-ca.crt"}
-	want.Seal = SealConfig{KeyFile: "/etc/tb/master.key"}
-	cfg := defaultConfig()
-	if err := decodeConfig(strings.NewReader(give), &cfg); err != nil {
-		t.Fatalf("decodeConfig = %v", err)
-	}
-	if fmt.Sprintf("%+v", cfg) != fmt.Sprintf("%+v", want) {
-		t.Errorf("decodeConfig got\n%+v\nwant\n%+v", cfg, want)
-	}
-	if err := cfg.Validate(envMap(nil)); err != nil {
-		t.Errorf("Validate = %v, want nil", err)
-	}
-	p, err := cfg.Auth.policy()
-	if err != nil || !p.Allow("spiffe://corp/billing/eu", "token", "stripe", "ops-1") || p.Allow("spiffe://corp/billing/eu", "admin", "", "") {
-		t.Errorf("policy from the file = %v, %v; want billing to get stripe tokens and no admin", p, err)
-	}
-
-	for _, unknown := range []string{"auth:\n  apikeys: []\n", "auth:\n  policy:\n    - {identity: [a], actions: [token]}\n", "tls:\n  cert: x\n", "seal:\n  keyfile: x\n"} {
-		if err := decodeConfig(strings.NewReader(unknown), new(Config)); err == nil {
-			t.Errorf("decodeConfig(%q) = nil, want an unknown-field error", unknown)
-		}
-	}
-}
-
 func TestValidateSecuritySections(t *testing.T) {
 	sum := strings.Repeat("ab", 32)
 	tests := []struct {
 		name string
-		give func(*Config)
+		give func(*app.Config)
 		env  map[string]string
 		want string
 	}{
-		{"api key id", func(c *Config) { c.Auth.APIKeys = []APIKeyConfig{{ID: "short", Identity: "a", SHA256: sum}} }, nil, `auth.api_keys: apikey: invalid argument: static key id "short"`},
-		{"api key hash", func(c *Config) { c.Auth.APIKeys = []APIKeyConfig{{ID: testKeyID, Identity: "a", SHA256: "beef"}} }, nil, "sha256 is not 64 hex digits"},
-		{"api key identity", func(c *Config) { c.Auth.APIKeys = []APIKeyConfig{{ID: testKeyID, SHA256: sum}} }, nil, "identity is empty"},
-		{"api key twice", func(c *Config) {
-			c.Auth.APIKeys = []APIKeyConfig{{ID: testKeyID, Identity: "a", SHA256: sum}, {ID: testKeyID, Identity: "b", SHA256: sum}}
+		{"api key id", func(c *app.Config) { c.Auth.APIKeys = []app.APIKeyConfig{{ID: "short", Identity: "a", SHA256: sum}} }, nil, `auth.api_keys: apikey: invalid argument: static key id "short"`},
+		{"api key hash", func(c *app.Config) {
+			c.Auth.APIKeys = []app.APIKeyConfig{{ID: testKeyID, Identity: "a", SHA256: "beef"}}
+		}, nil, "sha256 is not 64 hex digits"},
+		{"api key identity", func(c *app.Config) { c.Auth.APIKeys = []app.APIKeyConfig{{ID: testKeyID, SHA256: sum}} }, nil, "identity is empty"},
+		{"api key twice", func(c *app.Config) {
+			c.Auth.APIKeys = []app.APIKeyConfig{{ID: testKeyID, Identity: "a", SHA256: sum}, {ID: testKeyID, Identity: "b", SHA256: sum}}
 		}, nil, "declared twice"},
-		{"policy action", func(c *Config) { c.Auth.Policy = []PolicyRule{{Identities: []string{"a"}, Actions: []string{"root"}}} }, nil, `auth.policy: policy: invalid rule: rule 1: unknown action "root"`},
-		{"policy identities", func(c *Config) { c.Auth.Policy = []PolicyRule{{Actions: []string{"token"}}} }, nil, "rule 1: identities is empty"},
-		{"rate limit", func(c *Config) { c.Auth.RateLimit = RateLimitConfig{} }, nil, "auth.rate_limit"},
-		{"rate limit NaN", func(c *Config) { c.Auth.RateLimit.RPS = math.NaN() }, nil, "auth.rate_limit: rps must be a number above 0"},
-		{"unauthenticated rate limit", func(c *Config) { c.Auth.UnauthenticatedRateLimit = RateLimitConfig{RPS: 1} }, nil, "auth.unauthenticated_rate_limit: rps must be a number above 0 and burst between 1 and"},
-		{"unauthenticated rate limit infinite", func(c *Config) { c.Auth.UnauthenticatedRateLimit.RPS = math.Inf(1) }, nil, "auth.unauthenticated_rate_limit"},
-		{"cert without key", func(c *Config) { c.TLS.CertFile = "/x.crt" }, nil, "tls.cert_file and tls.key_file go together"},
-		{"client CA alone", func(c *Config) { c.TLS.ClientCAFile = "/ca.crt" }, nil, "tls.client_ca_file needs tls.cert_file and tls.key_file"},
-		{"two master keys", func(c *Config) { c.Seal.KeyFile = "/m.key" }, map[string]string{masterKeyEnv: masterKeyValue}, "seal.key_file and $TOKENBROKER_MASTER_KEY are both set"},
+		{"policy action", func(c *app.Config) {
+			c.Auth.Policy = []app.PolicyRule{{Identities: []string{"a"}, Actions: []string{"root"}}}
+		}, nil, `auth.policy: policy: invalid rule: rule 1: unknown action "root"`},
+		{"policy identities", func(c *app.Config) { c.Auth.Policy = []app.PolicyRule{{Actions: []string{"token"}}} }, nil, "rule 1: identities is empty"},
+		{"rate limit", func(c *app.Config) { c.Auth.RateLimit = app.RateLimitConfig{} }, nil, "auth.rate_limit"},
+		{"rate limit NaN", func(c *app.Config) { c.Auth.RateLimit.RPS = math.NaN() }, nil, "auth.rate_limit: rps must be a number above 0"},
+		{"unauthenticated rate limit", func(c *app.Config) { c.Auth.UnauthenticatedRateLimit = app.RateLimitConfig{RPS: 1} }, nil, "auth.unauthenticated_rate_limit: rps must be a number above 0 and burst between 1 and"},
+		{"unauthenticated rate limit infinite", func(c *app.Config) { c.Auth.UnauthenticatedRateLimit.RPS = math.Inf(1) }, nil, "auth.unauthenticated_rate_limit"},
+		{"cert without key", func(c *app.Config) { c.TLS.CertFile = "/x.crt" }, nil, "tls.cert_file and tls.key_file go together"},
+		{"client CA alone", func(c *app.Config) { c.TLS.ClientCAFile = "/ca.crt" }, nil, "tls.client_ca_file needs tls.cert_file and tls.key_file"},
+		{"two master keys", func(c *app.Config) { c.Seal.KeyFile = "/m.key" }, map[string]string{app.MasterKeyEnv: masterKeyValue}, "seal.key_file and $TOKENBROKER_MASTER_KEY are both set"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := defaultConfig()
+			cfg := app.DefaultConfig()
 			tt.give(&cfg)
 			err := cfg.Validate(envMap(tt.env))
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -491,39 +439,4 @@ func TestValidateSecuritySections(t *testing.T) {
 			}
 		})
 	}
-}
-
-// FuzzDecodeAuthConfig: no configuration file makes decoding or the auth
-// section's validation panic.
-func FuzzDecodeAuthConfig(f *testing.F) {
-	f.Add("auth:\n  api_keys:\n    - {id: abcdefghijkl, identity: a, sha256: " + strings.Repeat("0", 64) + "}\n")
-	f.Add("auth:\n  policy:\n    - {identities: ['*'], providers: ['a*b*'], actions: [token]}\n  rate_limit: {rps: 1e308, burst: -1}\n")
-	f.Add("tls: {cert_file: a}\nseal: {key_file: b}\n")
-	f.Fuzz(func(t *testing.T, data string) {
-		// A config is small: decoding and validating one must never take
-		// long, whatever it holds.
-		done := make(chan string, 1)
-		go func() {
-			cfg := defaultConfig()
-			if decodeConfig(strings.NewReader(data), &cfg) != nil {
-				done <- ""
-				return
-			}
-			if errs := cfg.Auth.validate(false); len(errs) == 0 {
-				if _, err := cfg.Auth.policy(); err != nil {
-					done <- fmt.Sprintf("validate accepted a policy that policy() rejects: %v", err)
-					return
-				}
-			}
-			done <- ""
-		}()
-		select {
-		case msg := <-done:
-			if msg != "" {
-				t.Error(msg)
-			}
-		case <-time.After(2 * time.Second):
-			t.Fatalf("decoding and validating %d bytes took over 2s", len(data))
-		}
-	})
 }

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/tokenbroker/tokenbroker/app"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
 	"github.com/tokenbroker/tokenbroker/sandbox"
@@ -21,7 +22,7 @@ import (
 func TestShutdownDrainsAndHandsOverLeadership(t *testing.T) {
 	etcd := etcdtest.Start(t)
 	fake := startFake(t)
-	replica := func() (*App, func() error) {
+	replica := func() (*app.App, func() error) {
 		cfg := appConfig(fake.url, t.TempDir())
 		cfg.Etcd.Endpoints = []string{etcd.Endpoint}
 		return startApp(t, cfg)

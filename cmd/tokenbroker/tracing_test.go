@@ -13,11 +13,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/tokenbroker/tokenbroker/app"
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
 )
 
 func TestTracingIsOffByDefault(t *testing.T) {
-	cfg := defaultConfig()
+	cfg := app.DefaultConfig()
 	if cfg.Tracing.Enabled {
 		t.Error("tracing.enabled is true by default, want false")
 	}
@@ -27,44 +28,44 @@ func TestTracingIsOffByDefault(t *testing.T) {
 }
 
 func TestDecodeConfigTracingSection(t *testing.T) {
-	cfg := defaultConfig()
+	cfg := app.DefaultConfig()
 	give := "tracing:\n  enabled: true\n  otlp_endpoint: otel-collector.monitoring:4317\n  insecure: true\n  sample_ratio: 0.25\n"
-	if err := decodeConfig(strings.NewReader(give), &cfg); err != nil {
-		t.Fatalf("decodeConfig: %v", err)
+	if err := app.DecodeConfig(strings.NewReader(give), &cfg); err != nil {
+		t.Fatalf("app.DecodeConfig: %v", err)
 	}
-	want := TracingConfig{Enabled: true, OTLPEndpoint: "otel-collector.monitoring:4317", Insecure: true, SampleRatio: 0.25, ServiceName: "tokenbroker"}
+	want := app.TracingConfig{Enabled: true, OTLPEndpoint: "otel-collector.monitoring:4317", Insecure: true, SampleRatio: 0.25, ServiceName: "tokenbroker"}
 	if cfg.Tracing != want {
 		t.Errorf("tracing = %+v, want %+v", cfg.Tracing, want)
 	}
 	if err := cfg.Validate(os.Getenv); err != nil {
 		t.Errorf("Validate() = %v, want nil", err)
 	}
-	if err := decodeConfig(strings.NewReader("tracing:\n  endpoint: x:1\n"), &cfg); err == nil || !strings.Contains(err.Error(), "endpoint") {
-		t.Errorf("decodeConfig(an unknown tracing field) = %v, want an error naming it", err)
+	if err := app.DecodeConfig(strings.NewReader("tracing:\n  endpoint: x:1\n"), &cfg); err == nil || !strings.Contains(err.Error(), "endpoint") {
+		t.Errorf("app.DecodeConfig(an unknown tracing field) = %v, want an error naming it", err)
 	}
 }
 
 func TestValidateTracing(t *testing.T) {
 	tests := []struct {
 		name string
-		give func(*TracingConfig)
+		give func(*app.TracingConfig)
 		want string // "" for valid
 	}{
-		{name: "enabled with the exporter's default endpoint", give: func(c *TracingConfig) { c.Enabled = true }},
-		{name: "ratio 0", give: func(c *TracingConfig) { c.SampleRatio = 0 }},
-		{name: "ipv6 endpoint", give: func(c *TracingConfig) { c.OTLPEndpoint = "[::1]:4317" }},
-		{name: "ratio above 1", give: func(c *TracingConfig) { c.SampleRatio = 1.5 }, want: "tracing.sample_ratio 1.5 is not between 0 and 1"},
-		{name: "negative ratio", give: func(c *TracingConfig) { c.SampleRatio = -0.1 }, want: "tracing.sample_ratio -0.1"},
-		{name: "NaN ratio", give: func(c *TracingConfig) { c.SampleRatio = math.NaN() }, want: "tracing.sample_ratio NaN"},
-		{name: "endpoint with a scheme", give: func(c *TracingConfig) { c.OTLPEndpoint = "http://collector:4317" }, want: `tracing.otlp_endpoint "http://collector:4317" is not host:port`},
-		{name: "endpoint without a port", give: func(c *TracingConfig) { c.OTLPEndpoint = "collector" }, want: `tracing.otlp_endpoint "collector"`},
-		{name: "endpoint with a bad port", give: func(c *TracingConfig) { c.OTLPEndpoint = "collector:70000" }, want: `tracing.otlp_endpoint "collector:70000"`},
-		{name: "endpoint without a host", give: func(c *TracingConfig) { c.OTLPEndpoint = ":4317" }, want: `tracing.otlp_endpoint ":4317"`},
-		{name: "no service name", give: func(c *TracingConfig) { c.ServiceName = "" }, want: "tracing.service_name is empty"},
+		{name: "enabled with the exporter's default endpoint", give: func(c *app.TracingConfig) { c.Enabled = true }},
+		{name: "ratio 0", give: func(c *app.TracingConfig) { c.SampleRatio = 0 }},
+		{name: "ipv6 endpoint", give: func(c *app.TracingConfig) { c.OTLPEndpoint = "[::1]:4317" }},
+		{name: "ratio above 1", give: func(c *app.TracingConfig) { c.SampleRatio = 1.5 }, want: "tracing.sample_ratio 1.5 is not between 0 and 1"},
+		{name: "negative ratio", give: func(c *app.TracingConfig) { c.SampleRatio = -0.1 }, want: "tracing.sample_ratio -0.1"},
+		{name: "NaN ratio", give: func(c *app.TracingConfig) { c.SampleRatio = math.NaN() }, want: "tracing.sample_ratio NaN"},
+		{name: "endpoint with a scheme", give: func(c *app.TracingConfig) { c.OTLPEndpoint = "http://collector:4317" }, want: `tracing.otlp_endpoint "http://collector:4317" is not host:port`},
+		{name: "endpoint without a port", give: func(c *app.TracingConfig) { c.OTLPEndpoint = "collector" }, want: `tracing.otlp_endpoint "collector"`},
+		{name: "endpoint with a bad port", give: func(c *app.TracingConfig) { c.OTLPEndpoint = "collector:70000" }, want: `tracing.otlp_endpoint "collector:70000"`},
+		{name: "endpoint without a host", give: func(c *app.TracingConfig) { c.OTLPEndpoint = ":4317" }, want: `tracing.otlp_endpoint ":4317"`},
+		{name: "no service name", give: func(c *app.TracingConfig) { c.ServiceName = "" }, want: "tracing.service_name is empty"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := defaultConfig()
+			cfg := app.DefaultConfig()
 			tt.give(&cfg.Tracing)
 			err := cfg.Validate(os.Getenv)
 			switch {
@@ -78,9 +79,9 @@ func TestValidateTracing(t *testing.T) {
 }
 
 func TestValidateReportsEveryTracingProblemAtOnce(t *testing.T) {
-	cfg := defaultConfig()
+	cfg := app.DefaultConfig()
 	cfg.Log.Level = "loud"
-	cfg.Tracing = TracingConfig{Enabled: true, OTLPEndpoint: "https://collector", SampleRatio: 2}
+	cfg.Tracing = app.TracingConfig{Enabled: true, OTLPEndpoint: "https://collector", SampleRatio: 2}
 	err := cfg.Validate(os.Getenv)
 	if err == nil {
 		t.Fatal("Validate() = nil, want an error")
@@ -151,7 +152,7 @@ func (c *collector) received(t *testing.T) (services, spans map[string]int, text
 	return services, spans, b.String()
 }
 
-// TestAppExportsSpansToTheCollector: with tracing on, the app's calls and
+// TestAppExportsSpansToTheCollector: with tracing on, the inst's calls and
 // provider requests reach the collector by the time Close returns, under
 // the configured service name, and without the secrets of the call.
 func TestAppExportsSpansToTheCollector(t *testing.T) {
@@ -159,10 +160,10 @@ func TestAppExportsSpansToTheCollector(t *testing.T) {
 	col := startCollector(t)
 	fake := startFake(t)
 	cfg := appConfig(fake.url, t.TempDir())
-	cfg.getenv = envMap(nil) // no OTEL_EXPORTER_OTLP_* endpoint from this machine
-	cfg.Tracing = TracingConfig{Enabled: true, OTLPEndpoint: col.addr, Insecure: true, SampleRatio: 1, ServiceName: "tokenbroker-test"}
-	app, closeApp := startApp(t, cfg)
-	tok := grpcGetToken(t, app.GRPCAddr(), providerName)
+	cfg.Getenv = envMap(nil) // no OTEL_EXPORTER_OTLP_* endpoint from this machine
+	cfg.Tracing = app.TracingConfig{Enabled: true, OTLPEndpoint: col.addr, Insecure: true, SampleRatio: 1, ServiceName: "tokenbroker-test"}
+	inst, closeApp := startApp(t, cfg)
+	tok := grpcGetToken(t, inst.GRPCAddr(), providerName)
 	if err := closeApp(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}

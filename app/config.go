@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"bytes"
@@ -17,6 +17,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 	"gopkg.in/yaml.v3"
 
 	"github.com/tokenbroker/tokenbroker/broker"
@@ -71,19 +72,24 @@ type Config struct {
 	// off by default.
 	Tracing TracingConfig `yaml:"tracing"`
 
-	// insecureHTTPLoopback lets providers use plain http on loopback
-	// addresses (--insecure-http-loopback; tokenbroker dev).
-	insecureHTTPLoopback bool
+	// The fields below are set by the program, never by the file.
 
-	// getenv resolves client_secret_env at start; os.Getenv when nil.
-	getenv func(string) string
-	// insecureNoAuth and insecureGenerateMasterKey are the --insecure-*
+	// InsecureHTTPLoopback lets providers use plain http on loopback
+	// addresses (--insecure-http-loopback; tokenbroker dev).
+	InsecureHTTPLoopback bool `yaml:"-"`
+
+	// Getenv resolves client_secret_env at start; os.Getenv when nil.
+	Getenv func(string) string `yaml:"-"`
+	// InsecureNoAuth and InsecureGenerateMasterKey are the --insecure-*
 	// flags of serve.
-	insecureNoAuth            bool
-	insecureGenerateMasterKey bool
-	// keyring is the master keyring when the caller made one (dev mode);
+	InsecureNoAuth            bool `yaml:"-"`
+	InsecureGenerateMasterKey bool `yaml:"-"`
+	// Keyring is the master keyring when the caller made one (dev mode);
 	// nil resolves it from Seal and the environment at start.
-	keyring *seal.Keyring
+	Keyring *seal.Keyring `yaml:"-"`
+	// EtcdDialOptions are added to those of the etcd client (tbbench
+	// counts the client's requests with interceptors).
+	EtcdDialOptions []grpc.DialOption `yaml:"-"`
 }
 
 // RefresherConfig tunes failover and the spread of background refreshes.
@@ -247,8 +253,8 @@ func (p *PKCS11Config) validate(getenv func(string) string) []error {
 	return errs
 }
 
-// config checks the section and resolves the PIN.
-func (p *PKCS11Config) config(getenv func(string) string) (pkcs11.Config, error) {
+// Config checks the section and resolves the PIN.
+func (p *PKCS11Config) Config(getenv func(string) string) (pkcs11.Config, error) {
 	if errs := p.validate(getenv); len(errs) > 0 {
 		return pkcs11.Config{}, errors.Join(errs...)
 	}
@@ -263,14 +269,14 @@ func (p *PKCS11Config) config(getenv func(string) string) (pkcs11.Config, error)
 	return cfg, nil
 }
 
-// masterKeyEnv holds the master key(s) when seal.key_file is not set.
-const masterKeyEnv = "TOKENBROKER_MASTER_KEY"
+// MasterKeyEnv holds the master key(s) when seal.key_file is not set.
+const MasterKeyEnv = "TOKENBROKER_MASTER_KEY"
 
 func (c *Config) env() func(string) string {
-	if c.getenv == nil {
+	if c.Getenv == nil {
 		return os.Getenv
 	}
-	return c.getenv
+	return c.Getenv
 }
 
 // EtcdConfig selects the store.
@@ -296,10 +302,10 @@ type EtcdTLSConfig struct {
 	KeyFile  string `yaml:"key_file"`
 }
 
-// etcdClientConfig is the etcd client configuration of cfg for endpoints.
+// EtcdClientConfig is the etcd client configuration of cfg for endpoints.
 // A TLS misconfiguration (unreadable file, key not matching the
 // certificate, no certificate in the CA file) is an error naming the file.
-func etcdClientConfig(cfg EtcdConfig, endpoints []string, log *zap.Logger) (clientv3.Config, error) {
+func EtcdClientConfig(cfg EtcdConfig, endpoints []string, log *zap.Logger) (clientv3.Config, error) {
 	cc := clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: cfg.DialTimeout,
@@ -394,17 +400,17 @@ type ProviderConfig struct {
 	RefreshRevokesAccessToken *bool `yaml:"refresh_revokes_access_token"`
 }
 
-// defaultMetricsAddr keeps the metrics on the machine unless the file says
+// DefaultMetricsAddr keeps the metrics on the machine unless the file says
 // otherwise.
-const defaultMetricsAddr = "127.0.0.1:9464"
+const DefaultMetricsAddr = "127.0.0.1:9464"
 
-// defaultConfig is what applies where neither file, environment nor flags
+// DefaultConfig is what applies where neither file, environment nor flags
 // say otherwise.
-func defaultConfig() Config {
+func DefaultConfig() Config {
 	return Config{
 		GRPCAddr:                 ":9090",
 		HTTPAddr:                 ":8080",
-		MetricsAddr:              defaultMetricsAddr,
+		MetricsAddr:              DefaultMetricsAddr,
 		DataDir:                  "tokenbroker-data",
 		Etcd:                     EtcdConfig{Prefix: broker.DefaultPrefix, DialTimeout: 5 * time.Second, RequestTimeout: time.Second},
 		Log:                      LogConfig{Level: "info", Format: "json"},
@@ -422,17 +428,17 @@ func defaultConfig() Config {
 	}
 }
 
-// readConfig is the default configuration overridden by the file at path
+// ReadConfig is the default configuration overridden by the file at path
 // (none when path is empty) and then by the TOKENBROKER_* environment. An
 // error names the file.
-func readConfig(path string, getenv func(string) string) (Config, error) {
-	cfg := defaultConfig()
+func ReadConfig(path string, getenv func(string) string) (Config, error) {
+	cfg := DefaultConfig()
 	if path != "" {
 		f, err := os.Open(path)
 		if err != nil {
 			return cfg, err
 		}
-		err = decodeConfig(f, &cfg)
+		err = DecodeConfig(f, &cfg)
 		f.Close()
 		if err != nil {
 			return cfg, fmt.Errorf("%s: %w", path, err)
@@ -442,8 +448,8 @@ func readConfig(path string, getenv func(string) string) (Config, error) {
 	return cfg, nil
 }
 
-// decodeConfig reads YAML over cfg, strictly.
-func decodeConfig(r io.Reader, cfg *Config) error {
+// DecodeConfig reads YAML over cfg, strictly.
+func DecodeConfig(r io.Reader, cfg *Config) error {
 	data, err := io.ReadAll(io.LimitReader(r, 4<<20))
 	if err != nil {
 		return err
@@ -481,11 +487,12 @@ func applyEnv(cfg *Config, getenv func(string) string) {
 	set(&cfg.Log.Format, "TOKENBROKER_LOG_FORMAT")
 	set(&cfg.Etcd.Prefix, "TOKENBROKER_ETCD_PREFIX")
 	if v := getenv("TOKENBROKER_ETCD_ENDPOINTS"); v != "" {
-		cfg.Etcd.Endpoints = splitList(v)
+		cfg.Etcd.Endpoints = SplitList(v)
 	}
 }
 
-func splitList(s string) []string {
+// SplitList is the non-empty, trimmed items of a comma-separated list.
+func SplitList(s string) []string {
 	var out []string
 	for _, f := range strings.Split(s, ",") {
 		if f = strings.TrimSpace(f); f != "" {
@@ -544,7 +551,7 @@ func (c *Config) Validate(getenv func(string) string) error {
 	default:
 		errs = append(errs, fmt.Errorf("log.format %q is not json or console", c.Log.Format))
 	}
-	errs = append(errs, c.Auth.validate(c.insecureHTTPLoopback)...)
+	errs = append(errs, c.Auth.validate(c.InsecureHTTPLoopback)...)
 	errs = append(errs, c.Tracing.validate()...)
 	switch t := c.TLS; {
 	case t.CertFile == "" && t.KeyFile == "" && t.ClientCAFile != "":
@@ -552,8 +559,8 @@ func (c *Config) Validate(getenv func(string) string) error {
 	case (t.CertFile == "") != (t.KeyFile == ""):
 		errs = append(errs, errors.New("tls.cert_file and tls.key_file go together"))
 	}
-	if c.Seal.KeyFile != "" && getenv(masterKeyEnv) != "" {
-		errs = append(errs, fmt.Errorf("seal.key_file and $%s are both set; set one", masterKeyEnv))
+	if c.Seal.KeyFile != "" && getenv(MasterKeyEnv) != "" {
+		errs = append(errs, fmt.Errorf("seal.key_file and $%s are both set; set one", MasterKeyEnv))
 	}
 	if c.Seal.PKCS11 != nil {
 		errs = append(errs, c.Seal.PKCS11.validate(getenv)...)
@@ -567,6 +574,26 @@ func (c *Config) Validate(getenv func(string) string) error {
 		if _, _, err := pc.provider(getenv); err != nil {
 			errs = append(errs, fmt.Errorf("providers[%d]: %w", i, err))
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// ValidateForReseal checks what `keys reseal` needs of the configuration:
+// a store and a master key. The rest (listeners, auth, providers and their
+// secrets) is for serve.
+func (c *Config) ValidateForReseal() error {
+	var errs []error
+	if len(c.Etcd.Endpoints) == 0 && c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir is empty and no etcd.endpoints are set"))
+	}
+	if !strings.HasPrefix(c.Etcd.Prefix, "/") {
+		errs = append(errs, errors.New("etcd.prefix must start with '/'"))
+	}
+	switch {
+	case c.Seal.KeyFile != "" && c.env()(MasterKeyEnv) != "":
+		errs = append(errs, fmt.Errorf("seal.key_file and $%s are both set; set one", MasterKeyEnv))
+	case c.Seal.KeyFile == "" && c.env()(MasterKeyEnv) == "":
+		errs = append(errs, fmt.Errorf("no master key: set seal.key_file (or $%s) to the new key first, then the old keys", MasterKeyEnv))
 	}
 	return errors.Join(errs...)
 }
@@ -734,26 +761,26 @@ func (a AuthConfig) verifier(allowHTTPLoopback bool, log *zap.Logger) (*workload
 // errNoMasterKey is what serve says when no master key is configured.
 var errNoMasterKey = fmt.Errorf("no master key: set seal.key_file to a file of \"<id>:<base64 of 32 random bytes>\" lines "+
 	"(the first is primary; for example echo \"k1:$(head -c 32 /dev/urandom | base64)\" > master.key), or put the same in $%s; "+
-	"or pass --insecure-generate-master-key for a throwaway key that leaves every stored secret unreadable after a restart", masterKeyEnv)
+	"or pass --insecure-generate-master-key for a throwaway key that leaves every stored secret unreadable after a restart", MasterKeyEnv)
 
-// masterKeyring returns the master keyring: the one the caller set, the
-// key file's, the environment's, or with insecureGenerateMasterKey a
+// MasterKeyring returns the master keyring: the one the caller set, the
+// key file's, the environment's, or with InsecureGenerateMasterKey a
 // generated one. It fails with errNoMasterKey when there is none.
-func (c *Config) masterKeyring(log *zap.Logger) (*seal.Keyring, error) {
+func (c *Config) MasterKeyring(log *zap.Logger) (*seal.Keyring, error) {
 	switch {
-	case c.keyring != nil:
-		return c.keyring, nil
+	case c.Keyring != nil:
+		return c.Keyring, nil
 	case c.Seal.PKCS11 != nil:
 		return c.unwrapMasterKeys()
 	case c.Seal.KeyFile != "":
 		return seal.LoadKeyFile(c.Seal.KeyFile)
-	case c.env()(masterKeyEnv) != "":
-		kr, err := seal.ParseKeyEnv(c.env()(masterKeyEnv))
+	case c.env()(MasterKeyEnv) != "":
+		kr, err := seal.ParseKeyEnv(c.env()(MasterKeyEnv))
 		if err != nil {
-			return nil, fmt.Errorf("$%s: %w", masterKeyEnv, err)
+			return nil, fmt.Errorf("$%s: %w", MasterKeyEnv, err)
 		}
 		return kr, nil
-	case c.insecureGenerateMasterKey:
+	case c.InsecureGenerateMasterKey:
 		k, err := seal.GenerateKey("ephemeral")
 		if err != nil {
 			return nil, err
@@ -770,7 +797,7 @@ func (c *Config) masterKeyring(log *zap.Logger) (*seal.Keyring, error) {
 // (or $TOKENBROKER_MASTER_KEY) with its KEK, and closes it again: the
 // keyring keeps only the ciphers derived from the keys.
 func (c *Config) unwrapMasterKeys() (*seal.Keyring, error) {
-	pc, err := c.Seal.PKCS11.config(c.env())
+	pc, err := c.Seal.PKCS11.Config(c.env())
 	if err != nil {
 		return nil, err
 	}
@@ -782,7 +809,7 @@ func (c *Config) unwrapMasterKeys() (*seal.Keyring, error) {
 	if c.Seal.KeyFile != "" {
 		return seal.LoadWrappedKeyFile(c.Seal.KeyFile, h)
 	}
-	if v := c.env()(masterKeyEnv); v != "" {
+	if v := c.env()(MasterKeyEnv); v != "" {
 		return seal.ParseWrappedKeyEnv(v, h)
 	}
 	return nil, errNoMasterKey

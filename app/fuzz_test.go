@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"os"
@@ -48,8 +48,8 @@ func FuzzDecodeConfig(f *testing.F) {
 	}
 	env := envMap(map[string]string{"MH_SECRET": "from-the-environment"})
 	f.Fuzz(func(t *testing.T, data string) {
-		cfg := defaultConfig()
-		if decodeConfig(strings.NewReader(data), &cfg) != nil {
+		cfg := DefaultConfig()
+		if DecodeConfig(strings.NewReader(data), &cfg) != nil {
 			return
 		}
 		for i := range cfg.Providers {
@@ -58,7 +58,7 @@ func FuzzDecodeConfig(f *testing.F) {
 			}
 		}
 		err := cfg.Validate(env)
-		_ = cfg.validateForReseal()
+		_ = cfg.ValidateForReseal()
 		if err == nil {
 			for i, pc := range cfg.Providers {
 				if _, _, perr := pc.provider(env); perr != nil {

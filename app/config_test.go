@@ -1,7 +1,6 @@
-package main
+package app
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -18,9 +17,9 @@ func envMap(m map[string]string) func(string) string {
 }
 
 func TestDefaultConfigIsValid(t *testing.T) {
-	cfg := defaultConfig()
+	cfg := DefaultConfig()
 	if err := cfg.Validate(os.Getenv); err != nil {
-		t.Fatalf("defaultConfig().Validate() = %v, want nil", err)
+		t.Fatalf("DefaultConfig().Validate() = %v, want nil", err)
 	}
 }
 
@@ -34,12 +33,12 @@ func TestDecodeConfigKeepsDefaultsOnEmptyFile(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := defaultConfig()
-			if err := decodeConfig(strings.NewReader(tt.give), &cfg); err != nil {
-				t.Fatalf("decodeConfig(%q) = %v, want nil", tt.give, err)
+			cfg := DefaultConfig()
+			if err := DecodeConfig(strings.NewReader(tt.give), &cfg); err != nil {
+				t.Fatalf("DecodeConfig(%q) = %v, want nil", tt.give, err)
 			}
-			if want := defaultConfig(); !reflect.DeepEqual(cfg, want) {
-				t.Errorf("decodeConfig(%q) got %+v, want the defaults %+v", tt.give, cfg, want)
+			if want := DefaultConfig(); !reflect.DeepEqual(cfg, want) {
+				t.Errorf("DecodeConfig(%q) got %+v, want the defaults %+v", tt.give, cfg, want)
 			}
 		})
 	}
@@ -58,10 +57,10 @@ func TestDecodeConfigRejectsUnknownFields(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := defaultConfig()
-			err := decodeConfig(strings.NewReader(tt.give), &cfg)
+			cfg := DefaultConfig()
+			err := DecodeConfig(strings.NewReader(tt.give), &cfg)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("decodeConfig(%q) = %v, want an error naming %q", tt.give, err, tt.want)
+				t.Fatalf("DecodeConfig(%q) = %v, want an error naming %q", tt.give, err, tt.want)
 			}
 		})
 	}
@@ -79,9 +78,9 @@ func TestDecodeConfigRejectsMalformedValues(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := defaultConfig()
-			if err := decodeConfig(strings.NewReader(tt.give), &cfg); err == nil {
-				t.Fatalf("decodeConfig(%q) = nil, want an error", tt.give)
+			cfg := DefaultConfig()
+			if err := DecodeConfig(strings.NewReader(tt.give), &cfg); err == nil {
+				t.Fatalf("DecodeConfig(%q) = nil, want an error", tt.give)
 			}
 		})
 	}
@@ -113,7 +112,7 @@ providers:
     grant_types: [client_credentials, password]
     default_token_lifetime: 30m
 `
-	want := defaultConfig()
+	want := DefaultConfig()
 	want.GRPCAddr = "127.0.0.1:7000"
 	want.DataDir = "/var/lib/tb"
 	want.DefaultMinTTL = 90 * time.Second
@@ -133,12 +132,12 @@ providers:
 		DefaultTokenLifetime: 30 * time.Minute,
 	}}
 
-	cfg := defaultConfig()
-	if err := decodeConfig(strings.NewReader(give), &cfg); err != nil {
-		t.Fatalf("decodeConfig = %v, want nil", err)
+	cfg := DefaultConfig()
+	if err := DecodeConfig(strings.NewReader(give), &cfg); err != nil {
+		t.Fatalf("DecodeConfig = %v, want nil", err)
 	}
 	if !reflect.DeepEqual(cfg, want) {
-		t.Errorf("decodeConfig got\n%+v\nwant\n%+v", cfg, want)
+		t.Errorf("DecodeConfig got\n%+v\nwant\n%+v", cfg, want)
 	}
 }
 
@@ -166,7 +165,7 @@ func TestApplyEnv(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			// The file said something else for every field the environment may set.
-			file := defaultConfig()
+			file := DefaultConfig()
 			file.GRPCAddr, file.HTTPAddr, file.DataDir = "file:1", "file:2", "file-dir"
 			file.Log = LogConfig{Level: "error", Format: "json"}
 			file.Etcd.Prefix, file.Etcd.Endpoints = "/file/", []string{"file:2379"}
@@ -224,7 +223,7 @@ func TestValidateReportsEachProblem(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg := defaultConfig()
+			cfg := DefaultConfig()
 			tt.give(&cfg)
 			err := cfg.Validate(os.Getenv)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -235,7 +234,7 @@ func TestValidateReportsEachProblem(t *testing.T) {
 }
 
 func TestValidateReportsEveryProblemAtOnce(t *testing.T) {
-	cfg := defaultConfig()
+	cfg := DefaultConfig()
 	cfg.Log.Level = "loud"
 	cfg.Etcd.Prefix = "tokenbroker/"
 	cfg.Providers = []ProviderConfig{
@@ -260,7 +259,7 @@ func TestValidateReportsEveryProblemAtOnce(t *testing.T) {
 
 func TestValidateReadsSecretEnv(t *testing.T) {
 	t.Setenv("TOKENBROKER_TEST_SECRET", "from-env")
-	cfg := defaultConfig()
+	cfg := DefaultConfig()
 	cfg.Providers = []ProviderConfig{{Name: "a", TokenURL: "https://a.example/t", ClientID: "x", ClientSecretEnv: "TOKENBROKER_TEST_SECRET"}}
 	if err := cfg.Validate(os.Getenv); err != nil {
 		t.Fatalf("Validate() = %v, want nil", err)
@@ -375,93 +374,8 @@ func TestProviderConversion(t *testing.T) {
 	})
 }
 
-// writeConfig writes a config file and returns its path.
-func writeConfig(t *testing.T, content string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "tokenbroker.yaml")
-	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// TestRunServeRejectsBadConfig runs `serve` with configurations that must
-// fail before anything starts: none of them names a usable listen address,
-// so a start would be noticed as an error of another kind or a hang.
-func TestRunServeRejectsBadConfig(t *testing.T) {
-	unknownField := writeConfig(t, "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nmetrics_addr: 127.0.0.1:0\nlisten: everywhere\n")
-	invalid := writeConfig(t, "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nmetrics_addr: 127.0.0.1:0\nlog:\n  level: loud\netcd:\n  prefix: nope\nproviders:\n  - name: a\n    client_id: x\n")
-	missing := filepath.Join(t.TempDir(), "missing.yaml")
-
-	tests := []struct {
-		name string
-		give []string
-		env  map[string]string
-		want []string
-	}{
-		{name: "unknown field", give: []string{"serve", "--config", unknownField}, want: []string{unknownField, "listen"}},
-		{name: "invalid values", give: []string{"serve", "--config", invalid}, want: []string{"invalid configuration", `log.level "loud"`, "etcd.prefix", "token_url is required"}},
-		{name: "config from the environment", give: []string{"serve"}, env: map[string]string{"TOKENBROKER_CONFIG": unknownField}, want: []string{"listen"}},
-		{name: "missing file", give: []string{"serve", "--config", missing}, want: []string{missing}},
-		{name: "unknown flag", give: []string{"serve", "--bogus"}, want: []string{"bogus"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var stdout, stderr syncBuffer
-			ctx, cancel := context.WithCancel(t.Context())
-			cancel() // a run that got as far as serving would return at once
-			err := run(ctx, tt.give, &stdout, &stderr, envMap(tt.env))
-			if err == nil {
-				t.Fatalf("run(%q) = nil, want an error", tt.give)
-			}
-			for _, want := range tt.want {
-				if !strings.Contains(err.Error(), want) && !strings.Contains(stderr.String(), want) {
-					t.Errorf("run(%q) = %q (stderr %q), want it to mention %q", tt.give, err, stderr.String(), want)
-				}
-			}
-		})
-	}
-}
-
-// TestRunServePrecedence checks flag > environment > file on the log level,
-// with a configuration that stays invalid otherwise so that nothing starts.
-func TestRunServePrecedence(t *testing.T) {
-	path := writeConfig(t, "grpc_addr: 127.0.0.1:0\nhttp_addr: 127.0.0.1:0\nmetrics_addr: 127.0.0.1:0\nlog:\n  level: from-file\netcd:\n  prefix: nope\n")
-	tests := []struct {
-		name string
-		give []string
-		env  map[string]string
-		want string
-	}{
-		{name: "file", give: []string{"serve", "--config", path}, want: `log.level "from-file"`},
-		{name: "env over file", give: []string{"serve", "--config", path}, env: map[string]string{"TOKENBROKER_LOG_LEVEL": "from-env"}, want: `log.level "from-env"`},
-		{name: "flag over env", give: []string{"serve", "--config", path, "--log-level", "from-flag"}, env: map[string]string{"TOKENBROKER_LOG_LEVEL": "from-env"}, want: `log.level "from-flag"`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			var stdout, stderr syncBuffer
-			ctx, cancel := context.WithCancel(t.Context())
-			cancel()
-			err := run(ctx, tt.give, &stdout, &stderr, envMap(tt.env))
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("run(%q) with env %v = %v, want an error containing %q", tt.give, tt.env, err, tt.want)
-			}
-		})
-	}
-}
-
-func TestRunServeUsesGivenGetenvForSecrets(t *testing.T) {
-	path := writeConfig(t, "etcd:\n  prefix: nope\nproviders:\n  - name: a\n    client_id: x\n    token_url: https://a.example/t\n    client_secret_env: TB_TEST_ONLY_IN_GETENV\n")
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	err := run(ctx, []string{"serve", "--config", path}, new(syncBuffer), new(syncBuffer), envMap(map[string]string{"TB_TEST_ONLY_IN_GETENV": "s3cret"}))
-	if err == nil || strings.Contains(err.Error(), "TB_TEST_ONLY_IN_GETENV") || !strings.Contains(err.Error(), "etcd.prefix") {
-		t.Errorf("run(serve) = %v, want only the etcd.prefix problem", err)
-	}
-}
-
 func TestValidateBadAuthStyleKeepsOtherProviderProblems(t *testing.T) {
-	cfg := defaultConfig()
+	cfg := DefaultConfig()
 	cfg.Providers = []ProviderConfig{{Name: "a", ClientID: "x", ClientAuthStyle: "digest"}}
 	err := cfg.Validate(os.Getenv)
 	for _, want := range []string{`client_auth_style "digest"`, "token_url is required"} {
@@ -472,19 +386,19 @@ func TestValidateBadAuthStyleKeepsOtherProviderProblems(t *testing.T) {
 }
 
 func TestDecodeConfigCommentOnlyFileKeepsDefaults(t *testing.T) {
-	cfg := defaultConfig()
-	if err := decodeConfig(strings.NewReader("# tokenbroker.yaml: nothing set yet\n"), &cfg); err != nil {
-		t.Errorf("decodeConfig(comments only) = %v, want nil", err)
+	cfg := DefaultConfig()
+	if err := DecodeConfig(strings.NewReader("# tokenbroker.yaml: nothing set yet\n"), &cfg); err != nil {
+		t.Errorf("DecodeConfig(comments only) = %v, want nil", err)
 	}
-	if cfg.GRPCAddr != defaultConfig().GRPCAddr {
+	if cfg.GRPCAddr != DefaultConfig().GRPCAddr {
 		t.Errorf("grpc_addr = %q, want the default", cfg.GRPCAddr)
 	}
 }
 
 func TestDecodeConfigRejectsSecondDocument(t *testing.T) {
-	cfg := defaultConfig()
-	if err := decodeConfig(strings.NewReader("grpc_addr: 127.0.0.1:1\n---\ngrpc_adr: 127.0.0.1:2\n"), &cfg); err == nil {
-		t.Errorf("decodeConfig(two documents) = nil, want an error")
+	cfg := DefaultConfig()
+	if err := DecodeConfig(strings.NewReader("grpc_addr: 127.0.0.1:1\n---\ngrpc_adr: 127.0.0.1:2\n"), &cfg); err == nil {
+		t.Errorf("DecodeConfig(two documents) = nil, want an error")
 	}
 }
 

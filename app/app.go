@@ -1,4 +1,9 @@
-package main
+// Package app wires the token broker: from its Config, the file an
+// operator writes, to the store (an embedded etcd or an external cluster),
+// the broker and its gRPC, REST and metrics servers, started and shut down
+// together. The tokenbroker command, the benchmark and the end-to-end tests
+// all run the broker through it; signals are the caller's to handle.
+package app
 
 import (
 	"cmp"
@@ -37,24 +42,24 @@ type App struct {
 	tracer      *sdktrace.TracerProvider // nil unless tracing.enabled
 }
 
-// errNoAuth is what StartApp says when no caller could ever authenticate.
+// errNoAuth is what Start says when no caller could ever authenticate.
 var errNoAuth = errors.New("no authentication configured: no API key in auth.api_keys or in etcd, no auth.jwt_issuers and no tls.client_ca_file, " +
 	"so every call would be refused; declare a bootstrap admin key (`tokenbroker apikey new --identity admin` prints one " +
 	"with its config snippet) and a policy rule for it, or set tls.client_ca_file; " +
 	"--insecure-no-auth lets every caller in without credentials, for a trusted development network only")
 
-// StartApp starts everything cfg describes and registers its providers.
+// Start starts everything cfg describes and registers its providers.
 // It fails before starting anything when the master key or the TLS files
 // are unusable, and before serving when no caller could authenticate. On
 // error, whatever was started is stopped again.
-func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err error) {
+func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err error) {
 	a := &App{cfg: cfg, log: log}
 	defer func() {
 		if err != nil {
 			a.Close()
 		}
 	}()
-	keyring, err := cfg.masterKeyring(log)
+	keyring, err := cfg.MasterKeyring(log)
 	if err != nil {
 		return nil, err
 	}
@@ -64,14 +69,14 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 			return nil, err
 		}
 	}
-	if cfg.insecureNoAuth && (len(cfg.Auth.APIKeys) > 0 || len(cfg.Auth.JWTIssuers) > 0 || cfg.TLS.ClientCAFile != "") {
+	if cfg.InsecureNoAuth && (len(cfg.Auth.APIKeys) > 0 || len(cfg.Auth.JWTIssuers) > 0 || cfg.TLS.ClientCAFile != "") {
 		return nil, errors.New("--insecure-no-auth conflicts with auth.api_keys, auth.jwt_issuers and tls.client_ca_file: authentication is configured; drop the flag")
 	}
 	pol, err := cfg.Auth.policy()
 	if err != nil {
 		return nil, err
 	}
-	jwts, err := cfg.Auth.verifier(cfg.insecureHTTPLoopback, log)
+	jwts, err := cfg.Auth.verifier(cfg.InsecureHTTPLoopback, log)
 	if err != nil {
 		return nil, err
 	}
@@ -87,10 +92,11 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 		endpoints = []string{a.etcd.Endpoint()}
 		log.Info("embedded etcd started", zap.String("data_dir", cfg.DataDir), zap.String("endpoint", a.etcd.Endpoint()))
 	}
-	ccfg, err := etcdClientConfig(cfg.Etcd, endpoints, log)
+	ccfg, err := EtcdClientConfig(cfg.Etcd, endpoints, log)
 	if err != nil {
 		return nil, err
 	}
+	ccfg.DialOptions = append(ccfg.DialOptions, cfg.EtcdDialOptions...)
 	a.client, err = clientv3.New(ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("etcd client: %w", err)
@@ -103,7 +109,7 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 		return nil, fmt.Errorf("auth.api_keys: %w", err)
 	}
 	switch {
-	case cfg.insecureNoAuth:
+	case cfg.InsecureNoAuth:
 		log.Warn("INSECURE: authentication is off (--insecure-no-auth): callers without credentials are let in " +
 			"as \"" + server.AnonymousIdentity + "\" and every caller may do everything; use this on a trusted development network only")
 	case cfg.TLS.ClientCAFile == "" && jwts == nil && !a.keys.Usable():
@@ -137,7 +143,7 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 		Keyring:                  keyring,
 		Logger:                   log,
 		Observer:                 metrics,
-		RequireHTTPS:             !cfg.insecureHTTPLoopback,
+		RequireHTTPS:             !cfg.InsecureHTTPLoopback,
 	})
 	if err != nil {
 		return nil, err
@@ -149,7 +155,7 @@ func StartApp(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err err
 	a.server, err = server.New(server.Config{
 		GRPCAddr: cfg.GRPCAddr, HTTPAddr: cfg.HTTPAddr, MetricsAddr: cfg.MetricsAddr, Broker: a.broker, Logger: log, TLS: tlsConfig, Metrics: metrics,
 		Auth: server.AuthConfig{Keys: a.keys, Workload: jwts, Policy: pol, RateLimit: cfg.Auth.RateLimit.limit(),
-			UnauthenticatedRateLimit: cfg.Auth.UnauthenticatedRateLimit.limit(), InsecureNoAuth: cfg.insecureNoAuth},
+			UnauthenticatedRateLimit: cfg.Auth.UnauthenticatedRateLimit.limit(), InsecureNoAuth: cfg.InsecureNoAuth},
 		TracerProvider: tp,
 	})
 	if err != nil {
@@ -170,6 +176,13 @@ func (a *App) CallbackURL() string { return a.callbackURL }
 
 // Broker returns the app's broker.
 func (a *App) Broker() *broker.Broker { return a.broker }
+
+// Client returns the app's etcd client.
+func (a *App) Client() *clientv3.Client { return a.client }
+
+// EtcdEndpoints are the endpoints of the store: the embedded etcd's, or
+// the external cluster's.
+func (a *App) EtcdEndpoints() []string { return a.client.Endpoints() }
 
 // GRPCAddr and HTTPAddr are the bound listener addresses.
 func (a *App) GRPCAddr() string { return a.server.GRPCAddr() }
@@ -221,14 +234,14 @@ func (a *App) ApplyProviders(ctx context.Context, cfg Config) error {
 // Calls already authorized finish under the old policy; the issuers' keys
 // are fetched again on first use.
 func (a *App) ReloadAuth(auth AuthConfig) error {
-	if errs := auth.validate(a.cfg.insecureHTTPLoopback); len(errs) > 0 {
+	if errs := auth.validate(a.cfg.InsecureHTTPLoopback); len(errs) > 0 {
 		return errors.Join(errs...)
 	}
 	pol, err := auth.policy()
 	if err != nil {
 		return err
 	}
-	jwts, err := auth.verifier(a.cfg.insecureHTTPLoopback, a.log)
+	jwts, err := auth.verifier(a.cfg.InsecureHTTPLoopback, a.log)
 	if err != nil {
 		return err
 	}
