@@ -122,6 +122,7 @@ func providerStatus(err error, oe *oauth.Error) error {
 	case oe.Code == "invalid_scope":
 		code = codes.InvalidArgument
 	case oe.Code == "invalid_grant", errors.Is(err, broker.ErrReauthorizationRequired), errors.Is(err, broker.ErrSecretRefused):
+		// The grant, or a secret the caller gave: FailedPrecondition alone.
 	default:
 		brokerFault = true
 	}
