@@ -1,6 +1,6 @@
 module github.com/tokenbroker/tokenbroker
 
-go 1.26.0
+go 1.26.7
 
 require (
 	github.com/go-jose/go-jose/v4 v4.1.4

@@ -41,6 +41,12 @@ func storeError(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("%w: %s: %v", ErrStoreUnavailable, op, err)
 }
 
+// ErrSecretRefused: the provider refused a client secret that the caller
+// supplied (RotateClientSecret proves the new secret first). It wraps the
+// *ProviderError: the caller's input is wrong, not the broker's
+// configuration.
+var ErrSecretRefused = errors.New("broker: the provider refused the new client secret")
+
 // ErrProviderTimeout: the provider did not answer within the fetch deadline.
 var ErrProviderTimeout = errors.New("broker: provider timed out")
 

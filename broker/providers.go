@@ -241,10 +241,11 @@ func (b *Broker) provider(ctx context.Context, name string) (*Provider, error) {
 // RotateClientSecret replaces provider name's client secret. With validate,
 // the new secret is first proven by a client_credentials token request
 // (providers without that grant cannot be checked this way and are refused
-// with ErrInvalidArgument: pass validate=false); a refusal leaves the old
-// secret in place and returns the *ProviderError. With overlap > 0 the old
-// secret is kept and tried, until overlap has passed, whenever the new one
-// is refused with invalid_client. Cached tokens are kept. Errors wrap
+// with ErrInvalidArgument: pass validate=false); a failed proof leaves the
+// old secret in place and returns the *ProviderError, wrapped in
+// ErrSecretRefused when the provider refused the secret. With overlap > 0
+// the old secret is kept and tried, until overlap has passed, whenever the
+// new one is refused with invalid_client. Cached tokens are kept. Errors wrap
 // ErrInvalidArgument, ErrNotFound, ErrStoreUnavailable or ErrConflict.
 func (b *Broker) RotateClientSecret(ctx context.Context, name, secret string, validate bool, overlap time.Duration) (*Provider, error) {
 	switch {
@@ -279,6 +280,9 @@ func (b *Broker) RotateClientSecret(ctx context.Context, name, secret string, va
 			return nil, err
 		}
 		if _, err := b.oauth.Token(ctx, oauth.Request{TokenURL: p.TokenURLFor(GrantClientCredentials), Auth: auth, Params: params}); err != nil {
+			if oe := (*oauth.Error)(nil); errors.As(err, &oe) && !oe.Temporary() {
+				return nil, fmt.Errorf("%w: %w", ErrSecretRefused, &ProviderError{Provider: name, Err: err})
+			}
 			return nil, &ProviderError{Provider: name, Err: err}
 		}
 	}

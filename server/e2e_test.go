@@ -249,10 +249,17 @@ func TestBadRequests(t *testing.T) {
 	if got := e.provider.TokenCalls(); got != 0 {
 		t.Errorf("provider calls after bad requests = %d, want 0", got)
 	}
-	// The REST gateway answers malformed JSON and unknown fields with 400.
-	for _, body := range []string{`{"scopes": "notalist"}`, `{"bogus": 1}`, `{`} {
-		if code := postAsAdmin(t, in.baseURL+"/v1/providers/sandbox/token", body); code != http.StatusBadRequest {
-			t.Errorf("REST body %s: status %d, want 400", body, code)
+	// The REST gateway answers malformed JSON and unknown fields with 400
+	// and a message that says the body is at fault, on the fast GetToken
+	// path as on the gateway's routes.
+	for _, url := range []string{in.baseURL + "/v1/providers/sandbox/token", in.baseURL + "/v1/providers/sandbox/token:refresh", in.baseURL + "/v1/introspect"} {
+		for _, body := range []string{`{"scopes": "notalist"}`, `{"bogus": 1}`, `{`, `[]`} {
+			code, raw := restDo(t, http.DefaultClient, http.MethodPost, url, http.Header{"Authorization": {"Bearer " + testAdminKey}}, []byte(body))
+			var answer struct{ Message string }
+			_ = json.Unmarshal(raw, &answer)
+			if code != http.StatusBadRequest || !strings.HasPrefix(answer.Message, "request body is not a valid JSON tokenbroker.v1.") {
+				t.Errorf("POST %s with body %s = %d %s, want 400 saying the request body is not valid", url, body, code, raw)
+			}
 		}
 	}
 }
@@ -264,12 +271,40 @@ func TestProviderFailures(t *testing.T) {
 		want     codes.Code
 		wantHTTP int
 		reason   string // ErrorInfo reason, "" for none
+		fault    string // ErrorInfo metadata "fault"
 		retry    time.Duration
 	}{
+		// The provider refuses the broker's own registration: the broker's
+		// fault, 502 over REST, not a 4xx that blames the caller.
 		{
 			name: "invalid_client",
 			give: sandbox.Failure{Status: 401, Body: `{"error":"invalid_client","error_description":"Client authentication failed"}`},
-			want: codes.FailedPrecondition, wantHTTP: http.StatusBadRequest, reason: "INVALID_CLIENT",
+			want: codes.FailedPrecondition, wantHTTP: http.StatusBadGateway, reason: "INVALID_CLIENT", fault: "broker",
+		},
+		{
+			name: "unauthorized_client",
+			give: sandbox.Failure{Status: 400, Body: `{"error":"unauthorized_client"}`},
+			want: codes.FailedPrecondition, wantHTTP: http.StatusBadGateway, reason: "UNAUTHORIZED_CLIENT", fault: "broker",
+		},
+		{
+			name: "unsupported_grant_type",
+			give: sandbox.Failure{Status: 400, Body: `{"error":"unsupported_grant_type"}`},
+			want: codes.FailedPrecondition, wantHTTP: http.StatusBadGateway, reason: "UNSUPPORTED_GRANT_TYPE", fault: "broker",
+		},
+		{
+			name: "invalid_request",
+			give: sandbox.Failure{Status: 400, Body: `{"error":"invalid_request"}`},
+			want: codes.FailedPrecondition, wantHTTP: http.StatusBadGateway, reason: "INVALID_REQUEST", fault: "broker",
+		},
+		{
+			name: "403 HTML page",
+			give: sandbox.Failure{Status: 403, ContentType: "text/html", Body: "<html><body>Forbidden</body></html>"},
+			want: codes.FailedPrecondition, wantHTTP: http.StatusBadGateway, reason: "PROVIDER_ERROR", fault: "broker",
+		},
+		{
+			name: "invalid_grant",
+			give: sandbox.Failure{Status: 400, Body: `{"error":"invalid_grant"}`},
+			want: codes.FailedPrecondition, wantHTTP: http.StatusBadRequest, reason: "INVALID_GRANT",
 		},
 		{
 			name: "invalid_scope",
@@ -332,12 +367,18 @@ func TestProviderFailures(t *testing.T) {
 			if tt.reason != "" && (info == nil || info.GetReason() != tt.reason || info.GetMetadata()["provider"] != "sandbox") {
 				t.Errorf("ErrorInfo = %v, want reason %s for provider sandbox", info, tt.reason)
 			}
+			if got := info.GetMetadata()["fault"]; got != tt.fault {
+				t.Errorf("ErrorInfo fault = %q, want %q", got, tt.fault)
+			}
 			if tt.name == "invalid_client" && info.GetMetadata()["error_description"] != "Client authentication failed" {
 				t.Errorf("error_description = %q, want the provider's", info.GetMetadata()["error_description"])
 			}
 			code, body, raw := restCall(t, http.MethodPost, in.baseURL+"/v1/providers/sandbox/token", map[string]any{"scopes": []string{scope}})
 			if code != tt.wantHTTP || body["code"] != float64(tt.want) {
 				t.Errorf("REST = %d %s, want HTTP %d with code %d", code, raw, tt.wantHTTP, tt.want)
+			}
+			if tt.reason != "" && !strings.Contains(raw, `"reason":"`+tt.reason+`"`) {
+				t.Errorf("REST answer %s lacks the ErrorInfo reason %s", raw, tt.reason)
 			}
 
 			// Nothing was cached from the failure: once the provider

@@ -19,6 +19,14 @@ import (
 // ErrorDomain is the domain of the ErrorInfo details the broker attaches.
 const ErrorDomain = "tokenbroker"
 
+// An ErrorInfo with metadata fault=broker marks a provider's refusal of the
+// broker's own credentials or configuration: an admin must act, and REST
+// answers it 502 rather than blaming the caller with a 4xx.
+const (
+	faultKey    = "fault"
+	faultBroker = "broker"
+)
+
 // statusTable maps the broker's sentinel errors to status codes, first match
 // wins. Provider answers (*oauth.Error) are mapped by providerStatus.
 var statusTable = []struct {
@@ -92,12 +100,20 @@ func toStatus(log *zap.Logger, err error) error {
 // providerStatus maps a provider's error answer: rate limits are
 // ResourceExhausted, other temporary failures Unavailable (both with
 // RetryInfo when the provider said when to retry), invalid_scope is the
-// caller's InvalidArgument, and every other OAuth2 error (invalid_client,
-// invalid_grant, unauthorized_client, ...) is FailedPrecondition: nothing
-// changes until an admin acts. The OAuth2 error and error_description travel
-// in an ErrorInfo detail.
+// caller's InvalidArgument, and every other OAuth2 error is
+// FailedPrecondition: nothing changes until an admin acts. The OAuth2 error
+// and error_description travel in an ErrorInfo detail.
+//
+// Among those FailedPreconditions, a refusal of the broker's own client
+// registration (invalid_client, unauthorized_client,
+// unsupported_grant_type, invalid_request, or any refusal that is not about
+// the grant) is the broker's fault, not the caller's: its ErrorInfo carries
+// fault=broker and REST answers it 502 Bad Gateway (see restError). A
+// refused grant (invalid_grant: re-authorization required) and a client
+// secret the caller supplied (broker.ErrSecretRefused) keep HTTP 400.
 func providerStatus(err error, oe *oauth.Error) error {
 	code := codes.FailedPrecondition
+	brokerFault := false
 	switch {
 	case oe.StatusCode == 429:
 		code = codes.ResourceExhausted
@@ -105,6 +121,10 @@ func providerStatus(err error, oe *oauth.Error) error {
 		code = codes.Unavailable
 	case oe.Code == "invalid_scope":
 		code = codes.InvalidArgument
+	case oe.Code == "invalid_grant", errors.Is(err, broker.ErrReauthorizationRequired), errors.Is(err, broker.ErrSecretRefused):
+		// The grant, or a secret the caller gave: FailedPrecondition alone.
+	default:
+		brokerFault = true
 	}
 	info := &errdetails.ErrorInfo{
 		Reason: "PROVIDER_ERROR",
@@ -119,6 +139,9 @@ func providerStatus(err error, oe *oauth.Error) error {
 	}
 	if oe.Description != "" {
 		info.Metadata["error_description"] = oe.Description
+	}
+	if brokerFault {
+		info.Metadata[faultKey] = faultBroker
 	}
 	var pe *broker.ProviderError
 	if errors.As(err, &pe) {

@@ -2,6 +2,9 @@ package server
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -9,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
@@ -124,17 +128,43 @@ func newGateway(ctx context.Context, tb tokenbrokerv1.TokenBrokerServiceServer, 
 // mountGateway serves the gateway under /v1/, with the request size limit,
 // and REST GetToken through getToken, which hands the requests it does not
 // serve itself to the gateway.
-func mountGateway(mux *http.ServeMux, gw http.Handler, getToken *restGetToken) {
+func mountGateway(mux *routeMux, gw http.Handler, getToken *restGetToken) {
 	gateway := withBodyLimit(gw)
 	getToken.gateway = gateway
 	mux.Handle("/v1/", gateway)
 	mux.Handle(restGetTokenPattern, getToken)
 }
 
-// gatewayMarshaler reads and writes the gateway's JSON.
-var gatewayMarshaler = &runtime.JSONPb{
+// gatewayMarshaler reads and writes the gateway's JSON. A body that does
+// not decode is an error that says so (see bodyDecoder).
+var gatewayMarshaler = restMarshaler{&runtime.JSONPb{
 	MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 	UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+}}
+
+// restMarshaler is the gateway's JSONPb whose decoders are bodyDecoders.
+type restMarshaler struct{ *runtime.JSONPb }
+
+func (m restMarshaler) NewDecoder(r io.Reader) runtime.Decoder {
+	return bodyDecoder{m.JSONPb.NewDecoder(r)}
+}
+
+// bodyDecoder decodes a request body; its errors, which the gateway answers
+// as InvalidArgument with their text, say that the body is at fault and
+// what it should have been. io.EOF (an empty body) passes through: the
+// gateway takes it as an empty message.
+type bodyDecoder struct{ runtime.Decoder }
+
+func (d bodyDecoder) Decode(v any) error {
+	err := d.Decoder.Decode(v)
+	if err == nil || errors.Is(err, io.EOF) {
+		return err
+	}
+	what := "JSON object"
+	if m, ok := v.(proto.Message); ok {
+		what = "JSON " + string(m.ProtoReflect().Descriptor().FullName())
+	}
+	return fmt.Errorf("request body is not a valid %s: %w", what, err)
 }
 
 // newGatewayMux returns the gateway's router of both services, and the

@@ -22,7 +22,7 @@ const (
 // replaced key served for far longer than this.
 const jwksMaxAge = "public, max-age=300"
 
-func mountJWKS(mux *http.ServeMux, b *broker.Broker, log *zap.Logger) {
+func mountJWKS(mux *routeMux, b *broker.Broker, log *zap.Logger) {
 	mux.HandleFunc("GET "+JWKSPath, func(w http.ResponseWriter, _ *http.Request) {
 		writeJWKS(w, b.AllJWKS())
 	})

@@ -16,14 +16,14 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-
-	"github.com/tokenbroker/tokenbroker/gen/openapiv2"
 )
 
 // restError is the gateway's error handler: the default rendering, with a
 // Retry-After header (whole seconds, rounded up) on every answer whose
 // status carries a RetryInfo, and on every 429; a request whose body went
-// over MaxRequestBytes is answered 413.
+// over MaxRequestBytes is answered 413, and a provider's refusal of the
+// broker's own credentials (ErrorInfo fault=broker) 502 with its status
+// unchanged in the body.
 func restError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 	if b, ok := r.Body.(*limitedBody); ok && b.over {
 		runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, errBodyTooLarge)
@@ -31,7 +31,21 @@ func restError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, 
 	}
 	err = boundMessage(err) // the gateway's decoding errors quote the body
 	setRetryAfter(w.Header(), err)
+	if isBrokerFault(err) {
+		err = &runtime.HTTPStatusError{HTTPStatus: http.StatusBadGateway, Err: err}
+	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// isBrokerFault reports whether err's status carries the broker's
+// ErrorInfo with fault=broker.
+func isBrokerFault(err error) bool {
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain && info.GetMetadata()[faultKey] == faultBroker {
+			return true
+		}
+	}
+	return false
 }
 
 // setRetryAfter sets Retry-After from err's RetryInfo; a ResourceExhausted
@@ -111,13 +125,16 @@ type apiRoute struct {
 	methods []string
 }
 
-// restRoutes are the API's routes, read from the OpenAPI document that is
-// generated with the gateway.
+// restRoutes are the API's routes, read from the OpenAPI document.
 var restRoutes = sync.OnceValue(func() []apiRoute {
 	var doc struct {
 		Paths map[string]map[string]json.RawMessage `json:"paths"`
 	}
-	if err := json.Unmarshal(openapiv2.JSON, &doc); err != nil {
+	raw, err := openAPIDoc()
+	if err != nil {
+		return nil
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
 		return nil
 	}
 	routes := make([]apiRoute, 0, len(doc.Paths))

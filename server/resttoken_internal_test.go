@@ -73,7 +73,7 @@ func TestRESTGetTokenMatchesGateway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fast := http.NewServeMux() // as server.New mounts them
+	fast := newRouteMux() // as server.New mounts them
 	mountGateway(fast, gw, getToken)
 	mux, _, err := newGatewayMux(context.Background(), stub, admin, chain)
 	if err != nil {

@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,6 +38,12 @@ func TestRotateClientSecret(t *testing.T) {
 	_, err = in.admin.RotateClientSecret(ctx, &tokenbrokerv1.RotateClientSecretRequest{Provider: "sandbox", ClientSecret: "not-the-secret"})
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("rotate to a wrong secret = %v, want FailedPrecondition with the provider's error", err)
+	}
+	// The secret is the caller's input: over REST a 400 that keeps the
+	// provider's reason, not the 502 of the broker's own secret refused.
+	code, _, raw := restCall(t, http.MethodPost, in.baseURL+"/v1/admin/providers/sandbox:rotateClientSecret", map[string]any{"client_secret": "not-the-secret-either"})
+	if code != http.StatusBadRequest || !strings.Contains(raw, `"reason":"INVALID_CLIENT"`) || strings.Contains(raw, `"fault"`) {
+		t.Errorf("REST rotate to a wrong secret = %d %s, want 400 with reason INVALID_CLIENT and no fault", code, raw)
 	}
 	if got := fp(); got != oldFP {
 		t.Errorf("fingerprint after a refused rotation = %s, want the old %s", got, oldFP)

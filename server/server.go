@@ -24,7 +24,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/workload"
-	"github.com/tokenbroker/tokenbroker/gen/openapiv2"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
 
@@ -72,6 +71,7 @@ type Server struct {
 	tls      bool
 	health   *health.Server
 	guard    *guard
+	routes   []string // the API listener's mux patterns
 	grpcLis  net.Listener
 	httpLis  net.Listener
 	metLis   net.Listener
@@ -125,7 +125,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Metrics.grpc.InitializeMetrics(s.grpc)
 	}
 
-	mux := http.NewServeMux()
+	mux := newRouteMux()
 	mountGateway(mux, gw, getToken)
 	// The consent callback is authenticated by its single-use state, not
 	// by caller credentials: a browser following a redirect has none.
@@ -146,6 +146,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		_, _ = fmt.Fprintf(w, "ok\nleading refresh shards: %v\n", cfg.Broker.LeadingShards())
 	})
+	s.routes = mux.patterns
 	s.http = &http.Server{
 		Handler:           httpTracing(cfg.TracerProvider, mux),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -191,14 +192,6 @@ func metricsMux(m *Metrics) http.Handler {
 		mux.Handle("GET "+MetricsPath, m.Handler())
 	}
 	return mux
-}
-
-// OpenAPIPath serves the OpenAPI document on the metrics listener.
-const OpenAPIPath = "/openapi.json"
-
-func serveOpenAPI(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(openapiv2.JSON)
 }
 
 // GRPCAddr is the address the gRPC listener is bound to.
