@@ -123,7 +123,7 @@ func (r RefresherConfig) validate() []error {
 // AuthConfig configures caller authentication and authorization.
 type AuthConfig struct {
 	// APIKeys are static keys, declared by id and the SHA-256 of their
-	// secret part (`tokenbroker apikey new` prints both), so that the first
+	// secret part (`tokenbroker apikeys create --offline` prints both), so that the first
 	// admin can get in; AdminService.CreateApiKey issues the others.
 	APIKeys []APIKeyConfig `yaml:"api_keys"`
 	// JWTIssuers are trusted issuers of workload tokens (Kubernetes

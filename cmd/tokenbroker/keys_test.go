@@ -78,8 +78,8 @@ func TestKeysCommandErrors(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{"no subcommand", []string{"keys"}, nil, "keys: no subcommand given"},
-		{"unknown subcommand", []string{"keys", "rotate"}, nil, `keys: unknown subcommand "rotate"`},
+		{"no subcommand", []string{"keys"}, nil, "keys: missing subcommand (create-kek, generate, reseal)"},
+		{"unknown subcommand", []string{"keys", "rotate"}, nil, `unknown command "rotate" for "tokenbroker keys"`},
 		{"generate without id", []string{"keys", "generate"}, nil, "key id must be 1–16 characters"},
 		{"generate bad id", []string{"keys", "generate", "--id", "Upper"}, nil, "key id must be of [a-z0-9-]"},
 		{"generate extra argument", []string{"keys", "generate", "--id", "k", "more"}, nil, `unexpected argument "more"`},
