@@ -117,6 +117,9 @@ func (c *cli) serve(cmd *cobra.Command, f serveFlags) error {
 		return err
 	}
 	defer log.Sync() //nolint:errcheck // nothing to do about a failed flush
+	for _, d := range cfg.Deprecations {
+		log.Warn("config: " + d)
+	}
 	// Registered before the broker starts: a SIGHUP from then on reloads
 	// instead of killing the process.
 	hup := make(chan os.Signal, 1)
