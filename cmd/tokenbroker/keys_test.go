@@ -87,7 +87,7 @@ func TestKeysCommandErrors(t *testing.T) {
 		{"reseal with two master keys", []string{"keys", "reseal", "--config", noData}, map[string]string{app.MasterKeyEnv: "k9:" + strings.Repeat("A", 43) + "="}, "seal.key_file and $TOKENBROKER_MASTER_KEY are both set"},
 		{"reseal without etcd data", []string{"keys", "reseal", "--config", noData}, nil, "holds no etcd data"},
 		{"reseal missing config", []string{"keys", "reseal", "--config", filepath.Join(dir, "missing.yaml")}, nil, "no such file"},
-		{"reseal unknown config field", []string{"keys", "reseal", "--config", unknownField}, nil, "field key_files not found"},
+		{"reseal unknown config field", []string{"keys", "reseal", "--config", unknownField}, nil, `seal: unknown field "key_files" (did you mean "key_file"?)`},
 		{"reseal bad flag", []string{"keys", "reseal", "--nope"}, nil, "nope"},
 	}
 	for _, tt := range tests {
