@@ -19,8 +19,8 @@ func TestConfigValidate(t *testing.T) {
 		return p
 	}
 	tests := []struct {
-		name  string
-		give  string
+		name       string
+		give       string
 		env        map[string]string // default: a master key
 		want       []string          // on stderr; none: valid
 		wantO      string
