@@ -44,7 +44,7 @@ type App struct {
 
 // errNoAuth is what Start says when no caller could ever authenticate.
 var errNoAuth = errors.New("no authentication configured: no API key in auth.api_keys or in etcd, no auth.jwt_issuers and no tls.client_ca_file, " +
-	"so every call would be refused; declare a bootstrap admin key (`tokenbroker apikey new --identity admin` prints one " +
+	"so every call would be refused; declare a bootstrap admin key (`tokenbroker apikeys create --offline --identity admin` prints one " +
 	"with its config snippet) and a policy rule for it, or set tls.client_ca_file; " +
 	"--insecure-no-auth lets every caller in without credentials, for a trusted development network only")
 

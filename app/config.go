@@ -90,6 +90,9 @@ type Config struct {
 	// EtcdDialOptions are added to those of the etcd client (tbbench
 	// counts the client's requests with interceptors).
 	EtcdDialOptions []grpc.DialOption `yaml:"-"`
+	// Deprecations are warnings, one per deprecated field name the file
+	// used; set by DecodeConfig.
+	Deprecations []string `yaml:"-"`
 }
 
 // RefresherConfig tunes failover and the spread of background refreshes.
@@ -123,7 +126,7 @@ func (r RefresherConfig) validate() []error {
 // AuthConfig configures caller authentication and authorization.
 type AuthConfig struct {
 	// APIKeys are static keys, declared by id and the SHA-256 of their
-	// secret part (`tokenbroker apikey new` prints both), so that the first
+	// secret part (`tokenbroker apikeys create --offline` prints both), so that the first
 	// admin can get in; AdminService.CreateApiKey issues the others.
 	APIKeys []APIKeyConfig `yaml:"api_keys"`
 	// JWTIssuers are trusted issuers of workload tokens (Kubernetes
@@ -378,9 +381,10 @@ type ProviderConfig struct {
 	DefaultTokenLifetime    time.Duration     `yaml:"default_token_lifetime"`
 	// PKCE sends an S256 code challenge with authorization requests.
 	PKCE bool `yaml:"pkce"`
-	// RedirectURL is the callback registered at the provider; the broker's
-	// public_url + /v1/oauth/callback when empty.
-	RedirectURL string `yaml:"redirect_url"`
+	// RedirectURI is the callback registered at the provider; the broker's
+	// public_url + /v1/oauth/callback when empty. The former name
+	// redirect_url is read too, with a deprecation warning.
+	RedirectURI string `yaml:"redirect_uri"`
 	// Preset fills endpoints, client authentication, grants and scopes of a
 	// known provider from BaseURL: mediacore, mediahound, mediavalet,
 	// mediaflow, mediahaven, or oidc (discovery from the issuer BaseURL, at
@@ -448,7 +452,11 @@ func ReadConfig(path string, getenv func(string) string) (Config, error) {
 	return cfg, nil
 }
 
-// DecodeConfig reads YAML over cfg, strictly.
+// DecodeConfig reads YAML over cfg, strictly: an unknown field (with the
+// nearest known name), a value of the wrong kind (with the format
+// expected) or a second document is an error, all of them at once as
+// Problems. A deprecated field name is read as its new name and noted in
+// cfg.Deprecations.
 func DecodeConfig(r io.Reader, cfg *Config) error {
 	data, err := io.ReadAll(io.LimitReader(r, 4<<20))
 	if err != nil {
@@ -458,18 +466,18 @@ func DecodeConfig(r io.Reader, cfg *Config) error {
 		return nil
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil {
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) { // only comments
 			return nil
 		}
-		return fmt.Errorf("config: %w", err)
+		return Problems{{Message: strings.TrimPrefix(err.Error(), "yaml: ")}}
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return errors.New("config: more than one YAML document")
+		return Problems{{Line: extra.Line, Message: "more than one YAML document (a line \"---\"): a config file holds one"}}
 	}
-	return nil
+	return decodeChecked(&doc, cfg)
 }
 
 // applyEnv overrides cfg from TOKENBROKER_* variables.
@@ -502,8 +510,10 @@ func SplitList(s string) []string {
 	return out
 }
 
-// Validate reports every problem at once. Secrets named by
-// client_secret_env are looked up with getenv.
+// Validate reports every problem of the values at once, as Problems with
+// their field paths (and lines, for a configuration read from a file).
+// Secrets named by client_secret_env are looked up with getenv. Check
+// adds what only the machine can tell.
 func (c *Config) Validate(getenv func(string) string) error {
 	var errs []error
 	if c.GRPCAddr == "" {
@@ -572,10 +582,13 @@ func (c *Config) Validate(getenv func(string) string) error {
 		}
 		seen[pc.Name] = true
 		if _, _, err := pc.provider(getenv); err != nil {
-			errs = append(errs, fmt.Errorf("providers[%d]: %w", i, err))
+			errs = append(errs, c.under(fmt.Sprintf("providers[%d]", i), err)...)
 		}
 	}
-	return errors.Join(errs...)
+	if len(errs) == 0 {
+		return nil
+	}
+	return c.problems(errors.Join(errs...))
 }
 
 // ValidateForReseal checks what `keys reseal` needs of the configuration:
@@ -630,7 +643,7 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 	for _, g := range pc.GrantTypes {
 		p.GrantTypes = append(p.GrantTypes, broker.GrantType(g))
 	}
-	p.PKCE, p.RedirectURL = pc.PKCE, pc.RedirectURL
+	p.PKCE, p.RedirectURL = pc.PKCE, pc.RedirectURI
 	p.ClientKeyAlgorithm, p.AssertionAudience = pc.ClientKeyAlgorithm, pc.ClientAssertionAudience
 	if pc.ClientKeyFile != "" {
 		data, err := os.ReadFile(pc.ClientKeyFile)

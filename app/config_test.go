@@ -206,7 +206,7 @@ func TestValidateReportsEachProblem(t *testing.T) {
 		}, want: `client_auth_style "digest"`},
 		{name: "token url", give: func(c *Config) {
 			c.Providers = []ProviderConfig{{Name: "a", ClientID: "x"}}
-		}, want: "providers[0]: broker: invalid argument: provider \"a\": token_url is required"},
+		}, want: "providers[0].token_url is required"},
 		{name: "provider name", give: func(c *Config) {
 			c.Providers = []ProviderConfig{{Name: "Not A Name", TokenURL: "https://a.example/t", ClientID: "x"}}
 		}, want: "providers[0]:"},
@@ -248,7 +248,7 @@ func TestValidateReportsEveryProblemAtOnce(t *testing.T) {
 	for _, want := range []string{
 		`log.level "loud"`,
 		"etcd.prefix must start with '/'",
-		`providers[0]: broker: invalid argument: provider "notokenurl": token_url is required`,
+		"providers[0].token_url is required",
 		"providers[1]: set only one of client_secret, client_secret_env and client_secret_file",
 	} {
 		if !strings.Contains(err.Error(), want) {

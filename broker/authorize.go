@@ -68,7 +68,7 @@ func (b *Broker) StartAuthorization(ctx context.Context, provider, account strin
 	}
 	redirect := cmp(p.RedirectURL, *b.callbackURL.Load())
 	if redirect == "" {
-		return nil, invalidf("no redirect URL: set the provider's redirect_url or the broker's public URL")
+		return nil, invalidf("no redirect URI: set the provider's redirect_uri or the broker's public_url")
 	}
 	g, err := b.readGrant(ctx, b.grantKey(provider, account))
 	if err != nil {

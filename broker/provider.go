@@ -169,7 +169,7 @@ func (p *Provider) Validate() error {
 	for name, u := range map[string]string{
 		"token_url": p.TokenURL, "authorize_url": p.AuthorizeURL,
 		"introspection_url": p.IntrospectionURL, "revocation_url": p.RevocationURL,
-		"redirect_url": p.RedirectURL,
+		"redirect_uri": p.RedirectURL,
 	} {
 		if err := validateURL(u); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))

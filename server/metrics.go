@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
+	"github.com/tokenbroker/tokenbroker/internal/buildinfo"
 )
 
 // MetricsPath serves the Prometheus metrics on the metrics listener
@@ -81,7 +82,7 @@ func NewMetrics() *Metrics {
 	}, []string{"webhook"})
 	m.reg.MustRegister(m.grpc, m.served, m.providerCalls, m.providerTime, m.refreshed, m.refreshAhead, m.refreshFailed, m.leading,
 		m.hookAttempts, m.hookLag, m.hookDead,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoGauge(buildinfo.Read()),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tokenbroker_etcd_errors_total", Help: "Failed etcd calls."},
 			func() float64 { return float64(broker.StoreErrors()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tokenbroker_untrusted_records_total",

@@ -69,7 +69,7 @@ type Key struct {
 func (k Key) Retired() bool { return !k.RetireTime.IsZero() }
 
 // StaticKey is a key declared in the config file, by its id and the hex
-// SHA-256 of its secret part (what `tokenbroker apikey new` prints), so that
+// SHA-256 of its secret part (what `tokenbroker apikeys create --offline` prints), so that
 // the first admin can get in.
 type StaticKey struct {
 	ID       string
@@ -100,6 +100,18 @@ func Generate() (id, key, sha256Hex string, err error) {
 func ParseID(key string) (string, bool) {
 	id, _, ok := split(key)
 	return id, ok
+}
+
+// Parse returns the id of a well-formed key and the hex SHA-256 of its
+// secret part: what a static key declaration holds. It fails with
+// ErrInvalidArgument for anything else, without quoting the key.
+func Parse(key string) (id, sha256Hex string, err error) {
+	id, secret, ok := split(key)
+	if !ok {
+		return "", "", fmt.Errorf("%w: not an API key (tbk_ and 12 characters of [a-z2-7], _ and 43 of base64url)", ErrInvalidArgument)
+	}
+	sum := sha256.Sum256([]byte(secret))
+	return id, hex.EncodeToString(sum[:]), nil
 }
 
 // split parses "tbk_<id>_<secret>" by position: the secret's alphabet

@@ -1,45 +1,25 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
-	"io"
+
+	"github.com/spf13/cobra"
 
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
 )
 
-const apikeyUsage = `usage: tokenbroker apikey new --identity NAME
-
-Prints a new API key and the auth.api_keys entry that declares it: a static
-key, for bootstrap admins. It needs no running server; the key is printed
-once and never stored. Keys for services are better issued with
-AdminService.CreateApiKey (POST /v1/admin/apikeys), which can retire them.
-`
-
-// runAPIKey runs `tokenbroker apikey`.
-func runAPIKey(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 || args[0] != "new" {
-		fmt.Fprint(stderr, apikeyUsage)
-		if len(args) == 0 {
-			return errors.New("apikey: no subcommand given")
-		}
-		return fmt.Errorf("apikey: unknown subcommand %q", args[0])
-	}
-	fs := flag.NewFlagSet("apikey new", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	identity := fs.String("identity", "", "the caller identity the key authenticates as (required)")
-	if err := fs.Parse(args[1:]); err != nil {
-		return err
-	}
-	if err := apikey.ValidateIdentity(*identity); err != nil {
-		return fmt.Errorf("apikey new: --identity: %w", err)
+// createStaticKey prints a new API key and the auth.api_keys entry that
+// declares it: a static key, for bootstrap admins. It needs no running
+// broker; the key is printed once and never stored.
+func (c *cli) createStaticKey(identity string) error {
+	if err := apikey.ValidateIdentity(identity); err != nil {
+		return usageErrorf("--identity: %v", err)
 	}
 	id, key, sum, err := apikey.Generate()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, `%s
+	_, err = fmt.Fprintf(c.stdout, `%s
 
 # The key above authenticates as %q; it is shown only now.
 # Declare it in the config file, and allow the identity in the policy:
@@ -48,6 +28,27 @@ auth:
     - id: %s
       identity: %q
       sha256: %s
-`, key, *identity, id, *identity, sum)
-	return nil
+`, key, identity, id, identity, sum)
+	return err
+}
+
+// legacyAPIKeyCommand is `apikey new`, the former spelling of `apikeys
+// create --offline`, kept for scripts and hidden from help.
+func (c *cli) legacyAPIKeyCommand() *cobra.Command {
+	var identity string
+	newCmd := &cobra.Command{
+		Use:    "new --identity NAME",
+		Short:  "Deprecated: use 'tokenbroker apikeys create --offline'",
+		Long:   `Deprecated spelling of 'tokenbroker apikeys create --offline --identity NAME'.`,
+		Args:   noArgs,
+		Hidden: true,
+		RunE: func(*cobra.Command, []string) error {
+			fmt.Fprintln(c.stderr, "tokenbroker: 'apikey new' is deprecated; use 'tokenbroker apikeys create --offline'")
+			return c.createStaticKey(identity)
+		},
+	}
+	newCmd.Flags().StringVar(&identity, "identity", "", "the caller identity the key authenticates as (required)")
+	cmd := group("apikey", "Deprecated: use 'tokenbroker apikeys'", `Deprecated spelling of 'tokenbroker apikeys'.`, newCmd)
+	cmd.Hidden = true
+	return cmd
 }

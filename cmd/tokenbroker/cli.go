@@ -41,79 +41,6 @@ const (
 	exitUnavailable = 6 // Unavailable, DeadlineExceeded, ResourceExhausted
 )
 
-// cliHelpFooter ends every admin command's help.
-const cliHelpFooter = `
-Environment:
-  TOKENBROKER_ADDR       the broker's gRPC address (--addr)
-  TOKENBROKER_API_KEY    the API key sent as "authorization: Bearer <key>"; --api-key-env names another variable.
-                         A key is never accepted as a flag: it would show in shell history and ps.
-  TOKENBROKER_TLS        "true" to use TLS with the system's roots (--tls)
-  TOKENBROKER_CA_FILE    PEM file of the CAs that sign the broker's certificate (--ca-file; implies TLS)
-  TOKENBROKER_CERT_FILE  client certificate for mutual TLS (--cert-file; implies TLS)
-  TOKENBROKER_KEY_FILE   client certificate's key (--key-file)
-
-Exit codes:
-  0  success
-  1  any other error
-  2  usage error: a bad flag or argument, or a request the broker found invalid (InvalidArgument)
-  3  not found: no such provider, account or API key (NotFound)
-  4  not allowed: missing or invalid credentials, or no permission (Unauthenticated, PermissionDenied)
-  5  refused: the provider refused the broker's credentials or grant, or the grant
-     needs reauthorization (FailedPrecondition)
-  6  unavailable: the broker or the provider cannot be reached in time, or rate-limits;
-     trying again later may work (Unavailable, DeadlineExceeded, ResourceExhausted)
-Errors are one line on stderr: "tokenbroker: <message>".
-`
-
-// runCLI runs the admin commands (provider, account, grant, token,
-// apikeys) against a running broker over gRPC, reading secrets from
-// os.Stdin. It returns nil on success; on failure it prints the error and
-// exits the process with the command's exit code, because main's error
-// path knows only exit code 2 and scripts tell failures apart by the code.
-// runAdminCLI is the same without the exit, for callers that must go on.
-func runCLI(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	if code := runAdminCLI(ctx, args, os.Stdin, stdout, stderr, getenv); code != exitOK {
-		return exitStatus(code) // the message is on stderr already
-	}
-	return nil
-}
-
-// exitStatus is an error that carries the process's exit code and whose
-// message was printed already.
-type exitStatus int
-
-func (c exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(c)) }
-
-// runAdminCLI runs one admin command, args[0] being the command group
-// ("provider", ...), and returns its exit code. Errors are printed to
-// stderr as one line; output goes to stdout. Cancelling ctx cancels the
-// call in flight (exit code 1).
-func runAdminCLI(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
-	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}
-	defer c.close()
-	root := c.rootCommand()
-	root.SetArgs(append([]string{}, args...))
-	root.SetIn(stdin)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	cmd, err := root.ExecuteContextC(ctx)
-	if err == nil {
-		return exitOK
-	}
-	var ee *exitError
-	if !errors.As(err, &ee) {
-		// cobra's own errors: unknown flag or command, wrong number of
-		// arguments, a required flag missing.
-		ee = &exitError{code: exitUsage, err: err}
-	}
-	msg := ee.Error()
-	if ee.code == exitUsage && cmd != nil {
-		msg += fmt.Sprintf(" (see '%s --help')", cmd.CommandPath())
-	}
-	fmt.Fprintln(stderr, "tokenbroker:", oneLine(msg))
-	return ee.code
-}
-
 // exitError is an error with the exit code it ends the command with.
 type exitError struct {
 	code int
@@ -210,34 +137,8 @@ const (
 	outputJSON  = "json"
 )
 
-// rootCommand builds the command tree.
-func (c *cli) rootCommand() *cobra.Command {
-	root := &cobra.Command{
-		Use:   "tokenbroker",
-		Short: "Administer a running token broker over gRPC",
-		Long: `The admin commands talk to a running broker over gRPC with an API key (or a
-client certificate) whose identity the broker's policy allows.`,
-		SilenceErrors:     true,
-		SilenceUsage:      true,
-		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
-		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return c.resolveSettings(cmd)
-		},
-	}
-	root.SetHelpTemplate(root.HelpTemplate() + cliHelpFooter)
-	f := root.PersistentFlags()
-	f.StringVar(&c.addr, "addr", "127.0.0.1:9090", "the broker's gRPC address ($TOKENBROKER_ADDR)")
-	f.StringVar(&c.apiKeyEnv, "api-key-env", "TOKENBROKER_API_KEY", "the environment variable holding the API key")
-	f.BoolVar(&c.useTLS, "tls", false, "connect with TLS, verifying the broker with the system's roots ($TOKENBROKER_TLS)")
-	f.StringVar(&c.caFile, "ca-file", "", "PEM file of the CAs that sign the broker's certificate; implies --tls ($TOKENBROKER_CA_FILE)")
-	f.StringVar(&c.certFile, "cert-file", "", "client certificate (PEM) for mutual TLS; implies --tls ($TOKENBROKER_CERT_FILE)")
-	f.StringVar(&c.keyFile, "key-file", "", "the client certificate's key (PEM) ($TOKENBROKER_KEY_FILE)")
-	f.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the broker's answer")
-	f.StringVarP(&c.output, "output", "o", outputTable, "output format: table or json (protobuf JSON with the proto field names)")
-
-	root.AddCommand(c.providerCommand(), c.accountCommand(), c.grantCommand(), c.tokenCommand(), c.apiKeysCommand(), c.eventsCommand())
-	return root
-}
+// defaultTimeout is how long an admin command waits for the broker.
+const defaultTimeout = 10 * time.Second
 
 // group is a command that only holds subcommands: called alone or with an
 // unknown subcommand it is a usage error (cobra would print help and
@@ -530,4 +431,12 @@ func durationFlag(cmd *cobra.Command, name string, d time.Duration) (*durationpb
 		return nil, usageErrorf("--%s %s: want a duration of 0 or more", name, d)
 	}
 	return durationpb.New(d), nil
+}
+
+// noArgs refuses positional arguments, naming the first.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageErrorf("%s: unexpected argument %q", commandName(cmd), args[0])
+	}
+	return nil
 }

@@ -19,12 +19,9 @@ import (
 	"github.com/tokenbroker/tokenbroker/sandbox"
 )
 
-// What `tokenbroker dev` prints: the gRPC address and the sandbox's URL
-// (the key is in devCurl's line, dev_test.go).
-var (
-	devGRPCAddr   = regexp.MustCompile(`gRPC: (\S+)`)
-	devSandboxURL = regexp.MustCompile(`sandbox OAuth2 provider at (\S+)`)
-)
+// What `tokenbroker dev` prints: the sandbox's URL (the gRPC address and
+// the key are in devExport's line, dev_test.go).
+var devSandboxURL = regexp.MustCompile(`sandbox OAuth2 provider at (\S+)`)
 
 // devProcess is `tokenbroker dev` run as a subprocess.
 type devProcess struct {
@@ -75,9 +72,9 @@ func startDev(t *testing.T, bin string) *devProcess {
 	deadline := time.After(30 * time.Second)
 	for {
 		out := stdout.String()
-		key, addr, sb := devCurl.FindStringSubmatch(out), devGRPCAddr.FindStringSubmatch(out), devSandboxURL.FindStringSubmatch(out)
-		if key != nil && addr != nil && sb != nil {
-			return &devProcess{bin: bin, addr: addr[1], key: key[1], sandboxURL: sb[1]}
+		export, sb := devExport.FindStringSubmatch(out), devSandboxURL.FindStringSubmatch(out)
+		if export != nil && sb != nil {
+			return &devProcess{bin: bin, addr: export[1], key: export[2], sandboxURL: sb[1]}
 		}
 		select {
 		case err := <-exited:

@@ -73,17 +73,19 @@ func TestCLIUsageErrors(t *testing.T) {
 	}
 }
 
-// TestCLIHelp: help succeeds and documents the exit codes and the
-// environment.
+// TestCLIHelp: help succeeds; the root's documents the exit codes and the
+// environment, the others point at it.
 func TestCLIHelp(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		give []string
 		want []string
 	}{
-		{give: []string{"provider", "put", "--help"}, want: []string{"tokenbroker provider put NAME", "--client-secret-stdin", "--client-secret-env", "Exit codes:", "5  refused", "TOKENBROKER_API_KEY"}},
-		{give: []string{"token", "-h"}, want: []string{"get", "refresh", "introspect", "$(tokenbroker token get acme)", "Exit codes:"}},
-		{give: []string{"grant", "list", "-h"}, want: []string{"--provider", "--output", "3  not found"}},
+		{give: []string{"--help"}, want: []string{"Exit codes:", "5  refused", "TOKENBROKER_API_KEY", "TOKENBROKER_MASTER_KEY", "provider", "serve"}},
+		{give: []string{"provider", "put", "--help"}, want: []string{"tokenbroker provider put NAME", "--client-secret-stdin", "--client-secret-env", "Run 'tokenbroker --help' for the environment variables and the exit codes."}},
+		{give: []string{"token", "-h"}, want: []string{"get", "refresh", "introspect", "$(tokenbroker token get acme)", "Global Flags:"}},
+		{give: []string{"grant", "list", "-h"}, want: []string{"--provider", "--output"}},
+		{give: []string{"help", "grant", "list"}, want: []string{"--provider", "--output"}},
 	}
 	for _, tt := range tests {
 		var stdout, stderr syncBuffer

@@ -11,11 +11,12 @@ import (
 	"time"
 )
 
-// devCurl is the curl line `tokenbroker dev` prints, with the key and the
-// URL captured.
+// What `tokenbroker dev` prints: the export line (the gRPC address and the
+// key captured), the curl line of a token (its URL captured) and the data
+// directory.
 var (
-	devCurl    = regexp.MustCompile(`(?m)^\s*curl -s -X POST -H "Authorization: Bearer (\S+)" (\S+)\s*$`)
-	devGRPCurl = regexp.MustCompile(`(?m)^\s*grpcurl -plaintext -H 'authorization: Bearer (\S+)' -d '\{"provider":"sandbox"\}' \S+ tokenbroker\.v1\.TokenBrokerService/GetToken\s*$`)
+	devExport  = regexp.MustCompile(`(?m)^\s*export TOKENBROKER_ADDR=(\S+) TOKENBROKER_API_KEY=(\S+)\s*$`)
+	devCurl    = regexp.MustCompile(`(?m)^\s*curl -s -X POST -H "Authorization: Bearer \$TOKENBROKER_API_KEY" (\S+/token)\s*$`)
 	devDataDir = regexp.MustCompile(`embedded etcd in (.+?), `)
 )
 
@@ -52,8 +53,9 @@ func TestRunDev(t *testing.T) {
 	var url, key string
 	deadline := time.After(20 * time.Second)
 	for {
-		if m := devCurl.FindStringSubmatch(stdout.String()); m != nil {
-			key, url = m[1], m[2]
+		out := stdout.String()
+		if m, e := devCurl.FindStringSubmatch(out), devExport.FindStringSubmatch(out); m != nil && e != nil {
+			key, url = e[2], m[1]
 			break
 		}
 		select {
@@ -74,9 +76,6 @@ func TestRunDev(t *testing.T) {
 		t.Errorf("the printed data directory %s: %v, want it to exist while dev runs", dataDir, err)
 	}
 
-	if m := devGRPCurl.FindStringSubmatch(stdout.String()); m == nil || m[1] != key {
-		t.Errorf("stdout has no grpcurl line with the dev key:\n%s", stdout.String())
-	}
 	// Without the key, the broker refuses.
 	if status, raw := httpCall(t, "POST", url, "", "", nil); status != 401 {
 		t.Errorf("POST %s without the key: status = %d, want 401; body %s", url, status, raw)
@@ -113,7 +112,16 @@ func TestRunDev(t *testing.T) {
 	if _, err := os.Stat(dataDir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("after run returned, stat %s = %v, want it removed", dataDir, err)
 	}
+	if want := "tokenbroker dev stopped; its data directory " + dataDir + " is deleted.\n"; !strings.HasSuffix(stdout.String(), want) {
+		t.Errorf("stdout ends with %q, want the shutdown line %q", lastLines(stdout.String(), 3), want)
+	}
 	if s := stderr.String(); strings.Contains(s, "panic") {
 		t.Errorf("stderr mentions a panic:\n%s", s)
 	}
+}
+
+// lastLines is the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.SplitAfter(s, "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "")
 }

@@ -4,14 +4,13 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -22,72 +21,108 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/embedetcd"
 )
 
-const keysUsage = `usage: tokenbroker keys <subcommand> [flags]
-
-subcommands:
-  generate --id ID [--config FILE]
-                          print a new master key as a key-file line, "<id>:<base64>";
-                          with seal.pkcs11 in FILE, the key wrapped by the token's key
-  create-kek --config FILE
-                          create the key-encryption key in the PKCS#11 token seal.pkcs11 names
-  reseal [--config FILE]  re-seal every stored secret and token under the primary master key
-
-Rotating the master key:
-  1. tokenbroker keys generate --id k2 prints the new key. Make it the FIRST
+func (c *cli) keysCommand() *cobra.Command {
+	return group("keys", "Generate master keys and re-seal the store under the primary one",
+		`The master keys seal every secret and token before they reach etcd. Rotating
+the master key:
+  1. 'tokenbroker keys generate --id k2' prints the new key. Make it the FIRST
      line of the key file (seal.key_file, or $TOKENBROKER_MASTER_KEY) and keep
      the old key on the lines after it.
   2. Restart every broker: they seal with the new key and still open what
      the old one sealed.
-  3. tokenbroker keys reseal --config FILE re-seals every record under the
+  3. 'tokenbroker keys reseal --config FILE' re-seals every record under the
      new key. With the embedded etcd (no etcd.endpoints), stop the broker
      first: etcd locks its data directory. With an external etcd it may run
      while the brokers serve.
   4. When reseal reports 0 failed, remove the old key from the key file and
-     restart the brokers.
-`
-
-// runKeys runs `tokenbroker keys`.
-func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, keysUsage)
-		return errors.New("keys: no subcommand given")
-	}
-	switch args[0] {
-	case "generate":
-		return runKeysGenerate(args[1:], stdout, stderr, getenv)
-	case "create-kek":
-		return runKeysCreateKEK(args[1:], stdout, stderr, getenv)
-	case "reseal":
-		return runKeysReseal(ctx, args[1:], stdout, stderr, getenv)
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(stdout, keysUsage)
-		return nil
-	}
-	fmt.Fprint(stderr, keysUsage)
-	return fmt.Errorf("keys: unknown subcommand %q", args[0])
+     restart the brokers.`,
+		c.keysGenerateCommand(), c.keysCreateKEKCommand(), c.keysResealCommand())
 }
 
-// runKeysGenerate prints a new master key on stdout, alone, so that it can
+// configFlag adds --config to cmd and returns the path it names: with
+// fromEnv, $TOKENBROKER_CONFIG when the flag is not given.
+func (c *cli) configFlag(cmd *cobra.Command, usage string, fromEnv bool) func() string {
+	var path string
+	cmd.Flags().StringVar(&path, "config", "", usage)
+	return func() string {
+		if fromEnv && !cmd.Flags().Changed("config") {
+			return c.getenv("TOKENBROKER_CONFIG")
+		}
+		return path
+	}
+}
+
+func (c *cli) keysGenerateCommand() *cobra.Command {
+	var id string
+	cmd := &cobra.Command{
+		Use:   "generate --id ID [--config FILE]",
+		Short: "Print a new master key as a key-file line",
+		Long: `Print a new master key as a key-file line, "<id>:<base64 of 32 random bytes>",
+alone on stdout, so that it can be redirected into a file. With seal.pkcs11 in
+the config file, the key is printed wrapped by the token's key-encryption key.`,
+		Args: noArgs,
+	}
+	cmd.Flags().StringVar(&id, "id", "", "the new key's id: 1–16 characters of [a-z0-9-], unlike every key in the key file (required)")
+	configPath := c.configFlag(cmd, "config file: with seal.pkcs11 set, the key is printed wrapped by the token's key", false)
+	cmd.RunE = failing(func(*cobra.Command, []string) error { return c.keysGenerate(id, configPath()) })
+	return cmd
+}
+
+func (c *cli) keysCreateKEKCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "create-kek --config FILE",
+		Short: "Create the key-encryption key in the PKCS#11 token seal.pkcs11 names",
+		Long: `Create the AES-256 key-encryption key in the PKCS#11 token that the config
+file's seal.pkcs11 section names (binaries built with -tags pkcs11). Then
+'tokenbroker keys generate --id k1 --config FILE' prints master keys wrapped by it.`,
+		Args: noArgs,
+	}
+	configPath := c.configFlag(cmd, "config file with seal.pkcs11 ($TOKENBROKER_CONFIG)", true)
+	cmd.RunE = failing(func(*cobra.Command, []string) error { return c.keysCreateKEK(configPath()) })
+	return cmd
+}
+
+func (c *cli) keysResealCommand() *cobra.Command {
+	var o resealOptions
+	cmd := &cobra.Command{
+		Use:   "reseal [--config FILE]",
+		Short: "Re-seal every stored secret and token under the primary master key",
+		Long: `Re-seal every stored secret and token under the primary master key (the first
+of the key file) and print how many records were scanned, re-sealed and failed.
+With the embedded etcd, stop the broker first: it holds the data directory.
+It exits non-zero when any record is left under an older key.`,
+		Args: noArgs,
+	}
+	configPath := c.configFlag(cmd, "YAML config file of the brokers ($TOKENBROKER_CONFIG)", true)
+	cmd.Flags().StringVar(&o.dataDir, "data-dir", "", "embedded etcd data directory (default tokenbroker-data; $TOKENBROKER_DATA_DIR)")
+	cmd.Flags().StringVar(&o.endpoints, "etcd-endpoints", "", "comma-separated endpoints of an external etcd ($TOKENBROKER_ETCD_ENDPOINTS)")
+	cmd.Flags().BoolVar(&o.signUntagged, "sign-untagged", false, "also tag providers, grants, pending authorizations and API keys stored by a version that did not tag records, "+
+		"trusting what they hold: once, after such an upgrade, while no one else can write to etcd")
+	cmd.RunE = failing(func(cmd *cobra.Command, _ []string) error {
+		o.config = configPath()
+		return c.keysReseal(cmd.Context(), o)
+	})
+	return cmd
+}
+
+// resealOptions are the flags of keys reseal.
+type resealOptions struct {
+	config, dataDir, endpoints string
+	signUntagged               bool
+}
+
+// keysGenerate prints a new master key on stdout, alone, so that it can
 // be redirected into a file; the advice on where it goes is on stderr.
-func runKeysGenerate(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	fs := flag.NewFlagSet("keys generate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	id := fs.String("id", "", "the new key's id: 1–16 characters of [a-z0-9-], unlike every key in the key file (required)")
-	configPath := fs.String("config", "", "config file: with seal.pkcs11 set, the key is printed wrapped by the token's key")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("keys generate: unexpected argument %q", fs.Arg(0))
-	}
-	k, err := seal.GenerateKey(*id)
+func (c *cli) keysGenerate(id, configPath string) error {
+	stdout, stderr, getenv := c.stdout, c.stderr, c.getenv
+	k, err := seal.GenerateKey(id)
 	if err != nil {
 		return fmt.Errorf("keys generate: --id: %w", err)
 	}
 	defer clear(k.Secret)
 	line := seal.FormatKey(k)
-	if *configPath != "" {
-		cfg, err := app.ReadConfig(*configPath, getenv)
+	if configPath != "" {
+		cfg, err := app.ReadConfig(configPath, getenv)
 		if err != nil {
 			return fmt.Errorf("keys generate: %w", err)
 		}
@@ -109,32 +144,20 @@ func runKeysGenerate(args []string, stdout, stderr io.Writer, getenv func(string
 // its data directory's lock forever.
 const embeddedStartTimeout = 20 * time.Second
 
-// runKeysReseal re-seals the store the configuration names with its master
+// keysReseal re-seals the store the configuration names with its master
 // keyring and prints the counts. It fails when any record is left under an
 // older key.
-func runKeysReseal(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	fs := flag.NewFlagSet("keys reseal", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", getenv("TOKENBROKER_CONFIG"), "YAML config file of the brokers ($TOKENBROKER_CONFIG)")
-	dataDir := fs.String("data-dir", "", "embedded etcd data directory (default tokenbroker-data; $TOKENBROKER_DATA_DIR)")
-	endpoints := fs.String("etcd-endpoints", "", "comma-separated endpoints of an external etcd ($TOKENBROKER_ETCD_ENDPOINTS)")
-	signUntagged := fs.Bool("sign-untagged", false, "also tag providers, grants, pending authorizations and API keys stored by a version that did not tag records, "+
-		"trusting what they hold: once, after such an upgrade, while no one else can write to etcd")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("keys reseal: unexpected argument %q", fs.Arg(0))
-	}
-	cfg, err := app.ReadConfig(*configPath, getenv)
+func (c *cli) keysReseal(ctx context.Context, o resealOptions) error {
+	stdout, stderr, getenv := c.stdout, c.stderr, c.getenv
+	cfg, err := app.ReadConfig(o.config, getenv)
 	if err != nil {
 		return fmt.Errorf("keys reseal: %w", err)
 	}
-	if *dataDir != "" {
-		cfg.DataDir = *dataDir
+	if o.dataDir != "" {
+		cfg.DataDir = o.dataDir
 	}
-	if *endpoints != "" {
-		cfg.Etcd.Endpoints = app.SplitList(*endpoints)
+	if o.endpoints != "" {
+		cfg.Etcd.Endpoints = app.SplitList(o.endpoints)
 	}
 	cfg.Getenv = getenv
 	if err := cfg.ValidateForReseal(); err != nil {
@@ -157,12 +180,12 @@ func runKeysReseal(ctx context.Context, args []string, stdout, stderr io.Writer,
 	defer closeStore()
 	fmt.Fprintf(stdout, "re-sealing %s under key %q (keyring: %s)\n", cfg.Etcd.Prefix, keyring.PrimaryID(), strings.Join(keyring.IDs(), ", "))
 	var opts []broker.ResealOption
-	if *signUntagged {
+	if o.signUntagged {
 		opts = append(opts, broker.SignUntagged())
 	}
 	stats, err := broker.Reseal(ctx, cli, cfg.Etcd.Prefix, keyring, opts...)
 	fmt.Fprintf(stdout, "%d records with sealed values scanned, %d re-sealed, %d failed\n", stats.Scanned, stats.Resealed, stats.Failed)
-	if *signUntagged {
+	if o.signUntagged {
 		fmt.Fprintf(stdout, "%d untagged records tagged\n", stats.Signed)
 	}
 	for _, f := range stats.Failures {
@@ -283,19 +306,11 @@ func wrapKey(cfg app.Config, getenv func(string) string, k seal.Key) (string, er
 	return k.ID + ":" + base64.StdEncoding.EncodeToString(wrapped), nil
 }
 
-// runKeysCreateKEK creates the key-encryption key in the PKCS#11 token the
+// keysCreateKEK creates the key-encryption key in the PKCS#11 token the
 // configuration names.
-func runKeysCreateKEK(args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	fs := flag.NewFlagSet("keys create-kek", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", getenv("TOKENBROKER_CONFIG"), "config file with seal.pkcs11 ($TOKENBROKER_CONFIG)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("keys create-kek: unexpected argument %q", fs.Arg(0))
-	}
-	cfg, err := app.ReadConfig(*configPath, getenv)
+func (c *cli) keysCreateKEK(configPath string) error {
+	stdout, getenv := c.stdout, c.getenv
+	cfg, err := app.ReadConfig(configPath, getenv)
 	if err != nil {
 		return fmt.Errorf("keys create-kek: %w", err)
 	}

@@ -78,8 +78,8 @@ func TestKeysCommandErrors(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{"no subcommand", []string{"keys"}, nil, "keys: no subcommand given"},
-		{"unknown subcommand", []string{"keys", "rotate"}, nil, `keys: unknown subcommand "rotate"`},
+		{"no subcommand", []string{"keys"}, nil, "keys: missing subcommand (create-kek, generate, reseal)"},
+		{"unknown subcommand", []string{"keys", "rotate"}, nil, `unknown command "rotate" for "tokenbroker keys"`},
 		{"generate without id", []string{"keys", "generate"}, nil, "key id must be 1–16 characters"},
 		{"generate bad id", []string{"keys", "generate", "--id", "Upper"}, nil, "key id must be of [a-z0-9-]"},
 		{"generate extra argument", []string{"keys", "generate", "--id", "k", "more"}, nil, `unexpected argument "more"`},
@@ -87,7 +87,7 @@ func TestKeysCommandErrors(t *testing.T) {
 		{"reseal with two master keys", []string{"keys", "reseal", "--config", noData}, map[string]string{app.MasterKeyEnv: "k9:" + strings.Repeat("A", 43) + "="}, "seal.key_file and $TOKENBROKER_MASTER_KEY are both set"},
 		{"reseal without etcd data", []string{"keys", "reseal", "--config", noData}, nil, "holds no etcd data"},
 		{"reseal missing config", []string{"keys", "reseal", "--config", filepath.Join(dir, "missing.yaml")}, nil, "no such file"},
-		{"reseal unknown config field", []string{"keys", "reseal", "--config", unknownField}, nil, "field key_files not found"},
+		{"reseal unknown config field", []string{"keys", "reseal", "--config", unknownField}, nil, `seal: unknown field "key_files" (did you mean "key_file"?)`},
 		{"reseal bad flag", []string{"keys", "reseal", "--nope"}, nil, "nope"},
 	}
 	for _, tt := range tests {

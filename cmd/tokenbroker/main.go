@@ -1,193 +1,247 @@
-// Command tokenbroker runs the token broker.
+// Command tokenbroker runs the token broker and administers it.
 //
 //	tokenbroker serve [--config FILE] [flags]   run the broker; SIGHUP reloads the config's auth section
 //	tokenbroker dev [flags]                     run it with a sandbox provider, for a first try
-//	tokenbroker apikey new --identity NAME      print a new API key and its config snippet
+//	tokenbroker provider|account|grant|token|apikeys|events ...
+//	                                            administer a running broker over gRPC
+//	tokenbroker keys|config|version|completion  offline tools
+//
+// `tokenbroker --help` lists every command; each has its own --help.
 package main
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
-	"github.com/tokenbroker/tokenbroker/app"
-	"go.uber.org/zap"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 func main() {
+	os.Exit(mainExit())
+}
+
+// mainExit runs the command line of the process and returns its exit code.
+// The first SIGINT or SIGTERM cancels the command's context, whatever it is
+// doing (a start-up in progress included); a second one kills the process
+// at once.
+func mainExit() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Getenv); err != nil {
-		var code exitStatus
-		switch {
-		case errors.As(err, &code):
-			os.Exit(int(code))
-		case !errors.Is(err, flag.ErrHelp):
-			fmt.Fprintln(os.Stderr, "tokenbroker:", err)
-		}
-		os.Exit(2)
-	}
+	go func() {
+		<-ctx.Done()
+		stop() // the default action again: a second signal ends the process
+	}()
+	return runAdminCLI(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv)
 }
 
-const usage = `usage: tokenbroker <command> [flags]
+// run runs one command line with stdin os.Stdin and returns the command's
+// error, not printed.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
+	_, err := execute(ctx, args, os.Stdin, stdout, stderr, getenv)
+	return err
+}
 
-commands:
-  serve       run the broker (embedded etcd unless --etcd-endpoints is set)
-  dev         run the broker with a built-in sandbox OAuth2 provider, for a first try
-  apikey new  print a new API key and the auth.api_keys entry that declares it
+// runAdminCLI runs one command line and returns its exit code; an error is
+// printed to stderr as one line, "tokenbroker: <message>", followed for a
+// usage error by where to find the command's help. Cancelling ctx cancels
+// the command (a call in flight, a start-up, a running server).
+func runAdminCLI(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
+	cmd, err := execute(ctx, args, stdin, stdout, stderr, getenv)
+	if err == nil {
+		return exitOK
+	}
+	var ee *exitError
+	if !errors.As(err, &ee) {
+		// cobra's own errors: unknown flag or command, wrong number of
+		// arguments, a required flag missing.
+		ee = &exitError{code: exitUsage, err: err}
+	}
+	msg := ee.Error()
+	if ee.code == exitUsage && cmd != nil {
+		msg += fmt.Sprintf(" (see '%s --help')", cmd.CommandPath())
+	}
+	fmt.Fprintln(stderr, "tokenbroker:", oneLine(msg))
+	return ee.code
+}
 
-admin commands, over gRPC to a running broker ($TOKENBROKER_ADDR, $TOKENBROKER_API_KEY):
-  provider    put|get|list|delete|rotate-secret providers
-  account     put password and authorization-code accounts
-  grant       list|revoke|authorize grants
-  token       get|refresh|introspect access tokens
-  apikeys     create|list|retire API keys
-  events      list|watch grant lifecycle events
-  keys        generate a master key; reseal every record under the primary key
-  config      validate FILE: report every problem of a config file at once
+// execute runs args through the command tree and returns the command that
+// ran (or failed to parse) and its error.
+func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) (*cobra.Command, error) {
+	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}
+	defer c.close()
+	root := c.rootCommand()
+	root.SetArgs(append([]string{}, args...))
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	return root.ExecuteContextC(ctx)
+}
 
-Run 'tokenbroker <command> -h' for the command's flags.
+// rootHelp ends the root command's help: what every command shares.
+const rootHelp = `
+Environment (admin commands):
+  TOKENBROKER_ADDR       the broker's gRPC address (--addr)
+  TOKENBROKER_API_KEY    the API key sent as "authorization: Bearer <key>"; --api-key-env names another variable.
+                         A key is never accepted as a flag: it would show in shell history and ps.
+  TOKENBROKER_TLS        "true" to use TLS with the system's roots (--tls)
+  TOKENBROKER_CA_FILE    PEM file of the CAs that sign the broker's certificate (--ca-file; implies TLS)
+  TOKENBROKER_CERT_FILE  client certificate for mutual TLS (--cert-file; implies TLS)
+  TOKENBROKER_KEY_FILE   client certificate's key (--key-file)
+
+Environment (serve, keys, config):
+  TOKENBROKER_CONFIG     the config file (--config)
+  TOKENBROKER_MASTER_KEY the master key lines, comma-separated, when seal.key_file is not set
+  TOKENBROKER_GRPC_ADDR, TOKENBROKER_HTTP_ADDR, TOKENBROKER_METRICS_ADDR, TOKENBROKER_DATA_DIR,
+  TOKENBROKER_LOG_LEVEL, TOKENBROKER_LOG_FORMAT, TOKENBROKER_ETCD_ENDPOINTS, TOKENBROKER_ETCD_PREFIX
+                         override the config file; flags override them
+
+Exit codes:
+  0  success
+  1  any other error
+  2  usage error: a bad flag or argument, or a request the broker found invalid (InvalidArgument)
+  3  not found: no such provider, account or API key (NotFound)
+  4  not allowed: missing or invalid credentials, or no permission (Unauthenticated, PermissionDenied)
+  5  refused: the provider refused the broker's credentials or grant, or the grant
+     needs reauthorization (FailedPrecondition)
+  6  unavailable: the broker or the provider cannot be reached in time, or rate-limits;
+     trying again later may work (Unavailable, DeadlineExceeded, ResourceExhausted)
+Errors are one line on stderr: "tokenbroker: <message>".
 `
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return errors.New("no command given")
+// subHelp ends every other command's help.
+const subHelp = `
+Run 'tokenbroker --help' for the environment variables and the exit codes.
+`
+
+// adminAnnotation marks the command groups that call a running broker: the
+// connection flags apply to them alone.
+const adminAnnotation = "tokenbroker/admin"
+
+// rootCommand builds the command tree.
+func (c *cli) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "tokenbroker",
+		Short: "An OAuth2 token broker: run it, and administer it",
+		Long: `tokenbroker centralizes OAuth2 provider credentials: services ask it for an
+access token over gRPC or REST instead of each holding a client secret.
+
+'tokenbroker serve' runs the broker; 'tokenbroker dev' runs it with a sandbox
+provider for a first try. The admin commands (provider, account, grant, token,
+apikeys, events) talk to a running broker over gRPC with an API key (or a client
+certificate) whose identity the broker's policy allows.`,
+		Args:              cobra.NoArgs,
+		SilenceErrors:     true,
+		SilenceUsage:      true,
+		PersistentPreRunE: c.checkFlags,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return usageErrorf("no command given")
+		},
 	}
-	switch args[0] {
-	case "serve":
-		return runServe(ctx, args[1:], stderr, getenv)
-	case "dev":
-		return runDev(ctx, args[1:], stdout, stderr)
-	case "apikey":
-		return runAPIKey(args[1:], stdout, stderr)
-	case "provider", "account", "grant", "token", "apikeys", "events":
-		return runCLI(ctx, args, stdout, stderr, getenv)
-	case "keys":
-		return runKeys(ctx, args[1:], stdout, stderr, getenv)
-	case "config":
-		return runConfig(args[1:], stdout, stderr, getenv)
-	case "-h", "-help", "--help", "help":
-		fmt.Fprint(stdout, usage)
-		return nil
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return &exitError{code: exitUsage, err: err}
+	})
+	root.SetHelpTemplate(`{{with (or .Long .Short)}}{{. | trimTrailingWhitespaces}}
+
+{{end}}{{if or .Runnable .HasSubCommands}}{{.UsageString}}{{end}}{{if .HasParent}}` + subHelp + `{{else}}` + rootHelp + `{{end}}`)
+	root.SetUsageTemplate(strings.Replace(root.UsageTemplate(), "{{if .HasAvailableInheritedFlags}}", "{{if and .HasAvailableInheritedFlags (isAdminCommand .)}}", 1))
+	root.AddGroup(&cobra.Group{ID: groupRun, Title: "Run the broker:"},
+		&cobra.Group{ID: groupAdmin, Title: "Administer a running broker (over gRPC):"},
+		&cobra.Group{ID: groupTools, Title: "Tools:"})
+	root.SetHelpCommandGroupID(groupTools)
+	root.SetCompletionCommandGroupID(groupTools)
+	f := root.PersistentFlags()
+	f.StringVar(&c.addr, "addr", "127.0.0.1:9090", "admin commands: the broker's gRPC address ($TOKENBROKER_ADDR)")
+	f.StringVar(&c.apiKeyEnv, "api-key-env", "TOKENBROKER_API_KEY", "admin commands: the environment variable holding the API key")
+	f.BoolVar(&c.useTLS, "tls", false, "admin commands: connect with TLS, verifying the broker with the system's roots ($TOKENBROKER_TLS)")
+	f.StringVar(&c.caFile, "ca-file", "", "admin commands: PEM file of the CAs that sign the broker's certificate; implies --tls ($TOKENBROKER_CA_FILE)")
+	f.StringVar(&c.certFile, "cert-file", "", "admin commands: client certificate (PEM) for mutual TLS; implies --tls ($TOKENBROKER_CERT_FILE)")
+	f.StringVar(&c.keyFile, "key-file", "", "admin commands: the client certificate's key (PEM) ($TOKENBROKER_KEY_FILE)")
+	f.DurationVar(&c.timeout, "timeout", defaultTimeout, "admin commands: how long to wait for the broker's answer")
+	f.StringVarP(&c.output, "output", "o", outputTable, "admin commands: output format, table or json (protobuf JSON with the proto field names)")
+
+	add := func(group string, cmds ...*cobra.Command) {
+		for _, cmd := range cmds {
+			cmd.GroupID = group
+			if group == groupAdmin {
+				cmd.Annotations = map[string]string{adminAnnotation: "true"}
+			}
+			root.AddCommand(cmd)
+		}
 	}
-	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("unknown command %q", args[0])
+	add(groupRun, c.serveCommand(), c.devCommand())
+	add(groupAdmin, c.adminCommands()...)
+	add(groupTools, c.keysCommand(), c.configCommand(), c.versionCommand(), c.legacyAPIKeyCommand())
+	return root
 }
 
-func runServe(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", getenv("TOKENBROKER_CONFIG"), "YAML config file ($TOKENBROKER_CONFIG)")
-	grpcAddr := fs.String("grpc-addr", "", "gRPC listen address (default :9090; $TOKENBROKER_GRPC_ADDR)")
-	httpAddr := fs.String("http-addr", "", "REST listen address (default :8080; $TOKENBROKER_HTTP_ADDR)")
-	metricsAddr := fs.String("metrics-addr", "", "listen address of /metrics and /openapi.json, served without credentials (default "+app.DefaultMetricsAddr+`; "" serves neither; $TOKENBROKER_METRICS_ADDR)`)
-	dataDir := fs.String("data-dir", "", "embedded etcd data directory (default tokenbroker-data; $TOKENBROKER_DATA_DIR)")
-	endpoints := fs.String("etcd-endpoints", "", "comma-separated endpoints of an external etcd; none starts an embedded one ($TOKENBROKER_ETCD_ENDPOINTS)")
-	logLevel := fs.String("log-level", "", "debug, info, warn or error ($TOKENBROKER_LOG_LEVEL)")
-	sessionTTL := fs.Duration("refresher-session-ttl", 0, "lease of a replica's locks and refresh shards: a dead replica's work moves on after this long (default 10s, at least 2s)")
-	shards := fs.Int("refresher-shards", 0, "refresh shards, each with its own leader election (default 1)")
-	minForced := fs.Duration("min-forced-refresh-interval", -1, "at most one provider call per token key for forced refreshes in this interval, fleet-wide (default 5s; 0 turns it off)")
-	insecureNoAuth := fs.Bool("insecure-no-auth", false, "INSECURE: run without any authentication configured; callers without credentials may do everything")
-	insecureMasterKey := fs.Bool("insecure-generate-master-key", false, "INSECURE: run without a master key, sealing with a generated one that is lost at exit")
-	insecureHTTP := fs.Bool("insecure-http-loopback", false, "INSECURE: allow providers with plain http endpoints on loopback addresses (development); https is required otherwise")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	// load reads the configuration: file, then environment, then flags.
-	load := func() (app.Config, error) {
-		cfg, err := app.ReadConfig(*configPath, getenv)
-		if err != nil {
-			return cfg, err
+// The groups of the root's commands.
+const (
+	groupRun   = "run"
+	groupAdmin = "admin"
+	groupTools = "tools"
+)
+
+func init() {
+	// The usage of a command that is not an admin command leaves out the
+	// connection flags, which it refuses.
+	cobra.AddTemplateFunc("isAdminCommand", isAdmin)
+}
+
+// adminCommands are the command groups that call a running broker.
+func (c *cli) adminCommands() []*cobra.Command {
+	return []*cobra.Command{c.providerCommand(), c.accountCommand(), c.grantCommand(), c.tokenCommand(), c.apiKeysCommand(), c.eventsCommand()}
+}
+
+// isAdmin reports whether cmd belongs to an admin command group.
+func isAdmin(cmd *cobra.Command) bool {
+	for ; cmd != nil; cmd = cmd.Parent() {
+		if cmd.Annotations[adminAnnotation] != "" {
+			return true
 		}
-		for dst, v := range map[*string]string{&cfg.GRPCAddr: *grpcAddr, &cfg.HTTPAddr: *httpAddr, &cfg.DataDir: *dataDir, &cfg.Log.Level: *logLevel} {
-			if v != "" {
-				*dst = v
+	}
+	return false
+}
+
+// connectionFlags are the root's flags that only admin commands use.
+var connectionFlags = []string{"addr", "api-key-env", "tls", "ca-file", "cert-file", "key-file", "timeout", "output"}
+
+// checkFlags runs before every command: an admin command resolves its
+// connection settings; any other command refuses them, rather than ignore
+// them.
+func (c *cli) checkFlags(cmd *cobra.Command, _ []string) error {
+	if isAdmin(cmd) {
+		return c.resolveSettings(cmd)
+	}
+	var given []string
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		for _, name := range connectionFlags {
+			if f.Name == name {
+				given = append(given, "--"+name)
 			}
 		}
-		if *endpoints != "" {
-			cfg.Etcd.Endpoints = app.SplitList(*endpoints)
-		}
-		if flagSet(fs, "metrics-addr") {
-			cfg.MetricsAddr = *metricsAddr
-		}
-		if *sessionTTL != 0 {
-			cfg.Refresher.SessionTTL = *sessionTTL
-		}
-		if *shards != 0 {
-			cfg.Refresher.Shards = *shards
-		}
-		if *minForced >= 0 {
-			cfg.MinForcedRefreshInterval = *minForced
-		}
-		cfg.Getenv = getenv
-		cfg.InsecureNoAuth, cfg.InsecureGenerateMasterKey = *insecureNoAuth, *insecureMasterKey
-		cfg.InsecureHTTPLoopback = *insecureHTTP
-		if err := cfg.Validate(getenv); err != nil {
-			return cfg, fmt.Errorf("invalid configuration:\n%w", err)
-		}
-		return cfg, nil
+	})
+	if len(given) > 0 {
+		return usageErrorf("%s: %s applies to the admin commands only", commandName(cmd), strings.Join(given, ", "))
 	}
-	cfg, err := load()
-	if err != nil {
-		return err
-	}
-	log, err := app.NewLogger(cfg.Log, stderr)
-	if err != nil {
-		return err
-	}
-	defer log.Sync() //nolint:errcheck // nothing to do about a failed flush
-	// Registered before the inst starts: a SIGHUP from then on reloads
-	// instead of killing the process.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	inst, err := app.Start(ctx, cfg, log)
-	if err != nil {
-		return err
-	}
-	err = serveUntilDone(ctx, inst, hup, load, log)
-	log.Info("shutting down")
-	return errors.Join(err, inst.Close())
+	return nil
 }
 
-// serveUntilDone serves until ctx ends (nil) or a listener fails (its
-// error). Each signal on reload re-reads the configuration and applies its
-// auth section; a configuration that does not load is logged and the
-// running one kept.
-func serveUntilDone(ctx context.Context, inst *app.App, reload <-chan os.Signal, load func() (app.Config, error), log *zap.Logger) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-inst.Err():
+// failing wraps the work of a command that is not an admin command: its
+// errors end the process with exit code 1, not as usage errors.
+func failing(fn func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		err := fn(cmd, args)
+		var ee *exitError
+		if err == nil || errors.As(err, &ee) {
 			return err
-		case <-reload:
-			cfg, err := load()
-			if err == nil {
-				err = inst.ReloadAuth(cfg.Auth)
-			}
-			if err != nil {
-				log.Error("reload failed; keeping the running auth configuration", zap.Error(err))
-				continue
-			}
-			log.Info("auth configuration reloaded", zap.Int("api_keys", len(cfg.Auth.APIKeys)), zap.Int("policy_rules", len(cfg.Auth.Policy)))
-			if err := inst.ApplyProviders(ctx, cfg); err != nil {
-				log.Error("reload: applying providers failed", zap.Error(err))
-			}
 		}
+		return &exitError{code: exitFailure, err: err}
 	}
-}
-
-// flagSet reports whether the command line set flag name, so that an empty
-// value can mean "off" rather than "not given".
-func flagSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
 }

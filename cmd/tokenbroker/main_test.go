@@ -12,7 +12,7 @@ import (
 
 // TestMain fails the package when a test leaves a goroutine behind.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(int) { removeSharedBinary() }))
 }
 
 // syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
@@ -41,15 +41,26 @@ func TestRunCommands(t *testing.T) {
 		wantStdout string
 		wantStderr string
 	}{
-		{name: "no args", give: nil, wantErr: "no command given", wantStderr: "usage: tokenbroker"},
-		{name: "unknown command", give: []string{"start"}, wantErr: `unknown command "start"`, wantStderr: "usage: tokenbroker"},
-		{name: "help", give: []string{"help"}, wantStdout: "usage: tokenbroker <command>"},
-		{name: "-h", give: []string{"-h"}, wantStdout: "usage: tokenbroker <command>"},
-		{name: "--help", give: []string{"--help"}, wantStdout: "commands:"},
-		{name: "serve -h", give: []string{"serve", "-h"}, wantErr: "help requested", wantStderr: "-grpc-addr"},
-		{name: "dev -h", give: []string{"dev", "-h"}, wantErr: "help requested", wantStderr: "-http-addr"},
-		{name: "dev bad flag", give: []string{"dev", "--nope"}, wantErr: "nope"},
+		{name: "no args", give: nil, wantErr: "no command given"},
+		{name: "unknown command", give: []string{"start"}, wantErr: `unknown command "start" for "tokenbroker"`},
+		{name: "help", give: []string{"help"}, wantStdout: "Administer a running broker"},
+		{name: "-h", give: []string{"-h"}, wantStdout: "Usage:\n  tokenbroker [flags]"},
+		{name: "--help", give: []string{"--help"}, wantStdout: "Exit codes:"},
+		{name: "serve -h", give: []string{"serve", "-h"}, wantStdout: "--grpc-addr"},
+		{name: "dev -h", give: []string{"dev", "-h"}, wantStdout: "--dev-api-key"},
+		{name: "serve --help after a flag", give: []string{"serve", "--config", "/nonexistent", "--help"}, wantStdout: "--grpc-addr"},
+		{name: "dev bad flag", give: []string{"dev", "--nope"}, wantErr: "unknown flag: --nope"},
 		{name: "dev bad log level", give: []string{"dev", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--log-level", "loud"}, wantErr: `log.level "loud"`},
+		{name: "dev bad key", give: []string{"dev", "--dev-api-key", "hunter2"}, wantErr: "--dev-api-key: apikey: invalid argument: not an API key"},
+		{name: "a connection flag on serve", give: []string{"serve", "--addr", "x:1"}, wantErr: "serve: --addr applies to the admin commands only"},
+		{name: "a connection flag before serve", give: []string{"-o", "json", "serve"}, wantErr: "serve: --output applies to the admin commands only"},
+		{name: "a global flag before the command", give: []string{"--timeout", "0s", "provider", "list"}, wantErr: "--timeout 0s: want a positive duration"},
+		{name: "group alone", give: []string{"keys"}, wantErr: "keys: missing subcommand (create-kek, generate, reseal)"},
+		{name: "version", give: []string{"version"}, wantStdout: "tokenbroker "},
+		{name: "version with an argument", give: []string{"version", "now"}, wantErr: `version: unexpected argument "now"`},
+		{name: "completion bash", give: []string{"completion", "bash"}, wantStdout: "bash completion V2 for tokenbroker"},
+		{name: "completion zsh", give: []string{"completion", "zsh"}, wantStdout: "#compdef tokenbroker"},
+		{name: "completion fish", give: []string{"completion", "fish"}, wantStdout: "fish completion for tokenbroker"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

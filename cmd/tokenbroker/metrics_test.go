@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"runtime"
 	"strconv"
 	"testing"
 )
@@ -41,6 +42,7 @@ func TestMetricsAfterScriptedCalls(t *testing.T) {
 		{`tokenbroker_provider_calls_total\{grant="client_credentials",outcome="ok",provider="mediahound"\}`, 1},
 		{`grpc_server_handled_total\{grpc_code="OK",grpc_method="GetToken",grpc_service="tokenbroker.v1.TokenBrokerService",grpc_type="unary"\}`, 5},
 		{`tokenbroker_grants\{health="ok",provider="mediahound"\}`, 1},
+		{`tokenbroker_build_info\{goversion="` + regexp.QuoteMeta(runtime.Version()) + `",revision="[^"]*",version="[^"]+"\}`, 1},
 	}
 	for _, tt := range tests {
 		m := regexp.MustCompile(`(?m)^` + tt.give + ` (\S+)$`).FindSubmatch(body)

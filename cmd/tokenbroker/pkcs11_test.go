@@ -29,7 +29,7 @@ seal:
 		t.Errorf("the master key with seal.pkcs11 in a build without it: %v, want ErrNotBuilt", err)
 	}
 	var out, errOut bytes.Buffer
-	if err := runKeys(t.Context(), []string{"create-kek", "--config", path}, &out, &errOut, getenv); !errors.Is(err, pkcs11.ErrNotBuilt) {
+	if err := run(t.Context(), []string{"keys", "create-kek", "--config", path}, &out, &errOut, getenv); !errors.Is(err, pkcs11.ErrNotBuilt) {
 		t.Errorf("keys create-kek in a build without PKCS#11 = %v, want ErrNotBuilt", err)
 	}
 }

@@ -32,11 +32,11 @@ seal:
     pin_env: TB_PIN
 `)
 	var out, errOut bytes.Buffer
-	if err := runKeys(t.Context(), []string{"create-kek", "--config", path}, &out, &errOut, getenv); err != nil {
+	if err := run(t.Context(), []string{"keys", "create-kek", "--config", path}, &out, &errOut, getenv); err != nil {
 		t.Fatalf("keys create-kek: %v\n%s", err, errOut.String())
 	}
 	out.Reset()
-	if err := runKeys(t.Context(), []string{"generate", "--id", "k1", "--config", path}, &out, &errOut, getenv); err != nil {
+	if err := run(t.Context(), []string{"keys", "generate", "--id", "k1", "--config", path}, &out, &errOut, getenv); err != nil {
 		t.Fatalf("keys generate: %v\n%s", err, errOut.String())
 	}
 	line := strings.TrimSpace(out.String())

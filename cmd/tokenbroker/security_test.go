@@ -34,10 +34,26 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/testkeys"
 )
 
-func TestAPIKeyNew(t *testing.T) {
+// TestAPIKeyCreateOffline: `apikeys create --offline` (and its former
+// spelling `apikey new`) prints a key and the config snippet that declares
+// it, with no broker to call.
+func TestAPIKeyCreateOffline(t *testing.T) {
+	for _, args := range [][]string{
+		{"apikeys", "create", "--offline", "--identity", "first-admin"},
+		{"apikeys", "create", "--identity", "first-admin", "--offline", "--addr", "127.0.0.1:1"}, // no broker there: none is called
+		{"apikey", "new", "--identity", "first-admin"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) { testAPIKeyCreateOffline(t, args) })
+	}
+}
+
+func testAPIKeyCreateOffline(t *testing.T, args []string) {
 	var stdout, stderr syncBuffer
-	if err := run(t.Context(), []string{"apikey", "new", "--identity", "first-admin"}, &stdout, &stderr, envMap(nil)); err != nil {
-		t.Fatalf("apikey new = %v; stderr %s", err, stderr.String())
+	if err := run(t.Context(), args, &stdout, &stderr, envMap(nil)); err != nil {
+		t.Fatalf("%q = %v; stderr %s", args, err, stderr.String())
+	}
+	if wantDeprecation := args[0] == "apikey"; strings.Contains(stderr.String(), "deprecated; use 'tokenbroker apikeys create --offline'") != wantDeprecation {
+		t.Errorf("%q: stderr %q, want a deprecation notice: %v", args, stderr.String(), wantDeprecation)
 	}
 	key, snippet, _ := strings.Cut(stdout.String(), "\n")
 	m := regexp.MustCompile(`^tbk_([a-z2-7]{12})_([A-Za-z0-9_-]{43})$`).FindStringSubmatch(key)
@@ -69,11 +85,13 @@ func TestAPIKeyCommandErrors(t *testing.T) {
 		give []string
 		want string
 	}{
-		{"no subcommand", []string{"apikey"}, "no subcommand"},
-		{"unknown subcommand", []string{"apikey", "list"}, `unknown subcommand "list"`},
-		{"no identity", []string{"apikey", "new"}, "identity is empty"},
-		{"bad identity", []string{"apikey", "new", "--identity", "two\nlines"}, "control characters"},
-		{"bad flag", []string{"apikey", "new", "--nope"}, "nope"},
+		{"no subcommand", []string{"apikey"}, "apikey: missing subcommand (new)"},
+		{"unknown subcommand", []string{"apikey", "list"}, `unknown command "list" for "tokenbroker apikey"`},
+		{"no identity", []string{"apikeys", "create", "--offline"}, `required flag(s) "identity" not set`},
+		{"no identity, former spelling", []string{"apikey", "new"}, "identity is empty"},
+		{"bad identity", []string{"apikeys", "create", "--offline", "--identity", "two\nlines"}, "control characters"},
+		{"description", []string{"apikeys", "create", "--offline", "--identity", "a", "--description", "d"}, "--description and -o json apply to keys the broker issues"},
+		{"bad flag", []string{"apikeys", "create", "--offline", "--nope"}, "unknown flag: --nope"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

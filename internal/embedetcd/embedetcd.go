@@ -106,6 +106,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := lock.Truncate(0); err == nil {
 		_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
+	// A process that does not take the lock above (an etcd started by hand
+	// on the directory, an older broker) would make etcd wait for its
+	// database without end, deaf to ctx.
+	if db := filepath.Join(dir, "member", "snap", "db"); dbLocked(db) {
+		lock.Close()
+		return nil, fmt.Errorf("%w: %s (another process holds %s)", ErrInUse, dir, db)
+	}
 	s := &Server{lock: lock, quiet: new(atomic.Bool)}
 	bindDir, err := s.bindDir(sockDir)
 	if err != nil {
