@@ -55,6 +55,10 @@ tls set from the chart's values.
 {{- if not .Values.etcd.endpoints -}}
 {{- fail "etcd.endpoints: list the members of the external etcd cluster the replicas share" -}}
 {{- end -}}
+{{- $auth := (.Values.config | default dict).auth | default dict -}}
+{{- if not (or $auth.api_keys $auth.jwt_issuers .Values.tls.clientCA) -}}
+{{- fail "config.auth: no caller could authenticate: add an entry to config.auth.api_keys (tokenbroker apikeys create --offline --identity admin prints one) or config.auth.jwt_issuers, or set tls.clientCA" -}}
+{{- end -}}
 {{- $c := deepCopy (.Values.config | default dict) -}}
 {{- $_ := set $c "grpc_addr" (printf ":%v" .Values.ports.grpc) -}}
 {{- $_ := set $c "http_addr" (printf ":%v" .Values.ports.http) -}}
