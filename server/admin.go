@@ -34,6 +34,13 @@ func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutPro
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
+	if pem := req.GetClientKey(); pem != "" {
+		k, err := broker.ParseClientKey([]byte(pem), p.ClientKeyAlgorithm)
+		if err != nil {
+			return nil, toStatus(s.log, err)
+		}
+		p.ClientKeys = []broker.ClientKey{k}
+	}
 	if preset := req.GetProvider().GetPreset(); preset != "" {
 		if err := s.broker.ApplyPreset(ctx, &p, preset, req.GetProvider().GetBaseUrl()); err != nil {
 			return nil, toStatus(s.log, err)
@@ -43,7 +50,8 @@ func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutPro
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
-	s.log.Info("provider put", zap.String("provider", stored.Name), zap.Bool("secret_changed", req.GetClientSecret() != ""))
+	s.log.Info("provider put", zap.String("provider", stored.Name), zap.Bool("secret_changed", req.GetClientSecret() != ""),
+		zap.Bool("client_key_imported", req.GetClientKey() != ""))
 	return &tokenbrokerv1.PutProviderResponse{Provider: s.toProvider(stored)}, nil
 }
 
@@ -76,10 +84,11 @@ func (s *adminServer) DeleteProvider(ctx context.Context, req *tokenbrokerv1.Del
 }
 
 var authStyles = map[tokenbrokerv1.ClientAuthStyle]oauth.AuthStyle{
-	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_UNSPECIFIED:    0, // the preset's, else basic
-	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC:          oauth.AuthBasic,
-	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST:           oauth.AuthPost,
-	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST: oauth.AuthBasicAndPost,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_UNSPECIFIED:     0, // the preset's, else basic
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC:           oauth.AuthBasic,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST:            oauth.AuthPost,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST:  oauth.AuthBasicAndPost,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT: oauth.AuthPrivateKeyJWT,
 }
 
 var grantTypes = map[tokenbrokerv1.GrantType]broker.GrantType{
@@ -107,6 +116,9 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 		TokenParams:      in.GetTokenParams(),
 		RedirectURL:      in.GetRedirectUri(),
 		PKCE:             in.GetPkce(),
+
+		ClientKeyAlgorithm: in.GetClientKeyAlgorithm(),
+		AssertionAudience:  in.GetClientAssertionAudience(),
 	}
 	p.RefreshLeadFraction = in.GetRefreshLeadFraction()
 	p.RefreshRevokesAccessToken = in.RefreshRevokesAccessToken
@@ -167,6 +179,10 @@ func (s *adminServer) toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 		Pkce:                p.PKCE,
 		RefreshLeadFraction: p.RefreshLeadFraction,
 
+		ClientKeyAlgorithm:      p.ClientKeyAlgorithm,
+		ClientAssertionAudience: p.AssertionAudience,
+		ClientKeys:              toClientKeys(p),
+
 		RefreshRevokesAccessToken:        p.RefreshRevokesAccessToken,
 		LearnedRefreshRevokesAccessToken: p.LearnedRefreshRevokesAccessToken,
 	}
@@ -203,6 +219,24 @@ func (s *adminServer) toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 	return out
 }
 
+// toClientKeys describes p's client keys, the signing one first, without
+// their private halves.
+func toClientKeys(p *broker.Provider) []*tokenbrokerv1.ClientKeyInfo {
+	var out []*tokenbrokerv1.ClientKeyInfo
+	for _, k := range p.ClientKeys {
+		info := &tokenbrokerv1.ClientKeyInfo{KeyId: k.KeyID, Algorithm: k.Algorithm, CreateTime: timestamppb.New(k.CreateTime)}
+		if !k.RetireTime.IsZero() {
+			info.RetireTime = timestamppb.New(k.RetireTime)
+		}
+		if k.RetireTime.IsZero() {
+			out = append([]*tokenbrokerv1.ClientKeyInfo{info}, out...)
+		} else {
+			out = append(out, info)
+		}
+	}
+	return out
+}
+
 func toGrantType(g broker.GrantType) tokenbrokerv1.GrantType {
 	for k, v := range grantTypes {
 		if v == g {
@@ -225,4 +259,28 @@ func (s *adminServer) RotateClientSecret(ctx context.Context, req *tokenbrokerv1
 		return nil, toStatus(s.log, err)
 	}
 	return &tokenbrokerv1.RotateClientSecretResponse{Provider: s.toProvider(p)}, nil
+}
+
+func (s *adminServer) RotateClientKey(ctx context.Context, req *tokenbrokerv1.RotateClientKeyRequest) (*tokenbrokerv1.RotateClientKeyResponse, error) {
+	var overlap time.Duration
+	if d := req.GetOverlap(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return nil, toStatus(s.log, fmt.Errorf("%w: overlap: %v", broker.ErrInvalidArgument, err))
+		}
+		overlap = d.AsDuration()
+	}
+	var k broker.ClientKey
+	if pem := req.GetClientKey(); pem != "" {
+		var err error
+		if k, err = broker.ParseClientKey([]byte(pem), req.GetAlgorithm()); err != nil {
+			return nil, toStatus(s.log, err)
+		}
+	}
+	p, err := s.broker.RotateClientKey(ctx, req.GetProvider(), k, req.GetAlgorithm(), overlap)
+	if err != nil {
+		return nil, toStatus(s.log, err)
+	}
+	signing, _ := p.SigningKey()
+	s.log.Info("client key rotated", zap.String("provider", p.Name), zap.String("kid", signing.KeyID), zap.Bool("imported", k.Private != nil))
+	return &tokenbrokerv1.RotateClientKeyResponse{Provider: s.toProvider(p)}, nil
 }
