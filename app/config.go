@@ -383,8 +383,9 @@ type ProviderConfig struct {
 	RedirectURL string `yaml:"redirect_url"`
 	// Preset fills endpoints, client authentication, grants and scopes of a
 	// known provider from BaseURL: mediacore, mediahound, mediavalet,
-	// mediaflow, mediahaven, or oidc (discovery from the issuer BaseURL, at
-	// start). Fields set here win over the preset.
+	// mediaflow, mediahaven, oidc or oauth (OpenID Connect discovery or RFC
+	// 8414 metadata, each falling back to the other, from the issuer
+	// BaseURL, at start). Fields set here win over the preset.
 	Preset  string `yaml:"preset"`
 	BaseURL string `yaml:"base_url"`
 	// Refresh tuning of this provider's tokens (see the broker's defaults).
@@ -646,10 +647,10 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 	p.RefreshRevokesAccessToken = pc.RefreshRevokesAccessToken
 	switch pc.Preset {
 	case "":
-	case "oidc":
+	case "oidc", "oauth":
 		// Discovery runs at start; the endpoints are checked then.
 		if pc.BaseURL == "" {
-			errs = append(errs, errors.New("preset oidc needs base_url (the issuer)"))
+			errs = append(errs, fmt.Errorf("preset %s needs base_url (the issuer)", pc.Preset))
 		}
 		return p, secret, errors.Join(errs...)
 	default:

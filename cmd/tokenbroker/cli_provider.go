@@ -143,7 +143,7 @@ from --base-url; flags given explicitly win over the preset.`,
 	f.StringVar(&p.ClientAssertionAudience, "client-assertion-audience", "", "private_key_jwt: the aud of client assertions (default: the token endpoint)")
 	f.StringSliceVar(&p.DefaultScopes, "scope", nil, "default scope, repeatable or comma-separated")
 	f.StringSliceVar(&grants, "grant", nil, "allowed grant, repeatable: client_credentials, password, authorization_code, refresh_token (default client_credentials)")
-	f.StringVar(&p.Preset, "preset", "", "preset of a known provider: mediacore, mediahound, mediavalet, mediaflow, mediahaven or oidc")
+	f.StringVar(&p.Preset, "preset", "", "preset of a known provider: mediacore, mediahound, mediavalet, mediaflow, mediahaven, or oidc or oauth (OpenID Connect discovery or RFC 8414 metadata from --base-url, the issuer)")
 	f.StringVar(&p.BaseUrl, "base-url", "", "the preset's base URL: the instance, or the OIDC issuer")
 	f.BoolVar(&p.Pkce, "pkce", false, "send an S256 PKCE challenge with authorization requests")
 	f.StringVar(&redirectURI, "redirect-uri", "", "callback registered at the provider (default: the broker's own /v1/oauth/callback)")

@@ -454,9 +454,10 @@ type Provider struct {
 	Pkce bool `protobuf:"varint,17,opt,name=pkce,proto3" json:"pkce,omitempty"`
 	// A preset filling the endpoints, client authentication, grants and
 	// default scopes of a known provider from base_url: "mediacore",
-	// "mediahound", "mediavalet", "mediaflow", "mediahaven", or "oidc"
-	// (OpenID Connect discovery from the issuer in base_url). Fields set
-	// explicitly win over the preset.
+	// "mediahound", "mediavalet", "mediaflow", "mediahaven", "oidc" (OpenID
+	// Connect discovery from the issuer in base_url, then RFC 8414 metadata)
+	// or "oauth" (RFC 8414 metadata, then OpenID Connect discovery). Fields
+	// set explicitly win over the preset.
 	Preset string `protobuf:"bytes,18,opt,name=preset,proto3" json:"preset,omitempty"`
 	// The preset's base URL: the instance (e.g.
 	// "https://integration.mediahaven.com") or the OIDC issuer.
