@@ -24,6 +24,7 @@ type preset struct {
 
 // presets are the seed providers. Each fills only what is empty.
 var presets = map[string]preset{
+	"google-service-account": {defaultBase: strings.TrimSuffix(GoogleTokenURL, "/token"), apply: googleServiceAccount},
 	// MediaCore: users approve the client in the browser (authorization
 	// code); bearer tokens over HTTPS; refreshable. Its overview names no
 	// endpoint paths, so authorize_url and token_url must be given.
@@ -81,6 +82,22 @@ var presets = map[string]preset{
 		fillAuth(p, oauth.AuthPost)
 		fillGrants(p, GrantAuthorizationCode, GrantPassword, GrantRefreshToken)
 	}},
+}
+
+// googleServiceAccount is the JWT-bearer grant of a Google service
+// account (Google's "OAuth 2.0 for Server to Server Applications"): an
+// RS256 assertion with iss the account's email, aud the token endpoint and
+// the scopes in a scope claim, no client authentication. The key file
+// fills the rest (ApplyServiceAccountKey).
+func googleServiceAccount(p *Provider, base string) {
+	fill(&p.TokenURL, base+"/token")
+	fill(&p.JWTBearer.Audience, p.TokenURL)
+	p.JWTBearer.ScopeClaim = true
+	fillAuth(p, oauth.AuthNone)
+	fillGrants(p, GrantJWTBearer)
+	if p.ClientKeyAlgorithm == "" {
+		p.ClientKeyAlgorithm = KeyRS256
+	}
 }
 
 // PresetNames lists the presets, "oidc" and "oauth" included.

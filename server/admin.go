@@ -41,6 +41,14 @@ func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutPro
 		}
 		p.ClientKeys = []broker.ClientKey{k}
 	}
+	if sa := req.GetServiceAccountKey(); sa != "" {
+		if req.GetClientKey() != "" {
+			return nil, toStatus(s.log, fmt.Errorf("%w: give client_key or service_account_key, not both", broker.ErrInvalidArgument))
+		}
+		if err := broker.ApplyServiceAccountKey(&p, []byte(sa)); err != nil {
+			return nil, toStatus(s.log, err)
+		}
+	}
 	if preset := req.GetProvider().GetPreset(); preset != "" {
 		if err := s.broker.ApplyPreset(ctx, &p, preset, req.GetProvider().GetBaseUrl()); err != nil {
 			return nil, toStatus(s.log, err)
@@ -51,7 +59,7 @@ func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutPro
 		return nil, toStatus(s.log, err)
 	}
 	s.log.Info("provider put", zap.String("provider", stored.Name), zap.Bool("secret_changed", req.GetClientSecret() != ""),
-		zap.Bool("client_key_imported", req.GetClientKey() != ""))
+		zap.Bool("client_key_imported", req.GetClientKey() != "" || req.GetServiceAccountKey() != ""))
 	return &tokenbrokerv1.PutProviderResponse{Provider: s.toProvider(stored)}, nil
 }
 
@@ -89,6 +97,7 @@ var authStyles = map[tokenbrokerv1.ClientAuthStyle]oauth.AuthStyle{
 	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST:            oauth.AuthPost,
 	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST:  oauth.AuthBasicAndPost,
 	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT: oauth.AuthPrivateKeyJWT,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_NONE:            oauth.AuthNone,
 }
 
 var grantTypes = map[tokenbrokerv1.GrantType]broker.GrantType{
@@ -96,6 +105,7 @@ var grantTypes = map[tokenbrokerv1.GrantType]broker.GrantType{
 	tokenbrokerv1.GrantType_GRANT_TYPE_PASSWORD:           broker.GrantPassword,
 	tokenbrokerv1.GrantType_GRANT_TYPE_AUTHORIZATION_CODE: broker.GrantAuthorizationCode,
 	tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN:      broker.GrantRefreshToken,
+	tokenbrokerv1.GrantType_GRANT_TYPE_JWT_BEARER:         broker.GrantJWTBearer,
 }
 
 // fromProvider converts the API's provider; output-only fields are ignored.
@@ -119,6 +129,15 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 
 		ClientKeyAlgorithm: in.GetClientKeyAlgorithm(),
 		AssertionAudience:  in.GetClientAssertionAudience(),
+	}
+	if j := in.GetJwtBearer(); j != nil {
+		p.JWTBearer = broker.JWTBearer{Issuer: j.GetIssuer(), Subject: j.GetSubject(), Audience: j.GetAudience(), ScopeClaim: j.GetScopeClaim()}
+		if d := j.GetLifetime(); d != nil {
+			if err := d.CheckValid(); err != nil {
+				return broker.Provider{}, fmt.Errorf("%w: jwt_bearer.lifetime: %v", broker.ErrInvalidArgument, err)
+			}
+			p.JWTBearer.Lifetime = d.AsDuration()
+		}
 	}
 	p.RefreshLeadFraction = in.GetRefreshLeadFraction()
 	p.RefreshRevokesAccessToken = in.RefreshRevokesAccessToken
@@ -182,6 +201,7 @@ func (s *adminServer) toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 		ClientKeyAlgorithm:      p.ClientKeyAlgorithm,
 		ClientAssertionAudience: p.AssertionAudience,
 		ClientKeys:              toClientKeys(p),
+		JwtBearer:               toJWTBearer(p.JWTBearer),
 
 		RefreshRevokesAccessToken:        p.RefreshRevokesAccessToken,
 		LearnedRefreshRevokesAccessToken: p.LearnedRefreshRevokesAccessToken,
@@ -215,6 +235,18 @@ func (s *adminServer) toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 	}
 	for _, g := range p.GrantTypes {
 		out.GrantTypes = append(out.GrantTypes, toGrantType(g))
+	}
+	return out
+}
+
+// toJWTBearer converts the JWT-bearer grant's settings; nil when unset.
+func toJWTBearer(j broker.JWTBearer) *tokenbrokerv1.JwtBearerGrant {
+	if j == (broker.JWTBearer{}) {
+		return nil
+	}
+	out := &tokenbrokerv1.JwtBearerGrant{Issuer: j.Issuer, Subject: j.Subject, Audience: j.Audience, ScopeClaim: j.ScopeClaim}
+	if j.Lifetime > 0 {
+		out.Lifetime = durationpb.New(j.Lifetime)
 	}
 	return out
 }

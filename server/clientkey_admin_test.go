@@ -3,11 +3,17 @@ package server_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -102,4 +108,91 @@ func TestAdminRoundTripKeepsPrivateKeyJWT(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument {
 		t.Errorf("RotateClientKey(P-256 key as RS256) = %v, want InvalidArgument", err)
 	}
+}
+
+// TestAdminJWTBearerRoundTrip: a provider on the JWT-bearer grant reads
+// back with its assertion settings, a PutProvider of what GetProvider
+// answered keeps them and the key, and its tokens come from assertions
+// that verify against the broker's JWKS, fetched as a provider given the
+// broker's jwks_uri would.
+func TestAdminJWTBearerRoundTrip(t *testing.T) {
+	e := newEnv(t)
+	in := e.start(nil)
+	ctx := context.Background()
+	var seen atomic.Pointer[any] // the last assertion's claims, or its error
+	idp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		v := verifyWithJWKS(in.baseURL+"/v1/providers/jwtb/jwks.json", r.PostForm)
+		seen.Store(&v)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"access_token":"jwtb-token","token_type":"Bearer","expires_in":600}`))
+	}))
+	t.Cleanup(idp.Close)
+	give := &tokenbrokerv1.Provider{Name: "jwtb", TokenUrl: idp.URL + "/token", ClientId: "broker",
+		ClientAuthStyle: tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_NONE, GrantTypes: []tokenbrokerv1.GrantType{tokenbrokerv1.GrantType_GRANT_TYPE_JWT_BEARER},
+		JwtBearer: &tokenbrokerv1.JwtBearerGrant{Issuer: "https://broker.example", Subject: "svc", Audience: "https://idp.example", Lifetime: durationpb.New(2 * time.Minute)}}
+	if _, err := in.admin.PutProvider(ctx, &tokenbrokerv1.PutProviderRequest{Provider: give}); err != nil {
+		t.Fatalf("PutProvider(jwt-bearer): %v", err)
+	}
+	got, err := in.admin.GetProvider(ctx, &tokenbrokerv1.GetProviderRequest{Name: "jwtb"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := in.admin.PutProvider(ctx, &tokenbrokerv1.PutProviderRequest{Provider: got.GetProvider()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*tokenbrokerv1.Provider{got.GetProvider(), again.GetProvider()} {
+		if !proto.Equal(p.GetJwtBearer(), give.GetJwtBearer()) || p.GetClientAuthStyle() != give.GetClientAuthStyle() ||
+			len(p.GetGrantTypes()) != 1 || p.GetGrantTypes()[0] != tokenbrokerv1.GrantType_GRANT_TYPE_JWT_BEARER || len(p.GetClientKeys()) != 1 ||
+			p.GetClientKeys()[0].GetKeyId() != got.GetProvider().GetClientKeys()[0].GetKeyId() {
+			t.Fatalf("provider read back as %v, want the settings of %v and one generated key", p, give)
+		}
+	}
+	tok, err := in.tokens.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Provider: "jwtb", Scopes: []string{"read"}})
+	if err != nil || tok.GetToken().GetAccessToken() != "jwtb-token" {
+		t.Fatalf("GetToken = %v, %v; want the provider's token", tok, err)
+	}
+	last := seen.Load()
+	if last == nil {
+		t.Fatal("the provider got no request")
+	}
+	c, ok := (*last).(jwt.Claims)
+	if !ok {
+		t.Fatalf("the provider refused the assertion: %v", *last)
+	}
+	if c.Issuer != "https://broker.example" || c.Subject != "svc" || !c.Audience.Contains("https://idp.example") || c.Expiry.Time().Sub(c.IssuedAt.Time()) != 2*time.Minute {
+		t.Errorf("assertion claims %+v, want iss https://broker.example, sub svc, aud https://idp.example, valid 2m", c)
+	}
+}
+
+// verifyWithJWKS checks the JWT-bearer grant request form against the
+// JWKS at jwksURL: the claims when the assertion's signature holds, else
+// an error.
+func verifyWithJWKS(jwksURL string, form url.Values) any {
+	if form.Get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
+		return fmt.Errorf("grant_type %q", form.Get("grant_type"))
+	}
+	resp, err := http.Get(jwksURL)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var set jose.JSONWebKeySet
+	if err := json.NewDecoder(resp.Body).Decode(&set); err != nil {
+		return err
+	}
+	tok, err := jwt.ParseSigned(form.Get("assertion"), []jose.SignatureAlgorithm{jose.ES256, jose.RS256, jose.EdDSA})
+	if err != nil {
+		return err
+	}
+	keys := set.Key(tok.Headers[0].KeyID)
+	if len(keys) != 1 {
+		return fmt.Errorf("kid %q not in the JWKS", tok.Headers[0].KeyID)
+	}
+	var c jwt.Claims
+	if err := tok.Claims(keys[0].Key, &c); err != nil {
+		return err
+	}
+	return c
 }

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -827,9 +828,62 @@ func (r *flowRun) clientKeyFlows(t *testing.T) {
 	}
 	r.rest(t, http.MethodGet, "/v1/providers/pkj/jwks.json", "", nil)
 	r.rest(t, http.MethodGet, "/.well-known/jwks.json", "", nil)
+	r.serviceAccountFlows(t)
 	for name, d := range storedClientKeys(t, r.env, testkeys.Keyring()) {
 		r.book.add(name, d)
 	}
+}
+
+// serviceAccountFlows register Google service accounts from their key
+// files (gRPC and REST, and a damaged one), get a token through the
+// JWT-bearer grant, and read the providers back.
+func (r *flowRun) serviceAccountFlows(t *testing.T) {
+	t.Helper()
+	var n atomic.Int64
+	google := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_ = req.ParseForm()
+		tok := fmt.Sprintf("ya29.leak-%d-%s", n.Add(1), strings.Repeat("x", 16))
+		r.book.add("issued access token", tok)
+		r.book.add("sent assertion", req.PostForm.Get("assertion"))
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = fmt.Fprintf(w, `{"access_token":%q,"token_type":"Bearer","expires_in":3599}`, tok)
+	}))
+	t.Cleanup(google.Close)
+	files := map[string][]byte{}
+	for _, name := range []string{"gsa", "gsarest"} {
+		file, _, private := testkeys.NewServiceAccountKey("kid-"+name, google.URL+"/token")
+		files[name] = file
+		var pemText struct {
+			PrivateKey string `json:"private_key"`
+		}
+		_ = json.Unmarshal(file, &pemText)
+		r.book.add("service account key "+name, pemText.PrivateKey)
+		for _, m := range private {
+			r.book.add("service account key "+name+" (member)", m)
+		}
+	}
+	put, err := r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{
+		Provider: &tokenbrokerv1.Provider{Name: "gsa", Preset: "google-service-account"}, ServiceAccountKey: string(files["gsa"])})
+	if err != nil {
+		t.Fatalf("PutProvider(google-service-account): %v", err)
+	}
+	r.said.addMsg("PutProvider(google-service-account)", put)
+	r.rest(t, http.MethodPut, "/v1/admin/providers/gsarest", testAdminKey, map[string]any{
+		"provider": map[string]any{"preset": "google-service-account"}, "service_account_key": string(files["gsarest"])})
+	damaged := strings.Replace(string(files["gsa"]), "MII", "MIX", 1)
+	_, err = r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{
+		Provider: &tokenbrokerv1.Provider{Name: "gsabad", Preset: "google-service-account"}, ServiceAccountKey: damaged})
+	r.said.addErr("PutProvider(damaged service account key)", err)
+	tok, err := r.in.tokens.GetToken(ctxb, &tokenbrokerv1.GetTokenRequest{Provider: "gsa", Scopes: []string{"https://www.googleapis.com/auth/cloud-platform"}})
+	if err != nil {
+		t.Fatalf("GetToken(gsa): %v", err)
+	}
+	r.token(tok.GetToken())
+	r.restToken(t, "REST GetToken(gsarest)", "/v1/providers/gsarest/token", map[string]any{"scopes": []string{"https://www.googleapis.com/auth/drive"}})
+	got, err := r.in.admin.GetProvider(ctxb, &tokenbrokerv1.GetProviderRequest{Name: "gsa"})
+	r.said.addErr("GetProvider(gsa)", err)
+	r.said.addMsg("GetProvider(gsa)", got)
+	r.rest(t, http.MethodGet, "/v1/admin/providers/gsarest", testAdminKey, nil)
 }
 
 // storedClientKeys opens the private client keys of every provider record

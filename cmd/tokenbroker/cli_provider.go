@@ -21,6 +21,7 @@ var authStyles = map[string]tokenbrokerv1.ClientAuthStyle{
 	"post":            tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST,
 	"basic+post":      tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST,
 	"private_key_jwt": tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT,
+	"none":            tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_NONE,
 }
 
 // grantTypeNames are the --grant values: the OAuth2 grant_type names.
@@ -29,6 +30,7 @@ var grantTypeNames = map[string]tokenbrokerv1.GrantType{
 	"password":           tokenbrokerv1.GrantType_GRANT_TYPE_PASSWORD,
 	"authorization_code": tokenbrokerv1.GrantType_GRANT_TYPE_AUTHORIZATION_CODE,
 	"refresh_token":      tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN,
+	"jwt_bearer":         tokenbrokerv1.GrantType_GRANT_TYPE_JWT_BEARER,
 }
 
 func parseGrantType(flag, s string) (tokenbrokerv1.GrantType, error) {
@@ -72,6 +74,9 @@ func (c *cli) providerPutCommand() *cobra.Command {
 		redirectURI string
 		keyFile     string
 		keyStdin    bool
+		saKeyFile   string
+		jwtb        tokenbrokerv1.JwtBearerGrant
+		jwtbLife    time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "put NAME",
@@ -85,14 +90,16 @@ from --base-url; flags given explicitly win over the preset.`,
   tokenbroker provider put media --preset mediahaven --base-url https://integration.mediahaven.com \
       --client-id broker --client-secret-env MEDIAHAVEN_SECRET
   tokenbroker provider put corp --token-url https://idp.example/oauth2/token --client-id broker \
-      --auth-style private_key_jwt --client-key-file corp.pem`,
+      --auth-style private_key_jwt --client-key-file corp.pem
+  tokenbroker provider put gcp --preset google-service-account --service-account-key-file sa.json \
+      --scope https://www.googleapis.com/auth/cloud-platform`,
 		Args: exactArgs("NAME"),
 		RunE: c.run(func(ctx context.Context, cmd *cobra.Command, args []string) error {
 			p.Name = args[0]
 			if authStyle != "" {
 				s, ok := authStyles[authStyle]
 				if !ok {
-					return usageErrorf("--auth-style %q: want basic, post, basic+post or private_key_jwt", authStyle)
+					return usageErrorf("--auth-style %q: want basic, post, basic+post, private_key_jwt or none", authStyle)
 				}
 				p.ClientAuthStyle = s
 			}
@@ -116,6 +123,17 @@ from --base-url; flags given explicitly win over the preset.`,
 			}
 			if req.ClientKey, err = c.readClientKey(keyStdin, keyFile); err != nil {
 				return err
+			}
+			if saKeyFile != "" {
+				if req.ServiceAccountKey, err = c.readClientKey(false, saKeyFile); err != nil {
+					return err
+				}
+			}
+			if d, err := durationFlag(cmd, "assertion-lifetime", jwtbLife); err != nil {
+				return err
+			} else if d != nil || jwtb.Issuer != "" || jwtb.Subject != "" || jwtb.Audience != "" || jwtb.ScopeClaim {
+				jwtb.Lifetime = d
+				p.JwtBearer = &jwtb
 			}
 			admin, err := c.admin(cmd)
 			if err != nil {
@@ -141,9 +159,15 @@ from --base-url; flags given explicitly win over the preset.`,
 	f.BoolVar(&keyStdin, "client-key-stdin", false, "private_key_jwt: read the private key (PEM or JWK) from stdin")
 	f.StringVar(&p.ClientKeyAlgorithm, "client-key-algorithm", "", "private_key_jwt: algorithm of a generated key: RS256, ES256 or EdDSA (default ES256)")
 	f.StringVar(&p.ClientAssertionAudience, "client-assertion-audience", "", "private_key_jwt: the aud of client assertions (default: the token endpoint)")
+	f.StringVar(&saKeyFile, "service-account-key-file", "", "google-service-account: the service account's JSON key file (its private key is stored sealed)")
+	f.StringVar(&jwtb.Issuer, "assertion-issuer", "", "jwt_bearer grant: the iss of its assertions (default: the client id)")
+	f.StringVar(&jwtb.Subject, "assertion-subject", "", "jwt_bearer grant: the sub of the provider's own token (default: none)")
+	f.StringVar(&jwtb.Audience, "assertion-audience", "", "jwt_bearer grant: the aud of its assertions (default: the token endpoint)")
+	f.BoolVar(&jwtb.ScopeClaim, "assertion-scope-claim", false, "jwt_bearer grant: send the scopes in a scope claim, not a parameter")
+	f.DurationVar(&jwtbLife, "assertion-lifetime", 0, "jwt_bearer grant: how long each assertion is valid (default 1m)")
 	f.StringSliceVar(&p.DefaultScopes, "scope", nil, "default scope, repeatable or comma-separated")
-	f.StringSliceVar(&grants, "grant", nil, "allowed grant, repeatable: client_credentials, password, authorization_code, refresh_token (default client_credentials)")
-	f.StringVar(&p.Preset, "preset", "", "preset of a known provider: mediacore, mediahound, mediavalet, mediaflow, mediahaven, or oidc or oauth (OpenID Connect discovery or RFC 8414 metadata from --base-url, the issuer)")
+	f.StringSliceVar(&grants, "grant", nil, "allowed grant, repeatable: client_credentials, password, authorization_code, refresh_token, jwt_bearer (default client_credentials)")
+	f.StringVar(&p.Preset, "preset", "", "preset of a known provider: mediacore, mediahound, mediavalet, mediaflow, mediahaven, google-service-account, or oidc or oauth (OpenID Connect discovery or RFC 8414 metadata from --base-url, the issuer)")
 	f.StringVar(&p.BaseUrl, "base-url", "", "the preset's base URL: the instance, or the OIDC issuer")
 	f.BoolVar(&p.Pkce, "pkce", false, "send an S256 PKCE challenge with authorization requests")
 	f.StringVar(&redirectURI, "redirect-uri", "", "callback registered at the provider (default: the broker's own /v1/oauth/callback)")
@@ -151,7 +175,7 @@ from --base-url; flags given explicitly win over the preset.`,
 	f.StringToStringVar(&grantURLs, "grant-token-url", nil, "token endpoint of one grant where it differs, GRANT=URL, repeatable")
 	f.DurationVar(&lifetime, "default-token-lifetime", 0, "lifetime assumed when a token response has no expires_in (default 1h)")
 	cmd.MarkFlagsMutuallyExclusive("client-secret-stdin", "client-secret-env")
-	cmd.MarkFlagsMutuallyExclusive("client-key-file", "client-key-stdin")
+	cmd.MarkFlagsMutuallyExclusive("client-key-file", "client-key-stdin", "service-account-key-file")
 	cmd.MarkFlagsMutuallyExclusive("client-secret-stdin", "client-key-stdin")
 	return cmd
 }
@@ -366,6 +390,7 @@ func (c *cli) printProvider(p *tokenbrokerv1.Provider) error {
 		{"AUTH STYLE", authStyleCell(p.GetClientAuthStyle())},
 		{"CLIENT KEYS", clientKeysCell(p.GetClientKeys())},
 		{"ASSERTION AUDIENCE", cell(p.GetClientAssertionAudience())},
+		{"JWT BEARER", jwtBearerCell(p.GetJwtBearer())},
 		{"GRANTS", grantsCell(p.GetGrantTypes())},
 		{"SCOPES", listCell(p.GetDefaultScopes())},
 		{"TOKEN PARAMS", kv(p.GetTokenParams())},
@@ -387,6 +412,18 @@ func clientKeysCell(keys []*tokenbrokerv1.ClientKeyInfo) string {
 		}
 	}
 	return listCell(parts)
+}
+
+// jwtBearerCell says what a JWT-bearer grant's assertions claim.
+func jwtBearerCell(j *tokenbrokerv1.JwtBearerGrant) string {
+	if j == nil {
+		return "-"
+	}
+	parts := []string{"iss=" + cell(j.GetIssuer()), "sub=" + cell(j.GetSubject()), "aud=" + cell(j.GetAudience())}
+	if j.GetScopeClaim() {
+		parts = append(parts, "scope claim")
+	}
+	return strings.Join(parts, " ")
 }
 
 func grantsCell(gs []tokenbrokerv1.GrantType) string {
