@@ -252,7 +252,7 @@ func (b *Broker) discover(ctx context.Context, p *Provider, preset, issuer strin
 		if len(supported) == 0 {
 			supported = []string{"authorization_code", "implicit"} // the specifications' default
 		}
-		for _, g := range []GrantType{GrantClientCredentials, GrantPassword, GrantAuthorizationCode, GrantRefreshToken} {
+		for _, g := range []GrantType{GrantClientCredentials, GrantPassword, GrantAuthorizationCode, GrantRefreshToken, GrantJWTBearer} {
 			if slices.Contains(supported, string(g)) {
 				p.GrantTypes = append(p.GrantTypes, g)
 			}
