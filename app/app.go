@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -216,7 +217,7 @@ func (a *App) ApplyProviders(ctx context.Context, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("provider %q: %w", pc.Name, err)
 		}
-		if pc.Preset == "oidc" {
+		if slices.Contains(broker.DiscoveryPresets, pc.Preset) {
 			if err := a.broker.ApplyPreset(ctx, &p, pc.Preset, pc.BaseURL); err != nil {
 				return fmt.Errorf("provider %q: %w", pc.Name, err)
 			}

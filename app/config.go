@@ -374,11 +374,19 @@ type ProviderConfig struct {
 	// ClientAssertionAudience is the aud of client assertions (the
 	// provider's issuer, for providers that want it); the token endpoint
 	// when empty.
-	ClientAssertionAudience string            `yaml:"client_assertion_audience"`
-	DefaultScopes           []string          `yaml:"default_scopes"`
-	TokenParams             map[string]string `yaml:"token_params"`
-	GrantTypes              []string          `yaml:"grant_types"`
-	DefaultTokenLifetime    time.Duration     `yaml:"default_token_lifetime"`
+	ClientAssertionAudience string `yaml:"client_assertion_audience"`
+	// JWTBearer is the assertion of the JWT-bearer grant (grant_types:
+	// [jwt-bearer]), signed with the client key.
+	JWTBearer *JWTBearerConfig `yaml:"jwt_bearer"`
+	// ServiceAccountKeyFile is a Google service account key file (JSON),
+	// for preset google-service-account: its private key becomes the
+	// client key, its client_email the issuer, its token_uri the token
+	// endpoint and audience.
+	ServiceAccountKeyFile string            `yaml:"service_account_key_file"`
+	DefaultScopes         []string          `yaml:"default_scopes"`
+	TokenParams           map[string]string `yaml:"token_params"`
+	GrantTypes            []string          `yaml:"grant_types"`
+	DefaultTokenLifetime  time.Duration     `yaml:"default_token_lifetime"`
 	// PKCE sends an S256 code challenge with authorization requests.
 	PKCE bool `yaml:"pkce"`
 	// RedirectURI is the callback registered at the provider; the broker's
@@ -387,8 +395,9 @@ type ProviderConfig struct {
 	RedirectURI string `yaml:"redirect_uri"`
 	// Preset fills endpoints, client authentication, grants and scopes of a
 	// known provider from BaseURL: mediacore, mediahound, mediavalet,
-	// mediaflow, mediahaven, or oidc (discovery from the issuer BaseURL, at
-	// start). Fields set here win over the preset.
+	// mediaflow, mediahaven, oidc or oauth (OpenID Connect discovery or RFC
+	// 8414 metadata, each falling back to the other, from the issuer
+	// BaseURL, at start). Fields set here win over the preset.
 	Preset  string `yaml:"preset"`
 	BaseURL string `yaml:"base_url"`
 	// Refresh tuning of this provider's tokens (see the broker's defaults).
@@ -402,6 +411,17 @@ type ProviderConfig struct {
 	// the introspection endpoint, and assumed true until then (the
 	// mediahaven preset sets true).
 	RefreshRevokesAccessToken *bool `yaml:"refresh_revokes_access_token"`
+}
+
+// JWTBearerConfig is what the assertions of a JWT-bearer grant claim.
+type JWTBearerConfig struct {
+	Issuer   string `yaml:"issuer"`   // iss; the client_id when empty
+	Subject  string `yaml:"subject"`  // sub of the provider's own token; none when empty
+	Audience string `yaml:"audience"` // aud; the token endpoint when empty
+	// ScopeClaim sends the scopes in a "scope" claim instead of the scope
+	// parameter (Google).
+	ScopeClaim bool          `yaml:"scope_claim"`
+	Lifetime   time.Duration `yaml:"lifetime"` // of each assertion; 1m when zero
 }
 
 // DefaultMetricsAddr keeps the metrics on the machine unless the file says
@@ -619,7 +639,7 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 		a, err := oauth.ParseAuthStyle(pc.ClientAuthStyle)
 		if err != nil {
 			// Reported here; Validate below checks the rest with the default.
-			errs = append(errs, fmt.Errorf("client_auth_style %q is not basic, post, basic+post or private_key_jwt", pc.ClientAuthStyle))
+			errs = append(errs, fmt.Errorf("client_auth_style %q is not basic, post, basic+post, private_key_jwt or none", pc.ClientAuthStyle))
 		} else {
 			auth = a
 		}
@@ -641,7 +661,13 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 		}
 	}
 	for _, g := range pc.GrantTypes {
+		if g == "jwt-bearer" || g == "jwt_bearer" {
+			g = string(broker.GrantJWTBearer)
+		}
 		p.GrantTypes = append(p.GrantTypes, broker.GrantType(g))
+	}
+	if j := pc.JWTBearer; j != nil {
+		p.JWTBearer = broker.JWTBearer{Issuer: j.Issuer, Subject: j.Subject, Audience: j.Audience, ScopeClaim: j.ScopeClaim, Lifetime: j.Lifetime}
 	}
 	p.PKCE, p.RedirectURL = pc.PKCE, pc.RedirectURI
 	p.ClientKeyAlgorithm, p.AssertionAudience = pc.ClientKeyAlgorithm, pc.ClientAssertionAudience
@@ -655,14 +681,27 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 			p.ClientKeys = []broker.ClientKey{k}
 		}
 	}
+	if pc.ServiceAccountKeyFile != "" {
+		data, err := os.ReadFile(pc.ServiceAccountKeyFile)
+		switch {
+		case pc.ClientKeyFile != "":
+			errs = append(errs, errors.New("set client_key_file or service_account_key_file, not both"))
+		case err != nil:
+			errs = append(errs, fmt.Errorf("service_account_key_file: cannot read %s", pc.ServiceAccountKeyFile))
+		default:
+			if err := broker.ApplyServiceAccountKey(&p, data); err != nil {
+				errs = append(errs, fmt.Errorf("service_account_key_file %s: %w", pc.ServiceAccountKeyFile, err))
+			}
+		}
+	}
 	p.RefreshLeadFraction, p.RefreshMinLead, p.RefreshIdleAfter, p.KeepAlive = pc.RefreshLeadFraction, pc.RefreshMinLead, pc.RefreshIdleAfter, pc.KeepAlive
 	p.RefreshRevokesAccessToken = pc.RefreshRevokesAccessToken
 	switch pc.Preset {
 	case "":
-	case "oidc":
+	case "oidc", "oauth":
 		// Discovery runs at start; the endpoints are checked then.
 		if pc.BaseURL == "" {
-			errs = append(errs, errors.New("preset oidc needs base_url (the issuer)"))
+			errs = append(errs, fmt.Errorf("preset %s needs base_url (the issuer)", pc.Preset))
 		}
 		return p, secret, errors.Join(errs...)
 	default:

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/url"
 	"strings"
@@ -289,7 +290,7 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 		return nil, fmt.Errorf("%w: account %q of provider %q", ErrNotFound, key.Account, key.Provider)
 	}
 	if g == nil {
-		g = &Grant{Provider: key.Provider, Type: GrantClientCredentials, Health: HealthOK}
+		g = &Grant{Provider: key.Provider, Type: p.ownGrant(), Health: HealthOK}
 	}
 	if g.Health == HealthReauthorizationRequired || g.Health == HealthPending {
 		return b.serveStale(cur, stale, fmt.Errorf("%w: account %q of provider %q: %s", ErrReauthorizationRequired, key.Account, key.Provider, cmp(g.LastError, "no consent yet")))
@@ -503,14 +504,16 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 		tok, err = b.call(ctx, p, g, method, grantScope(p, g, key), held)
 	}
 	if err != nil {
-		if rejectsGrant(err) && method != GrantClientCredentials {
+		// The provider's own grant (account "") has nothing an admin
+		// re-authorizes: its refusal is retried after a cooldown.
+		if rejectsGrant(err) && g.Account != "" {
 			return nil, nil, "", fmt.Errorf("%w: %w", ErrReauthorizationRequired, err)
 		}
 		return nil, nil, "", err
 	}
 	if tok.TokenType != "" && !isBearer(tok.TokenType) {
 		err := &ProviderError{Provider: p.Name, Err: fmt.Errorf("%w: token_type %q is not bearer", oauth.ErrBadResponse, tok.TokenType)}
-		if g.Type != GrantClientCredentials && tok.RefreshToken != "" && tok.RefreshToken != g.RefreshToken {
+		if !standalone(g.Type) && tok.RefreshToken != "" && tok.RefreshToken != g.RefreshToken {
 			// The access token is refused, but the provider rotated the
 			// refresh token all the same: the new one must be kept, or the
 			// lineage breaks on the next refresh.
@@ -541,8 +544,9 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 		next.CreateTime = issued.UTC()
 	}
 	// RFC 6749 §4.4.3: client credentials need no refresh token; a new
-	// token is simply requested (MediaHound).
-	if g.Type != GrantClientCredentials && tok.RefreshToken != "" && tok.RefreshToken != g.RefreshToken {
+	// token is simply requested (MediaHound). So with every standalone
+	// grant.
+	if !standalone(g.Type) && tok.RefreshToken != "" && tok.RefreshToken != g.RefreshToken {
 		// Rotation (MediaHaven): the old refresh token is dead from now on;
 		// the new one is stored with the token, before anyone uses it.
 		next.RefreshToken, next.RefreshTokenUpdateTime = tok.RefreshToken, issued.UTC()
@@ -554,7 +558,7 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 // served until its hand-over when the next refresh, with refreshToken,
 // revokes it; rec keeps the provider's expiry otherwise.
 func (b *Broker) planHandOver(rec *TokenRecord, p *Provider, gt GrantType, refreshToken string) {
-	if gt == GrantClientCredentials || refreshToken == "" || !p.RevokesOnRefresh() {
+	if standalone(gt) || refreshToken == "" || !p.RevokesOnRefresh() {
 		return
 	}
 	rec.ProviderExpiresAt = rec.ExpiresAt
@@ -572,18 +576,22 @@ func (b *Broker) call(ctx context.Context, p *Provider, g *Grant, method GrantTy
 	if scope != "" {
 		params.Set("scope", scope)
 	}
-	switch method {
-	case GrantPassword:
-		params.Set("username", g.Username)
-		params.Set("password", g.Password)
-	case GrantRefreshToken:
-		params.Set("refresh_token", g.RefreshToken)
+	grant, ok := grantHandlers[method]
+	if !ok {
+		return nil, invalidf("provider %q: the broker does not obtain tokens with the %s grant", p.Name, method)
 	}
+	base := params
 	req, err := p.tokenRequest(method, params)
 	if err != nil {
 		return nil, err
 	}
 	for attempt := 0; ; attempt++ {
+		// Each attempt gets its parameters anew: an assertion is signed
+		// for one request (its jti is not to be used twice).
+		req.Params = maps.Clone(base)
+		if err := grant.tokenParams(p, g, req.Params); err != nil {
+			return nil, err
+		}
 		var tok *oauth.Token
 		start := time.Now()
 		tok, err = b.oauth.Token(ctx, req)

@@ -77,7 +77,7 @@ func (b *Broker) grantKey(provider, account string) string {
 type Account struct {
 	Provider string
 	Account  string
-	Type     GrantType // GrantPassword or GrantAuthorizationCode
+	Type     GrantType // GrantPassword, GrantAuthorizationCode or GrantJWTBearer (Username is the subject)
 	Username string
 	// Password; empty keeps the stored one.
 	Password string
@@ -120,8 +120,12 @@ func (b *Broker) PutAccount(ctx context.Context, a Account) (*Grant, error) {
 		if a.Username != "" || a.Password != "" {
 			return nil, invalidf("an authorization_code account has no username or password")
 		}
+	case GrantJWTBearer:
+		if a.Username == "" || a.Password != "" {
+			return nil, invalidf("a jwt-bearer account has a username (the assertion's subject) and no password")
+		}
 	default:
-		return nil, invalidf("an account's grant type is password or authorization_code, not %s", quote(string(a.Type)))
+		return nil, invalidf("an account's grant type is password, authorization_code or jwt-bearer, not %s", quote(string(a.Type)))
 	}
 	if !p.Allows(a.Type) {
 		return nil, invalidf("provider %q does not allow the %s grant", p.Name, a.Type)

@@ -232,9 +232,10 @@ func TestOIDCDiscovery(t *testing.T) {
 		{name: "post only", give: give{authMethods: []string{"client_secret_post"}}, want: want{auth: oauth.AuthPost}},
 		{name: "no auth methods: the OIDC default", give: give{}, want: want{auth: oauth.AuthBasic}},
 		{name: "issuer given with a trailing slash", give: give{authMethods: []string{"client_secret_basic"}, path: "/"}, want: want{auth: oauth.AuthBasic}},
+		{name: "private_key_jwt only", give: give{authMethods: []string{"private_key_jwt"}}, want: want{auth: oauth.AuthPrivateKeyJWT}},
 		{name: "mismatched issuer", give: give{issuer: "https://impostor.example.com", authMethods: []string{"client_secret_basic"}},
-			want: want{err: `discovery issuer "https://impostor.example.com" differs`}},
-		{name: "no discovery document", give: give{path: "/not-an-issuer"}, want: want{err: "discovery answered 404"}},
+			want: want{err: `the metadata names issuer "https://impostor.example.com", not`}},
+		{name: "no discovery document", give: give{path: "/not-an-issuer"}, want: want{err: "/not-an-issuer/.well-known/openid-configuration and "}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -250,9 +251,8 @@ func TestOIDCDiscovery(t *testing.T) {
 				t.Errorf("the issuer got %d discovery requests, want 1 GET accepting application/json", len(calls))
 			}
 			if tt.want.err != "" {
-				var pe *ProviderError
-				if !errors.As(err, &pe) || !errors.Is(err, oauth.ErrBadResponse) || !strings.Contains(err.Error(), tt.want.err) {
-					t.Errorf("ApplyPreset(oidc) = %v, want a *ProviderError wrapping ErrBadResponse that says %q", err, tt.want.err)
+				if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), tt.want.err) {
+					t.Errorf("ApplyPreset(oidc) = %v, want ErrInvalidArgument (a configuration error) that says %q", err, tt.want.err)
 				}
 				if p.TokenURL != "" || p.AuthorizeURL != "" {
 					t.Errorf("ApplyPreset(oidc) failed but filled token_url %q, authorize_url %q", p.TokenURL, p.AuthorizeURL)

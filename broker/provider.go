@@ -20,11 +20,15 @@ const (
 	GrantPassword          GrantType = "password"
 	GrantAuthorizationCode GrantType = "authorization_code"
 	GrantRefreshToken      GrantType = "refresh_token"
+	// GrantJWTBearer is the JWT-bearer authorization grant (RFC 7523
+	// §2.1): the broker signs an assertion with the provider's client key
+	// (see JWTBearer) and trades it for a token.
+	GrantJWTBearer GrantType = oauth.JWTBearerGrantType
 )
 
 func (g GrantType) valid() bool {
 	switch g {
-	case GrantClientCredentials, GrantPassword, GrantAuthorizationCode, GrantRefreshToken:
+	case GrantClientCredentials, GrantPassword, GrantAuthorizationCode, GrantRefreshToken, GrantJWTBearer:
 		return true
 	}
 	return false
@@ -42,6 +46,9 @@ type Provider struct {
 	AuthorizeURL     string
 	IntrospectionURL string
 	RevocationURL    string
+	// DeviceAuthorizationURL is the device authorization endpoint (RFC
+	// 8628 §3.1), for the device_code grant.
+	DeviceAuthorizationURL string
 	// GrantTokenURLs holds a token URL per grant where it differs from
 	// TokenURL (MediaHaven's password grant has its own endpoint).
 	GrantTokenURLs map[GrantType]string
@@ -68,6 +75,9 @@ type Provider struct {
 	// AssertionAudience is the aud of client assertions (the provider's
 	// issuer, for providers that want it); empty means the token endpoint.
 	AssertionAudience string
+	// JWTBearer is the assertion of the JWT-bearer grant, signed with the
+	// signing key of ClientKeys.
+	JWTBearer JWTBearer
 	// DefaultScopes are requested when a caller names none.
 	DefaultScopes []string
 	// TokenParams are extra form parameters sent with every token request.
@@ -117,6 +127,25 @@ type Provider struct {
 	// Revision is the etcd revision the provider was read at; writes made
 	// on its behalf commit only while it is unchanged.
 	Revision int64
+}
+
+// JWTBearer says what the assertions of a provider's JWT-bearer grant
+// (RFC 7523 §2.1, §3) claim.
+type JWTBearer struct {
+	// Issuer is the iss claim; the client_id when empty.
+	Issuer string
+	// Subject is the sub claim of the provider's own token (account "");
+	// a named account's username is its subject. No sub claim when
+	// empty for the provider's own token (Google service accounts).
+	Subject string
+	// Audience is the aud claim; the token endpoint when empty.
+	Audience string
+	// ScopeClaim puts the scopes asked for in a "scope" claim of the
+	// assertion instead of the request's scope parameter (Google).
+	ScopeClaim bool
+	// Lifetime bounds each assertion's validity;
+	// oauth.DefaultAssertionLifetime when zero.
+	Lifetime time.Duration
 }
 
 // TokenURLFor returns the token endpoint of grant g.
@@ -169,7 +198,7 @@ func (p *Provider) Validate() error {
 	for name, u := range map[string]string{
 		"token_url": p.TokenURL, "authorize_url": p.AuthorizeURL,
 		"introspection_url": p.IntrospectionURL, "revocation_url": p.RevocationURL,
-		"redirect_uri": p.RedirectURL,
+		"redirect_uri": p.RedirectURL, "device_authorization_url": p.DeviceAuthorizationURL,
 	} {
 		if err := validateURL(u); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))
@@ -194,10 +223,10 @@ func (p *Provider) Validate() error {
 		errs = append(errs, tooLong("client_secret", len(p.ClientSecret), MaxClientSecretLen))
 	}
 	if _, ok := clientAuthMethods[p.ClientAuth]; !ok {
-		errs = append(errs, fmt.Errorf("client_auth_style %d is not one of basic, post, basic+post, private_key_jwt", p.ClientAuth))
+		errs = append(errs, fmt.Errorf("client_auth_style %d is not one of basic, post, basic+post, private_key_jwt, none", p.ClientAuth))
 	}
 	if _, ok := clientAuthMethods[p.IntrospectionAuth]; !ok && p.IntrospectionAuth != 0 {
-		errs = append(errs, fmt.Errorf("introspection_auth_style %d is not one of basic, post, basic+post, private_key_jwt", p.IntrospectionAuth))
+		errs = append(errs, fmt.Errorf("introspection_auth_style %d is not one of basic, post, basic+post, private_key_jwt, none", p.IntrospectionAuth))
 	}
 	if len(p.ClientKeys) > 1 {
 		errs = append(errs, errors.New("client_key: at most one key is imported at a time"))
@@ -210,6 +239,7 @@ func (p *Provider) Validate() error {
 	if err := validateURL(p.AssertionAudience); err != nil {
 		errs = append(errs, fmt.Errorf("client_assertion_audience: %w", err))
 	}
+	errs = append(errs, p.JWTBearer.validate()...)
 	if len(p.GrantTypes) > MaxGrantTypes {
 		errs = append(errs, fmt.Errorf("grant_types has %d entries, more than %d", len(p.GrantTypes), MaxGrantTypes))
 	} else {
@@ -264,7 +294,8 @@ func validateTokenParams(params map[string]string) []error {
 
 func reservedParam(k string) bool {
 	switch k {
-	case "grant_type", "client_id", "client_secret", "scope", "username", "password", "refresh_token", "code", "redirect_uri", "code_verifier":
+	case "grant_type", "client_id", "client_secret", "scope", "username", "password", "refresh_token", "code", "redirect_uri", "code_verifier",
+		"assertion", "client_assertion", "client_assertion_type":
 		return true
 	}
 	return false
@@ -421,6 +452,11 @@ var clientAuthMethods = map[oauth.AuthStyle]func(p *Provider, style oauth.AuthSt
 	oauth.AuthPost:          clientSecretAuth,
 	oauth.AuthBasicAndPost:  clientSecretAuth,
 	oauth.AuthPrivateKeyJWT: privateKeyJWTAuth,
+	oauth.AuthNone:          noClientAuth,
+}
+
+func noClientAuth(*Provider, oauth.AuthStyle, string) (oauth.ClientAuthenticator, error) {
+	return oauth.NoClientAuth{}, nil
 }
 
 func clientSecretAuth(p *Provider, style oauth.AuthStyle, secret string) (oauth.ClientAuthenticator, error) {

@@ -323,9 +323,9 @@ func (b *Broker) RotateClientSecret(ctx context.Context, name, secret string, va
 }
 
 // usesPrivateKeyJWT reports whether p signs client assertions for any of
-// its endpoints.
+// its endpoints, or the assertions of its JWT-bearer grant.
 func (p *Provider) usesPrivateKeyJWT() bool {
-	return p.ClientAuth == oauth.AuthPrivateKeyJWT || p.IntrospectionAuth == oauth.AuthPrivateKeyJWT
+	return p.ClientAuth == oauth.AuthPrivateKeyJWT || p.IntrospectionAuth == oauth.AuthPrivateKeyJWT || p.Allows(GrantJWTBearer)
 }
 
 // RotateClientKey makes k provider name's signing key; a zero k (no

@@ -110,6 +110,7 @@ type storedProvider struct {
 	ClientKeys           []storedClientKey `json:"client_keys,omitempty"`
 	ClientKeyAlgorithm   string            `json:"client_key_algorithm,omitempty"`
 	AssertionAudience    string            `json:"client_assertion_audience,omitempty"`
+	JWTBearer            *storedJWTBearer  `json:"jwt_bearer,omitempty"`
 	CreateTime           time.Time         `json:"create_time"`
 	UpdateTime           time.Time         `json:"update_time"`
 }
@@ -155,7 +156,20 @@ func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
 	if p.IntrospectionAuth != 0 {
 		s.IntrospectionAuth = p.IntrospectionAuth.String()
 	}
+	if p.JWTBearer != (JWTBearer{}) {
+		j := storedJWTBearer(p.JWTBearer)
+		s.JWTBearer = &j
+	}
 	return b.signRecord(key, s)
+}
+
+// storedJWTBearer is the etcd encoding of JWTBearer.
+type storedJWTBearer struct {
+	Issuer     string        `json:"issuer,omitempty"`
+	Subject    string        `json:"subject,omitempty"`
+	Audience   string        `json:"audience,omitempty"`
+	ScopeClaim bool          `json:"scope_claim,omitempty"`
+	Lifetime   time.Duration `json:"lifetime,omitempty"`
 }
 
 func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, error) {
@@ -207,6 +221,9 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 	}
 	for _, g := range s.GrantTypes {
 		p.GrantTypes = append(p.GrantTypes, GrantType(g))
+	}
+	if s.JWTBearer != nil {
+		p.JWTBearer = JWTBearer(*s.JWTBearer)
 	}
 	if s.IntrospectionAuth != "" {
 		if p.IntrospectionAuth, err = oauth.ParseAuthStyle(s.IntrospectionAuth); err != nil {

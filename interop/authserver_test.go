@@ -37,6 +37,9 @@ type serverOptions struct {
 	// RefreshTokens is server.mjs's REFRESH_TOKENS: "offline_access" (the
 	// default) or "client".
 	RefreshTokens string
+	// BrokerJWKSURI is the broker's jwks_uri, for the private_key_jwt
+	// client broker-pkj (registered only when set).
+	BrokerJWKSURI string
 }
 
 // authServer is a running oidc-provider (server.mjs).
@@ -63,6 +66,9 @@ func startAuthServer(t *testing.T, opts serverOptions) *authServer {
 	cmd.Env = append(os.Environ(), "PORT=0", "CLIENT_SECRET="+clientSecret, "REDIRECT_URI="+opts.RedirectURI)
 	if opts.RefreshTokens != "" {
 		cmd.Env = append(cmd.Env, "REFRESH_TOKENS="+opts.RefreshTokens)
+	}
+	if opts.BrokerJWKSURI != "" {
+		cmd.Env = append(cmd.Env, "BROKER_JWKS_URI="+opts.BrokerJWKSURI)
 	}
 	if opts.AccessTokenTTL > 0 {
 		cmd.Env = append(cmd.Env, "ACCESS_TOKEN_TTL="+strconv.Itoa(int(opts.AccessTokenTTL/time.Second)))
@@ -150,7 +156,7 @@ type seenRequest struct {
 	Error         string `json:"error"`
 	Active        *bool  `json:"active"` // introspection answers
 	ClientID      string `json:"client_id"`
-	Auth          string `json:"auth"` // basic, post, basic+post or ""
+	Auth          string `json:"auth"` // basic, post, basic+post, private_key_jwt or ""
 	GrantType     string `json:"grant_type"`
 	Scope         string `json:"scope"`
 	CodeVerifier  bool   `json:"code_verifier"`

@@ -52,18 +52,7 @@ const (
 // access tokens living accessTTL.
 func startFosite(t *testing.T, accessTTL time.Duration) *fositeServer {
 	t.Helper()
-	secret := make([]byte, 32)
-	if _, err := rand.Read(secret); err != nil {
-		t.Fatal(err)
-	}
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hashed, err := bcrypt.GenerateFromPassword([]byte(clientSecret), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
+	secret, key, hashed := fositeSecrets(t)
 	store := storage.NewMemoryStore()
 	store.Clients[fositeClient] = &fosite.DefaultClient{
 		ID: fositeClient, Secret: hashed,
@@ -85,6 +74,25 @@ func startFosite(t *testing.T, accessTTL time.Duration) *fositeServer {
 	s.Server = httptest.NewServer(mux)
 	t.Cleanup(s.Close)
 	return s
+}
+
+// fositeSecrets makes what a fosite instance needs: its global secret, its
+// signing key, and the bcrypt hash of clientSecret.
+func fositeSecrets(t *testing.T) (secret []byte, key *rsa.PrivateKey, hashed []byte) {
+	t.Helper()
+	secret = make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		t.Fatal(err)
+	}
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hashed, err = bcrypt.GenerateFromPassword([]byte(clientSecret), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return secret, key, hashed
 }
 
 func (s *fositeServer) token(w http.ResponseWriter, r *http.Request) {

@@ -25,6 +25,9 @@
 //   broker-basic  client_secret_basic at the token, introspection and
 //                 revocation endpoints
 //   broker-post   client_secret_post at the same endpoints
+//   broker-pkj    private_key_jwt (ES256) at the same endpoints, with the
+//                 broker's public keys at BROKER_JWKS_URI; client_credentials
+//                 only; registered only when BROKER_JWKS_URI is set
 //
 // Besides the provider's own routes, GET /_interop/requests returns what
 // the token, introspection and revocation endpoints received and answered,
@@ -79,9 +82,22 @@ const client = (id, method) => ({
   scope: 'openid offline_access api',
 });
 
+// The broker as a client without a secret: it signs client assertions
+// with its own keys, which the provider fetches from the broker's jwks_uri.
+const privateKeyJWTClients = process.env.BROKER_JWKS_URI ? [{
+  client_id: 'broker-pkj',
+  token_endpoint_auth_method: 'private_key_jwt',
+  token_endpoint_auth_signing_alg: 'ES256',
+  jwks_uri: process.env.BROKER_JWKS_URI,
+  grant_types: ['client_credentials'],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'api',
+}] : [];
+
 const provider = new Provider(issuer, {
-  clients: [client('broker-basic', 'client_secret_basic'), client('broker-post', 'client_secret_post')],
-  clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+  clients: [client('broker-basic', 'client_secret_basic'), client('broker-post', 'client_secret_post'), ...privateKeyJWTClients],
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
   // "api" is a plain OAuth scope: client_credentials tokens carry it.
   scopes: ['openid', 'offline_access', 'api'],
   jwks: { keys: [signingKey] },
@@ -114,6 +130,17 @@ const provider = new Provider(issuer, {
     expiresWithSession: async () => false,
   }),
   findAccount: (ctx, sub) => ({ accountId: sub, claims: () => ({ sub }) }),
+  // The broker's jwks_uri is on 127.0.0.1 here, which oidc-provider's own
+  // fetch refuses (SSRF protection against special-use addresses).
+  ...(privateKeyJWTClients.length > 0 && {
+    fetch: (url, options) => globalThis.fetch(url, { ...options, dispatcher: undefined }),
+  }),
+});
+
+// Why a client failed to authenticate, on stderr (the test shows it when
+// it fails): a client's JWKS that cannot be fetched, a bad assertion.
+provider.on('grant.error', (ctx, err) => {
+  if (err.error === 'invalid_client') console.error('grant.error', err.error_detail, err.cause?.cause?.message ?? err.cause?.message ?? '');
 });
 
 // What the endpoints the broker calls received, in order.
@@ -134,6 +161,7 @@ provider.use(async (ctx, next) => {
   const auth = [];
   if ((ctx.get('authorization') || '').toLowerCase().startsWith('basic ')) auth.push('basic');
   if (body.client_secret !== undefined) auth.push('post');
+  if (body.client_assertion !== undefined) auth.push('private_key_jwt');
   seen.push({
     endpoint,
     status: ctx.status,

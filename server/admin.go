@@ -34,6 +34,21 @@ func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutPro
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
+	if pem := req.GetClientKey(); pem != "" {
+		k, err := broker.ParseClientKey([]byte(pem), p.ClientKeyAlgorithm)
+		if err != nil {
+			return nil, toStatus(s.log, err)
+		}
+		p.ClientKeys = []broker.ClientKey{k}
+	}
+	if sa := req.GetServiceAccountKey(); sa != "" {
+		if req.GetClientKey() != "" {
+			return nil, toStatus(s.log, fmt.Errorf("%w: give client_key or service_account_key, not both", broker.ErrInvalidArgument))
+		}
+		if err := broker.ApplyServiceAccountKey(&p, []byte(sa)); err != nil {
+			return nil, toStatus(s.log, err)
+		}
+	}
 	if preset := req.GetProvider().GetPreset(); preset != "" {
 		if err := s.broker.ApplyPreset(ctx, &p, preset, req.GetProvider().GetBaseUrl()); err != nil {
 			return nil, toStatus(s.log, err)
@@ -43,7 +58,8 @@ func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutPro
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
-	s.log.Info("provider put", zap.String("provider", stored.Name), zap.Bool("secret_changed", req.GetClientSecret() != ""))
+	s.log.Info("provider put", zap.String("provider", stored.Name), zap.Bool("secret_changed", req.GetClientSecret() != ""),
+		zap.Bool("client_key_imported", req.GetClientKey() != "" || req.GetServiceAccountKey() != ""))
 	return &tokenbrokerv1.PutProviderResponse{Provider: s.toProvider(stored)}, nil
 }
 
@@ -76,10 +92,12 @@ func (s *adminServer) DeleteProvider(ctx context.Context, req *tokenbrokerv1.Del
 }
 
 var authStyles = map[tokenbrokerv1.ClientAuthStyle]oauth.AuthStyle{
-	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_UNSPECIFIED:    0, // the preset's, else basic
-	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC:          oauth.AuthBasic,
-	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST:           oauth.AuthPost,
-	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST: oauth.AuthBasicAndPost,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_UNSPECIFIED:     0, // the preset's, else basic
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC:           oauth.AuthBasic,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST:            oauth.AuthPost,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST:  oauth.AuthBasicAndPost,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT: oauth.AuthPrivateKeyJWT,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_NONE:            oauth.AuthNone,
 }
 
 var grantTypes = map[tokenbrokerv1.GrantType]broker.GrantType{
@@ -87,6 +105,7 @@ var grantTypes = map[tokenbrokerv1.GrantType]broker.GrantType{
 	tokenbrokerv1.GrantType_GRANT_TYPE_PASSWORD:           broker.GrantPassword,
 	tokenbrokerv1.GrantType_GRANT_TYPE_AUTHORIZATION_CODE: broker.GrantAuthorizationCode,
 	tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN:      broker.GrantRefreshToken,
+	tokenbrokerv1.GrantType_GRANT_TYPE_JWT_BEARER:         broker.GrantJWTBearer,
 }
 
 // fromProvider converts the API's provider; output-only fields are ignored.
@@ -107,6 +126,18 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 		TokenParams:      in.GetTokenParams(),
 		RedirectURL:      in.GetRedirectUri(),
 		PKCE:             in.GetPkce(),
+
+		ClientKeyAlgorithm: in.GetClientKeyAlgorithm(),
+		AssertionAudience:  in.GetClientAssertionAudience(),
+	}
+	if j := in.GetJwtBearer(); j != nil {
+		p.JWTBearer = broker.JWTBearer{Issuer: j.GetIssuer(), Subject: j.GetSubject(), Audience: j.GetAudience(), ScopeClaim: j.GetScopeClaim()}
+		if d := j.GetLifetime(); d != nil {
+			if err := d.CheckValid(); err != nil {
+				return broker.Provider{}, fmt.Errorf("%w: jwt_bearer.lifetime: %v", broker.ErrInvalidArgument, err)
+			}
+			p.JWTBearer.Lifetime = d.AsDuration()
+		}
 	}
 	p.RefreshLeadFraction = in.GetRefreshLeadFraction()
 	p.RefreshRevokesAccessToken = in.RefreshRevokesAccessToken
@@ -167,6 +198,11 @@ func (s *adminServer) toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 		Pkce:                p.PKCE,
 		RefreshLeadFraction: p.RefreshLeadFraction,
 
+		ClientKeyAlgorithm:      p.ClientKeyAlgorithm,
+		ClientAssertionAudience: p.AssertionAudience,
+		ClientKeys:              toClientKeys(p),
+		JwtBearer:               toJWTBearer(p.JWTBearer),
+
 		RefreshRevokesAccessToken:        p.RefreshRevokesAccessToken,
 		LearnedRefreshRevokesAccessToken: p.LearnedRefreshRevokesAccessToken,
 	}
@@ -203,6 +239,36 @@ func (s *adminServer) toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 	return out
 }
 
+// toJWTBearer converts the JWT-bearer grant's settings; nil when unset.
+func toJWTBearer(j broker.JWTBearer) *tokenbrokerv1.JwtBearerGrant {
+	if j == (broker.JWTBearer{}) {
+		return nil
+	}
+	out := &tokenbrokerv1.JwtBearerGrant{Issuer: j.Issuer, Subject: j.Subject, Audience: j.Audience, ScopeClaim: j.ScopeClaim}
+	if j.Lifetime > 0 {
+		out.Lifetime = durationpb.New(j.Lifetime)
+	}
+	return out
+}
+
+// toClientKeys describes p's client keys, the signing one first, without
+// their private halves.
+func toClientKeys(p *broker.Provider) []*tokenbrokerv1.ClientKeyInfo {
+	var out []*tokenbrokerv1.ClientKeyInfo
+	for _, k := range p.ClientKeys {
+		info := &tokenbrokerv1.ClientKeyInfo{KeyId: k.KeyID, Algorithm: k.Algorithm, CreateTime: timestamppb.New(k.CreateTime)}
+		if !k.RetireTime.IsZero() {
+			info.RetireTime = timestamppb.New(k.RetireTime)
+		}
+		if k.RetireTime.IsZero() {
+			out = append([]*tokenbrokerv1.ClientKeyInfo{info}, out...)
+		} else {
+			out = append(out, info)
+		}
+	}
+	return out
+}
+
 func toGrantType(g broker.GrantType) tokenbrokerv1.GrantType {
 	for k, v := range grantTypes {
 		if v == g {
@@ -225,4 +291,28 @@ func (s *adminServer) RotateClientSecret(ctx context.Context, req *tokenbrokerv1
 		return nil, toStatus(s.log, err)
 	}
 	return &tokenbrokerv1.RotateClientSecretResponse{Provider: s.toProvider(p)}, nil
+}
+
+func (s *adminServer) RotateClientKey(ctx context.Context, req *tokenbrokerv1.RotateClientKeyRequest) (*tokenbrokerv1.RotateClientKeyResponse, error) {
+	var overlap time.Duration
+	if d := req.GetOverlap(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return nil, toStatus(s.log, fmt.Errorf("%w: overlap: %v", broker.ErrInvalidArgument, err))
+		}
+		overlap = d.AsDuration()
+	}
+	var k broker.ClientKey
+	if pem := req.GetClientKey(); pem != "" {
+		var err error
+		if k, err = broker.ParseClientKey([]byte(pem), req.GetAlgorithm()); err != nil {
+			return nil, toStatus(s.log, err)
+		}
+	}
+	p, err := s.broker.RotateClientKey(ctx, req.GetProvider(), k, req.GetAlgorithm(), overlap)
+	if err != nil {
+		return nil, toStatus(s.log, err)
+	}
+	signing, _ := p.SigningKey()
+	s.log.Info("client key rotated", zap.String("provider", p.Name), zap.String("kid", signing.KeyID), zap.Bool("imported", k.Private != nil))
+	return &tokenbrokerv1.RotateClientKeyResponse{Provider: s.toProvider(p)}, nil
 }

@@ -40,9 +40,13 @@ func (g *guard) auditCall(st *callState, method string, req, resp any, err error
 	}
 	switch r := req.(type) {
 	case *tokenbrokerv1.PutProviderRequest:
-		fields = append(fields, zap.String("provider", r.GetProvider().GetName()), zap.Bool("secret_set", r.GetClientSecret() != ""))
+		fields = append(fields, zap.String("provider", r.GetProvider().GetName()), zap.Bool("secret_set", r.GetClientSecret() != ""),
+			zap.Bool("client_key_imported", r.GetClientKey() != "" || r.GetServiceAccountKey() != ""))
 	case *tokenbrokerv1.RotateClientSecretRequest:
 		fields = append(fields, zap.String("provider", r.GetProvider()), zap.Bool("validated", !r.GetSkipValidation()),
+			zap.Duration("overlap", r.GetOverlap().AsDuration()))
+	case *tokenbrokerv1.RotateClientKeyRequest:
+		fields = append(fields, zap.String("provider", r.GetProvider()), zap.Bool("client_key_imported", r.GetClientKey() != ""),
 			zap.Duration("overlap", r.GetOverlap().AsDuration()))
 	case *tokenbrokerv1.DeleteProviderRequest:
 		fields = append(fields, zap.String("provider", r.GetName()))

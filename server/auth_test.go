@@ -149,6 +149,14 @@ func matrixRPCs(providerURL, token string) []rpcCase {
 			restVerb: http.MethodPost, restPath: "/v1/admin/providers/absent:rotateClientSecret", restBody: `{"client_secret":"matrix-rotated-secret-1"}`,
 		},
 		{
+			method: tokenbrokerv1.AdminService_RotateClientKey_FullMethodName, action: policy.Admin, adminWant: codes.NotFound,
+			grpc: func(ctx context.Context, _ tokenbrokerv1.TokenBrokerServiceClient, ad tokenbrokerv1.AdminServiceClient) error {
+				_, err := ad.RotateClientKey(ctx, &tokenbrokerv1.RotateClientKeyRequest{Provider: "absent", Algorithm: "EdDSA"})
+				return err
+			},
+			restVerb: http.MethodPost, restPath: "/v1/admin/providers/absent:rotateClientKey", restBody: `{"algorithm":"EdDSA"}`,
+		},
+		{
 			method: tokenbrokerv1.AdminService_PutAccount_FullMethodName, action: policy.Admin, adminWant: authorized,
 			grpc: func(ctx context.Context, _ tokenbrokerv1.TokenBrokerServiceClient, ad tokenbrokerv1.AdminServiceClient) error {
 				_, err := ad.PutAccount(ctx, &tokenbrokerv1.PutAccountRequest{Provider: "sandbox", Account: "matrix", GrantType: tokenbrokerv1.GrantType_GRANT_TYPE_PASSWORD, Username: "u", Password: "matrix-password-1"})

@@ -92,6 +92,10 @@ func (g *gatewayAdmin) RetireApiKey(ctx context.Context, req *tokenbrokerv1.Reti
 	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_RetireApiKey_FullMethodName, req, g.next.RetireApiKey)
 }
 
+func (g *gatewayAdmin) RotateClientKey(ctx context.Context, req *tokenbrokerv1.RotateClientKeyRequest) (*tokenbrokerv1.RotateClientKeyResponse, error) {
+	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_RotateClientKey_FullMethodName, req, g.next.RotateClientKey)
+}
+
 func (g *gatewayAdmin) RotateClientSecret(ctx context.Context, req *tokenbrokerv1.RotateClientSecretRequest) (*tokenbrokerv1.RotateClientSecretResponse, error) {
 	return invoke(ctx, g.intercept, g.next, tokenbrokerv1.AdminService_RotateClientSecret_FullMethodName, req, g.next.RotateClientSecret)
 }

@@ -22,6 +22,15 @@ const (
 // replaced key served for far longer than this.
 const jwksMaxAge = "public, max-age=300"
 
+// JWKSHandler serves the broker's public keys at JWKSPath and
+// ProviderJWKSPath, as the REST listener does, for a process that serves
+// them from a listener of its own.
+func JWKSHandler(b *broker.Broker, log *zap.Logger) http.Handler {
+	mux := newRouteMux()
+	mountJWKS(mux, b, log)
+	return mux
+}
+
 func mountJWKS(mux *routeMux, b *broker.Broker, log *zap.Logger) {
 	mux.HandleFunc("GET "+JWKSPath, func(w http.ResponseWriter, _ *http.Request) {
 		writeJWKS(w, b.AllJWKS())

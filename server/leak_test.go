@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,6 +36,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/seal"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
+	"github.com/tokenbroker/tokenbroker/internal/fakes"
 	"github.com/tokenbroker/tokenbroker/internal/testkeys"
 	"github.com/tokenbroker/tokenbroker/sandbox"
 	"github.com/tokenbroker/tokenbroker/server"
@@ -404,6 +406,7 @@ func runFlowsTraced(t *testing.T, tp trace.TracerProvider) *flowRun {
 	r.consentFlows(t)
 	r.providerErrorFlows(t)
 	r.rotationFlows(t)
+	r.clientKeyFlows(t)
 	r.apiKeyFlows(t)
 	r.authFailureFlows(t)
 	r.panicFlows(t)
@@ -763,6 +766,167 @@ func (r *flowRun) rotationFlows(t *testing.T) {
 		t.Fatalf("Refresh(sbrest) during the overlap: %v", err)
 	}
 	r.token(got.GetToken())
+}
+
+// clientKeyFlows register a provider on private_key_jwt with an imported
+// key (gRPC and REST), read it back, round-trip it, get a token with it,
+// rotate its key (imported, generated, and one that does not parse), and
+// record every private key in the book: the imported PEMs and the private
+// halves the broker generated, opened from etcd.
+func (r *flowRun) clientKeyFlows(t *testing.T) {
+	t.Helper()
+	fp := fakes.NewAssertionProvider(t, leakClientID)
+	fp.SetJWKSURL(r.in.baseURL + "/v1/providers/pkj/jwks.json")
+	keys := map[string]string{}
+	for _, name := range []string{"imported client key", "imported client key (REST)", "rotated client key", "rotated client key (REST)"} {
+		pemText, d := testkeys.NewClientKeyPEM()
+		keys[name] = pemText
+		r.book.add(name, pemText)
+		r.book.add(name+" (d)", d)
+	}
+	pkj := &tokenbrokerv1.Provider{Name: "pkj", TokenUrl: fp.URL + "/token", IntrospectionUrl: fp.URL + "/introspect", ClientId: leakClientID,
+		ClientAuthStyle: tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT}
+	put, err := r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{Provider: pkj, ClientKey: keys["imported client key"]})
+	if err != nil {
+		t.Fatalf("PutProvider(pkj): %v", err)
+	}
+	r.said.addMsg("PutProvider(private_key_jwt)", put)
+	r.rest(t, http.MethodPut, "/v1/admin/providers/pkjrest", testAdminKey, map[string]any{
+		"provider":   map[string]any{"token_url": fp.URL + "/token", "client_id": leakClientID, "client_auth_style": "CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT"},
+		"client_key": keys["imported client key (REST)"],
+	})
+	got, err := r.in.admin.GetProvider(ctxb, &tokenbrokerv1.GetProviderRequest{Name: "pkj"})
+	r.said.addErr("GetProvider(pkj)", err)
+	r.said.addMsg("GetProvider(pkj)", got)
+	again, err := r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{Provider: got.GetProvider()})
+	r.said.addErr("PutProvider(round trip)", err)
+	r.said.addMsg("PutProvider(round trip)", again)
+	tok, err := r.in.tokens.GetToken(ctxb, &tokenbrokerv1.GetTokenRequest{Provider: "pkj"})
+	if err != nil {
+		t.Fatalf("GetToken(pkj): %v", err)
+	}
+	r.token(tok.GetToken())
+	in, err := r.in.tokens.Introspect(ctxb, &tokenbrokerv1.IntrospectRequest{Token: tok.GetToken().GetAccessToken()})
+	r.said.addErr("Introspect(pkj)", err)
+	r.said.addMsg("Introspect(pkj)", in)
+	rot, err := r.in.admin.RotateClientKey(ctxb, &tokenbrokerv1.RotateClientKeyRequest{Provider: "pkj", ClientKey: keys["rotated client key"], Overlap: durationpb.New(time.Hour)})
+	r.said.addErr("RotateClientKey(imported)", err)
+	r.said.addMsg("RotateClientKey(imported)", rot)
+	rot, err = r.in.admin.RotateClientKey(ctxb, &tokenbrokerv1.RotateClientKeyRequest{Provider: "pkj", Algorithm: "RS256", Overlap: durationpb.New(time.Hour)})
+	r.said.addErr("RotateClientKey(generated)", err)
+	r.said.addMsg("RotateClientKey(generated)", rot)
+	r.rest(t, http.MethodPost, "/v1/admin/providers/pkj:rotateClientKey", testAdminKey, map[string]any{"client_key": keys["rotated client key (REST)"]})
+	// A key of the wrong algorithm, and one whose PEM body is damaged.
+	_, err = r.in.admin.RotateClientKey(ctxb, &tokenbrokerv1.RotateClientKeyRequest{Provider: "pkj", ClientKey: keys["rotated client key"], Algorithm: "EdDSA"})
+	r.said.addErr("RotateClientKey(wrong algorithm)", err)
+	damaged := strings.Replace(keys["rotated client key"], "\n", "", 2)
+	damaged = damaged[:len(damaged)/2] + "!!" + damaged[len(damaged)/2:]
+	_, err = r.in.admin.RotateClientKey(ctxb, &tokenbrokerv1.RotateClientKeyRequest{Provider: "pkj", ClientKey: damaged})
+	r.said.addErr("RotateClientKey(damaged)", err)
+	if _, err := r.in.tokens.Refresh(ctxb, &tokenbrokerv1.RefreshRequest{Provider: "pkj"}); err != nil {
+		t.Errorf("Refresh(pkj) after the rotations: %v", err)
+	}
+	r.rest(t, http.MethodGet, "/v1/providers/pkj/jwks.json", "", nil)
+	r.rest(t, http.MethodGet, "/.well-known/jwks.json", "", nil)
+	r.serviceAccountFlows(t)
+	for name, d := range storedClientKeys(t, r.env, testkeys.Keyring()) {
+		r.book.add(name, d)
+	}
+}
+
+// serviceAccountFlows register Google service accounts from their key
+// files (gRPC and REST, and a damaged one), get a token through the
+// JWT-bearer grant, and read the providers back.
+func (r *flowRun) serviceAccountFlows(t *testing.T) {
+	t.Helper()
+	var n atomic.Int64
+	google := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_ = req.ParseForm()
+		tok := fmt.Sprintf("ya29.leak-%d-%s", n.Add(1), strings.Repeat("x", 16))
+		r.book.add("issued access token", tok)
+		r.book.add("sent assertion", req.PostForm.Get("assertion"))
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = fmt.Fprintf(w, `{"access_token":%q,"token_type":"Bearer","expires_in":3599}`, tok)
+	}))
+	t.Cleanup(google.Close)
+	files := map[string][]byte{}
+	for _, name := range []string{"gsa", "gsarest"} {
+		file, _, private := testkeys.NewServiceAccountKey("kid-"+name, google.URL+"/token")
+		files[name] = file
+		var pemText struct {
+			PrivateKey string `json:"private_key"`
+		}
+		_ = json.Unmarshal(file, &pemText)
+		r.book.add("service account key "+name, pemText.PrivateKey)
+		for _, m := range private {
+			r.book.add("service account key "+name+" (member)", m)
+		}
+	}
+	put, err := r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{
+		Provider: &tokenbrokerv1.Provider{Name: "gsa", Preset: "google-service-account"}, ServiceAccountKey: string(files["gsa"])})
+	if err != nil {
+		t.Fatalf("PutProvider(google-service-account): %v", err)
+	}
+	r.said.addMsg("PutProvider(google-service-account)", put)
+	r.rest(t, http.MethodPut, "/v1/admin/providers/gsarest", testAdminKey, map[string]any{
+		"provider": map[string]any{"preset": "google-service-account"}, "service_account_key": string(files["gsarest"])})
+	damaged := strings.Replace(string(files["gsa"]), "MII", "MIX", 1)
+	_, err = r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{
+		Provider: &tokenbrokerv1.Provider{Name: "gsabad", Preset: "google-service-account"}, ServiceAccountKey: damaged})
+	r.said.addErr("PutProvider(damaged service account key)", err)
+	tok, err := r.in.tokens.GetToken(ctxb, &tokenbrokerv1.GetTokenRequest{Provider: "gsa", Scopes: []string{"https://www.googleapis.com/auth/cloud-platform"}})
+	if err != nil {
+		t.Fatalf("GetToken(gsa): %v", err)
+	}
+	r.token(tok.GetToken())
+	r.restToken(t, "REST GetToken(gsarest)", "/v1/providers/gsarest/token", map[string]any{"scopes": []string{"https://www.googleapis.com/auth/drive"}})
+	got, err := r.in.admin.GetProvider(ctxb, &tokenbrokerv1.GetProviderRequest{Name: "gsa"})
+	r.said.addErr("GetProvider(gsa)", err)
+	r.said.addMsg("GetProvider(gsa)", got)
+	r.rest(t, http.MethodGet, "/v1/admin/providers/gsarest", testAdminKey, nil)
+}
+
+// storedClientKeys opens the private client keys of every provider record
+// and returns their private members (d, and RSA's p, q, dp, dq, qi) by
+// "<etcd key> <kid> <member>".
+func storedClientKeys(t *testing.T, e *env, keys *seal.Keyring) map[string]string {
+	t.Helper()
+	cli := e.etcd.Client(t, nil)
+	resp, err := cli.Get(ctxb, broker.DefaultPrefix+"providers/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, kv := range resp.Kvs {
+		var rec struct {
+			ClientKeys []struct {
+				KeyID   string `json:"kid"`
+				Private []byte `json:"private_jwk_sealed"`
+			} `json:"client_keys"`
+		}
+		if json.Unmarshal(kv.Value, &rec) != nil {
+			continue
+		}
+		for _, k := range rec.ClientKeys {
+			plain, err := keys.Open(string(kv.Key)+"#client_key/"+k.KeyID, k.Private)
+			if err != nil {
+				t.Fatalf("open client key %s of %s: %v", k.KeyID, kv.Key, err)
+			}
+			var jwk map[string]any
+			if err := json.Unmarshal(plain, &jwk); err != nil {
+				t.Fatalf("client key %s of %s is not a JWK", k.KeyID, kv.Key)
+			}
+			for _, m := range []string{"d", "p", "q", "dp", "dq", "qi"} {
+				if v, ok := jwk[m].(string); ok {
+					out[fmt.Sprintf("%s %s %s", kv.Key, k.KeyID, m)] = v
+				}
+			}
+		}
+	}
+	if len(out) < 4 {
+		t.Errorf("found %d private client key members in etcd, want those of the imported and generated keys", len(out))
+	}
+	return out
 }
 
 func (r *flowRun) apiKeyFlows(t *testing.T) {

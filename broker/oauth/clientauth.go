@@ -118,39 +118,91 @@ func (a PrivateKeyJWT) Secrets() []string { return nil }
 // Assertion returns a new signed assertion for a request to endpoint.
 // Errors wrap ErrClientAssertion.
 func (a PrivateKeyJWT) Assertion(endpoint string) (string, error) {
-	if a.Key.Key == nil || a.Key.IsPublic() {
-		return "", fmt.Errorf("%w: no private key", ErrClientAssertion)
-	}
-	alg := jose.SignatureAlgorithm(a.Key.Algorithm)
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: a.Key}, (&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		// go-jose's errors name the algorithm or key type, never the key.
-		return "", fmt.Errorf("%w: key %s: %v", ErrClientAssertion, a.Key.KeyID, err)
-	}
-	var jti [18]byte
-	if _, err := rand.Read(jti[:]); err != nil {
-		return "", fmt.Errorf("%w: %v", ErrClientAssertion, err)
-	}
-	now := time.Now
-	if a.Now != nil {
-		now = a.Now
-	}
 	aud := a.Audience
 	if aud == "" {
 		aud = endpoint
 	}
+	out, err := SignAssertion(a.Key, AssertionClaims{Issuer: a.ClientID, Subject: a.ClientID, Audience: aud, Lifetime: a.Lifetime, NotBefore: true}, a.Now)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrClientAssertion, err)
+	}
+	return out, nil
+}
+
+// NoClientAuth authenticates nothing: the request carries no client
+// credentials and no client_id (AuthNone).
+type NoClientAuth struct{}
+
+// Authenticate leaves form and header as they are.
+func (NoClientAuth) Authenticate(string, url.Values, http.Header) error { return nil }
+
+// Secrets returns nothing.
+func (NoClientAuth) Secrets() []string { return nil }
+
+// JWTBearerGrantType is the grant_type of the JWT-bearer authorization
+// grant (RFC 7523 §2.1); the signed assertion goes in the assertion
+// parameter.
+const JWTBearerGrantType = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+// AssertionClaims are the claims of a JWT the broker signs (RFC 7523 §3).
+type AssertionClaims struct {
+	Issuer   string
+	Subject  string // left out when empty
+	Audience string
+	// Scope, when set, is sent as a "scope" claim (space-separated), as
+	// Google's service accounts want it.
+	Scope string
+	// Lifetime bounds the validity; zero means DefaultAssertionLifetime.
+	Lifetime time.Duration
+	// NotBefore adds an nbf claim of the issue time.
+	NotBefore bool
+}
+
+// ErrSignAssertion means an assertion could not be signed: no private key,
+// or one unusable for its algorithm. Its text names the key id, never the
+// key.
+var ErrSignAssertion = errors.New("oauth: cannot sign assertion")
+
+// SignAssertion signs a JWT of c with key (its KeyID and Algorithm, RS256,
+// ES256 or EdDSA, set): iat now, exp after c.Lifetime, and a new random
+// jti. now is the clock; nil means time.Now. Errors wrap ErrSignAssertion.
+func SignAssertion(key jose.JSONWebKey, c AssertionClaims, now func() time.Time) (string, error) {
+	if key.Key == nil || key.IsPublic() {
+		return "", fmt.Errorf("%w: no private key", ErrSignAssertion)
+	}
+	alg := jose.SignatureAlgorithm(key.Algorithm)
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		// go-jose's errors name the algorithm or key type, never the key.
+		return "", fmt.Errorf("%w: key %s: %v", ErrSignAssertion, key.KeyID, err)
+	}
+	var jti [18]byte
+	if _, err := rand.Read(jti[:]); err != nil {
+		return "", fmt.Errorf("%w: %v", ErrSignAssertion, err)
+	}
+	if now == nil {
+		now = time.Now
+	}
 	t := now()
-	lifetime := a.Lifetime
+	lifetime := c.Lifetime
 	if lifetime <= 0 {
 		lifetime = DefaultAssertionLifetime
 	}
-	out, err := jwt.Signed(signer).Claims(jwt.Claims{
-		Issuer: a.ClientID, Subject: a.ClientID, Audience: jwt.Audience{aud},
+	claims := jwt.Claims{
+		Issuer: c.Issuer, Subject: c.Subject, Audience: jwt.Audience{c.Audience},
 		ID: base64.RawURLEncoding.EncodeToString(jti[:]), IssuedAt: jwt.NewNumericDate(t),
-		NotBefore: jwt.NewNumericDate(t), Expiry: jwt.NewNumericDate(t.Add(lifetime)),
-	}).Serialize()
+		Expiry: jwt.NewNumericDate(t.Add(lifetime)),
+	}
+	if c.NotBefore {
+		claims.NotBefore = jwt.NewNumericDate(t)
+	}
+	builder := jwt.Signed(signer).Claims(claims)
+	if c.Scope != "" {
+		builder = builder.Claims(map[string]any{"scope": c.Scope})
+	}
+	out, err := builder.Serialize()
 	if err != nil {
-		return "", fmt.Errorf("%w: key %s: %v", ErrClientAssertion, a.Key.KeyID, err)
+		return "", fmt.Errorf("%w: key %s: %v", ErrSignAssertion, key.KeyID, err)
 	}
 	return out, nil
 }

@@ -38,14 +38,20 @@ const (
 	// PrivateKeyJWT. It takes no secret, so ClientSecret does not
 	// implement it.
 	AuthPrivateKeyJWT
+	// AuthNone sends no client credentials and no client_id: for grants
+	// whose assertion identifies the client (the JWT-bearer grant, RFC
+	// 7523 §3.1: client authentication is optional). See NoClientAuth.
+	AuthNone
+
+	lastAuthStyle = AuthNone
 )
 
-var authStyleNames = [...]string{AuthBasic: "basic", AuthPost: "post", AuthBasicAndPost: "basic+post", AuthPrivateKeyJWT: "private_key_jwt"}
+var authStyleNames = [...]string{AuthBasic: "basic", AuthPost: "post", AuthBasicAndPost: "basic+post", AuthPrivateKeyJWT: "private_key_jwt", AuthNone: "none"}
 
-// String returns "basic", "post", "basic+post" or "private_key_jwt", and
-// "AuthStyle(N)" for anything else.
+// String returns "basic", "post", "basic+post", "private_key_jwt" or
+// "none", and "AuthStyle(N)" for anything else.
 func (s AuthStyle) String() string {
-	if s >= AuthBasic && s <= AuthPrivateKeyJWT {
+	if s >= AuthBasic && s <= lastAuthStyle {
 		return authStyleNames[s]
 	}
 	return "AuthStyle(" + strconv.Itoa(int(s)) + ")"
@@ -60,12 +66,12 @@ func (s AuthStyle) UsesSecret() bool { return s.valid() }
 // ParseAuthStyle is the inverse of AuthStyle.String. It returns an error for
 // any other string, the empty one included.
 func ParseAuthStyle(s string) (AuthStyle, error) {
-	for st := AuthBasic; st <= AuthPrivateKeyJWT; st++ {
+	for st := AuthBasic; st <= lastAuthStyle; st++ {
 		if authStyleNames[st] == s {
 			return st, nil
 		}
 	}
-	return 0, fmt.Errorf("oauth: unknown auth style %q (want basic, post, basic+post or private_key_jwt)", s)
+	return 0, fmt.Errorf("oauth: unknown auth style %q (want basic, post, basic+post, private_key_jwt or none)", s)
 }
 
 // Request is one call to a token endpoint.

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/internal/testkeys"
 	"github.com/tokenbroker/tokenbroker/sandbox"
 )
 
@@ -164,6 +165,13 @@ func TestCLIAgainstDev(t *testing.T) {
 	// The sandbox's client secret is dev's secret. "second" is registered
 	// with the sandbox's token URL and a wrong one.
 	const wrongSecret = "not-the-sandbox-secret-4711"
+	clientKeyPEM, _ := testkeys.NewClientKeyPEM()
+	clientKeyBody := strings.Split(clientKeyPEM, "\n")[2] // a line of the key's base64
+	saKey, _, saPrivate := testkeys.NewServiceAccountKey("kid-cli", "https://oauth2.googleapis.com/token")
+	saFile := filepath.Join(t.TempDir(), "sa.json")
+	if err := os.WriteFile(saFile, saKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tokenURL := dev.sandboxURL + sandbox.TokenPath
 	steps := []struct {
 		name       string
@@ -196,6 +204,20 @@ func TestCLIAgainstDev(t *testing.T) {
 		{name: "list events", give: []string{"events", "list", "--provider", "sandbox"}, wantStdout: `(?m)^ID\s+TIME\s+TYPE\s+PROVIDER\s+ACCOUNT\s+HEALTH\s+DETAIL\n(?:.*\n)*\S+\s+\S+\s+grant\.revoked\s+sandbox\s+alice-pw\s+ok→-`},
 		{name: "an unknown event type", give: []string{"events", "list", "--type", "grant.exploded"}, wantCode: exitUsage, wantStderr: "unknown event type"},
 		{name: "introspect an unknown token", give: []string{"token", "introspect", "--token-stdin", "-o", "json"}, stdin: "no-such-token\n", wantStdout: `^\{\s*\}\n$`},
+		{
+			name:  "put a provider on private_key_jwt with an imported key",
+			give:  []string{"provider", "put", "pkj", "--token-url", tokenURL, "--client-id", "pkj-client", "--auth-style", "private_key_jwt", "--client-key-stdin", "--client-assertion-audience", dev.sandboxURL},
+			stdin: clientKeyPEM, wantStdout: `(?m)^AUTH STYLE\s+private_key_jwt\n^CLIENT KEYS\s+\S+ ES256\n^ASSERTION AUDIENCE\s+` + regexp.QuoteMeta(dev.sandboxURL) + `\n`,
+		},
+		{name: "put it again without a key keeps it", give: []string{"provider", "put", "pkj", "--token-url", tokenURL, "--client-id", "pkj-client", "--auth-style", "private_key_jwt", "-o", "json"}, wantStdout: `"client_auth_style": "CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT"[\s\S]*"client_keys": \[\s*\{\s*"key_id": "\S+",\s*"algorithm": "ES256"`},
+		{name: "rotate the client key", give: []string{"provider", "rotate-key", "pkj", "--algorithm", "EdDSA", "--overlap", "1h"}, wantStdout: `(?m)^CLIENT KEYS\s+\S+ EdDSA,\S+ ES256 \(until \S+\)\n`},
+		{name: "a key that is not one", give: []string{"provider", "rotate-key", "pkj", "--client-key-stdin"}, stdin: "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n", wantCode: exitUsage, wantStderr: "client key: the PEM private key does not parse"},
+		{
+			name:       "put a Google service account",
+			give:       []string{"provider", "put", "gsa", "--preset", "google-service-account", "--service-account-key-file", saFile, "--scope", "https://www.googleapis.com/auth/cloud-platform"},
+			wantStdout: `(?m)^TOKEN URL\s+https://oauth2\.googleapis\.com/token\n[\s\S]*^AUTH STYLE\s+none\n^CLIENT KEYS\s+kid-cli RS256\n[\s\S]*^JWT BEARER\s+iss=reporter@demo-project\.iam\.gserviceaccount\.com sub=- aud=https://oauth2\.googleapis\.com/token scope claim\n^GRANTS\s+jwt_bearer\n`,
+		},
+		{name: "a jwt_bearer account acts for a user", give: []string{"account", "put", "gsa", "alice", "--grant", "jwt-bearer", "--username", "alice@example.com"}, wantStdout: `(?m)^gsa\s+alice\s+jwt_bearer\s`},
 		{name: "bad flag", give: []string{"provider", "put", "x", "--bogus"}, wantCode: exitUsage, wantStderr: "tokenbroker: unknown flag: --bogus (see 'tokenbroker provider put --help')"},
 		{name: "a secret as a flag", give: []string{"provider", "rotate-secret", "sandbox", "--client-secret", wrongSecret}, wantCode: exitUsage, wantStderr: "unknown flag: --client-secret"},
 		{name: "unknown provider", give: []string{"token", "get", "nope"}, wantCode: exitNotFound, wantStderr: `tokenbroker: broker: not found: provider "nope"`},
@@ -220,7 +242,7 @@ func TestCLIAgainstDev(t *testing.T) {
 		if wantLines := min(tt.wantCode, 1); strings.Count(got.stderr, "tokenbroker: ") != wantLines || (wantLines == 1 && strings.Count(got.stderr, "\n") != 1) {
 			t.Errorf("%s: tokenbroker %q: stderr = %q, want %d error line(s)", tt.name, tt.give, got.stderr, wantLines)
 		}
-		if strings.Contains(got.stdout+got.stderr, wrongSecret) {
+		if strings.Contains(got.stdout+got.stderr, wrongSecret) || strings.Contains(got.stdout+got.stderr, clientKeyBody) || strings.Contains(got.stdout+got.stderr, saPrivate[0]) {
 			t.Errorf("%s: tokenbroker %q printed a client secret:\n%s%s", tt.name, tt.give, got.stdout, got.stderr)
 		}
 	}

@@ -26,12 +26,14 @@ func (c *cli) accountPutCommand() *cobra.Command {
 		scopes        []string
 	)
 	cmd := &cobra.Command{
-		Use:   "put PROVIDER ACCOUNT --grant password|authorization_code",
+		Use:   "put PROVIDER ACCOUNT --grant password|authorization_code|jwt_bearer",
 		Short: "Create or replace an account",
 		Long: `Create or replace an account under a provider. A password account needs
 --username and, when created or changed, the password from stdin or an
 environment variable (never a flag); without one the stored password is kept.
-An authorization_code account waits for consent: 'tokenbroker grant authorize'.`,
+An authorization_code account waits for consent: 'tokenbroker grant authorize'.
+A jwt_bearer account's --username is the subject its assertions claim (a user
+the provider's client acts for).`,
 		Example: `  printf %s "$PASSWORD" | tokenbroker account put acme reports --grant password --username svc-reports --password-stdin`,
 		Args:    exactArgs("PROVIDER", "ACCOUNT"),
 		RunE: c.run(func(ctx context.Context, cmd *cobra.Command, args []string) error {
@@ -60,8 +62,8 @@ An authorization_code account waits for consent: 'tokenbroker grant authorize'.`
 		}),
 	}
 	f := cmd.Flags()
-	f.StringVar(&grant, "grant", "", "the account's grant: password or authorization_code (required)")
-	f.StringVar(&username, "username", "", "the resource owner's username (password grant)")
+	f.StringVar(&grant, "grant", "", "the account's grant: password, authorization_code or jwt_bearer (required)")
+	f.StringVar(&username, "username", "", "the resource owner's username (password grant), or the assertions' subject (jwt_bearer)")
 	f.BoolVar(&passwordStdin, "password-stdin", false, "read the password from stdin")
 	f.StringVar(&passwordEnv, "password-env", "", "read the password from this environment variable")
 	f.StringSliceVar(&scopes, "scope", nil, "scope of the account's tokens, repeatable or comma-separated (default: the provider's)")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -16,9 +17,11 @@ import (
 
 // authStyles are the --auth-style values.
 var authStyles = map[string]tokenbrokerv1.ClientAuthStyle{
-	"basic":      tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC,
-	"post":       tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST,
-	"basic+post": tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST,
+	"basic":           tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC,
+	"post":            tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST,
+	"basic+post":      tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST,
+	"private_key_jwt": tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT,
+	"none":            tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_NONE,
 }
 
 // grantTypeNames are the --grant values: the OAuth2 grant_type names.
@@ -27,6 +30,7 @@ var grantTypeNames = map[string]tokenbrokerv1.GrantType{
 	"password":           tokenbrokerv1.GrantType_GRANT_TYPE_PASSWORD,
 	"authorization_code": tokenbrokerv1.GrantType_GRANT_TYPE_AUTHORIZATION_CODE,
 	"refresh_token":      tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN,
+	"jwt_bearer":         tokenbrokerv1.GrantType_GRANT_TYPE_JWT_BEARER,
 }
 
 func parseGrantType(flag, s string) (tokenbrokerv1.GrantType, error) {
@@ -54,7 +58,7 @@ func (c *cli) providerCommand() *cobra.Command {
 registration with each. Client secrets are write-only: they are read from
 stdin or an environment variable, never from a flag, and never printed.`,
 		c.providerPutCommand(), c.providerGetCommand(), c.providerListCommand(),
-		c.providerDeleteCommand(), c.providerRotateSecretCommand())
+		c.providerDeleteCommand(), c.providerRotateSecretCommand(), c.providerRotateKeyCommand())
 }
 
 func (c *cli) providerPutCommand() *cobra.Command {
@@ -68,6 +72,11 @@ func (c *cli) providerPutCommand() *cobra.Command {
 		tokenParams map[string]string
 		grantURLs   map[string]string
 		redirectURI string
+		keyFile     string
+		keyStdin    bool
+		saKeyFile   string
+		jwtb        tokenbrokerv1.JwtBearerGrant
+		jwtbLife    time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "put NAME",
@@ -79,14 +88,18 @@ from --base-url; flags given explicitly win over the preset.`,
 		Example: `  printf %s "$SECRET" | tokenbroker provider put acme --token-url https://idp.example/token \
       --client-id broker --client-secret-stdin --auth-style post --scope read --scope write
   tokenbroker provider put media --preset mediahaven --base-url https://integration.mediahaven.com \
-      --client-id broker --client-secret-env MEDIAHAVEN_SECRET`,
+      --client-id broker --client-secret-env MEDIAHAVEN_SECRET
+  tokenbroker provider put corp --token-url https://idp.example/oauth2/token --client-id broker \
+      --auth-style private_key_jwt --client-key-file corp.pem
+  tokenbroker provider put gcp --preset google-service-account --service-account-key-file sa.json \
+      --scope https://www.googleapis.com/auth/cloud-platform`,
 		Args: exactArgs("NAME"),
 		RunE: c.run(func(ctx context.Context, cmd *cobra.Command, args []string) error {
 			p.Name = args[0]
 			if authStyle != "" {
 				s, ok := authStyles[authStyle]
 				if !ok {
-					return usageErrorf("--auth-style %q: want basic, post or basic+post", authStyle)
+					return usageErrorf("--auth-style %q: want basic, post, basic+post, private_key_jwt or none", authStyle)
 				}
 				p.ClientAuthStyle = s
 			}
@@ -108,6 +121,20 @@ from --base-url; flags given explicitly win over the preset.`,
 					return err
 				}
 			}
+			if req.ClientKey, err = c.readClientKey(keyStdin, keyFile); err != nil {
+				return err
+			}
+			if saKeyFile != "" {
+				if req.ServiceAccountKey, err = c.readClientKey(false, saKeyFile); err != nil {
+					return err
+				}
+			}
+			if d, err := durationFlag(cmd, "assertion-lifetime", jwtbLife); err != nil {
+				return err
+			} else if d != nil || jwtb.Issuer != "" || jwtb.Subject != "" || jwtb.Audience != "" || jwtb.ScopeClaim {
+				jwtb.Lifetime = d
+				p.JwtBearer = &jwtb
+			}
 			admin, err := c.admin(cmd)
 			if err != nil {
 				return err
@@ -127,10 +154,20 @@ from --base-url; flags given explicitly win over the preset.`,
 	f.StringVar(&p.ClientId, "client-id", "", "the broker's client_id at the provider")
 	f.BoolVar(&secretStdin, "client-secret-stdin", false, "read the client secret from stdin")
 	f.StringVar(&secretEnv, "client-secret-env", "", "read the client secret from this environment variable")
-	f.StringVar(&authStyle, "auth-style", "", "client authentication at the token endpoint: basic, post or basic+post (default basic)")
+	f.StringVar(&authStyle, "auth-style", "", "client authentication at the token endpoint: basic, post, basic+post or private_key_jwt (default basic)")
+	f.StringVar(&keyFile, "client-key-file", "", "private_key_jwt: import the private key (PEM or JWK) from this file (default: the stored key, or a generated one)")
+	f.BoolVar(&keyStdin, "client-key-stdin", false, "private_key_jwt: read the private key (PEM or JWK) from stdin")
+	f.StringVar(&p.ClientKeyAlgorithm, "client-key-algorithm", "", "private_key_jwt: algorithm of a generated key: RS256, ES256 or EdDSA (default ES256)")
+	f.StringVar(&p.ClientAssertionAudience, "client-assertion-audience", "", "private_key_jwt: the aud of client assertions (default: the token endpoint)")
+	f.StringVar(&saKeyFile, "service-account-key-file", "", "google-service-account: the service account's JSON key file (its private key is stored sealed)")
+	f.StringVar(&jwtb.Issuer, "assertion-issuer", "", "jwt_bearer grant: the iss of its assertions (default: the client id)")
+	f.StringVar(&jwtb.Subject, "assertion-subject", "", "jwt_bearer grant: the sub of the provider's own token (default: none)")
+	f.StringVar(&jwtb.Audience, "assertion-audience", "", "jwt_bearer grant: the aud of its assertions (default: the token endpoint)")
+	f.BoolVar(&jwtb.ScopeClaim, "assertion-scope-claim", false, "jwt_bearer grant: send the scopes in a scope claim, not a parameter")
+	f.DurationVar(&jwtbLife, "assertion-lifetime", 0, "jwt_bearer grant: how long each assertion is valid (default 1m)")
 	f.StringSliceVar(&p.DefaultScopes, "scope", nil, "default scope, repeatable or comma-separated")
-	f.StringSliceVar(&grants, "grant", nil, "allowed grant, repeatable: client_credentials, password, authorization_code, refresh_token (default client_credentials)")
-	f.StringVar(&p.Preset, "preset", "", "preset of a known provider: mediacore, mediahound, mediavalet, mediaflow, mediahaven or oidc")
+	f.StringSliceVar(&grants, "grant", nil, "allowed grant, repeatable: client_credentials, password, authorization_code, refresh_token, jwt_bearer (default client_credentials)")
+	f.StringVar(&p.Preset, "preset", "", "preset of a known provider: mediacore, mediahound, mediavalet, mediaflow, mediahaven, google-service-account, or oidc or oauth (OpenID Connect discovery or RFC 8414 metadata from --base-url, the issuer)")
 	f.StringVar(&p.BaseUrl, "base-url", "", "the preset's base URL: the instance, or the OIDC issuer")
 	f.BoolVar(&p.Pkce, "pkce", false, "send an S256 PKCE challenge with authorization requests")
 	f.StringVar(&redirectURI, "redirect-uri", "", "callback registered at the provider (default: the broker's own /v1/oauth/callback)")
@@ -138,6 +175,76 @@ from --base-url; flags given explicitly win over the preset.`,
 	f.StringToStringVar(&grantURLs, "grant-token-url", nil, "token endpoint of one grant where it differs, GRANT=URL, repeatable")
 	f.DurationVar(&lifetime, "default-token-lifetime", 0, "lifetime assumed when a token response has no expires_in (default 1h)")
 	cmd.MarkFlagsMutuallyExclusive("client-secret-stdin", "client-secret-env")
+	cmd.MarkFlagsMutuallyExclusive("client-key-file", "client-key-stdin", "service-account-key-file")
+	cmd.MarkFlagsMutuallyExclusive("client-secret-stdin", "client-key-stdin")
+	return cmd
+}
+
+// readClientKey reads a private key from stdin or a file; "" when neither
+// is asked for. The key is never printed.
+func (c *cli) readClientKey(fromStdin bool, file string) (string, error) {
+	switch {
+	case fromStdin:
+		return c.readSecret("client key", true, "")
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", usageErrorf("--client-key-file: %v", err)
+		}
+		if len(b) > 64<<10 {
+			return "", usageErrorf("--client-key-file %s: larger than 64 KiB", file)
+		}
+		return string(b), nil
+	}
+	return "", nil
+}
+
+func (c *cli) providerRotateKeyCommand() *cobra.Command {
+	var (
+		keyStdin  bool
+		keyFile   string
+		algorithm string
+		overlap   time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "rotate-key NAME [--client-key-file FILE | --client-key-stdin] [--algorithm ALG] [--overlap D]",
+		Short: "Replace the key a provider's client assertions are signed with",
+		Long: `Replace the key the broker signs a provider's client assertions with
+(private_key_jwt). The new key, imported or generated, signs at once; the one
+it replaces stays in the broker's JWKS for --overlap, so that a provider that
+caches the JWKS keeps verifying until it fetches it again. The private key is
+read from a file or stdin and never printed.`,
+		Example: `  tokenbroker provider rotate-key corp --algorithm EdDSA --overlap 24h
+  tokenbroker provider rotate-key corp --client-key-file corp-2027.pem --overlap 1h`,
+		Args: exactArgs("NAME"),
+		RunE: c.run(func(ctx context.Context, cmd *cobra.Command, args []string) error {
+			key, err := c.readClientKey(keyStdin, keyFile)
+			if err != nil {
+				return err
+			}
+			d, err := durationFlag(cmd, "overlap", overlap)
+			if err != nil {
+				return err
+			}
+			admin, err := c.admin(cmd)
+			if err != nil {
+				return err
+			}
+			resp, err := admin.RotateClientKey(ctx, &tokenbrokerv1.RotateClientKeyRequest{
+				Provider: args[0], ClientKey: key, Algorithm: algorithm, Overlap: d,
+			})
+			if err != nil {
+				return err
+			}
+			return c.printProvider(resp.GetProvider())
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&keyFile, "client-key-file", "", "import the new private key (PEM or JWK) from this file")
+	f.BoolVar(&keyStdin, "client-key-stdin", false, "read the new private key (PEM or JWK) from stdin")
+	f.StringVar(&algorithm, "algorithm", "", "RS256, ES256 or EdDSA: of the generated key (default: the provider's), or what the imported one must be")
+	f.DurationVar(&overlap, "overlap", 0, "how long the replaced key stays in the JWKS (e.g. 24h)")
+	cmd.MarkFlagsMutuallyExclusive("client-key-file", "client-key-stdin")
 	return cmd
 }
 
@@ -281,6 +388,9 @@ func (c *cli) printProvider(p *tokenbrokerv1.Provider) error {
 		{"CLIENT SECRET", secretCell(p.GetClientSecret())},
 		{"SECRET UPDATED", timeCell(p.GetClientSecret().GetUpdateTime())},
 		{"AUTH STYLE", authStyleCell(p.GetClientAuthStyle())},
+		{"CLIENT KEYS", clientKeysCell(p.GetClientKeys())},
+		{"ASSERTION AUDIENCE", cell(p.GetClientAssertionAudience())},
+		{"JWT BEARER", jwtBearerCell(p.GetJwtBearer())},
 		{"GRANTS", grantsCell(p.GetGrantTypes())},
 		{"SCOPES", listCell(p.GetDefaultScopes())},
 		{"TOKEN PARAMS", kv(p.GetTokenParams())},
@@ -289,6 +399,31 @@ func (c *cli) printProvider(p *tokenbrokerv1.Provider) error {
 		{"CREATED", timeCell(p.GetCreateTime())},
 		{"UPDATED", timeCell(p.GetUpdateTime())},
 	})
+}
+
+// clientKeysCell lists the client keys by kid and algorithm, the signing
+// one first and the others with the time they leave the JWKS.
+func clientKeysCell(keys []*tokenbrokerv1.ClientKeyInfo) string {
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k.GetKeyId() + " " + k.GetAlgorithm()
+		if k.GetRetireTime() != nil {
+			parts[i] += " (until " + timeCell(k.GetRetireTime()) + ")"
+		}
+	}
+	return listCell(parts)
+}
+
+// jwtBearerCell says what a JWT-bearer grant's assertions claim.
+func jwtBearerCell(j *tokenbrokerv1.JwtBearerGrant) string {
+	if j == nil {
+		return "-"
+	}
+	parts := []string{"iss=" + cell(j.GetIssuer()), "sub=" + cell(j.GetSubject()), "aud=" + cell(j.GetAudience())}
+	if j.GetScopeClaim() {
+		parts = append(parts, "scope claim")
+	}
+	return strings.Join(parts, " ")
 }
 
 func grantsCell(gs []tokenbrokerv1.GrantType) string {

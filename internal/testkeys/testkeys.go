@@ -5,6 +5,15 @@ package testkeys
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
 
 	"github.com/tokenbroker/tokenbroker/broker/seal"
 )
@@ -22,4 +31,51 @@ func Keyring() *seal.Keyring {
 		panic(err)
 	}
 	return k
+}
+
+// NewClientKeyPEM returns a new P-256 private key in PKCS#8 PEM, to import
+// as a client key, and the base64url of its private scalar (a JWK's "d"),
+// to look for where it must not be.
+func NewClientKeyPEM() (pemText, d string) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		panic(err)
+	}
+	scalar, err := k.Bytes() // fixed length (SEC 1 §2.3.6), as in a JWK
+	if err != nil {
+		panic(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), base64.RawURLEncoding.EncodeToString(scalar)
+}
+
+// NewServiceAccountKey returns a Google service account key file for a new
+// RSA key whose private_key_id is kid, with tokenURI as its token_uri, the
+// key, and the base64url of its private members (a JWK's d, p, q, dp, dq
+// and qi), to look for where they must not be.
+func NewServiceAccountKey(kid, tokenURI string) (file []byte, key *rsa.PrivateKey, private []string) {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		panic(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		panic(err)
+	}
+	file, err = json.Marshal(map[string]string{
+		"type": "service_account", "project_id": "demo-project", "private_key_id": kid,
+		"private_key":  string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
+		"client_email": "reporter@demo-project.iam.gserviceaccount.com", "client_id": "1098765432101234567890",
+		"auth_uri": "https://accounts.google.com/o/oauth2/auth", "token_uri": tokenURI,
+	})
+	if err != nil {
+		panic(err)
+	}
+	for _, n := range []*big.Int{k.D, k.Primes[0], k.Primes[1], k.Precomputed.Dp, k.Precomputed.Dq, k.Precomputed.Qinv} {
+		private = append(private, base64.RawURLEncoding.EncodeToString(n.Bytes()))
+	}
+	return file, k, private
 }

@@ -36,6 +36,13 @@ const (
 	ClientAuthStyle_CLIENT_AUTH_STYLE_POST ClientAuthStyle = 2
 	// Both at once, as MediaHound requires.
 	ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST ClientAuthStyle = 3
+	// A client assertion signed with the broker's client key (RFC 7523
+	// section 2.2, OpenID Connect Core section 9 private_key_jwt); no secret.
+	ClientAuthStyle_CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT ClientAuthStyle = 4
+	// No client credentials and no client_id: the JWT-bearer grant's
+	// assertion identifies the client (RFC 7523 section 3.1; Google service
+	// accounts).
+	ClientAuthStyle_CLIENT_AUTH_STYLE_NONE ClientAuthStyle = 5
 )
 
 // Enum value maps for ClientAuthStyle.
@@ -45,12 +52,16 @@ var (
 		1: "CLIENT_AUTH_STYLE_BASIC",
 		2: "CLIENT_AUTH_STYLE_POST",
 		3: "CLIENT_AUTH_STYLE_BASIC_AND_POST",
+		4: "CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT",
+		5: "CLIENT_AUTH_STYLE_NONE",
 	}
 	ClientAuthStyle_value = map[string]int32{
-		"CLIENT_AUTH_STYLE_UNSPECIFIED":    0,
-		"CLIENT_AUTH_STYLE_BASIC":          1,
-		"CLIENT_AUTH_STYLE_POST":           2,
-		"CLIENT_AUTH_STYLE_BASIC_AND_POST": 3,
+		"CLIENT_AUTH_STYLE_UNSPECIFIED":     0,
+		"CLIENT_AUTH_STYLE_BASIC":           1,
+		"CLIENT_AUTH_STYLE_POST":            2,
+		"CLIENT_AUTH_STYLE_BASIC_AND_POST":  3,
+		"CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT": 4,
+		"CLIENT_AUTH_STYLE_NONE":            5,
 	}
 )
 
@@ -95,6 +106,10 @@ const (
 	GrantType_GRANT_TYPE_AUTHORIZATION_CODE GrantType = 3
 	// RFC 6749 section 6.
 	GrantType_GRANT_TYPE_REFRESH_TOKEN GrantType = 4
+	// RFC 7523 section 2.1 (JWT bearer assertion,
+	// urn:ietf:params:oauth:grant-type:jwt-bearer), signed with the
+	// provider's client key.
+	GrantType_GRANT_TYPE_JWT_BEARER GrantType = 5
 )
 
 // Enum value maps for GrantType.
@@ -105,6 +120,7 @@ var (
 		2: "GRANT_TYPE_PASSWORD",
 		3: "GRANT_TYPE_AUTHORIZATION_CODE",
 		4: "GRANT_TYPE_REFRESH_TOKEN",
+		5: "GRANT_TYPE_JWT_BEARER",
 	}
 	GrantType_value = map[string]int32{
 		"GRANT_TYPE_UNSPECIFIED":        0,
@@ -112,6 +128,7 @@ var (
 		"GRANT_TYPE_PASSWORD":           2,
 		"GRANT_TYPE_AUTHORIZATION_CODE": 3,
 		"GRANT_TYPE_REFRESH_TOKEN":      4,
+		"GRANT_TYPE_JWT_BEARER":         5,
 	}
 )
 
@@ -269,6 +286,165 @@ func (WebhookDeliveryStatus) EnumDescriptor() ([]byte, []int) {
 	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
+// ClientKeyInfo describes a key the broker signs client assertions with,
+// without its private half.
+type ClientKeyInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's "kid" in the JWKS and in the assertions' header.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// RS256, ES256 or EdDSA.
+	Algorithm string `protobuf:"bytes,2,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	// When the key was generated or imported.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When a replaced key leaves the JWKS; unset for the key that signs.
+	RetireTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=retire_time,json=retireTime,proto3" json:"retire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientKeyInfo) Reset() {
+	*x = ClientKeyInfo{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientKeyInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientKeyInfo) ProtoMessage() {}
+
+func (x *ClientKeyInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientKeyInfo.ProtoReflect.Descriptor instead.
+func (*ClientKeyInfo) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ClientKeyInfo) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ClientKeyInfo) GetAlgorithm() string {
+	if x != nil {
+		return x.Algorithm
+	}
+	return ""
+}
+
+func (x *ClientKeyInfo) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *ClientKeyInfo) GetRetireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RetireTime
+	}
+	return nil
+}
+
+// JwtBearerGrant says what the assertions of a provider's JWT-bearer grant
+// (RFC 7523) claim. They are signed with the provider's client key.
+type JwtBearerGrant struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The iss claim; the client_id when empty.
+	Issuer string `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	// The sub claim of the provider's own token; a named account's username
+	// is its subject. No sub claim when empty.
+	Subject string `protobuf:"bytes,2,opt,name=subject,proto3" json:"subject,omitempty"`
+	// The aud claim; the token endpoint when empty.
+	Audience string `protobuf:"bytes,3,opt,name=audience,proto3" json:"audience,omitempty"`
+	// Send the scopes asked for in a "scope" claim of the assertion instead
+	// of the scope parameter (Google service accounts).
+	ScopeClaim bool `protobuf:"varint,4,opt,name=scope_claim,json=scopeClaim,proto3" json:"scope_claim,omitempty"`
+	// How long each assertion is valid; 1 minute when unset, at most 1 hour.
+	Lifetime      *durationpb.Duration `protobuf:"bytes,5,opt,name=lifetime,proto3" json:"lifetime,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JwtBearerGrant) Reset() {
+	*x = JwtBearerGrant{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JwtBearerGrant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JwtBearerGrant) ProtoMessage() {}
+
+func (x *JwtBearerGrant) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JwtBearerGrant.ProtoReflect.Descriptor instead.
+func (*JwtBearerGrant) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *JwtBearerGrant) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *JwtBearerGrant) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *JwtBearerGrant) GetAudience() string {
+	if x != nil {
+		return x.Audience
+	}
+	return ""
+}
+
+func (x *JwtBearerGrant) GetScopeClaim() bool {
+	if x != nil {
+		return x.ScopeClaim
+	}
+	return false
+}
+
+func (x *JwtBearerGrant) GetLifetime() *durationpb.Duration {
+	if x != nil {
+		return x.Lifetime
+	}
+	return nil
+}
+
 // SecretInfo describes a stored secret without revealing it.
 type SecretInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -284,7 +460,7 @@ type SecretInfo struct {
 
 func (x *SecretInfo) Reset() {
 	*x = SecretInfo{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[0]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -296,7 +472,7 @@ func (x *SecretInfo) String() string {
 func (*SecretInfo) ProtoMessage() {}
 
 func (x *SecretInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[0]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -309,7 +485,7 @@ func (x *SecretInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretInfo.ProtoReflect.Descriptor instead.
 func (*SecretInfo) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *SecretInfo) GetSet() bool {
@@ -375,9 +551,12 @@ type Provider struct {
 	Pkce bool `protobuf:"varint,17,opt,name=pkce,proto3" json:"pkce,omitempty"`
 	// A preset filling the endpoints, client authentication, grants and
 	// default scopes of a known provider from base_url: "mediacore",
-	// "mediahound", "mediavalet", "mediaflow", "mediahaven", or "oidc"
-	// (OpenID Connect discovery from the issuer in base_url). Fields set
-	// explicitly win over the preset.
+	// "mediahound", "mediavalet", "mediaflow", "mediahaven", "oidc" (OpenID
+	// Connect discovery from the issuer in base_url, then RFC 8414 metadata)
+	// or "oauth" (RFC 8414 metadata, then OpenID Connect discovery), or
+	// "google-service-account" (the JWT-bearer grant of a Google service
+	// account, with service_account_key). Fields set explicitly win over the
+	// preset.
 	Preset string `protobuf:"bytes,18,opt,name=preset,proto3" json:"preset,omitempty"`
 	// The preset's base URL: the instance (e.g.
 	// "https://integration.mediahaven.com") or the OIDC issuer.
@@ -407,13 +586,25 @@ type Provider struct {
 	// Output only: what the broker learned of refresh_revokes_access_token
 	// through the introspection endpoint; unset until it has.
 	LearnedRefreshRevokesAccessToken *bool `protobuf:"varint,26,opt,name=learned_refresh_revokes_access_token,json=learnedRefreshRevokesAccessToken,proto3,oneof" json:"learned_refresh_revokes_access_token,omitempty"`
-	unknownFields                    protoimpl.UnknownFields
-	sizeCache                        protoimpl.SizeCache
+	// Algorithm of the client key the broker generates for private_key_jwt
+	// when none is imported: RS256, ES256 (the default) or EdDSA.
+	ClientKeyAlgorithm string `protobuf:"bytes,27,opt,name=client_key_algorithm,json=clientKeyAlgorithm,proto3" json:"client_key_algorithm,omitempty"`
+	// The aud of client assertions (the provider's issuer, for providers that
+	// want it); the token endpoint when empty.
+	ClientAssertionAudience string `protobuf:"bytes,28,opt,name=client_assertion_audience,json=clientAssertionAudience,proto3" json:"client_assertion_audience,omitempty"`
+	// Output only: the client keys, the signing one first, then replaced
+	// ones still served in the JWKS. Never their private halves.
+	ClientKeys []*ClientKeyInfo `protobuf:"bytes,29,rep,name=client_keys,json=clientKeys,proto3" json:"client_keys,omitempty"`
+	// The JWT-bearer grant's assertion, for providers that allow
+	// GRANT_TYPE_JWT_BEARER.
+	JwtBearer     *JwtBearerGrant `protobuf:"bytes,30,opt,name=jwt_bearer,json=jwtBearer,proto3" json:"jwt_bearer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Provider) Reset() {
 	*x = Provider{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[1]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +616,7 @@ func (x *Provider) String() string {
 func (*Provider) ProtoMessage() {}
 
 func (x *Provider) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[1]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +629,7 @@ func (x *Provider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Provider.ProtoReflect.Descriptor instead.
 func (*Provider) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Provider) GetName() string {
@@ -623,20 +814,58 @@ func (x *Provider) GetLearnedRefreshRevokesAccessToken() bool {
 	return false
 }
 
+func (x *Provider) GetClientKeyAlgorithm() string {
+	if x != nil {
+		return x.ClientKeyAlgorithm
+	}
+	return ""
+}
+
+func (x *Provider) GetClientAssertionAudience() string {
+	if x != nil {
+		return x.ClientAssertionAudience
+	}
+	return ""
+}
+
+func (x *Provider) GetClientKeys() []*ClientKeyInfo {
+	if x != nil {
+		return x.ClientKeys
+	}
+	return nil
+}
+
+func (x *Provider) GetJwtBearer() *JwtBearerGrant {
+	if x != nil {
+		return x.JwtBearer
+	}
+	return nil
+}
+
 // PutProviderRequest creates or replaces a provider.
 type PutProviderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The provider; output-only fields are ignored.
 	Provider *Provider `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
 	// The client secret; empty keeps the stored one. Never returned.
-	ClientSecret  string `protobuf:"bytes,2,opt,name=client_secret,json=clientSecret,proto3" json:"client_secret,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ClientSecret string `protobuf:"bytes,2,opt,name=client_secret,json=clientSecret,proto3" json:"client_secret,omitempty"`
+	// A private key to sign client assertions with (PEM: PKCS#8, PKCS#1 or
+	// SEC 1; or a JWK); empty keeps the stored keys, and private_key_jwt
+	// without any gets one generated. A new key signs at once; the one it
+	// replaces stays in the JWKS for a day. Never returned.
+	ClientKey string `protobuf:"bytes,3,opt,name=client_key,json=clientKey,proto3" json:"client_key,omitempty"`
+	// A Google service account key file (JSON): its private key becomes the
+	// client key (kid its private_key_id), its client_email the assertion's
+	// issuer, its token_uri the token endpoint and audience; with preset
+	// "google-service-account". Never returned.
+	ServiceAccountKey string `protobuf:"bytes,4,opt,name=service_account_key,json=serviceAccountKey,proto3" json:"service_account_key,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *PutProviderRequest) Reset() {
 	*x = PutProviderRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[2]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +877,7 @@ func (x *PutProviderRequest) String() string {
 func (*PutProviderRequest) ProtoMessage() {}
 
 func (x *PutProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[2]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +890,7 @@ func (x *PutProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutProviderRequest.ProtoReflect.Descriptor instead.
 func (*PutProviderRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PutProviderRequest) GetProvider() *Provider {
@@ -678,6 +907,20 @@ func (x *PutProviderRequest) GetClientSecret() string {
 	return ""
 }
 
+func (x *PutProviderRequest) GetClientKey() string {
+	if x != nil {
+		return x.ClientKey
+	}
+	return ""
+}
+
+func (x *PutProviderRequest) GetServiceAccountKey() string {
+	if x != nil {
+		return x.ServiceAccountKey
+	}
+	return ""
+}
+
 // PutProviderResponse returns the stored provider.
 type PutProviderResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -689,7 +932,7 @@ type PutProviderResponse struct {
 
 func (x *PutProviderResponse) Reset() {
 	*x = PutProviderResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[3]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +944,7 @@ func (x *PutProviderResponse) String() string {
 func (*PutProviderResponse) ProtoMessage() {}
 
 func (x *PutProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[3]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +957,7 @@ func (x *PutProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutProviderResponse.ProtoReflect.Descriptor instead.
 func (*PutProviderResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PutProviderResponse) GetProvider() *Provider {
@@ -735,7 +978,7 @@ type GetProviderRequest struct {
 
 func (x *GetProviderRequest) Reset() {
 	*x = GetProviderRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +990,7 @@ func (x *GetProviderRequest) String() string {
 func (*GetProviderRequest) ProtoMessage() {}
 
 func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +1003,7 @@ func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderRequest.ProtoReflect.Descriptor instead.
 func (*GetProviderRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetProviderRequest) GetName() string {
@@ -781,7 +1024,7 @@ type GetProviderResponse struct {
 
 func (x *GetProviderResponse) Reset() {
 	*x = GetProviderResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -793,7 +1036,7 @@ func (x *GetProviderResponse) String() string {
 func (*GetProviderResponse) ProtoMessage() {}
 
 func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -806,7 +1049,7 @@ func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderResponse.ProtoReflect.Descriptor instead.
 func (*GetProviderResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetProviderResponse) GetProvider() *Provider {
@@ -825,7 +1068,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +1080,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +1093,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 // ListProvidersResponse returns the providers.
@@ -864,7 +1107,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -876,7 +1119,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -889,7 +1132,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -910,7 +1153,7 @@ type DeleteProviderRequest struct {
 
 func (x *DeleteProviderRequest) Reset() {
 	*x = DeleteProviderRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +1165,7 @@ func (x *DeleteProviderRequest) String() string {
 func (*DeleteProviderRequest) ProtoMessage() {}
 
 func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1178,7 @@ func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProviderRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteProviderRequest) GetName() string {
@@ -954,7 +1197,7 @@ type DeleteProviderResponse struct {
 
 func (x *DeleteProviderResponse) Reset() {
 	*x = DeleteProviderResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -966,7 +1209,7 @@ func (x *DeleteProviderResponse) String() string {
 func (*DeleteProviderResponse) ProtoMessage() {}
 
 func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -979,7 +1222,7 @@ func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderResponse.ProtoReflect.Descriptor instead.
 func (*DeleteProviderResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 // Grant is an account under a provider: one lineage of tokens.
@@ -1019,7 +1262,7 @@ type Grant struct {
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1274,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1287,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Grant) GetProvider() string {
@@ -1152,9 +1395,11 @@ type PutAccountRequest struct {
 	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
 	// The account's name.
 	Account string `protobuf:"bytes,2,opt,name=account,proto3" json:"account,omitempty"`
-	// GRANT_TYPE_PASSWORD or GRANT_TYPE_AUTHORIZATION_CODE.
+	// GRANT_TYPE_PASSWORD, GRANT_TYPE_AUTHORIZATION_CODE or
+	// GRANT_TYPE_JWT_BEARER.
 	GrantType GrantType `protobuf:"varint,3,opt,name=grant_type,json=grantType,proto3,enum=tokenbroker.v1.GrantType" json:"grant_type,omitempty"`
-	// The resource owner's username (password grant).
+	// The resource owner's username (password grant), or the subject the
+	// assertions of a JWT-bearer account claim (a user the client acts for).
 	Username string `protobuf:"bytes,4,opt,name=username,proto3" json:"username,omitempty"`
 	// The resource owner's password (password grant); empty keeps the stored
 	// one. Never returned.
@@ -1168,7 +1413,7 @@ type PutAccountRequest struct {
 
 func (x *PutAccountRequest) Reset() {
 	*x = PutAccountRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1425,7 @@ func (x *PutAccountRequest) String() string {
 func (*PutAccountRequest) ProtoMessage() {}
 
 func (x *PutAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1438,7 @@ func (x *PutAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAccountRequest.ProtoReflect.Descriptor instead.
 func (*PutAccountRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PutAccountRequest) GetProvider() string {
@@ -1249,7 +1494,7 @@ type PutAccountResponse struct {
 
 func (x *PutAccountResponse) Reset() {
 	*x = PutAccountResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1506,7 @@ func (x *PutAccountResponse) String() string {
 func (*PutAccountResponse) ProtoMessage() {}
 
 func (x *PutAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1519,7 @@ func (x *PutAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAccountResponse.ProtoReflect.Descriptor instead.
 func (*PutAccountResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PutAccountResponse) GetGrant() *Grant {
@@ -1299,7 +1544,7 @@ type StartAuthorizationRequest struct {
 
 func (x *StartAuthorizationRequest) Reset() {
 	*x = StartAuthorizationRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1556,7 @@ func (x *StartAuthorizationRequest) String() string {
 func (*StartAuthorizationRequest) ProtoMessage() {}
 
 func (x *StartAuthorizationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1569,7 @@ func (x *StartAuthorizationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartAuthorizationRequest.ProtoReflect.Descriptor instead.
 func (*StartAuthorizationRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StartAuthorizationRequest) GetProvider() string {
@@ -1363,7 +1608,7 @@ type StartAuthorizationResponse struct {
 
 func (x *StartAuthorizationResponse) Reset() {
 	*x = StartAuthorizationResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1375,7 +1620,7 @@ func (x *StartAuthorizationResponse) String() string {
 func (*StartAuthorizationResponse) ProtoMessage() {}
 
 func (x *StartAuthorizationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1388,7 +1633,7 @@ func (x *StartAuthorizationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartAuthorizationResponse.ProtoReflect.Descriptor instead.
 func (*StartAuthorizationResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StartAuthorizationResponse) GetAuthorizeUrl() string {
@@ -1423,7 +1668,7 @@ type ListGrantsRequest struct {
 
 func (x *ListGrantsRequest) Reset() {
 	*x = ListGrantsRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1435,7 +1680,7 @@ func (x *ListGrantsRequest) String() string {
 func (*ListGrantsRequest) ProtoMessage() {}
 
 func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1448,7 +1693,7 @@ func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
 func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListGrantsRequest) GetProvider() string {
@@ -1469,7 +1714,7 @@ type ListGrantsResponse struct {
 
 func (x *ListGrantsResponse) Reset() {
 	*x = ListGrantsResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1481,7 +1726,7 @@ func (x *ListGrantsResponse) String() string {
 func (*ListGrantsResponse) ProtoMessage() {}
 
 func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1494,7 +1739,7 @@ func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
 func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListGrantsResponse) GetGrants() []*Grant {
@@ -1517,7 +1762,7 @@ type RevokeGrantRequest struct {
 
 func (x *RevokeGrantRequest) Reset() {
 	*x = RevokeGrantRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1529,7 +1774,7 @@ func (x *RevokeGrantRequest) String() string {
 func (*RevokeGrantRequest) ProtoMessage() {}
 
 func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1542,7 +1787,7 @@ func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RevokeGrantRequest) GetProvider() string {
@@ -1568,7 +1813,7 @@ type RevokeGrantResponse struct {
 
 func (x *RevokeGrantResponse) Reset() {
 	*x = RevokeGrantResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1825,7 @@ func (x *RevokeGrantResponse) String() string {
 func (*RevokeGrantResponse) ProtoMessage() {}
 
 func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1838,7 @@ func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 // ApiKey describes an API key without the key.
@@ -1615,7 +1860,7 @@ type ApiKey struct {
 
 func (x *ApiKey) Reset() {
 	*x = ApiKey{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1627,7 +1872,7 @@ func (x *ApiKey) String() string {
 func (*ApiKey) ProtoMessage() {}
 
 func (x *ApiKey) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1640,7 +1885,7 @@ func (x *ApiKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApiKey.ProtoReflect.Descriptor instead.
 func (*ApiKey) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ApiKey) GetId() string {
@@ -1691,7 +1936,7 @@ type CreateApiKeyRequest struct {
 
 func (x *CreateApiKeyRequest) Reset() {
 	*x = CreateApiKeyRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1948,7 @@ func (x *CreateApiKeyRequest) String() string {
 func (*CreateApiKeyRequest) ProtoMessage() {}
 
 func (x *CreateApiKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1961,7 @@ func (x *CreateApiKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApiKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateApiKeyRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateApiKeyRequest) GetIdentity() string {
@@ -1746,7 +1991,7 @@ type CreateApiKeyResponse struct {
 
 func (x *CreateApiKeyResponse) Reset() {
 	*x = CreateApiKeyResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +2003,7 @@ func (x *CreateApiKeyResponse) String() string {
 func (*CreateApiKeyResponse) ProtoMessage() {}
 
 func (x *CreateApiKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +2016,7 @@ func (x *CreateApiKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApiKeyResponse.ProtoReflect.Descriptor instead.
 func (*CreateApiKeyResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateApiKeyResponse) GetApiKey() *ApiKey {
@@ -1797,7 +2042,7 @@ type ListApiKeysRequest struct {
 
 func (x *ListApiKeysRequest) Reset() {
 	*x = ListApiKeysRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +2054,7 @@ func (x *ListApiKeysRequest) String() string {
 func (*ListApiKeysRequest) ProtoMessage() {}
 
 func (x *ListApiKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +2067,7 @@ func (x *ListApiKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApiKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListApiKeysRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 // ListApiKeysResponse returns keys without the keys themselves.
@@ -1836,7 +2081,7 @@ type ListApiKeysResponse struct {
 
 func (x *ListApiKeysResponse) Reset() {
 	*x = ListApiKeysResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1848,7 +2093,7 @@ func (x *ListApiKeysResponse) String() string {
 func (*ListApiKeysResponse) ProtoMessage() {}
 
 func (x *ListApiKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1861,7 +2106,7 @@ func (x *ListApiKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApiKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListApiKeysResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListApiKeysResponse) GetApiKeys() []*ApiKey {
@@ -1882,7 +2127,7 @@ type RetireApiKeyRequest struct {
 
 func (x *RetireApiKeyRequest) Reset() {
 	*x = RetireApiKeyRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +2139,7 @@ func (x *RetireApiKeyRequest) String() string {
 func (*RetireApiKeyRequest) ProtoMessage() {}
 
 func (x *RetireApiKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +2152,7 @@ func (x *RetireApiKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireApiKeyRequest.ProtoReflect.Descriptor instead.
 func (*RetireApiKeyRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RetireApiKeyRequest) GetId() string {
@@ -1926,7 +2171,7 @@ type RetireApiKeyResponse struct {
 
 func (x *RetireApiKeyResponse) Reset() {
 	*x = RetireApiKeyResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1938,7 +2183,7 @@ func (x *RetireApiKeyResponse) String() string {
 func (*RetireApiKeyResponse) ProtoMessage() {}
 
 func (x *RetireApiKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1951,7 +2196,7 @@ func (x *RetireApiKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireApiKeyResponse.ProtoReflect.Descriptor instead.
 func (*RetireApiKeyResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 // RotateClientSecretRequest names the provider and its new secret.
@@ -1971,7 +2216,7 @@ type RotateClientSecretRequest struct {
 
 func (x *RotateClientSecretRequest) Reset() {
 	*x = RotateClientSecretRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +2228,7 @@ func (x *RotateClientSecretRequest) String() string {
 func (*RotateClientSecretRequest) ProtoMessage() {}
 
 func (x *RotateClientSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +2241,7 @@ func (x *RotateClientSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateClientSecretRequest.ProtoReflect.Descriptor instead.
 func (*RotateClientSecretRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RotateClientSecretRequest) GetProvider() string {
@@ -2027,6 +2272,127 @@ func (x *RotateClientSecretRequest) GetOverlap() *durationpb.Duration {
 	return nil
 }
 
+// RotateClientKeyRequest names the provider and its new client key.
+type RotateClientKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The provider's name.
+	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	// The new private key (PEM or JWK); empty generates one. Never returned.
+	ClientKey string `protobuf:"bytes,2,opt,name=client_key,json=clientKey,proto3" json:"client_key,omitempty"`
+	// RS256, ES256 or EdDSA: the algorithm of a generated key (the provider's
+	// client_key_algorithm when empty), or the one an imported key must suit.
+	Algorithm string `protobuf:"bytes,3,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	// How long the key that signed before stays in the JWKS, so that a
+	// provider caching it keeps verifying; dropped at once when unset.
+	Overlap       *durationpb.Duration `protobuf:"bytes,4,opt,name=overlap,proto3" json:"overlap,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateClientKeyRequest) Reset() {
+	*x = RotateClientKeyRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateClientKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateClientKeyRequest) ProtoMessage() {}
+
+func (x *RotateClientKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateClientKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateClientKeyRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RotateClientKeyRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *RotateClientKeyRequest) GetClientKey() string {
+	if x != nil {
+		return x.ClientKey
+	}
+	return ""
+}
+
+func (x *RotateClientKeyRequest) GetAlgorithm() string {
+	if x != nil {
+		return x.Algorithm
+	}
+	return ""
+}
+
+func (x *RotateClientKeyRequest) GetOverlap() *durationpb.Duration {
+	if x != nil {
+		return x.Overlap
+	}
+	return nil
+}
+
+// RotateClientKeyResponse returns the provider.
+type RotateClientKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The provider, without secrets; its client_keys list the new key first.
+	Provider      *Provider `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateClientKeyResponse) Reset() {
+	*x = RotateClientKeyResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateClientKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateClientKeyResponse) ProtoMessage() {}
+
+func (x *RotateClientKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateClientKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateClientKeyResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RotateClientKeyResponse) GetProvider() *Provider {
+	if x != nil {
+		return x.Provider
+	}
+	return nil
+}
+
 // RotateClientSecretResponse returns the provider.
 type RotateClientSecretResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2038,7 +2404,7 @@ type RotateClientSecretResponse struct {
 
 func (x *RotateClientSecretResponse) Reset() {
 	*x = RotateClientSecretResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2050,7 +2416,7 @@ func (x *RotateClientSecretResponse) String() string {
 func (*RotateClientSecretResponse) ProtoMessage() {}
 
 func (x *RotateClientSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2063,7 +2429,7 @@ func (x *RotateClientSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateClientSecretResponse.ProtoReflect.Descriptor instead.
 func (*RotateClientSecretResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RotateClientSecretResponse) GetProvider() *Provider {
@@ -2104,7 +2470,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2116,7 +2482,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2129,7 +2495,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Event) GetId() string {
@@ -2212,7 +2578,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2224,7 +2590,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2237,7 +2603,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListEventsRequest) GetAfterId() string {
@@ -2279,7 +2645,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2291,7 +2657,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2304,7 +2670,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -2329,7 +2695,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2341,7 +2707,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2354,7 +2720,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WatchEventsRequest) GetAfterId() string {
@@ -2389,7 +2755,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2401,7 +2767,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2414,7 +2780,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -2454,7 +2820,7 @@ type Webhook struct {
 
 func (x *Webhook) Reset() {
 	*x = Webhook{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2466,7 +2832,7 @@ func (x *Webhook) String() string {
 func (*Webhook) ProtoMessage() {}
 
 func (x *Webhook) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2479,7 +2845,7 @@ func (x *Webhook) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Webhook.ProtoReflect.Descriptor instead.
 func (*Webhook) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Webhook) GetId() string {
@@ -2566,7 +2932,7 @@ type PutWebhookRequest struct {
 
 func (x *PutWebhookRequest) Reset() {
 	*x = PutWebhookRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2944,7 @@ func (x *PutWebhookRequest) String() string {
 func (*PutWebhookRequest) ProtoMessage() {}
 
 func (x *PutWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2957,7 @@ func (x *PutWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutWebhookRequest.ProtoReflect.Descriptor instead.
 func (*PutWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *PutWebhookRequest) GetWebhook() *Webhook {
@@ -2622,7 +2988,7 @@ type PutWebhookResponse struct {
 
 func (x *PutWebhookResponse) Reset() {
 	*x = PutWebhookResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2634,7 +3000,7 @@ func (x *PutWebhookResponse) String() string {
 func (*PutWebhookResponse) ProtoMessage() {}
 
 func (x *PutWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2647,7 +3013,7 @@ func (x *PutWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutWebhookResponse.ProtoReflect.Descriptor instead.
 func (*PutWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PutWebhookResponse) GetWebhook() *Webhook {
@@ -2675,7 +3041,7 @@ type GetWebhookRequest struct {
 
 func (x *GetWebhookRequest) Reset() {
 	*x = GetWebhookRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2687,7 +3053,7 @@ func (x *GetWebhookRequest) String() string {
 func (*GetWebhookRequest) ProtoMessage() {}
 
 func (x *GetWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2700,7 +3066,7 @@ func (x *GetWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetWebhookRequest.ProtoReflect.Descriptor instead.
 func (*GetWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetWebhookRequest) GetId() string {
@@ -2721,7 +3087,7 @@ type GetWebhookResponse struct {
 
 func (x *GetWebhookResponse) Reset() {
 	*x = GetWebhookResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2733,7 +3099,7 @@ func (x *GetWebhookResponse) String() string {
 func (*GetWebhookResponse) ProtoMessage() {}
 
 func (x *GetWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2746,7 +3112,7 @@ func (x *GetWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetWebhookResponse.ProtoReflect.Descriptor instead.
 func (*GetWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetWebhookResponse) GetWebhook() *Webhook {
@@ -2765,7 +3131,7 @@ type ListWebhooksRequest struct {
 
 func (x *ListWebhooksRequest) Reset() {
 	*x = ListWebhooksRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2777,7 +3143,7 @@ func (x *ListWebhooksRequest) String() string {
 func (*ListWebhooksRequest) ProtoMessage() {}
 
 func (x *ListWebhooksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2790,7 +3156,7 @@ func (x *ListWebhooksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhooksRequest.ProtoReflect.Descriptor instead.
 func (*ListWebhooksRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 // ListWebhooksResponse returns subscriptions.
@@ -2804,7 +3170,7 @@ type ListWebhooksResponse struct {
 
 func (x *ListWebhooksResponse) Reset() {
 	*x = ListWebhooksResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2816,7 +3182,7 @@ func (x *ListWebhooksResponse) String() string {
 func (*ListWebhooksResponse) ProtoMessage() {}
 
 func (x *ListWebhooksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2829,7 +3195,7 @@ func (x *ListWebhooksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhooksResponse.ProtoReflect.Descriptor instead.
 func (*ListWebhooksResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListWebhooksResponse) GetWebhooks() []*Webhook {
@@ -2850,7 +3216,7 @@ type DeleteWebhookRequest struct {
 
 func (x *DeleteWebhookRequest) Reset() {
 	*x = DeleteWebhookRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2862,7 +3228,7 @@ func (x *DeleteWebhookRequest) String() string {
 func (*DeleteWebhookRequest) ProtoMessage() {}
 
 func (x *DeleteWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2875,7 +3241,7 @@ func (x *DeleteWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteWebhookRequest.ProtoReflect.Descriptor instead.
 func (*DeleteWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *DeleteWebhookRequest) GetId() string {
@@ -2894,7 +3260,7 @@ type DeleteWebhookResponse struct {
 
 func (x *DeleteWebhookResponse) Reset() {
 	*x = DeleteWebhookResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2906,7 +3272,7 @@ func (x *DeleteWebhookResponse) String() string {
 func (*DeleteWebhookResponse) ProtoMessage() {}
 
 func (x *DeleteWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2919,7 +3285,7 @@ func (x *DeleteWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteWebhookResponse.ProtoReflect.Descriptor instead.
 func (*DeleteWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 // WebhookDelivery is the delivery of one event to one subscription.
@@ -2949,7 +3315,7 @@ type WebhookDelivery struct {
 
 func (x *WebhookDelivery) Reset() {
 	*x = WebhookDelivery{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2961,7 +3327,7 @@ func (x *WebhookDelivery) String() string {
 func (*WebhookDelivery) ProtoMessage() {}
 
 func (x *WebhookDelivery) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2974,7 +3340,7 @@ func (x *WebhookDelivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookDelivery.ProtoReflect.Descriptor instead.
 func (*WebhookDelivery) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *WebhookDelivery) GetEventId() string {
@@ -3051,7 +3417,7 @@ type ListWebhookDeliveriesRequest struct {
 
 func (x *ListWebhookDeliveriesRequest) Reset() {
 	*x = ListWebhookDeliveriesRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3063,7 +3429,7 @@ func (x *ListWebhookDeliveriesRequest) String() string {
 func (*ListWebhookDeliveriesRequest) ProtoMessage() {}
 
 func (x *ListWebhookDeliveriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3076,7 +3442,7 @@ func (x *ListWebhookDeliveriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhookDeliveriesRequest.ProtoReflect.Descriptor instead.
 func (*ListWebhookDeliveriesRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListWebhookDeliveriesRequest) GetId() string {
@@ -3097,7 +3463,7 @@ type ListWebhookDeliveriesResponse struct {
 
 func (x *ListWebhookDeliveriesResponse) Reset() {
 	*x = ListWebhookDeliveriesResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3109,7 +3475,7 @@ func (x *ListWebhookDeliveriesResponse) String() string {
 func (*ListWebhookDeliveriesResponse) ProtoMessage() {}
 
 func (x *ListWebhookDeliveriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3122,7 +3488,7 @@ func (x *ListWebhookDeliveriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhookDeliveriesResponse.ProtoReflect.Descriptor instead.
 func (*ListWebhookDeliveriesResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListWebhookDeliveriesResponse) GetDeliveries() []*WebhookDelivery {
@@ -3145,7 +3511,7 @@ type RedeliverWebhookRequest struct {
 
 func (x *RedeliverWebhookRequest) Reset() {
 	*x = RedeliverWebhookRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3157,7 +3523,7 @@ func (x *RedeliverWebhookRequest) String() string {
 func (*RedeliverWebhookRequest) ProtoMessage() {}
 
 func (x *RedeliverWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3170,7 +3536,7 @@ func (x *RedeliverWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeliverWebhookRequest.ProtoReflect.Descriptor instead.
 func (*RedeliverWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RedeliverWebhookRequest) GetId() string {
@@ -3196,7 +3562,7 @@ type RedeliverWebhookResponse struct {
 
 func (x *RedeliverWebhookResponse) Reset() {
 	*x = RedeliverWebhookResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3208,7 +3574,7 @@ func (x *RedeliverWebhookResponse) String() string {
 func (*RedeliverWebhookResponse) ProtoMessage() {}
 
 func (x *RedeliverWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3221,20 +3587,34 @@ func (x *RedeliverWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeliverWebhookResponse.ProtoReflect.Descriptor instead.
 func (*RedeliverWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1atokenbroker/v1/admin.proto\x12\x0etokenbroker.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"}\n" +
+	"\x1atokenbroker/v1/admin.proto\x12\x0etokenbroker.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x01\n" +
+	"\rClientKeyInfo\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1c\n" +
+	"\talgorithm\x18\x02 \x01(\tR\talgorithm\x12;\n" +
+	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vretire_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"retireTime\"\xb6\x01\n" +
+	"\x0eJwtBearerGrant\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12\x18\n" +
+	"\asubject\x18\x02 \x01(\tR\asubject\x12\x1a\n" +
+	"\baudience\x18\x03 \x01(\tR\baudience\x12\x1f\n" +
+	"\vscope_claim\x18\x04 \x01(\bR\n" +
+	"scopeClaim\x125\n" +
+	"\blifetime\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\blifetime\"}\n" +
 	"\n" +
 	"SecretInfo\x12\x10\n" +
 	"\x03set\x18\x01 \x01(\bR\x03set\x12 \n" +
 	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\x12;\n" +
 	"\vupdate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xdc\f\n" +
+	"updateTime\"\xc9\x0e\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\ttoken_url\x18\x02 \x01(\tR\btokenUrl\x12#\n" +
@@ -3266,7 +3646,13 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"keep_alive\x18\x18 \x01(\v2\x19.google.protobuf.DurationR\tkeepAlive\x12D\n" +
 	"\x1crefresh_revokes_access_token\x18\x19 \x01(\bH\x00R\x19refreshRevokesAccessToken\x88\x01\x01\x12S\n" +
-	"$learned_refresh_revokes_access_token\x18\x1a \x01(\bH\x01R learnedRefreshRevokesAccessToken\x88\x01\x01\x1aA\n" +
+	"$learned_refresh_revokes_access_token\x18\x1a \x01(\bH\x01R learnedRefreshRevokesAccessToken\x88\x01\x01\x120\n" +
+	"\x14client_key_algorithm\x18\x1b \x01(\tR\x12clientKeyAlgorithm\x12:\n" +
+	"\x19client_assertion_audience\x18\x1c \x01(\tR\x17clientAssertionAudience\x12>\n" +
+	"\vclient_keys\x18\x1d \x03(\v2\x1d.tokenbroker.v1.ClientKeyInfoR\n" +
+	"clientKeys\x12=\n" +
+	"\n" +
+	"jwt_bearer\x18\x1e \x01(\v2\x1e.tokenbroker.v1.JwtBearerGrantR\tjwtBearer\x1aA\n" +
 	"\x13GrantTokenUrlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -3274,10 +3660,13 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x1f\n" +
 	"\x1d_refresh_revokes_access_tokenB'\n" +
-	"%_learned_refresh_revokes_access_token\"o\n" +
+	"%_learned_refresh_revokes_access_token\"\xbe\x01\n" +
 	"\x12PutProviderRequest\x124\n" +
 	"\bprovider\x18\x01 \x01(\v2\x18.tokenbroker.v1.ProviderR\bprovider\x12#\n" +
-	"\rclient_secret\x18\x02 \x01(\tR\fclientSecret\"K\n" +
+	"\rclient_secret\x18\x02 \x01(\tR\fclientSecret\x12\x1d\n" +
+	"\n" +
+	"client_key\x18\x03 \x01(\tR\tclientKey\x12.\n" +
+	"\x13service_account_key\x18\x04 \x01(\tR\x11serviceAccountKey\"K\n" +
 	"\x13PutProviderResponse\x124\n" +
 	"\bprovider\x18\x01 \x01(\v2\x18.tokenbroker.v1.ProviderR\bprovider\"(\n" +
 	"\x12GetProviderRequest\x12\x12\n" +
@@ -3362,7 +3751,15 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\x12#\n" +
 	"\rclient_secret\x18\x02 \x01(\tR\fclientSecret\x12'\n" +
 	"\x0fskip_validation\x18\x03 \x01(\bR\x0eskipValidation\x123\n" +
-	"\aoverlap\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\aoverlap\"R\n" +
+	"\aoverlap\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\aoverlap\"\xa6\x01\n" +
+	"\x16RotateClientKeyRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x1d\n" +
+	"\n" +
+	"client_key\x18\x02 \x01(\tR\tclientKey\x12\x1c\n" +
+	"\talgorithm\x18\x03 \x01(\tR\talgorithm\x123\n" +
+	"\aoverlap\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\aoverlap\"O\n" +
+	"\x17RotateClientKeyResponse\x124\n" +
+	"\bprovider\x18\x01 \x01(\v2\x18.tokenbroker.v1.ProviderR\bprovider\"R\n" +
 	"\x1aRotateClientSecretResponse\x124\n" +
 	"\bprovider\x18\x01 \x01(\v2\x18.tokenbroker.v1.ProviderR\bprovider\"\xc5\x02\n" +
 	"\x05Event\x12\x0e\n" +
@@ -3440,18 +3837,21 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x17RedeliverWebhookRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bevent_id\x18\x02 \x01(\tR\aeventId\"\x1a\n" +
-	"\x18RedeliverWebhookResponse*\x93\x01\n" +
+	"\x18RedeliverWebhookResponse*\xd6\x01\n" +
 	"\x0fClientAuthStyle\x12!\n" +
 	"\x1dCLIENT_AUTH_STYLE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17CLIENT_AUTH_STYLE_BASIC\x10\x01\x12\x1a\n" +
 	"\x16CLIENT_AUTH_STYLE_POST\x10\x02\x12$\n" +
-	" CLIENT_AUTH_STYLE_BASIC_AND_POST\x10\x03*\xa4\x01\n" +
+	" CLIENT_AUTH_STYLE_BASIC_AND_POST\x10\x03\x12%\n" +
+	"!CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT\x10\x04\x12\x1a\n" +
+	"\x16CLIENT_AUTH_STYLE_NONE\x10\x05*\xbf\x01\n" +
 	"\tGrantType\x12\x1a\n" +
 	"\x16GRANT_TYPE_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dGRANT_TYPE_CLIENT_CREDENTIALS\x10\x01\x12\x17\n" +
 	"\x13GRANT_TYPE_PASSWORD\x10\x02\x12!\n" +
 	"\x1dGRANT_TYPE_AUTHORIZATION_CODE\x10\x03\x12\x1c\n" +
-	"\x18GRANT_TYPE_REFRESH_TOKEN\x10\x04*\xbc\x01\n" +
+	"\x18GRANT_TYPE_REFRESH_TOKEN\x10\x04\x12\x19\n" +
+	"\x15GRANT_TYPE_JWT_BEARER\x10\x05*\xbc\x01\n" +
 	"\vGrantHealth\x12\x1c\n" +
 	"\x18GRANT_HEALTH_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fGRANT_HEALTH_OK\x10\x01\x12\x1b\n" +
@@ -3464,13 +3864,14 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	" WEBHOOK_DELIVERY_STATUS_RETRYING\x10\x01\x12%\n" +
 	"!WEBHOOK_DELIVERY_STATUS_DELIVERED\x10\x02\x12 \n" +
 	"\x1cWEBHOOK_DELIVERY_STATUS_DEAD\x10\x03\x12\"\n" +
-	"\x1eWEBHOOK_DELIVERY_STATUS_QUEUED\x10\x042\xfb\x14\n" +
+	"\x1eWEBHOOK_DELIVERY_STATUS_QUEUED\x10\x042\x9b\x16\n" +
 	"\fAdminService\x12\x86\x01\n" +
 	"\vPutProvider\x12\".tokenbroker.v1.PutProviderRequest\x1a#.tokenbroker.v1.PutProviderResponse\".\x82\xd3\xe4\x93\x02(:\x01*\x1a#/v1/admin/providers/{provider.name}\x12z\n" +
 	"\vGetProvider\x12\".tokenbroker.v1.GetProviderRequest\x1a#.tokenbroker.v1.GetProviderResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/admin/providers/{name}\x12y\n" +
 	"\rListProviders\x12$.tokenbroker.v1.ListProvidersRequest\x1a%.tokenbroker.v1.ListProvidersResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/admin/providers\x12\x83\x01\n" +
 	"\x0eDeleteProvider\x12%.tokenbroker.v1.DeleteProviderRequest\x1a&.tokenbroker.v1.DeleteProviderResponse\"\"\x82\xd3\xe4\x93\x02\x1c*\x1a/v1/admin/providers/{name}\x12\xa9\x01\n" +
-	"\x12RotateClientSecret\x12).tokenbroker.v1.RotateClientSecretRequest\x1a*.tokenbroker.v1.RotateClientSecretResponse\"<\x82\xd3\xe4\x93\x026:\x01*\"1/v1/admin/providers/{provider}:rotateClientSecret\x12\x91\x01\n" +
+	"\x12RotateClientSecret\x12).tokenbroker.v1.RotateClientSecretRequest\x1a*.tokenbroker.v1.RotateClientSecretResponse\"<\x82\xd3\xe4\x93\x026:\x01*\"1/v1/admin/providers/{provider}:rotateClientSecret\x12\x9d\x01\n" +
+	"\x0fRotateClientKey\x12&.tokenbroker.v1.RotateClientKeyRequest\x1a'.tokenbroker.v1.RotateClientKeyResponse\"9\x82\xd3\xe4\x93\x023:\x01*\"./v1/admin/providers/{provider}:rotateClientKey\x12\x91\x01\n" +
 	"\n" +
 	"PutAccount\x12!.tokenbroker.v1.PutAccountRequest\x1a\".tokenbroker.v1.PutAccountResponse\"<\x82\xd3\xe4\x93\x026:\x01*\x1a1/v1/admin/providers/{provider}/accounts/{account}\x12\xb3\x01\n" +
 	"\x12StartAuthorization\x12).tokenbroker.v1.StartAuthorizationRequest\x1a*.tokenbroker.v1.StartAuthorizationResponse\"F\x82\xd3\xe4\x93\x02@:\x01*\";/v1/admin/providers/{provider}/accounts/{account}:authorize\x12m\n" +
@@ -3505,163 +3906,176 @@ func file_tokenbroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_tokenbroker_v1_admin_proto_goTypes = []any{
 	(ClientAuthStyle)(0),                  // 0: tokenbroker.v1.ClientAuthStyle
 	(GrantType)(0),                        // 1: tokenbroker.v1.GrantType
 	(GrantHealth)(0),                      // 2: tokenbroker.v1.GrantHealth
 	(WebhookDeliveryStatus)(0),            // 3: tokenbroker.v1.WebhookDeliveryStatus
-	(*SecretInfo)(nil),                    // 4: tokenbroker.v1.SecretInfo
-	(*Provider)(nil),                      // 5: tokenbroker.v1.Provider
-	(*PutProviderRequest)(nil),            // 6: tokenbroker.v1.PutProviderRequest
-	(*PutProviderResponse)(nil),           // 7: tokenbroker.v1.PutProviderResponse
-	(*GetProviderRequest)(nil),            // 8: tokenbroker.v1.GetProviderRequest
-	(*GetProviderResponse)(nil),           // 9: tokenbroker.v1.GetProviderResponse
-	(*ListProvidersRequest)(nil),          // 10: tokenbroker.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),         // 11: tokenbroker.v1.ListProvidersResponse
-	(*DeleteProviderRequest)(nil),         // 12: tokenbroker.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil),        // 13: tokenbroker.v1.DeleteProviderResponse
-	(*Grant)(nil),                         // 14: tokenbroker.v1.Grant
-	(*PutAccountRequest)(nil),             // 15: tokenbroker.v1.PutAccountRequest
-	(*PutAccountResponse)(nil),            // 16: tokenbroker.v1.PutAccountResponse
-	(*StartAuthorizationRequest)(nil),     // 17: tokenbroker.v1.StartAuthorizationRequest
-	(*StartAuthorizationResponse)(nil),    // 18: tokenbroker.v1.StartAuthorizationResponse
-	(*ListGrantsRequest)(nil),             // 19: tokenbroker.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),            // 20: tokenbroker.v1.ListGrantsResponse
-	(*RevokeGrantRequest)(nil),            // 21: tokenbroker.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),           // 22: tokenbroker.v1.RevokeGrantResponse
-	(*ApiKey)(nil),                        // 23: tokenbroker.v1.ApiKey
-	(*CreateApiKeyRequest)(nil),           // 24: tokenbroker.v1.CreateApiKeyRequest
-	(*CreateApiKeyResponse)(nil),          // 25: tokenbroker.v1.CreateApiKeyResponse
-	(*ListApiKeysRequest)(nil),            // 26: tokenbroker.v1.ListApiKeysRequest
-	(*ListApiKeysResponse)(nil),           // 27: tokenbroker.v1.ListApiKeysResponse
-	(*RetireApiKeyRequest)(nil),           // 28: tokenbroker.v1.RetireApiKeyRequest
-	(*RetireApiKeyResponse)(nil),          // 29: tokenbroker.v1.RetireApiKeyResponse
-	(*RotateClientSecretRequest)(nil),     // 30: tokenbroker.v1.RotateClientSecretRequest
-	(*RotateClientSecretResponse)(nil),    // 31: tokenbroker.v1.RotateClientSecretResponse
-	(*Event)(nil),                         // 32: tokenbroker.v1.Event
-	(*ListEventsRequest)(nil),             // 33: tokenbroker.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),            // 34: tokenbroker.v1.ListEventsResponse
-	(*WatchEventsRequest)(nil),            // 35: tokenbroker.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),           // 36: tokenbroker.v1.WatchEventsResponse
-	(*Webhook)(nil),                       // 37: tokenbroker.v1.Webhook
-	(*PutWebhookRequest)(nil),             // 38: tokenbroker.v1.PutWebhookRequest
-	(*PutWebhookResponse)(nil),            // 39: tokenbroker.v1.PutWebhookResponse
-	(*GetWebhookRequest)(nil),             // 40: tokenbroker.v1.GetWebhookRequest
-	(*GetWebhookResponse)(nil),            // 41: tokenbroker.v1.GetWebhookResponse
-	(*ListWebhooksRequest)(nil),           // 42: tokenbroker.v1.ListWebhooksRequest
-	(*ListWebhooksResponse)(nil),          // 43: tokenbroker.v1.ListWebhooksResponse
-	(*DeleteWebhookRequest)(nil),          // 44: tokenbroker.v1.DeleteWebhookRequest
-	(*DeleteWebhookResponse)(nil),         // 45: tokenbroker.v1.DeleteWebhookResponse
-	(*WebhookDelivery)(nil),               // 46: tokenbroker.v1.WebhookDelivery
-	(*ListWebhookDeliveriesRequest)(nil),  // 47: tokenbroker.v1.ListWebhookDeliveriesRequest
-	(*ListWebhookDeliveriesResponse)(nil), // 48: tokenbroker.v1.ListWebhookDeliveriesResponse
-	(*RedeliverWebhookRequest)(nil),       // 49: tokenbroker.v1.RedeliverWebhookRequest
-	(*RedeliverWebhookResponse)(nil),      // 50: tokenbroker.v1.RedeliverWebhookResponse
-	nil,                                   // 51: tokenbroker.v1.Provider.GrantTokenUrlsEntry
-	nil,                                   // 52: tokenbroker.v1.Provider.TokenParamsEntry
-	(*timestamppb.Timestamp)(nil),         // 53: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 54: google.protobuf.Duration
+	(*ClientKeyInfo)(nil),                 // 4: tokenbroker.v1.ClientKeyInfo
+	(*JwtBearerGrant)(nil),                // 5: tokenbroker.v1.JwtBearerGrant
+	(*SecretInfo)(nil),                    // 6: tokenbroker.v1.SecretInfo
+	(*Provider)(nil),                      // 7: tokenbroker.v1.Provider
+	(*PutProviderRequest)(nil),            // 8: tokenbroker.v1.PutProviderRequest
+	(*PutProviderResponse)(nil),           // 9: tokenbroker.v1.PutProviderResponse
+	(*GetProviderRequest)(nil),            // 10: tokenbroker.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),           // 11: tokenbroker.v1.GetProviderResponse
+	(*ListProvidersRequest)(nil),          // 12: tokenbroker.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),         // 13: tokenbroker.v1.ListProvidersResponse
+	(*DeleteProviderRequest)(nil),         // 14: tokenbroker.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),        // 15: tokenbroker.v1.DeleteProviderResponse
+	(*Grant)(nil),                         // 16: tokenbroker.v1.Grant
+	(*PutAccountRequest)(nil),             // 17: tokenbroker.v1.PutAccountRequest
+	(*PutAccountResponse)(nil),            // 18: tokenbroker.v1.PutAccountResponse
+	(*StartAuthorizationRequest)(nil),     // 19: tokenbroker.v1.StartAuthorizationRequest
+	(*StartAuthorizationResponse)(nil),    // 20: tokenbroker.v1.StartAuthorizationResponse
+	(*ListGrantsRequest)(nil),             // 21: tokenbroker.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),            // 22: tokenbroker.v1.ListGrantsResponse
+	(*RevokeGrantRequest)(nil),            // 23: tokenbroker.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),           // 24: tokenbroker.v1.RevokeGrantResponse
+	(*ApiKey)(nil),                        // 25: tokenbroker.v1.ApiKey
+	(*CreateApiKeyRequest)(nil),           // 26: tokenbroker.v1.CreateApiKeyRequest
+	(*CreateApiKeyResponse)(nil),          // 27: tokenbroker.v1.CreateApiKeyResponse
+	(*ListApiKeysRequest)(nil),            // 28: tokenbroker.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),           // 29: tokenbroker.v1.ListApiKeysResponse
+	(*RetireApiKeyRequest)(nil),           // 30: tokenbroker.v1.RetireApiKeyRequest
+	(*RetireApiKeyResponse)(nil),          // 31: tokenbroker.v1.RetireApiKeyResponse
+	(*RotateClientSecretRequest)(nil),     // 32: tokenbroker.v1.RotateClientSecretRequest
+	(*RotateClientKeyRequest)(nil),        // 33: tokenbroker.v1.RotateClientKeyRequest
+	(*RotateClientKeyResponse)(nil),       // 34: tokenbroker.v1.RotateClientKeyResponse
+	(*RotateClientSecretResponse)(nil),    // 35: tokenbroker.v1.RotateClientSecretResponse
+	(*Event)(nil),                         // 36: tokenbroker.v1.Event
+	(*ListEventsRequest)(nil),             // 37: tokenbroker.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),            // 38: tokenbroker.v1.ListEventsResponse
+	(*WatchEventsRequest)(nil),            // 39: tokenbroker.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),           // 40: tokenbroker.v1.WatchEventsResponse
+	(*Webhook)(nil),                       // 41: tokenbroker.v1.Webhook
+	(*PutWebhookRequest)(nil),             // 42: tokenbroker.v1.PutWebhookRequest
+	(*PutWebhookResponse)(nil),            // 43: tokenbroker.v1.PutWebhookResponse
+	(*GetWebhookRequest)(nil),             // 44: tokenbroker.v1.GetWebhookRequest
+	(*GetWebhookResponse)(nil),            // 45: tokenbroker.v1.GetWebhookResponse
+	(*ListWebhooksRequest)(nil),           // 46: tokenbroker.v1.ListWebhooksRequest
+	(*ListWebhooksResponse)(nil),          // 47: tokenbroker.v1.ListWebhooksResponse
+	(*DeleteWebhookRequest)(nil),          // 48: tokenbroker.v1.DeleteWebhookRequest
+	(*DeleteWebhookResponse)(nil),         // 49: tokenbroker.v1.DeleteWebhookResponse
+	(*WebhookDelivery)(nil),               // 50: tokenbroker.v1.WebhookDelivery
+	(*ListWebhookDeliveriesRequest)(nil),  // 51: tokenbroker.v1.ListWebhookDeliveriesRequest
+	(*ListWebhookDeliveriesResponse)(nil), // 52: tokenbroker.v1.ListWebhookDeliveriesResponse
+	(*RedeliverWebhookRequest)(nil),       // 53: tokenbroker.v1.RedeliverWebhookRequest
+	(*RedeliverWebhookResponse)(nil),      // 54: tokenbroker.v1.RedeliverWebhookResponse
+	nil,                                   // 55: tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	nil,                                   // 56: tokenbroker.v1.Provider.TokenParamsEntry
+	(*timestamppb.Timestamp)(nil),         // 57: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 58: google.protobuf.Duration
 }
 var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
-	53, // 0: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
-	51, // 1: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
-	4,  // 2: tokenbroker.v1.Provider.client_secret:type_name -> tokenbroker.v1.SecretInfo
-	0,  // 3: tokenbroker.v1.Provider.client_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	52, // 4: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
-	1,  // 5: tokenbroker.v1.Provider.grant_types:type_name -> tokenbroker.v1.GrantType
-	54, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
-	53, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	53, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
-	0,  // 9: tokenbroker.v1.Provider.introspection_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	54, // 10: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
-	54, // 11: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
-	54, // 12: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
-	5,  // 13: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
-	5,  // 14: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	5,  // 15: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	5,  // 16: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
-	1,  // 17: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
-	4,  // 18: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
-	4,  // 19: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
-	2,  // 20: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
-	53, // 21: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
-	53, // 22: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
-	53, // 23: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	53, // 24: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 25: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
-	14, // 26: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
-	53, // 27: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
-	14, // 28: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
-	53, // 29: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
-	53, // 30: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
-	23, // 31: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
-	23, // 32: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
-	54, // 33: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
-	5,  // 34: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
-	53, // 35: tokenbroker.v1.Event.time:type_name -> google.protobuf.Timestamp
-	2,  // 36: tokenbroker.v1.Event.health_before:type_name -> tokenbroker.v1.GrantHealth
-	2,  // 37: tokenbroker.v1.Event.health_after:type_name -> tokenbroker.v1.GrantHealth
-	32, // 38: tokenbroker.v1.ListEventsResponse.events:type_name -> tokenbroker.v1.Event
-	32, // 39: tokenbroker.v1.WatchEventsResponse.event:type_name -> tokenbroker.v1.Event
-	4,  // 40: tokenbroker.v1.Webhook.secret:type_name -> tokenbroker.v1.SecretInfo
-	53, // 41: tokenbroker.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
-	53, // 42: tokenbroker.v1.Webhook.update_time:type_name -> google.protobuf.Timestamp
-	53, // 43: tokenbroker.v1.Webhook.paused_until:type_name -> google.protobuf.Timestamp
-	37, // 44: tokenbroker.v1.PutWebhookRequest.webhook:type_name -> tokenbroker.v1.Webhook
-	37, // 45: tokenbroker.v1.PutWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
-	37, // 46: tokenbroker.v1.GetWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
-	37, // 47: tokenbroker.v1.ListWebhooksResponse.webhooks:type_name -> tokenbroker.v1.Webhook
-	3,  // 48: tokenbroker.v1.WebhookDelivery.status:type_name -> tokenbroker.v1.WebhookDeliveryStatus
-	53, // 49: tokenbroker.v1.WebhookDelivery.first_attempt_time:type_name -> google.protobuf.Timestamp
-	53, // 50: tokenbroker.v1.WebhookDelivery.last_attempt_time:type_name -> google.protobuf.Timestamp
-	53, // 51: tokenbroker.v1.WebhookDelivery.next_attempt_time:type_name -> google.protobuf.Timestamp
-	46, // 52: tokenbroker.v1.ListWebhookDeliveriesResponse.deliveries:type_name -> tokenbroker.v1.WebhookDelivery
-	6,  // 53: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
-	8,  // 54: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
-	10, // 55: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
-	12, // 56: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
-	30, // 57: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
-	15, // 58: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
-	17, // 59: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
-	19, // 60: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
-	21, // 61: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
-	24, // 62: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
-	26, // 63: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
-	28, // 64: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
-	33, // 65: tokenbroker.v1.AdminService.ListEvents:input_type -> tokenbroker.v1.ListEventsRequest
-	35, // 66: tokenbroker.v1.AdminService.WatchEvents:input_type -> tokenbroker.v1.WatchEventsRequest
-	38, // 67: tokenbroker.v1.AdminService.PutWebhook:input_type -> tokenbroker.v1.PutWebhookRequest
-	40, // 68: tokenbroker.v1.AdminService.GetWebhook:input_type -> tokenbroker.v1.GetWebhookRequest
-	42, // 69: tokenbroker.v1.AdminService.ListWebhooks:input_type -> tokenbroker.v1.ListWebhooksRequest
-	44, // 70: tokenbroker.v1.AdminService.DeleteWebhook:input_type -> tokenbroker.v1.DeleteWebhookRequest
-	47, // 71: tokenbroker.v1.AdminService.ListWebhookDeliveries:input_type -> tokenbroker.v1.ListWebhookDeliveriesRequest
-	49, // 72: tokenbroker.v1.AdminService.RedeliverWebhook:input_type -> tokenbroker.v1.RedeliverWebhookRequest
-	7,  // 73: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
-	9,  // 74: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
-	11, // 75: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
-	13, // 76: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
-	31, // 77: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
-	16, // 78: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
-	18, // 79: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
-	20, // 80: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
-	22, // 81: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
-	25, // 82: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
-	27, // 83: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
-	29, // 84: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
-	34, // 85: tokenbroker.v1.AdminService.ListEvents:output_type -> tokenbroker.v1.ListEventsResponse
-	36, // 86: tokenbroker.v1.AdminService.WatchEvents:output_type -> tokenbroker.v1.WatchEventsResponse
-	39, // 87: tokenbroker.v1.AdminService.PutWebhook:output_type -> tokenbroker.v1.PutWebhookResponse
-	41, // 88: tokenbroker.v1.AdminService.GetWebhook:output_type -> tokenbroker.v1.GetWebhookResponse
-	43, // 89: tokenbroker.v1.AdminService.ListWebhooks:output_type -> tokenbroker.v1.ListWebhooksResponse
-	45, // 90: tokenbroker.v1.AdminService.DeleteWebhook:output_type -> tokenbroker.v1.DeleteWebhookResponse
-	48, // 91: tokenbroker.v1.AdminService.ListWebhookDeliveries:output_type -> tokenbroker.v1.ListWebhookDeliveriesResponse
-	50, // 92: tokenbroker.v1.AdminService.RedeliverWebhook:output_type -> tokenbroker.v1.RedeliverWebhookResponse
-	73, // [73:93] is the sub-list for method output_type
-	53, // [53:73] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	57, // 0: tokenbroker.v1.ClientKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	57, // 1: tokenbroker.v1.ClientKeyInfo.retire_time:type_name -> google.protobuf.Timestamp
+	58, // 2: tokenbroker.v1.JwtBearerGrant.lifetime:type_name -> google.protobuf.Duration
+	57, // 3: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
+	55, // 4: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	6,  // 5: tokenbroker.v1.Provider.client_secret:type_name -> tokenbroker.v1.SecretInfo
+	0,  // 6: tokenbroker.v1.Provider.client_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
+	56, // 7: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
+	1,  // 8: tokenbroker.v1.Provider.grant_types:type_name -> tokenbroker.v1.GrantType
+	58, // 9: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
+	57, // 10: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	57, // 11: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	0,  // 12: tokenbroker.v1.Provider.introspection_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
+	58, // 13: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
+	58, // 14: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
+	58, // 15: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
+	4,  // 16: tokenbroker.v1.Provider.client_keys:type_name -> tokenbroker.v1.ClientKeyInfo
+	5,  // 17: tokenbroker.v1.Provider.jwt_bearer:type_name -> tokenbroker.v1.JwtBearerGrant
+	7,  // 18: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
+	7,  // 19: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	7,  // 20: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	7,  // 21: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
+	1,  // 22: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
+	6,  // 23: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
+	6,  // 24: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
+	2,  // 25: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
+	57, // 26: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
+	57, // 27: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
+	57, // 28: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	57, // 29: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 30: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
+	16, // 31: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
+	57, // 32: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	16, // 33: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
+	57, // 34: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
+	57, // 35: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
+	25, // 36: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
+	25, // 37: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
+	58, // 38: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
+	58, // 39: tokenbroker.v1.RotateClientKeyRequest.overlap:type_name -> google.protobuf.Duration
+	7,  // 40: tokenbroker.v1.RotateClientKeyResponse.provider:type_name -> tokenbroker.v1.Provider
+	7,  // 41: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
+	57, // 42: tokenbroker.v1.Event.time:type_name -> google.protobuf.Timestamp
+	2,  // 43: tokenbroker.v1.Event.health_before:type_name -> tokenbroker.v1.GrantHealth
+	2,  // 44: tokenbroker.v1.Event.health_after:type_name -> tokenbroker.v1.GrantHealth
+	36, // 45: tokenbroker.v1.ListEventsResponse.events:type_name -> tokenbroker.v1.Event
+	36, // 46: tokenbroker.v1.WatchEventsResponse.event:type_name -> tokenbroker.v1.Event
+	6,  // 47: tokenbroker.v1.Webhook.secret:type_name -> tokenbroker.v1.SecretInfo
+	57, // 48: tokenbroker.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
+	57, // 49: tokenbroker.v1.Webhook.update_time:type_name -> google.protobuf.Timestamp
+	57, // 50: tokenbroker.v1.Webhook.paused_until:type_name -> google.protobuf.Timestamp
+	41, // 51: tokenbroker.v1.PutWebhookRequest.webhook:type_name -> tokenbroker.v1.Webhook
+	41, // 52: tokenbroker.v1.PutWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
+	41, // 53: tokenbroker.v1.GetWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
+	41, // 54: tokenbroker.v1.ListWebhooksResponse.webhooks:type_name -> tokenbroker.v1.Webhook
+	3,  // 55: tokenbroker.v1.WebhookDelivery.status:type_name -> tokenbroker.v1.WebhookDeliveryStatus
+	57, // 56: tokenbroker.v1.WebhookDelivery.first_attempt_time:type_name -> google.protobuf.Timestamp
+	57, // 57: tokenbroker.v1.WebhookDelivery.last_attempt_time:type_name -> google.protobuf.Timestamp
+	57, // 58: tokenbroker.v1.WebhookDelivery.next_attempt_time:type_name -> google.protobuf.Timestamp
+	50, // 59: tokenbroker.v1.ListWebhookDeliveriesResponse.deliveries:type_name -> tokenbroker.v1.WebhookDelivery
+	8,  // 60: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
+	10, // 61: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
+	12, // 62: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
+	14, // 63: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
+	32, // 64: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
+	33, // 65: tokenbroker.v1.AdminService.RotateClientKey:input_type -> tokenbroker.v1.RotateClientKeyRequest
+	17, // 66: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
+	19, // 67: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
+	21, // 68: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
+	23, // 69: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
+	26, // 70: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
+	28, // 71: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
+	30, // 72: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
+	37, // 73: tokenbroker.v1.AdminService.ListEvents:input_type -> tokenbroker.v1.ListEventsRequest
+	39, // 74: tokenbroker.v1.AdminService.WatchEvents:input_type -> tokenbroker.v1.WatchEventsRequest
+	42, // 75: tokenbroker.v1.AdminService.PutWebhook:input_type -> tokenbroker.v1.PutWebhookRequest
+	44, // 76: tokenbroker.v1.AdminService.GetWebhook:input_type -> tokenbroker.v1.GetWebhookRequest
+	46, // 77: tokenbroker.v1.AdminService.ListWebhooks:input_type -> tokenbroker.v1.ListWebhooksRequest
+	48, // 78: tokenbroker.v1.AdminService.DeleteWebhook:input_type -> tokenbroker.v1.DeleteWebhookRequest
+	51, // 79: tokenbroker.v1.AdminService.ListWebhookDeliveries:input_type -> tokenbroker.v1.ListWebhookDeliveriesRequest
+	53, // 80: tokenbroker.v1.AdminService.RedeliverWebhook:input_type -> tokenbroker.v1.RedeliverWebhookRequest
+	9,  // 81: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
+	11, // 82: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
+	13, // 83: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
+	15, // 84: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
+	35, // 85: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
+	34, // 86: tokenbroker.v1.AdminService.RotateClientKey:output_type -> tokenbroker.v1.RotateClientKeyResponse
+	18, // 87: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
+	20, // 88: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
+	22, // 89: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
+	24, // 90: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
+	27, // 91: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
+	29, // 92: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
+	31, // 93: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
+	38, // 94: tokenbroker.v1.AdminService.ListEvents:output_type -> tokenbroker.v1.ListEventsResponse
+	40, // 95: tokenbroker.v1.AdminService.WatchEvents:output_type -> tokenbroker.v1.WatchEventsResponse
+	43, // 96: tokenbroker.v1.AdminService.PutWebhook:output_type -> tokenbroker.v1.PutWebhookResponse
+	45, // 97: tokenbroker.v1.AdminService.GetWebhook:output_type -> tokenbroker.v1.GetWebhookResponse
+	47, // 98: tokenbroker.v1.AdminService.ListWebhooks:output_type -> tokenbroker.v1.ListWebhooksResponse
+	49, // 99: tokenbroker.v1.AdminService.DeleteWebhook:output_type -> tokenbroker.v1.DeleteWebhookResponse
+	52, // 100: tokenbroker.v1.AdminService.ListWebhookDeliveries:output_type -> tokenbroker.v1.ListWebhookDeliveriesResponse
+	54, // 101: tokenbroker.v1.AdminService.RedeliverWebhook:output_type -> tokenbroker.v1.RedeliverWebhookResponse
+	81, // [81:102] is the sub-list for method output_type
+	60, // [60:81] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }
@@ -3669,14 +4083,14 @@ func file_tokenbroker_v1_admin_proto_init() {
 	if File_tokenbroker_v1_admin_proto != nil {
 		return
 	}
-	file_tokenbroker_v1_admin_proto_msgTypes[1].OneofWrappers = []any{}
+	file_tokenbroker_v1_admin_proto_msgTypes[3].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_admin_proto_rawDesc), len(file_tokenbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   49,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	AdminService_ListProviders_FullMethodName         = "/tokenbroker.v1.AdminService/ListProviders"
 	AdminService_DeleteProvider_FullMethodName        = "/tokenbroker.v1.AdminService/DeleteProvider"
 	AdminService_RotateClientSecret_FullMethodName    = "/tokenbroker.v1.AdminService/RotateClientSecret"
+	AdminService_RotateClientKey_FullMethodName       = "/tokenbroker.v1.AdminService/RotateClientKey"
 	AdminService_PutAccount_FullMethodName            = "/tokenbroker.v1.AdminService/PutAccount"
 	AdminService_StartAuthorization_FullMethodName    = "/tokenbroker.v1.AdminService/StartAuthorization"
 	AdminService_ListGrants_FullMethodName            = "/tokenbroker.v1.AdminService/ListGrants"
@@ -65,6 +66,11 @@ type AdminServiceClient interface {
 	// the provider's error). During overlap, token requests the new secret
 	// fails with invalid_client are retried with the old one.
 	RotateClientSecret(ctx context.Context, in *RotateClientSecretRequest, opts ...grpc.CallOption) (*RotateClientSecretResponse, error)
+	// RotateClientKey makes a new key (imported or generated) sign the
+	// provider's client assertions at once; the key it replaces stays in the
+	// JWKS for overlap. Cached tokens are kept. Errors: NOT_FOUND,
+	// INVALID_ARGUMENT (a key that does not parse or suit the algorithm).
+	RotateClientKey(ctx context.Context, in *RotateClientKeyRequest, opts ...grpc.CallOption) (*RotateClientKeyResponse, error)
 	// PutAccount creates or replaces an account (a grant) under a provider:
 	// a password grant with its username and password, or an
 	// authorization-code grant that StartAuthorization completes. An empty
@@ -176,6 +182,16 @@ func (c *adminServiceClient) RotateClientSecret(ctx context.Context, in *RotateC
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RotateClientSecretResponse)
 	err := c.cc.Invoke(ctx, AdminService_RotateClientSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RotateClientKey(ctx context.Context, in *RotateClientKeyRequest, opts ...grpc.CallOption) (*RotateClientKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateClientKeyResponse)
+	err := c.cc.Invoke(ctx, AdminService_RotateClientKey_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -365,6 +381,11 @@ type AdminServiceServer interface {
 	// the provider's error). During overlap, token requests the new secret
 	// fails with invalid_client are retried with the old one.
 	RotateClientSecret(context.Context, *RotateClientSecretRequest) (*RotateClientSecretResponse, error)
+	// RotateClientKey makes a new key (imported or generated) sign the
+	// provider's client assertions at once; the key it replaces stays in the
+	// JWKS for overlap. Cached tokens are kept. Errors: NOT_FOUND,
+	// INVALID_ARGUMENT (a key that does not parse or suit the algorithm).
+	RotateClientKey(context.Context, *RotateClientKeyRequest) (*RotateClientKeyResponse, error)
 	// PutAccount creates or replaces an account (a grant) under a provider:
 	// a password grant with its username and password, or an
 	// authorization-code grant that StartAuthorization completes. An empty
@@ -446,6 +467,9 @@ func (UnimplementedAdminServiceServer) DeleteProvider(context.Context, *DeletePr
 }
 func (UnimplementedAdminServiceServer) RotateClientSecret(context.Context, *RotateClientSecretRequest) (*RotateClientSecretResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateClientSecret not implemented")
+}
+func (UnimplementedAdminServiceServer) RotateClientKey(context.Context, *RotateClientKeyRequest) (*RotateClientKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateClientKey not implemented")
 }
 func (UnimplementedAdminServiceServer) PutAccount(context.Context, *PutAccountRequest) (*PutAccountResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PutAccount not implemented")
@@ -599,6 +623,24 @@ func _AdminService_RotateClientSecret_Handler(srv interface{}, ctx context.Conte
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).RotateClientSecret(ctx, req.(*RotateClientSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RotateClientKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateClientKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RotateClientKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RotateClientKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RotateClientKey(ctx, req.(*RotateClientKeyRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -892,6 +934,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateClientSecret",
 			Handler:    _AdminService_RotateClientSecret_Handler,
+		},
+		{
+			MethodName: "RotateClientKey",
+			Handler:    _AdminService_RotateClientKey_Handler,
 		},
 		{
 			MethodName: "PutAccount",
