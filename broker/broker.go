@@ -88,6 +88,10 @@ type Config struct {
 	// DefaultEventMaxAge when zero.
 	EventRetention int
 	EventMaxAge    time.Duration
+	// EventWatchBuffer is how many new events a watcher may fall behind
+	// before its watch ends with ErrSlowConsumer;
+	// DefaultEventWatchBuffer when zero.
+	EventWatchBuffer int
 	// Webhooks tunes webhook delivery.
 	Webhooks WebhookConfig
 	// CooldownBase is a grant's pause after a failed token request, doubled
@@ -115,6 +119,7 @@ type Broker struct {
 	// eventRetention and eventMaxAge bound the events kept.
 	eventRetention int
 	eventMaxAge    time.Duration
+	eventBuffer    int
 	backoff        time.Duration
 	cooldownBase   time.Duration
 	callbackURL    atomic.Pointer[string]
@@ -169,6 +174,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		minForced:      cmp(cfg.MinForcedRefreshInterval, DefaultMinForcedRefreshInterval),
 		eventRetention: cmp(cfg.EventRetention, DefaultEventRetention),
 		eventMaxAge:    cmp(cfg.EventMaxAge, DefaultEventMaxAge),
+		eventBuffer:    cmp(cfg.EventWatchBuffer, DefaultEventWatchBuffer),
 		backoff:        cmp(cfg.ProviderBackoff, 200*time.Millisecond),
 		cooldownBase:   cmp(cfg.CooldownBase, time.Second),
 		refresh:        cfg.Refresh.withDefaults(),

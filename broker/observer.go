@@ -26,6 +26,9 @@ type Observer interface {
 	WebhookAttempt(webhook string, ok bool, lag time.Duration)
 	// WebhookDeadLettered reports a delivery that exhausted its schedule.
 	WebhookDeadLettered(webhook string)
+	// EventWatcherDropped reports an event watch ended because its
+	// consumer fell too far behind (ErrSlowConsumer).
+	EventWatcherDropped()
 }
 
 // Outcomes of TokenServed.
@@ -44,3 +47,4 @@ func (nopObserver) RefreshFailed(string)                                  {}
 func (nopObserver) Leading(int, bool)                                     {}
 func (nopObserver) WebhookAttempt(string, bool, time.Duration)            {}
 func (nopObserver) WebhookDeadLettered(string)                            {}
+func (nopObserver) EventWatcherDropped()                                  {}

@@ -38,6 +38,7 @@ type Metrics struct {
 	hookAttempts  *prometheus.CounterVec
 	hookLag       *prometheus.HistogramVec
 	hookDead      *prometheus.CounterVec
+	watchDropped  prometheus.Counter
 }
 
 // NewMetrics makes the metrics and registers them, with the Go and process
@@ -79,8 +80,11 @@ func NewMetrics() *Metrics {
 	m.hookDead = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tokenbroker_webhook_dead_letters_total", Help: "Webhook deliveries dead-lettered after their retry schedule, by subscription.",
 	}, []string{"webhook"})
+	m.watchDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tokenbroker_event_watchers_dropped_total", Help: "Event watches ended because their consumer fell too far behind.",
+	})
 	m.reg.MustRegister(m.grpc, m.served, m.providerCalls, m.providerTime, m.refreshed, m.refreshAhead, m.refreshFailed, m.leading,
-		m.hookAttempts, m.hookLag, m.hookDead,
+		m.hookAttempts, m.hookLag, m.hookDead, m.watchDropped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tokenbroker_etcd_errors_total", Help: "Failed etcd calls."},
 			func() float64 { return float64(broker.StoreErrors()) }),
@@ -144,6 +148,8 @@ func (m *Metrics) WebhookAttempt(webhook string, ok bool, lag time.Duration) {
 }
 
 func (m *Metrics) WebhookDeadLettered(webhook string) { m.hookDead.WithLabelValues(webhook).Inc() }
+
+func (m *Metrics) EventWatcherDropped() { m.watchDropped.Inc() }
 
 // grantCollector reads the grants' health at scrape time.
 type grantCollector struct {
