@@ -235,7 +235,7 @@ client certificate) whose identity the broker's policy allows.`,
 	f.DurationVar(&c.timeout, "timeout", 10*time.Second, "how long to wait for the broker's answer")
 	f.StringVarP(&c.output, "output", "o", outputTable, "output format: table or json (protobuf JSON with the proto field names)")
 
-	root.AddCommand(c.providerCommand(), c.accountCommand(), c.grantCommand(), c.tokenCommand(), c.apiKeysCommand(), c.eventsCommand())
+	root.AddCommand(c.providerCommand(), c.accountCommand(), c.grantCommand(), c.tokenCommand(), c.apiKeysCommand(), c.eventsCommand(), c.webhooksCommand())
 	return root
 }
 

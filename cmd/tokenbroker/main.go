@@ -48,6 +48,7 @@ admin commands, over gRPC to a running broker ($TOKENBROKER_ADDR, $TOKENBROKER_A
   token       get|refresh|introspect access tokens
   apikeys     create|list|retire API keys
   events      list|watch grant lifecycle events
+  webhooks    create|get|list|delete|deliveries|redeliver webhook subscriptions
   keys        generate a master key; reseal every record under the primary key
   config      validate FILE: report every problem of a config file at once
 
@@ -66,7 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return runDev(ctx, args[1:], stdout, stderr)
 	case "apikey":
 		return runAPIKey(args[1:], stdout, stderr)
-	case "provider", "account", "grant", "token", "apikeys", "events":
+	case "provider", "account", "grant", "token", "apikeys", "events", "webhooks":
 		return runCLI(ctx, args, stdout, stderr, getenv)
 	case "keys":
 		return runKeys(ctx, args[1:], stdout, stderr, getenv)
@@ -179,6 +180,9 @@ func serveUntilDone(ctx context.Context, inst *app.App, reload <-chan os.Signal,
 			log.Info("auth configuration reloaded", zap.Int("api_keys", len(cfg.Auth.APIKeys)), zap.Int("policy_rules", len(cfg.Auth.Policy)))
 			if err := inst.ApplyProviders(ctx, cfg); err != nil {
 				log.Error("reload: applying providers failed", zap.Error(err))
+			}
+			if err := inst.ApplyWebhooks(ctx, cfg); err != nil {
+				log.Error("reload: applying webhooks failed", zap.Error(err))
 			}
 		}
 	}
