@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -240,6 +241,10 @@ func TestWebhookReauthorizationRequiredOnce(t *testing.T) {
 		}
 	}
 	rf.checkOrder()
+	rf.r.mu.Lock()
+	sample, _ := json.Marshal(rf.r.got[len(rf.r.got)-1])
+	rf.r.mu.Unlock()
+	t.Logf("the last delivery: %s", sample)
 	lat := rf.latencies(event.GrantReauthorizationRequired, event.GrantAuthorized)
 	t.Logf("delivery latency from state change to receiver over %d events: p50 %v, p99 %v, max %v",
 		len(lat), percentile(lat, .5), percentile(lat, .99), percentile(lat, 1))

@@ -149,6 +149,8 @@ type options struct {
 	workload *workload.Verifier
 	// metrics, when set, instruments the servers.
 	metrics *server.Metrics
+	// eventBuffer, when set, is the broker's EventWatchBuffer.
+	eventBuffer int
 }
 
 func (e *env) start(log *zap.Logger) *instance {
@@ -183,6 +185,7 @@ func (e *env) startWith(o options) *instance {
 		// Every forced refresh reaches the provider (the clock stands
 		// still); the broker's tests cover coalescing.
 		MinForcedRefreshInterval: -1,
+		EventWatchBuffer:         o.eventBuffer,
 	})
 	if err != nil {
 		t.Fatalf("broker.New: %v", err)
