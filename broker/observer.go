@@ -1,6 +1,10 @@
 package broker
 
-import "time"
+import (
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/broker/event"
+)
 
 // Observer is told what the broker does, for metrics. Its methods are
 // called on the hot path (TokenServed) and must be cheap and safe for
@@ -29,6 +33,9 @@ type Observer interface {
 	// EventWatcherDropped reports an event watch ended because its
 	// consumer fell too far behind (ErrSlowConsumer).
 	EventWatcherDropped()
+	// EventRecorded reports an event recorded by any replica; the leader
+	// of refresh shard 0 reports each once.
+	EventRecorded(t event.Type)
 }
 
 // Outcomes of TokenServed.
@@ -48,3 +55,4 @@ func (nopObserver) Leading(int, bool)                                     {}
 func (nopObserver) WebhookAttempt(string, bool, time.Duration)            {}
 func (nopObserver) WebhookDeadLettered(string)                            {}
 func (nopObserver) EventWatcherDropped()                                  {}
+func (nopObserver) EventRecorded(event.Type)                              {}

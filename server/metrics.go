@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
+	"github.com/tokenbroker/tokenbroker/broker/event"
 )
 
 // MetricsPath serves the Prometheus metrics on the metrics listener
@@ -39,6 +40,7 @@ type Metrics struct {
 	hookLag       *prometheus.HistogramVec
 	hookDead      *prometheus.CounterVec
 	watchDropped  prometheus.Counter
+	events        *prometheus.CounterVec
 }
 
 // NewMetrics makes the metrics and registers them, with the Go and process
@@ -83,8 +85,11 @@ func NewMetrics() *Metrics {
 	m.watchDropped = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "tokenbroker_event_watchers_dropped_total", Help: "Event watches ended because their consumer fell too far behind.",
 	})
+	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tokenbroker_events_total", Help: "Events recorded by the fleet, by type; counted by the leader of refresh shard 0 while it leads.",
+	}, []string{"type"})
 	m.reg.MustRegister(m.grpc, m.served, m.providerCalls, m.providerTime, m.refreshed, m.refreshAhead, m.refreshFailed, m.leading,
-		m.hookAttempts, m.hookLag, m.hookDead, m.watchDropped,
+		m.hookAttempts, m.hookLag, m.hookDead, m.watchDropped, m.events,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tokenbroker_etcd_errors_total", Help: "Failed etcd calls."},
 			func() float64 { return float64(broker.StoreErrors()) }),
@@ -150,6 +155,8 @@ func (m *Metrics) WebhookAttempt(webhook string, ok bool, lag time.Duration) {
 func (m *Metrics) WebhookDeadLettered(webhook string) { m.hookDead.WithLabelValues(webhook).Inc() }
 
 func (m *Metrics) EventWatcherDropped() { m.watchDropped.Inc() }
+
+func (m *Metrics) EventRecorded(t event.Type) { m.events.WithLabelValues(string(t)).Inc() }
 
 // grantCollector reads the grants' health at scrape time.
 type grantCollector struct {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -121,6 +122,22 @@ func TestAppWebhooksFromConfig(t *testing.T) {
 	}
 	if ds[0].Attempts != 4 || ds[0].LastHTTPStatus != http.StatusNoContent {
 		t.Errorf("delivery %+v, want delivered on attempt 4 with 204", ds[0])
+	}
+	resp, err := http.Get("http://" + app.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, line := range []string{
+		`tokenbroker_events_total{type="provider.changed"} 1`,
+		`tokenbroker_webhook_deliveries_total{outcome="failed",webhook="oncall"} 3`,
+		`tokenbroker_webhook_deliveries_total{outcome="succeeded",webhook="oncall"} 1`,
+		`tokenbroker_webhook_delivery_lag_seconds_count{webhook="oncall"} 1`,
+	} {
+		if !strings.Contains(string(metrics), "\n"+line+"\n") {
+			t.Errorf("/metrics has no line %s:\n%s", line, regexp.MustCompile(`(?m)^tokenbroker_(events|webhook).*$`).FindAll(metrics, -1))
+		}
 	}
 	before, _ := app.Broker().GetWebhook(ctx, "oncall")
 	if err := closeApp(); err != nil {
