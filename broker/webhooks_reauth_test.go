@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"slices"
 	"sort"
@@ -330,4 +331,73 @@ func uniq(ids []string) []string {
 		}
 	}
 	return out
+}
+
+// Receivers that fail, with replicas sharing the work: one that answers
+// 500 for a while gets each of the grant's events once it recovers, in
+// the order recorded; one that never recovers ends with every event
+// dead-lettered, visible with its attempts and last answer, and delivery
+// to it moves on instead of stopping at the first.
+func TestWebhookReauthorizationReceiverDown(t *testing.T) {
+	rf := newReauthFleet(t, 2)
+	eventually(t, "the first consent's event delivered", func() bool { return len(rf.r.received()) == 1 })
+	rf.r.mu.Lock()
+	base := rf.r.attempts
+	rf.r.answer = func(n int) int {
+		if n <= base+3 { // three failures, then the schedule's last retry succeeds
+			return http.StatusInternalServerError
+		}
+		return http.StatusOK
+	}
+	rf.r.mu.Unlock()
+	down := newReceiver(t, "")
+	down.answer = func(int) int { return http.StatusServiceUnavailable }
+	down.secret = putWebhook(t, rf.replicas[1].Broker, Webhook{ID: "down", URL: down.URL, Providers: []string{"media"}})
+
+	rf.revoke(nil)
+	rf.consent()
+	rf.revoke(nil)
+	evs, _, err := rf.replicas[0].ListEvents(context.Background(), "", 0, EventFilter{Provider: "media"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the events after the receiver recovered", func() bool { return len(uniq(rf.r.received())) == 4 })
+	rf.checkOrder()
+
+	var later []string // the events recorded after the subscription "down"
+	for _, e := range evs {
+		if e.Type == event.GrantReauthorizationRequired || e.Type == event.GrantAuthorized {
+			later = append(later, e.ID)
+		}
+	}
+	later = later[1:] // the first consent's came before "down"
+	var dead []WebhookDelivery
+	eventually(t, "every event dead-lettered for down", func() bool {
+		ds, err := rf.replicas[0].ListWebhookDeliveries(context.Background(), "down")
+		dead = dead[:0]
+		for _, d := range ds {
+			if d.Status == DeliveryDead {
+				dead = append(dead, d)
+			}
+		}
+		return err == nil && len(dead) >= len(later)
+	})
+	var ids []string
+	for i := len(dead) - 1; i >= 0; i-- { // newest first
+		d := dead[i]
+		ids = append(ids, d.EventID)
+		if d.Attempts != len(rf.cfg.Webhooks.Schedule)+1 || d.LastHTTPStatus != http.StatusServiceUnavailable || d.LastError != "HTTP 503" {
+			t.Errorf("dead letter %+v, want %d attempts, the last answered 503", d, len(rf.cfg.Webhooks.Schedule)+1)
+		}
+	}
+	var want []string
+	for _, e := range evs[len(evs)-len(dead):] {
+		want = append(want, e.ID)
+	}
+	if !slices.Equal(ids, want) {
+		t.Errorf("dead letters for %v, want each event recorded after the subscription, in order: %v", ids, want)
+	}
+	if len(down.received()) != 0 {
+		t.Errorf("the receiver that never recovered got %v", down.received())
+	}
 }
