@@ -29,6 +29,9 @@ const (
 	// DefaultEventWatchBuffer is how many new events a watcher may fall
 	// behind (see WatchEvents).
 	DefaultEventWatchBuffer = 256
+	// DefaultEventWatchGrace is how long a watcher's buffer may stay full
+	// (see WatchEvents).
+	DefaultEventWatchGrace = 5 * time.Second
 )
 
 // EventFilter selects events: of these types (all when empty), of this
@@ -154,9 +157,10 @@ var ErrSlowConsumer = errors.New("broker: event watcher too slow")
 // with the id of the last event it got misses none that is still kept.
 //
 // New events wait for send in a buffer of EventWatchBuffer events: a
-// consumer that falls further behind gets what the buffer holds, then an
-// error wrapping ErrSlowConsumer that names the id to resume after; the
-// broker neither waits for it nor holds more for it. Otherwise it returns
+// consumer that stays further behind for EventWatchGrace gets what the
+// buffer holds, then an error wrapping ErrSlowConsumer that names the id
+// to resume after; the broker never waits for it, and holds no more for
+// it than the buffer and what is recorded during the grace period. Otherwise it returns
 // send's error, the context's, or one wrapping ErrStoreUnavailable.
 func (b *Broker) WatchEvents(ctx context.Context, after string, f EventFilter, send func(event.Event) error) error {
 	for {
@@ -219,8 +223,8 @@ func (b *Broker) followEvents(ctx context.Context, rev int64, after *string, f E
 }
 
 // readEvents watches the events written after rev, puts those after the
-// id after that f selects into buf, and returns ErrSlowConsumer as soon
-// as buf is full, rpctypes.ErrCompacted when rev is compacted away, nil
+// id after that f selects into buf, and returns ErrSlowConsumer when buf
+// stayed full for the grace period, rpctypes.ErrCompacted when rev is compacted away, nil
 // when ctx ends, or an error wrapping ErrStoreUnavailable.
 func (b *Broker) readEvents(ctx context.Context, rev int64, after string, f EventFilter, buf chan<- event.Event) error {
 	for resp := range b.cli.Watch(ctx, b.prefix+event.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
@@ -245,8 +249,20 @@ func (b *Broker) readEvents(ctx context.Context, rev int64, after string, f Even
 			after = e.ID
 			select {
 			case buf <- e:
+				continue
 			default:
+			}
+			// Full: a burst, or a consumer that stopped reading. Wait a
+			// little, the etcd watch unread meanwhile.
+			wait := time.NewTimer(b.eventGrace)
+			select {
+			case buf <- e:
+				wait.Stop()
+			case <-wait.C:
 				return ErrSlowConsumer
+			case <-ctx.Done():
+				wait.Stop()
+				return nil
 			}
 		}
 	}

@@ -177,7 +177,7 @@ func TestEventRetention(t *testing.T) {
 func TestWatchEventsSlowConsumer(t *testing.T) {
 	e := etcdtest.Start(t)
 	const buffer = 4
-	b := newTestBroker(t, e, func(s *brokerSetup) { s.cfg.EventWatchBuffer = buffer })
+	b := newTestBroker(t, e, func(s *brokerSetup) { s.cfg.EventWatchBuffer, s.cfg.EventWatchGrace = buffer, 50*time.Millisecond })
 	_, tokenURL := newSandbox(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

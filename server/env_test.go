@@ -149,7 +149,8 @@ type options struct {
 	workload *workload.Verifier
 	// metrics, when set, instruments the servers.
 	metrics *server.Metrics
-	// eventBuffer, when set, is the broker's EventWatchBuffer.
+	// eventBuffer, when set, is the broker's EventWatchBuffer, with a
+	// grace period of 100ms.
 	eventBuffer int
 }
 
@@ -186,6 +187,7 @@ func (e *env) startWith(o options) *instance {
 		// still); the broker's tests cover coalescing.
 		MinForcedRefreshInterval: -1,
 		EventWatchBuffer:         o.eventBuffer,
+		EventWatchGrace:          100 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatalf("broker.New: %v", err)

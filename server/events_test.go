@@ -118,16 +118,19 @@ func TestWatchEventsSlowConsumerOverGRPC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.register(in, "p0000")
+	// Names of 63 characters: each event is some 170 bytes on the wire,
+	// and n of them far more than the stream's window and the server's
+	// write quota (64 KiB each) hold.
+	name := func(i int) string { return fmt.Sprintf("p%04d-%s", i, strings.Repeat("x", 57)) }
+	e.register(in, name(0))
 	first, err := stream.Recv() // the watch is open
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Far more than a 64 KiB window holds: ~250 bytes an event.
-	const n = 1200
+	const n = 1500
 	start := time.Now()
 	for i := 1; i < n; i++ {
-		e.register(in, fmt.Sprintf("p%04d", i))
+		e.register(in, name(i))
 	}
 	t.Logf("%d changes recorded in %v while the watcher did not read", n-1, time.Since(start))
 	got := []string{first.GetEvent().GetProvider()}
@@ -159,7 +162,7 @@ func TestWatchEventsSlowConsumerOverGRPC(t *testing.T) {
 		got = append(got, resp.GetEvent().GetProvider())
 	}
 	for i, p := range got {
-		if want := fmt.Sprintf("p%04d", i); p != want {
+		if want := name(i); p != want {
 			t.Fatalf("event %d is of %s, want %s: every event once, in order", i, p, want)
 		}
 	}

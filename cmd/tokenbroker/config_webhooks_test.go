@@ -27,10 +27,10 @@ const configWebhookSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" // 24 bytes
 // the bytes after whsec_).
 type hookReceiver struct {
 	*httptest.Server
-	secret   string
 	failures int
 
 	mu       sync.Mutex
+	secret   string
 	attempts int
 	got      []string
 	bad      int
@@ -40,12 +40,12 @@ func newHookReceiver(t *testing.T, secret string, failures int) *hookReceiver {
 	r := &hookReceiver{secret: secret, failures: failures}
 	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		body, _ := io.ReadAll(req.Body)
+		r.mu.Lock()
+		defer r.mu.Unlock()
 		key, _ := base64.StdEncoding.DecodeString(strings.TrimPrefix(r.secret, "whsec_"))
 		mac := hmac.New(sha256.New, key)
 		mac.Write([]byte(req.Header.Get("webhook-id") + "." + req.Header.Get("webhook-timestamp") + "." + string(body)))
 		want := "v1," + base64.StdEncoding.EncodeToString(mac.Sum(nil))
-		r.mu.Lock()
-		defer r.mu.Unlock()
 		if !hmac.Equal([]byte(req.Header.Get("webhook-signature")), []byte(want)) {
 			r.bad++
 			w.WriteHeader(http.StatusUnauthorized)
