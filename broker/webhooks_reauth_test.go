@@ -90,11 +90,16 @@ func (rf *reauthFleet) alive() []*fleetReplica {
 
 // consent completes bob's consent at the sandbox through a live replica.
 func (rf *reauthFleet) consent() {
-	t := rf.t
+	rf.t.Helper()
+	consentAtSandbox(rf.t, rf.alive()[0].Broker, rf.f.sb, "media", "bob", "bob")
+}
+
+// consentAtSandbox has user consent at sb to account of provider, as in
+// a browser, and completes the authorization through b.
+func consentAtSandbox(t *testing.T, b *Broker, sb *sandbox.Server, provider, account, user string) {
 	t.Helper()
 	ctx := context.Background()
-	b := rf.alive()[0]
-	auth, err := b.StartAuthorization(ctx, "media", "bob", nil)
+	auth, err := b.StartAuthorization(ctx, provider, account, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +108,7 @@ func (rf *reauthFleet) consent() {
 		t.Fatal(err)
 	}
 	q := u.Query()
-	code, err := rf.f.sb.Authorize(sandboxClientID, q.Get("redirect_uri"), "bob", q.Get("scope"), q.Get("state"), q.Get("code_challenge"))
+	code, err := sb.Authorize(sandboxClientID, q.Get("redirect_uri"), user, q.Get("scope"), q.Get("state"), q.Get("code_challenge"))
 	if err != nil {
 		t.Fatalf("sandbox Authorize: %v", err)
 	}
