@@ -145,11 +145,18 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *App, err error)
 		Logger:                   log,
 		Observer:                 metrics,
 		RequireHTTPS:             !cfg.InsecureHTTPLoopback,
+		EventRetention:           cfg.Events.Retention,
+		EventMaxAge:              cfg.Events.MaxAge,
+		EventWatchBuffer:         cfg.Events.WatchBuffer,
+		Webhooks:                 cfg.Events.WebhookDelivery.brokerConfig(),
 	})
 	if err != nil {
 		return nil, err
 	}
 	if err := a.ApplyProviders(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if err := a.ApplyWebhooks(ctx, cfg); err != nil {
 		return nil, err
 	}
 	metrics.WatchGrants(a.broker)

@@ -60,6 +60,11 @@ type Config struct {
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// Providers are registered (created or updated) at start.
 	Providers []ProviderConfig `yaml:"providers"`
+	// Events bounds the events kept and tunes webhook delivery.
+	Events EventsConfig `yaml:"events"`
+	// Webhooks are subscriptions registered (created or updated) at start
+	// and on SIGHUP.
+	Webhooks []WebhookConfig `yaml:"webhooks"`
 	// Auth says who may call and what they may do; SIGHUP reloads it.
 	Auth AuthConfig `yaml:"auth"`
 	// TLS serves both listeners over TLS, with client certificates when it
@@ -595,6 +600,8 @@ func (c *Config) Validate(getenv func(string) string) error {
 	if c.Seal.PKCS11 != nil {
 		errs = append(errs, c.Seal.PKCS11.validate(getenv)...)
 	}
+	errs = append(errs, c.Events.validate()...)
+	errs = append(errs, c.validateWebhooks(getenv)...)
 	seen := map[string]bool{}
 	for i, pc := range c.Providers {
 		if seen[pc.Name] {

@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"errors"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -49,22 +48,7 @@ func TestRefreshAnswerLost(t *testing.T) {
 	if _, err := r0.PutAccount(ctx, Account{Provider: "media", Account: "bob", Type: GrantAuthorizationCode}); err != nil {
 		t.Fatal(err)
 	}
-	auth, err := r0.StartAuthorization(ctx, "media", "bob", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := url.Parse(auth.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	code, err := f.sb.Authorize(sandboxClientID, q.Get("redirect_uri"), "bob", q.Get("scope"), q.Get("state"), q.Get("code_challenge"))
-	if err != nil {
-		t.Fatalf("sandbox Authorize: %v", err)
-	}
-	if _, err := r0.CompleteAuthorization(ctx, Callback{State: auth.State, Code: code}); err != nil {
-		t.Fatalf("CompleteAuthorization: %v", err)
-	}
+	consentAtSandbox(t, r0.Broker, f.sb, "media", "bob", "bob")
 	if _, err := r0.GetToken(ctx, TokenRequest{Provider: "media", Account: "alice"}); err != nil {
 		t.Fatal(err)
 	}

@@ -88,6 +88,12 @@ type Config struct {
 	// DefaultEventMaxAge when zero.
 	EventRetention int
 	EventMaxAge    time.Duration
+	// EventWatchBuffer is how many new events a watcher may fall behind,
+	// and EventWatchGrace for how long at most, before its watch ends with
+	// ErrSlowConsumer; DefaultEventWatchBuffer and DefaultEventWatchGrace
+	// when zero.
+	EventWatchBuffer int
+	EventWatchGrace  time.Duration
 	// Webhooks tunes webhook delivery.
 	Webhooks WebhookConfig
 	// CooldownBase is a grant's pause after a failed token request, doubled
@@ -115,6 +121,8 @@ type Broker struct {
 	// eventRetention and eventMaxAge bound the events kept.
 	eventRetention int
 	eventMaxAge    time.Duration
+	eventBuffer    int
+	eventGrace     time.Duration
 	backoff        time.Duration
 	cooldownBase   time.Duration
 	callbackURL    atomic.Pointer[string]
@@ -169,6 +177,8 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		minForced:      cmp(cfg.MinForcedRefreshInterval, DefaultMinForcedRefreshInterval),
 		eventRetention: cmp(cfg.EventRetention, DefaultEventRetention),
 		eventMaxAge:    cmp(cfg.EventMaxAge, DefaultEventMaxAge),
+		eventBuffer:    cmp(cfg.EventWatchBuffer, DefaultEventWatchBuffer),
+		eventGrace:     cmp(cfg.EventWatchGrace, DefaultEventWatchGrace),
 		backoff:        cmp(cfg.ProviderBackoff, 200*time.Millisecond),
 		cooldownBase:   cmp(cfg.CooldownBase, time.Second),
 		refresh:        cfg.Refresh.withDefaults(),

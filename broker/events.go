@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -25,6 +26,12 @@ const (
 	DefaultEventMaxAge    = 7 * 24 * time.Hour
 	eventCompactEvery     = time.Minute
 	maxEventPage          = 1000
+	// DefaultEventWatchBuffer is how many new events a watcher may fall
+	// behind (see WatchEvents).
+	DefaultEventWatchBuffer = 256
+	// DefaultEventWatchGrace is how long a watcher's buffer may stay full
+	// (see WatchEvents).
+	DefaultEventWatchGrace = 5 * time.Second
 )
 
 // EventFilter selects events: of these types (all when empty), of this
@@ -139,11 +146,22 @@ func (b *Broker) ListEvents(ctx context.Context, after string, limit int, f Even
 	}
 }
 
+// ErrSlowConsumer: a watcher fell further behind the events recorded than
+// the broker buffers for it. Its watch ended after it got every buffered
+// event; it resumes with the id of the last one it got.
+var ErrSlowConsumer = errors.New("broker: event watcher too slow")
+
 // WatchEvents sends every event after the event id after (from the oldest
 // kept when empty) that f selects, oldest first, then each new one as it
 // is recorded, until ctx ends or send fails. A consumer that reconnects
-// with the id of the last event it got misses none that is still kept. It
-// returns send's error, the context's, or one wrapping ErrStoreUnavailable.
+// with the id of the last event it got misses none that is still kept.
+//
+// New events wait for send in a buffer of EventWatchBuffer events: a
+// consumer that stays further behind for EventWatchGrace gets what the
+// buffer holds, then an error wrapping ErrSlowConsumer that names the id
+// to resume after; the broker never waits for it, and holds no more for
+// it than the buffer and what is recorded during the grace period. Otherwise it returns
+// send's error, the context's, or one wrapping ErrStoreUnavailable.
 func (b *Broker) WatchEvents(ctx context.Context, after string, f EventFilter, send func(event.Event) error) error {
 	for {
 		page, rev, err := b.ListEvents(ctx, after, maxEventPage, EventFilter{})
@@ -169,11 +187,47 @@ func (b *Broker) WatchEvents(ctx context.Context, after string, f EventFilter, s
 	}
 }
 
-// followEvents sends the events written after rev.
+// followEvents sends the events written after rev and after the id
+// *after, which it moves past each event sent. A reader moves the watched
+// events into a bounded buffer without waiting for send; when the buffer
+// is full it stops watching, and the events it holds are still sent.
 func (b *Broker) followEvents(ctx context.Context, rev int64, after *string, f EventFilter, send func(event.Event) error) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for resp := range b.cli.Watch(wctx, b.prefix+event.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+	buf := make(chan event.Event, b.eventBuffer)
+	var readErr error // the reader's, read once buf is closed
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(buf)
+		defer cancel()
+		readErr = b.readEvents(wctx, rev, *after, f, buf)
+	})
+	defer wg.Wait()
+	for e := range buf {
+		*after = e.ID
+		if err := send(e); err != nil {
+			cancel()
+			for range buf { // let the reader end
+			}
+			return err
+		}
+	}
+	if errors.Is(readErr, ErrSlowConsumer) {
+		b.obs.EventWatcherDropped()
+		return fmt.Errorf("%w: more than %d events behind; resume after event %s", ErrSlowConsumer, b.eventBuffer, *after)
+	}
+	if readErr == nil || ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return readErr
+}
+
+// readEvents watches the events written after rev, puts those after the
+// id after that f selects into buf, and returns ErrSlowConsumer when buf
+// stayed full for the grace period, rpctypes.ErrCompacted when rev is compacted away, nil
+// when ctx ends, or an error wrapping ErrStoreUnavailable.
+func (b *Broker) readEvents(ctx context.Context, rev int64, after string, f EventFilter, buf chan<- event.Event) error {
+	for resp := range b.cli.Watch(ctx, b.prefix+event.Prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 		if err := resp.Err(); err != nil {
 			if resp.CompactRevision != 0 {
 				return rpctypes.ErrCompacted
@@ -189,19 +243,31 @@ func (b *Broker) followEvents(ctx context.Context, rev int64, after *string, f E
 				b.log.Error("skip an event record", zap.Error(err))
 				continue
 			}
-			if e.ID <= *after {
+			if e.ID <= after || !f.match(e) {
 				continue
 			}
-			*after = e.ID
-			if f.match(e) {
-				if err := send(e); err != nil {
-					return err
-				}
+			after = e.ID
+			select {
+			case buf <- e:
+				continue
+			default:
+			}
+			// Full: a burst, or a consumer that stopped reading. Wait a
+			// little, the etcd watch unread meanwhile.
+			wait := time.NewTimer(b.eventGrace)
+			select {
+			case buf <- e:
+				wait.Stop()
+			case <-wait.C:
+				return ErrSlowConsumer
+			case <-ctx.Done():
+				wait.Stop()
+				return nil
 			}
 		}
 	}
 	if ctx.Err() != nil {
-		return ctx.Err()
+		return nil
 	}
 	return fmt.Errorf("%w: watch events ended", ErrStoreUnavailable)
 }

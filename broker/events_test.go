@@ -3,6 +3,8 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -165,5 +167,79 @@ func TestEventRetention(t *testing.T) {
 	b.compactEvents(context.Background())
 	if got, _, _ := b.ListEvents(context.Background(), "", 0, EventFilter{}); len(got) != 0 {
 		t.Errorf("after compaction by age: %d events left, want 0", len(got))
+	}
+}
+
+// A watcher that stops reading does not hold the broker back: changes go
+// on being recorded while it is stuck, it gets what its bounded buffer
+// held, then ErrSlowConsumer naming where to resume; resumed from the last
+// id it got, it receives every later event once, in order.
+func TestWatchEventsSlowConsumer(t *testing.T) {
+	e := etcdtest.Start(t)
+	const buffer = 4
+	b := newTestBroker(t, e, func(s *brokerSetup) { s.cfg.EventWatchBuffer, s.cfg.EventWatchGrace = buffer, 50*time.Millisecond })
+	_, tokenURL := newSandbox(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	stuck, release := make(chan struct{}), make(chan struct{})
+	var got []event.Event
+	watchErr := make(chan error, 1)
+	go func() {
+		watchErr <- b.WatchEvents(ctx, "", EventFilter{}, func(ev event.Event) error {
+			got = append(got, ev)
+			if len(got) == 1 {
+				close(stuck)
+				<-release // the consumer stops reading
+			}
+			return nil
+		})
+	}()
+	const n = 40
+	time.Sleep(100 * time.Millisecond) // the watch is open
+	start := time.Now()
+	for i := range n {
+		putProvider(t, b, sandboxProvider(fmt.Sprintf("p%02d", i), tokenURL), sandboxClientSecret)
+		if i == 0 {
+			<-stuck
+		}
+	}
+	t.Logf("%d changes recorded in %s while the watcher was stuck", n, time.Since(start))
+	close(release)
+	var err error
+	select {
+	case err = <-watchErr:
+	case <-ctx.Done():
+		t.Fatal("WatchEvents of a stuck consumer did not end")
+	}
+	if !errors.Is(err, ErrSlowConsumer) {
+		t.Fatalf("WatchEvents of a stuck consumer = %v, want ErrSlowConsumer", err)
+	}
+	last := got[len(got)-1].ID
+	if !strings.Contains(err.Error(), last) {
+		t.Errorf("error %q does not name the last event sent, %s", err, last)
+	}
+	if len(got) > 1+buffer+1 || len(got) < 2 {
+		t.Errorf("stuck consumer got %d events, want the first, then at most the %d buffered", len(got), buffer)
+	}
+
+	// Resumed from the last id it got: the rest, each once.
+	var rest []event.Event
+	done := errorString("all")
+	err = b.WatchEvents(ctx, last, EventFilter{}, func(ev event.Event) error {
+		rest = append(rest, ev)
+		if len(got)+len(rest) == n {
+			return done
+		}
+		return nil
+	})
+	if err != done {
+		t.Fatalf("resumed WatchEvents: %v after %d events, want %d in all", err, len(got)+len(rest), n)
+	}
+	all := append(got, rest...)
+	for i, ev := range all {
+		if want := fmt.Sprintf("p%02d", i); ev.Provider != want {
+			t.Fatalf("event %d is of %s, want %s: every event once, in order (got %d before the error, %d after)", i, ev.Provider, want, len(got), len(rest))
+		}
 	}
 }

@@ -1,6 +1,10 @@
 package broker
 
-import "time"
+import (
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/broker/event"
+)
 
 // Observer is told what the broker does, for metrics. Its methods are
 // called on the hot path (TokenServed) and must be cheap and safe for
@@ -26,6 +30,12 @@ type Observer interface {
 	WebhookAttempt(webhook string, ok bool, lag time.Duration)
 	// WebhookDeadLettered reports a delivery that exhausted its schedule.
 	WebhookDeadLettered(webhook string)
+	// EventWatcherDropped reports an event watch ended because its
+	// consumer fell too far behind (ErrSlowConsumer).
+	EventWatcherDropped()
+	// EventRecorded reports an event recorded by any replica; the leader
+	// of refresh shard 0 reports each once.
+	EventRecorded(t event.Type)
 }
 
 // Outcomes of TokenServed.
@@ -44,3 +54,5 @@ func (nopObserver) RefreshFailed(string)                                  {}
 func (nopObserver) Leading(int, bool)                                     {}
 func (nopObserver) WebhookAttempt(string, bool, time.Duration)            {}
 func (nopObserver) WebhookDeadLettered(string)                            {}
+func (nopObserver) EventWatcherDropped()                                  {}
+func (nopObserver) EventRecorded(event.Type)                              {}

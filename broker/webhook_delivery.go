@@ -275,7 +275,13 @@ func (b *Broker) deliverWebhooks(ctx context.Context, f fence) {
 	}()
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	recorded := b.cli.Watch(wctx, b.prefix+event.Prefix, clientv3.WithPrefix(), clientv3.WithFilterDelete())
+	// From the revision at which this replica began to campaign, so that
+	// every event recorded since is counted (a watch opens
+	// asynchronously; a predecessor that died counted none after).
+	watchFrom := func(rev int64) clientv3.WatchChan {
+		return b.cli.Watch(wctx, b.prefix+event.Prefix, clientv3.WithPrefix(), clientv3.WithFilterDelete(), clientv3.WithRev(rev))
+	}
+	recorded := watchFrom(f.rev + 1)
 	tick := time.NewTicker(b.webhooks.Poll)
 	defer tick.Stop()
 	for {
@@ -316,10 +322,27 @@ func (b *Broker) deliverWebhooks(ctx context.Context, f fence) {
 			return
 		case <-tick.C:
 		case <-b.webhookWake:
-		case _, ok := <-recorded:
-			if !ok {
+		case resp, ok := <-recorded:
+			switch {
+			case resp.CompactRevision != 0: // from the oldest revision kept
+				recorded = watchFrom(resp.CompactRevision)
+			case !ok:
 				recorded = nil // the ticker goes on
 			}
+			b.countEvents(resp)
+		}
+	}
+}
+
+// countEvents reports the events a watch response carries as recorded:
+// the leader of shard 0 counts them for the fleet.
+func (b *Broker) countEvents(resp clientv3.WatchResponse) {
+	for _, ev := range resp.Events {
+		if ev.Type != clientv3.EventTypePut || ev.Kv.CreateRevision != ev.Kv.ModRevision {
+			continue
+		}
+		if e, err := b.decodeEvent(ev.Kv); err == nil {
+			b.obs.EventRecorded(e.Type)
 		}
 	}
 }

@@ -157,7 +157,18 @@ func webhookKeyBytes(secret string) ([]byte, error) {
 }
 
 // validateWebhook checks w, with the broker's https rule.
-func (b *Broker) validateWebhook(w *Webhook) error {
+func (b *Broker) validateWebhook(w *Webhook) error { return ValidateWebhook(w, b.requireHTTPS) }
+
+// ValidateWebhook checks a subscription as PutWebhook does: its id, its
+// URL (https, or plain http to a loopback address unless requireHTTPS),
+// its filters, and its secret when w.Secret is set. Errors wrap
+// ErrInvalidArgument and never quote the secret.
+func ValidateWebhook(w *Webhook, requireHTTPS bool) error {
+	if w.Secret != "" {
+		if _, err := webhookKeyBytes(w.Secret); err != nil {
+			return err
+		}
+	}
 	if err := ValidateProviderName(w.ID); err != nil {
 		return invalidf("webhook id: %v", strings.TrimPrefix(err.Error(), ErrInvalidArgument.Error()+": "))
 	}
@@ -167,7 +178,7 @@ func (b *Broker) validateWebhook(w *Webhook) error {
 	if err := validateURL(w.URL); err != nil {
 		return invalidf("webhook %q: url: %v", w.ID, err)
 	}
-	if b.requireHTTPS && strings.HasPrefix(w.URL, "http:") {
+	if requireHTTPS && strings.HasPrefix(w.URL, "http:") {
 		return invalidf("webhook %q: url: plain http is refused (serve --insecure-http-loopback allows it to loopback addresses)", w.ID)
 	}
 	if len(w.EventTypes) > maxWebhookFilters || len(w.Providers) > maxWebhookFilters {

@@ -38,8 +38,13 @@ type receiver struct {
 	answer   func(n int) int
 	got      []event.Event // verified deliveries answered 2xx, in arrival order
 	ids      []string      // their webhook-id headers
+	at       []time.Time   // when each arrived
 	hold     chan struct{} // when set, the next delivery waits for it to close
 	held     chan struct{} // closed when a delivery is held
+	// processHeld: a held delivery is processed (counted as received)
+	// before it waits, as by a receiver that acts and then answers; the
+	// sender may be gone by the time the answer is written.
+	processHeld bool
 }
 
 func newReceiver(t *testing.T, secret string) *receiver {
@@ -82,18 +87,32 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
+	arrived := time.Now()
 	r.mu.Lock()
-	hold, held := r.hold, r.held
+	hold, held, processFirst := r.hold, r.held, r.processHeld
 	r.hold = nil
 	r.mu.Unlock()
+	code := 0
+	if hold != nil && processFirst {
+		code = r.process(req, body, arrived)
+	}
 	if hold != nil {
 		close(held)
 		select {
 		case <-hold:
 		case <-req.Context().Done():
-			return // the sender gave up: nothing received
+			return // the sender gave up
 		}
 	}
+	if code == 0 {
+		code = r.process(req, body, arrived)
+	}
+	w.WriteHeader(code)
+}
+
+// process counts an attempt and, when it is answered 2xx, the event; it
+// returns the answer's status.
+func (r *receiver) process(req *http.Request, body []byte, arrived time.Time) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.attempts++
@@ -108,8 +127,9 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 		}
 		r.got = append(r.got, e)
 		r.ids = append(r.ids, e.ID)
+		r.at = append(r.at, arrived)
 	}
-	w.WriteHeader(code)
+	return code
 }
 
 func (r *receiver) received() []string {

@@ -149,6 +149,9 @@ type options struct {
 	workload *workload.Verifier
 	// metrics, when set, instruments the servers.
 	metrics *server.Metrics
+	// eventBuffer, when set, is the broker's EventWatchBuffer, with a
+	// grace period of 100ms.
+	eventBuffer int
 }
 
 func (e *env) start(log *zap.Logger) *instance {
@@ -183,6 +186,8 @@ func (e *env) startWith(o options) *instance {
 		// Every forced refresh reaches the provider (the clock stands
 		// still); the broker's tests cover coalescing.
 		MinForcedRefreshInterval: -1,
+		EventWatchBuffer:         o.eventBuffer,
+		EventWatchGrace:          100 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatalf("broker.New: %v", err)

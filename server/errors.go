@@ -43,6 +43,8 @@ var statusTable = []struct {
 	{broker.ErrClosed, codes.Unavailable},
 	{broker.ErrLockLost, codes.Aborted},
 	{broker.ErrConflict, codes.Aborted},
+	// A watcher that fell behind resumes after the last event it got.
+	{broker.ErrSlowConsumer, codes.Aborted},
 	// A record someone without the master key wrote or altered: the
 	// store's fault, not the caller's; the message names the record.
 	{broker.ErrUntrustedRecord, codes.Internal},

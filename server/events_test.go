@@ -4,12 +4,19 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
-	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
 
 // Events over the API: a gRPC watcher started before a change receives
@@ -86,6 +93,77 @@ func TestWatchEventsOverREST(t *testing.T) {
 		}
 		if err := json.Unmarshal(lines.Bytes(), &got); err != nil || got.Result.Event.Provider != name || got.Result.Event.Type != "provider.changed" {
 			t.Errorf("streamed line %s (%v), want provider.changed of %s", lines.Bytes(), err, name)
+		}
+	}
+}
+
+// A gRPC watcher that stops reading: the broker goes on recording while
+// the stream's flow-control window and the watch's buffer fill; once the
+// watcher reads again it gets what was sent and buffered, then ABORTED
+// naming the id to resume after; resumed there, it gets every later event
+// once, in order.
+func TestWatchEventsSlowConsumerOverGRPC(t *testing.T) {
+	e := newEnv(t)
+	in := e.startWith(options{log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), eventBuffer: 8, quiet: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	// A fixed 64 KiB window: no growth with the measured bandwidth.
+	conn, err := grpc.NewClient(in.grpcAddr, append(in.dialOptions(nil, testAdminKey),
+		grpc.WithInitialWindowSize(64<<10), grpc.WithInitialConnWindowSize(64<<10))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := tokenbrokerv1.NewAdminServiceClient(conn).WatchEvents(ctx, &tokenbrokerv1.WatchEventsRequest{Types: []string{"provider.changed"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Names of 63 characters: each event is some 170 bytes on the wire,
+	// and n of them far more than the stream's window and the server's
+	// write quota (64 KiB each) hold.
+	name := func(i int) string { return fmt.Sprintf("p%04d-%s", i, strings.Repeat("x", 57)) }
+	e.register(in, name(0))
+	first, err := stream.Recv() // the watch is open
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 1500
+	start := time.Now()
+	for i := 1; i < n; i++ {
+		e.register(in, name(i))
+	}
+	t.Logf("%d changes recorded in %v while the watcher did not read", n-1, time.Since(start))
+	got := []string{first.GetEvent().GetProvider()}
+	last := first.GetEvent().GetId()
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			if status.Code(err) != codes.Aborted || !strings.Contains(status.Convert(err).Message(), "resume after event "+last) {
+				t.Fatalf("the slow watch ended with %v after %d events, want ABORTED naming the last id %s", err, len(got), last)
+			}
+			break
+		}
+		got = append(got, resp.GetEvent().GetProvider())
+		last = resp.GetEvent().GetId()
+		if len(got) == n {
+			t.Fatalf("the slow watcher got all %d events: it never fell behind (raise n)", n)
+		}
+	}
+	t.Logf("the slow watcher got %d events before the stream ended", len(got))
+	resumed, err := in.admin.WatchEvents(ctx, &tokenbrokerv1.WatchEventsRequest{Types: []string{"provider.changed"}, AfterId: last})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for len(got) < n {
+		resp, err := resumed.Recv()
+		if err != nil {
+			t.Fatalf("resumed watch: %v after %d events in all", err, len(got))
+		}
+		got = append(got, resp.GetEvent().GetProvider())
+	}
+	for i, p := range got {
+		if want := name(i); p != want {
+			t.Fatalf("event %d is of %s, want %s: every event once, in order", i, p, want)
 		}
 	}
 }

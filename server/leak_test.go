@@ -356,6 +356,8 @@ type flowRun struct {
 	log      *zap.Logger
 	book     *secretBook
 	said     *transcript
+	// hookOK and hookDead receive the webhook deliveries.
+	hookOK, hookDead *hookSink
 }
 
 // leakSecretPart is the part of an API key that is secret: its id is
@@ -400,6 +402,7 @@ func runFlowsTraced(t *testing.T, tp trace.TracerProvider) *flowRun {
 	r := &flowRun{env: e, in: in, stop: stop, provider: p, sandbox: sb, logs: logs, log: log, book: book, said: &transcript{}}
 	e.provider, e.url = sb, p.url
 
+	r.webhookSubscribe(t)
 	r.adminFlows(t, callback)
 	r.clientCredentialsFlows(t)
 	r.passwordFlows(t)
@@ -411,6 +414,7 @@ func runFlowsTraced(t *testing.T, tp trace.TracerProvider) *flowRun {
 	r.authFailureFlows(t)
 	r.panicFlows(t)
 	r.revocationFlows(t)
+	r.webhookFlows(t)
 
 	// What the provider received: passwords, codes, verifiers, refresh
 	// tokens and client credentials in forms and headers.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/apikey"
+	"github.com/tokenbroker/tokenbroker/broker/event"
 	"github.com/tokenbroker/tokenbroker/internal/buildinfo"
 )
 
@@ -39,6 +40,8 @@ type Metrics struct {
 	hookAttempts  *prometheus.CounterVec
 	hookLag       *prometheus.HistogramVec
 	hookDead      *prometheus.CounterVec
+	watchDropped  prometheus.Counter
+	events        *prometheus.CounterVec
 }
 
 // NewMetrics makes the metrics and registers them, with the Go and process
@@ -80,8 +83,14 @@ func NewMetrics() *Metrics {
 	m.hookDead = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "tokenbroker_webhook_dead_letters_total", Help: "Webhook deliveries dead-lettered after their retry schedule, by subscription.",
 	}, []string{"webhook"})
+	m.watchDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tokenbroker_event_watchers_dropped_total", Help: "Event watches ended because their consumer fell too far behind.",
+	})
+	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tokenbroker_events_total", Help: "Events recorded by the fleet, by type; counted by the leader of refresh shard 0 while it leads.",
+	}, []string{"type"})
 	m.reg.MustRegister(m.grpc, m.served, m.providerCalls, m.providerTime, m.refreshed, m.refreshAhead, m.refreshFailed, m.leading,
-		m.hookAttempts, m.hookLag, m.hookDead,
+		m.hookAttempts, m.hookLag, m.hookDead, m.watchDropped, m.events,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoGauge(buildinfo.Read()),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "tokenbroker_etcd_errors_total", Help: "Failed etcd calls."},
 			func() float64 { return float64(broker.StoreErrors()) }),
@@ -145,6 +154,10 @@ func (m *Metrics) WebhookAttempt(webhook string, ok bool, lag time.Duration) {
 }
 
 func (m *Metrics) WebhookDeadLettered(webhook string) { m.hookDead.WithLabelValues(webhook).Inc() }
+
+func (m *Metrics) EventWatcherDropped() { m.watchDropped.Inc() }
+
+func (m *Metrics) EventRecorded(t event.Type) { m.events.WithLabelValues(string(t)).Inc() }
 
 // grantCollector reads the grants' health at scrape time.
 type grantCollector struct {

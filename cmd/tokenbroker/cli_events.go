@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
@@ -73,22 +75,34 @@ func (c *cli) eventsWatchCommand() *cobra.Command {
 		Long: `Print the events recorded after --after (every kept one when not given), then
 each new one as the broker records it, one per line (-o json: one JSON object per
 line), until interrupted. Restart it with --after set to the last id printed and
-nothing still kept is missed.`,
+nothing still kept is missed; when the broker cuts the watch off because it fell
+behind, it resumes after the last id printed by itself.`,
 		Args: cobra.NoArgs,
 		RunE: c.stream(func(ctx context.Context, cmd *cobra.Command, _ []string) error {
 			admin, err := c.admin(cmd)
 			if err != nil {
 				return err
 			}
-			stream, err := admin.WatchEvents(ctx, &tokenbrokerv1.WatchEventsRequest{AfterId: f.after, Types: f.types, Provider: f.provider})
+			req := &tokenbrokerv1.WatchEventsRequest{AfterId: f.after, Types: f.types, Provider: f.provider}
+			stream, err := admin.WatchEvents(ctx, req)
 			if err != nil {
 				return err
 			}
 			for {
 				resp, err := stream.Recv()
+				if status.Code(err) == codes.Aborted && ctx.Err() == nil {
+					// Fell behind (a burst the terminal could not print in
+					// time): resume after the last event printed.
+					fmt.Fprintf(c.stderr, "tokenbroker: %s; resuming\n", status.Convert(err).Message())
+					if stream, err = admin.WatchEvents(ctx, req); err != nil {
+						return err
+					}
+					continue
+				}
 				if err != nil {
 					return err
 				}
+				req.AfterId = resp.GetEvent().GetId()
 				if c.output == outputJSON {
 					b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(resp.GetEvent())
 					if err != nil {

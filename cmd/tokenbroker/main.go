@@ -134,7 +134,7 @@ access token over gRPC or REST instead of each holding a client secret.
 
 'tokenbroker serve' runs the broker; 'tokenbroker dev' runs it with a sandbox
 provider for a first try. The admin commands (provider, account, grant, token,
-apikeys, events) talk to a running broker over gRPC with an API key (or a client
+apikeys, events, webhooks) talk to a running broker over gRPC with an API key (or a client
 certificate) whose identity the broker's policy allows.`,
 		Args:              cobra.NoArgs,
 		SilenceErrors:     true,
@@ -196,7 +196,7 @@ func init() {
 
 // adminCommands are the command groups that call a running broker.
 func (c *cli) adminCommands() []*cobra.Command {
-	return []*cobra.Command{c.providerCommand(), c.accountCommand(), c.grantCommand(), c.tokenCommand(), c.apiKeysCommand(), c.eventsCommand()}
+	return []*cobra.Command{c.providerCommand(), c.accountCommand(), c.grantCommand(), c.tokenCommand(), c.apiKeysCommand(), c.eventsCommand(), c.webhooksCommand()}
 }
 
 // isAdmin reports whether cmd belongs to an admin command group.

@@ -166,6 +166,9 @@ func serveUntilDone(ctx context.Context, inst *app.App, reload <-chan os.Signal,
 			if err := inst.ApplyProviders(ctx, cfg); err != nil {
 				log.Error("reload: applying providers failed", zap.Error(err))
 			}
+			if err := inst.ApplyWebhooks(ctx, cfg); err != nil {
+				log.Error("reload: applying webhooks failed", zap.Error(err))
+			}
 		}
 	}
 }
