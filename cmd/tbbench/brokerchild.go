@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/app"
+	"github.com/tokenbroker/tokenbroker/internal/embedetcd"
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
 )
@@ -30,6 +31,7 @@ const (
 const (
 	brokerConfigEnv = "TBBENCH_BROKER_CONFIG"
 	brokerKeyEnv    = app.MasterKeyEnv
+	dataDirEnv      = "TBBENCH_DATA_DIR"
 )
 
 // brokerConfig is the broker's configuration: the defaults of `tokenbroker
@@ -61,11 +63,18 @@ func runBrokerChild(ctx context.Context, ready func(readyLine), control *http.Se
 	if err := app.DecodeConfig(strings.NewReader(getenv(brokerConfigEnv)), &cfg); err != nil {
 		return fmt.Errorf("$%s: %w", brokerConfigEnv, err)
 	}
-	dir, err := os.MkdirTemp("", "tbbench-broker-")
-	if err != nil {
-		return err
+	// The data directory is the parent's when it names one (the restart
+	// figure starts a second broker on the first one's data); otherwise a
+	// temporary one.
+	dir := getenv(dataDirEnv)
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "tbbench-broker-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
 	}
-	defer os.RemoveAll(dir)
 	cfg.DataDir = dir
 	cfg.InsecureHTTPLoopback = true // the sandbox is plain http on loopback
 	counter := newEtcdCounter(cfg.Etcd.Prefix)
@@ -85,16 +94,49 @@ func runBrokerChild(ctx context.Context, ready func(readyLine), control *http.Se
 	startup := time.Since(start)
 
 	control.HandleFunc("GET /etcd", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, counter.snapshot()) })
-
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	control.HandleFunc("GET /leading", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, a.Broker().LeadingShards()) })
+	addr, closeControl, err := serveControl(control)
 	if err != nil {
 		return err
 	}
+	defer closeControl()
+	ready(readyLine{GRPC: a.GRPCAddr(), HTTP: a.HTTPAddr(), Control: addr, Startup: startup.String(), EtcdAddr: a.EtcdEndpoints()[0]})
+	return a.Wait(ctx)
+}
+
+// serveControl serves a child's control listener on loopback.
+func serveControl(control *http.ServeMux) (addr string, stop func(), err error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
 	cs := &http.Server{Handler: control, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = cs.Serve(lis) }()
-	defer cs.Close()
-	ready(readyLine{GRPC: a.GRPCAddr(), HTTP: a.HTTPAddr(), Control: lis.Addr().String(), Startup: startup.String(), EtcdAddr: a.EtcdEndpoints()[0]})
-	return a.Wait(ctx)
+	return lis.Addr().String(), func() { cs.Close() }, nil
+}
+
+// runEtcdChild runs an etcd member alone, with the production settings of
+// the broker's embedded one, for the figures of several replicas on one
+// etcd.
+func runEtcdChild(ctx context.Context, ready func(readyLine), control *http.ServeMux) error {
+	dir, err := os.MkdirTemp("", "tbbench-etcd-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	s, err := embedetcd.Start(ctx, embedetcd.Config{Dir: dir})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	addr, closeControl, err := serveControl(control)
+	if err != nil {
+		return err
+	}
+	defer closeControl()
+	ready(readyLine{Control: addr, EtcdAddr: s.Endpoint()})
+	<-ctx.Done()
+	return nil
 }
 
 // etcdCounter counts what an etcd client sends: every unary request and
