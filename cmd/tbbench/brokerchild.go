@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/app"
+	"github.com/tokenbroker/tokenbroker/broker/event"
 	"github.com/tokenbroker/tokenbroker/internal/embedetcd"
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
@@ -145,13 +146,13 @@ func runEtcdChild(ctx context.Context, ready func(readyLine), control *http.Serv
 // hot/ once a second), the leader's read of the reports (a Range under
 // hot/) and lease keep-alives.
 type etcdCounter struct {
-	hot []byte
-	mu  sync.Mutex
-	n   map[string]int64
+	hot, events []byte
+	mu          sync.Mutex
+	n           map[string]int64
 }
 
 func newEtcdCounter(prefix string) *etcdCounter {
-	return &etcdCounter{hot: []byte(prefix + "hot/"), n: map[string]int64{}}
+	return &etcdCounter{hot: []byte(prefix + "hot/"), events: []byte(prefix + event.Prefix), n: map[string]int64{}}
 }
 
 // Classes of etcd requests in etcdCounts.
@@ -159,7 +160,18 @@ const (
 	etcdHotReport = "hot-token report (Put hot/)"
 	etcdHotRead   = "hot-token read (Range hot/)"
 	etcdKeepAlive = "lease keep-alive"
+	etcdCompact   = "event retention (Range, DeleteRange events/)"
 )
+
+// background says whether a class of etcd requests is the broker's
+// time-driven background work, not a caller's.
+func background(class string) bool {
+	switch class {
+	case etcdHotReport, etcdHotRead, etcdKeepAlive, etcdCompact:
+		return true
+	}
+	return false
+}
 
 func (c *etcdCounter) count(method string, msg any) {
 	class := method
@@ -169,8 +181,15 @@ func (c *etcdCounter) count(method string, msg any) {
 			class = etcdHotReport
 		}
 	case *etcdserverpb.RangeRequest:
-		if bytes.HasPrefix(m.Key, c.hot) {
+		switch {
+		case bytes.HasPrefix(m.Key, c.hot):
 			class = etcdHotRead
+		case bytes.HasPrefix(m.Key, c.events):
+			class = etcdCompact
+		}
+	case *etcdserverpb.DeleteRangeRequest:
+		if bytes.HasPrefix(m.Key, c.events) {
+			class = etcdCompact
 		}
 	case *etcdserverpb.LeaseKeepAliveRequest:
 		class = etcdKeepAlive

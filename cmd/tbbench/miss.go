@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -102,9 +103,7 @@ func (b *bench) missPhase(ctx context.Context) error {
 	}
 	r.providerCallsPerMiss = float64(b.sb.TokenCalls()-calls-n) / float64(n)
 	r.etcd = etcdDelta(before, after)
-	for _, k := range []string{etcdHotReport, etcdHotRead, etcdKeepAlive} {
-		delete(r.etcd, k)
-	}
+	maps.DeleteFunc(r.etcd, func(k string, _ int64) bool { return background(k) })
 	for _, d := range [][]time.Duration{r.miss, r.provider, r.hit} {
 		slices.Sort(d)
 	}

@@ -291,7 +291,7 @@ func (r *results) report(o *options) *report {
 			var kinds []string
 			for k, v := range e.counts {
 				total += v
-				if k == etcdHotReport || k == etcdHotRead || k == etcdKeepAlive {
+				if background(k) {
 					bg += v
 				}
 				kinds = append(kinds, fmt.Sprintf("%s: %d", k, v))
@@ -304,7 +304,7 @@ func (r *results) report(o *options) *report {
 		}
 		t.notes = append(t.notes,
 			"counted by an interceptor on the broker's etcd client (unary requests and every message sent on a stream), including the measured rounds' warm-ups",
-			"background: the refresher's hot-token report (one Put a second while tokens are in use), the leader's read of the reports (one Range a second) and lease keep-alives; they do not grow with the calls",
+			"background: the refresher's hot-token report (one Put a second while tokens are in use), the leader's read of the reports (one Range a second), lease keep-alives and the event retention (a Range and a DeleteRange under events/ once a minute); they do not grow with the calls",
 			fmt.Sprintf("provider calls during the load phases: %d (the token was fetched once before them)", r.providerCallsDuring))
 		rep.tables = append(rep.tables, t)
 	}
@@ -493,7 +493,7 @@ func (r *results) targets(o *options) table {
 	for _, e := range r.etcd {
 		var other int64
 		for k, v := range e.counts {
-			if k != etcdHotReport && k != etcdHotRead && k != etcdKeepAlive {
+			if !background(k) {
 				other += v
 			}
 		}

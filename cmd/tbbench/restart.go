@@ -72,7 +72,7 @@ func (b *bench) restartPhase(ctx context.Context) error {
 	}
 	r.introspected, r.introspectMisses = checkIntrospected(ctx, client, n)
 	for k, v := range etcdDelta(before, after) {
-		if k != etcdHotReport && k != etcdHotRead && k != etcdKeepAlive {
+		if !background(k) {
 			r.etcdRequests += v
 		}
 	}
