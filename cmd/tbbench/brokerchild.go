@@ -146,13 +146,13 @@ func runEtcdChild(ctx context.Context, ready func(readyLine), control *http.Serv
 // hot/ once a second), the leader's read of the reports (a Range under
 // hot/) and lease keep-alives.
 type etcdCounter struct {
-	hot, events []byte
-	mu          sync.Mutex
-	n           map[string]int64
+	prefix, hot, events, webhooks []byte
+	mu                            sync.Mutex
+	n                             map[string]int64
 }
 
 func newEtcdCounter(prefix string) *etcdCounter {
-	return &etcdCounter{hot: []byte(prefix + "hot/"), events: []byte(prefix + event.Prefix), n: map[string]int64{}}
+	return &etcdCounter{prefix: []byte(prefix), hot: []byte(prefix + "hot/"), events: []byte(prefix + event.Prefix), webhooks: []byte(prefix + "webhooks/"), n: map[string]int64{}}
 }
 
 // Classes of etcd requests in etcdCounts.
@@ -161,13 +161,14 @@ const (
 	etcdHotRead   = "hot-token read (Range hot/)"
 	etcdKeepAlive = "lease keep-alive"
 	etcdCompact   = "event retention (Range, DeleteRange events/)"
+	etcdWebhooks  = "webhook delivery poll (Range webhooks/)"
 )
 
 // background says whether a class of etcd requests is the broker's
 // time-driven background work, not a caller's.
 func background(class string) bool {
 	switch class {
-	case etcdHotReport, etcdHotRead, etcdKeepAlive, etcdCompact:
+	case etcdHotReport, etcdHotRead, etcdKeepAlive, etcdCompact, etcdWebhooks:
 		return true
 	}
 	return false
@@ -186,6 +187,10 @@ func (c *etcdCounter) count(method string, msg any) {
 			class = etcdHotRead
 		case bytes.HasPrefix(m.Key, c.events):
 			class = etcdCompact
+		case bytes.HasPrefix(m.Key, c.webhooks):
+			class = etcdWebhooks
+		default:
+			class = method + " " + c.segment(m.Key)
 		}
 	case *etcdserverpb.DeleteRangeRequest:
 		if bytes.HasPrefix(m.Key, c.events) {
@@ -197,6 +202,19 @@ func (c *etcdCounter) count(method string, msg any) {
 	c.mu.Lock()
 	c.n[class]++
 	c.mu.Unlock()
+}
+
+// segment is the first part of key after the broker's prefix: what kind of
+// record a request reads.
+func (c *etcdCounter) segment(key []byte) string {
+	rest, ok := bytes.CutPrefix(key, c.prefix)
+	if !ok {
+		return string(key)
+	}
+	if i := bytes.IndexByte(rest, '/'); i >= 0 {
+		rest = rest[:i+1]
+	}
+	return string(rest)
 }
 
 func (c *etcdCounter) snapshot() map[string]int64 {
