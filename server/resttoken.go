@@ -41,7 +41,7 @@ const (
 // once per token and second (renders).
 type restGetToken struct {
 	mux       *runtime.ServeMux
-	marshaler *runtime.JSONPb
+	marshaler restMarshaler
 	tb        *gatewayTokenBroker
 	gateway   http.Handler
 	renders   renderCache
@@ -125,24 +125,24 @@ type rendering struct {
 
 // marshaler returns m, except that tok's JSON comes from the cache:
 // rendered by m once and kept while the answer stays the same.
-func (c *renderCache) marshaler(m *runtime.JSONPb, tok *tokenbrokerv1.Token) runtime.Marshaler {
+func (c *renderCache) marshaler(m restMarshaler, tok *tokenbrokerv1.Token) runtime.Marshaler {
 	c.once.Do(func() { c.seed = maphash.MakeSeed() })
 	slot := &c.slots[maphash.String(c.seed, tok.GetAccessToken())%uint64(len(c.slots))]
 	if r := slot.Load(); r != nil && sameToken(r.tok, tok) {
-		return &renderedMarshaler{JSONPb: m, msg: tok, json: r.json}
+		return &renderedMarshaler{restMarshaler: m, msg: tok, json: r.json}
 	}
 	b, err := m.Marshal(tok)
 	if err != nil {
 		return m // ForwardResponseMessage marshals again and reports it
 	}
 	slot.Store(&rendering{tok: tok, json: b})
-	return &renderedMarshaler{JSONPb: m, msg: tok, json: b}
+	return &renderedMarshaler{restMarshaler: m, msg: tok, json: b}
 }
 
 // renderedMarshaler is the gateway's marshaler with the JSON of one message
 // known in advance.
 type renderedMarshaler struct {
-	*runtime.JSONPb
+	restMarshaler
 	msg  *tokenbrokerv1.Token
 	json []byte
 }
@@ -151,7 +151,7 @@ func (m *renderedMarshaler) Marshal(v any) ([]byte, error) {
 	if t, ok := v.(*tokenbrokerv1.Token); ok && t == m.msg {
 		return m.json, nil
 	}
-	return m.JSONPb.Marshal(v)
+	return m.restMarshaler.Marshal(v)
 }
 
 // sameToken reports whether a and b render the same: every field of

@@ -214,7 +214,7 @@ func BenchmarkRESTGetTokenServeHTTP(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	mux := http.NewServeMux()
+	mux := newRouteMux()
 	mountGateway(mux, gw, getToken)
 	const body = `{"scopes":["read","write"]}`
 	b.ReportAllocs()
