@@ -238,6 +238,19 @@ func (b *Broker) grantLock(ctx context.Context, gid string) (m *concurrency.Mute
 	}, nil
 }
 
+// releaseLater releases a fetch's grant lock without making the fetch's
+// callers wait for it: the token is stored (or the failure recorded) by
+// then, and the next fetch of the grant, here or on another replica, waits
+// for the release as before. The fetch in flight holds the broker open
+// (enter), so Close waits for the release too.
+func (b *Broker) releaseLater(unlock func()) {
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		unlock()
+	}()
+}
+
 // fetchLocked takes the grant's lock, re-reads the token and the grant, and
 // when the token is still not good enough, obtains a new one and stores it
 // fenced by the lock, the provider's and the grant's revisions.
@@ -274,7 +287,7 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 		}
 		return b.serveStale(b.cached(id), stale, err)
 	}
-	defer unlock()
+	defer b.releaseLater(unlock)
 
 	p, cur, g, err := b.readForFetch(ctx, key.Provider, id, gid)
 	if err != nil {

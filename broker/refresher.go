@@ -253,7 +253,7 @@ func (b *Broker) lead(shard int, sess *concurrency.Session, f fence) {
 		wg.Go(func() { b.deliverWebhooks(ctx, f) })
 	}
 	seen := map[string]time.Time{} // token id → last reported call
-	var lastRead, lastKeepAliveScan, lastCompact time.Time
+	var lastRead, lastKeepAliveScan, lastCompact, lastBalance time.Time
 	tick := time.NewTicker(b.refresh.Tick)
 	defer tick.Stop()
 	for {
@@ -273,11 +273,46 @@ func (b *Broker) lead(shard int, sess *concurrency.Session, f fence) {
 		}
 		due := b.dueTokens(shard, now, seen, keepAliveScan)
 		b.refreshAll(ctx, due)
+		if b.refresh.Shards > 1 && time.Since(lastBalance) >= balanceEvery {
+			lastBalance = time.Now()
+			if b.overShare(ctx, shard) {
+				b.log.Info("handing a refresh shard over: this replica leads more than its share", zap.Int("shard", shard))
+				return
+			}
+		}
 		if shard == 0 && time.Since(lastCompact) >= eventCompactEvery {
 			b.compactEvents(ctx)
 			lastCompact = time.Now()
 		}
 	}
+}
+
+// balanceEvery is how often a leader of several shards checks that it
+// leads no more than its share.
+const balanceEvery = time.Second
+
+// overShare reports whether shard is one this replica should hand over:
+// it leads more than its share of the shards, ceil(shards / candidates)
+// (every replica campaigns for every shard, so the candidates of shard are
+// the live replicas), and shard is among the highest-numbered it leads
+// beyond that share. A leader that returns from lead resigns and campaigns
+// again behind the other candidates, so the shard goes to the replica that
+// has waited longest. Without it, the replica that starts first leads every
+// shard for as long as it lives.
+func (b *Broker) overShare(ctx context.Context, shard int) bool {
+	led := b.LeadingShards()
+	if len(led) <= 1 {
+		return false
+	}
+	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	defer cancel()
+	resp, err := b.cli.Get(sctx, b.prefix+electionPrefix+strconv.Itoa(shard)+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count <= 1 {
+		return false
+	}
+	share := (b.refresh.Shards + int(resp.Count) - 1) / int(resp.Count)
+	// led is sorted: the shards beyond the share are its last ones.
+	return len(led) > share && shard >= led[share]
 }
 
 // keepAliveScanEvery is how often, on the token clock, the leader looks

@@ -55,8 +55,27 @@ func oneLeaderEach(t *testing.T, cli *clientv3.Client, rs []*fleetReplica, shard
 	return leaders
 }
 
+// balanced waits until no replica of rs leads more than its share of the
+// shards, ceil(shards / len(rs)), and every shard has a leader.
+func balanced(t *testing.T, rs []*fleetReplica, shards int) {
+	t.Helper()
+	share := (shards + len(rs) - 1) / len(rs)
+	pollFor(t, fmt.Sprintf("at most %d of %d shards led by each of %d replicas", share, shards, len(rs)), 20*time.Second, func() bool {
+		total := 0
+		for _, r := range rs {
+			n := len(r.LeadingShards())
+			if n > share {
+				return false
+			}
+			total += n
+		}
+		return total == shards
+	})
+}
+
 // TestRefresherShards: with Shards: 1 one replica leads; with Shards: 4 and
-// three replicas every shard has exactly one leader, as LeadingShards and
+// three replicas started one after the other, the shards spread (none leads
+// more than 2), every shard has exactly one leader, as LeadingShards and
 // etcd's elections agree, and each hot token is refreshed in the
 // background by the leader of its shard. When the replica leading most
 // shards closes, the others take its shards over, again one leader each.
@@ -81,6 +100,9 @@ func TestRefresherShards(t *testing.T) {
 			for i := range 3 {
 				rs = append(rs, newFleetReplica(t, e.Endpoint, fmt.Sprintf("shards-%d", i), cfg))
 			}
+			// The first replica started wins every shard; the shards then
+			// spread, at most ceil(4/3) = 2 each.
+			balanced(t, rs, tt.shards)
 			leaders := oneLeaderEach(t, cli, rs, tt.shards)
 
 			// Eight providers, eight grants, spread over the shards.

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
@@ -98,6 +99,13 @@ func TestRESTGetTokenMatchesGateway(t *testing.T) {
 		{name: "unknown field", path: "/v1/providers/sandbox/token", body: `{"nope":1}`},
 		{name: "wrong type", path: "/v1/providers/sandbox/token", body: `{"scopes":"read"}`},
 		{name: "HTML", path: "/v1/providers/sandbox/token", body: `<html>`},
+		{name: "the answer again", path: "/v1/providers/sandbox/token", body: `{"scopes":["read","write"],"account":"alice","min_ttl":"90s"}`},
+		{name: "same token, other account", path: "/v1/providers/sandbox/token", body: `{"scopes":["read","write"],"account":"bob"}`},
+		{name: "two JSON values", path: "/v1/providers/sandbox/token", body: `{"scopes":["read"]} {"scopes":["write"]}`},
+		{name: "a field twice", path: "/v1/providers/sandbox/token", body: `{"scopes":["read"],"scopes":["write"]}`},
+		{name: "whitespace around", path: "/v1/providers/sandbox/token", body: " \n\t{\"scopes\":[\"read\"]}\r\n "},
+		{name: "invalid UTF-8", path: "/v1/providers/sandbox/token", body: "{\"scopes\":[\"\xff\"]}"},
+		{name: "JSON null", path: "/v1/providers/sandbox/token", body: `null`},
 		{name: "body over the size limit", path: "/v1/providers/sandbox/token", body: `{"scopes":["` + strings.Repeat("a", MaxRequestBytes) + `"]}`},
 		{name: "not found", path: "/v1/providers/missing/token"},
 		{name: "error with details", path: "/v1/providers/failing/token"},
@@ -141,5 +149,82 @@ func TestRESTGetTokenMatchesGateway(t *testing.T) {
 				t.Errorf("the service was asked %v, want %v as through the gateway", gotAsked, wantAsked)
 			}
 		})
+	}
+}
+
+// TestSameTokenComparesEveryField: the render cache tells tokens apart by
+// every field of Token, so that a field added to the message cannot be
+// served from another token's JSON.
+func TestSameTokenComparesEveryField(t *testing.T) {
+	t0 := time.Date(2031, 3, 14, 9, 26, 53, 0, time.UTC)
+	base := &tokenbrokerv1.Token{AccessToken: "at", TokenType: "Bearer", ExpiresIn: 60, Scope: "read", ExpiresAt: timestamppb.New(t0.Add(time.Minute)),
+		IssuedAt: timestamppb.New(t0), IdToken: "idt", Provider: "p", Account: "a"}
+	fields := base.ProtoReflect().Descriptor().Fields()
+	var names []string
+	for i := range fields.Len() {
+		names = append(names, string(fields.Get(i).Name()))
+	}
+	if strings.Join(names, ",") != strings.Join(sameTokenFields, ",") {
+		t.Fatalf("Token has fields %v; sameToken compares %v: compare the new ones too", names, sameTokenFields)
+	}
+	if !sameToken(base, proto.Clone(base).(*tokenbrokerv1.Token)) {
+		t.Error("a token and its copy differ")
+	}
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		other := proto.Clone(base).(*tokenbrokerv1.Token)
+		m := other.ProtoReflect()
+		switch v := m.Get(fd); {
+		case fd.Message() != nil:
+			ts := v.Message().Interface().(*timestamppb.Timestamp)
+			ts.Nanos++
+		case fd.Kind() == protoreflect.StringKind:
+			m.Set(fd, protoreflect.ValueOfString(v.String()+"x"))
+		case fd.Kind() == protoreflect.Int32Kind:
+			m.Set(fd, protoreflect.ValueOfInt32(int32(v.Int())+1))
+		default:
+			t.Fatalf("field %s: kind %s not handled by this test", fd.Name(), fd.Kind())
+		}
+		if sameToken(base, other) {
+			t.Errorf("tokens differing in %s are the same to sameToken", fd.Name())
+		}
+		if fd.Message() != nil {
+			m.Clear(fd)
+			if sameToken(base, other) || sameToken(other, base) {
+				t.Errorf("a token without %s is the same to sameToken as one with it", fd.Name())
+			}
+		}
+	}
+}
+
+// BenchmarkRESTGetTokenServeHTTP: REST GetToken's handler alone, as
+// server.New mounts it (chain with authentication off, a stub service
+// answering a fixed token), on a prepared request: the decode, the chain
+// and the rendering, without the network and net/http's connection.
+func BenchmarkRESTGetTokenServeHTTP(b *testing.B) {
+	t0 := time.Now().Truncate(time.Second)
+	stub := &tokenStub{answer: func(req *tokenbrokerv1.GetTokenRequest) (*tokenbrokerv1.GetTokenResponse, error) {
+		return &tokenbrokerv1.GetTokenResponse{Token: &tokenbrokerv1.Token{
+			AccessToken: "Yk3v9Q2mX8rT1uW4zA7cE0gJ5hL6nP8sR2tV4xZ6bD9", TokenType: "Bearer", ExpiresIn: int32(time.Until(t0.Add(time.Hour)) / time.Second),
+			Scope: strings.Join(req.GetScopes(), " "), ExpiresAt: timestamppb.New(t0.Add(time.Hour)), IssuedAt: timestamppb.New(t0), Provider: req.GetProvider(),
+		}}, nil
+	}}
+	g := newGuard(AuthConfig{InsecureNoAuth: true, RateLimit: RateLimit{RPS: 1e9, Burst: 1e9}}, zap.NewNop(), zap.NewNop())
+	gw, getToken, err := newGateway(context.Background(), stub, tokenbrokerv1.UnimplementedAdminServiceServer{}, unaryChain(zap.NewNop(), g, nil))
+	if err != nil {
+		b.Fatal(err)
+	}
+	mux := newRouteMux()
+	mountGateway(mux, gw, getToken)
+	const body = `{"scopes":["read","write"]}`
+	b.ReportAllocs()
+	for b.Loop() {
+		r := httptest.NewRequest(http.MethodPost, "/v1/providers/sandbox/token", strings.NewReader(body))
+		w := httptest.NewRecorder()
+		mux.ServeHTTP(w, r)
+		if w.Code != http.StatusOK {
+			b.Fatalf("status %d: %s", w.Code, w.Body)
+		}
+		stub.take()
 	}
 }

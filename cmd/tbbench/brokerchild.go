@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/app"
+	"github.com/tokenbroker/tokenbroker/broker/event"
+	"github.com/tokenbroker/tokenbroker/internal/embedetcd"
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
 )
@@ -30,6 +32,7 @@ const (
 const (
 	brokerConfigEnv = "TBBENCH_BROKER_CONFIG"
 	brokerKeyEnv    = app.MasterKeyEnv
+	dataDirEnv      = "TBBENCH_DATA_DIR"
 )
 
 // brokerConfig is the broker's configuration: the defaults of `tokenbroker
@@ -61,11 +64,18 @@ func runBrokerChild(ctx context.Context, ready func(readyLine), control *http.Se
 	if err := app.DecodeConfig(strings.NewReader(getenv(brokerConfigEnv)), &cfg); err != nil {
 		return fmt.Errorf("$%s: %w", brokerConfigEnv, err)
 	}
-	dir, err := os.MkdirTemp("", "tbbench-broker-")
-	if err != nil {
-		return err
+	// The data directory is the parent's when it names one (the restart
+	// figure starts a second broker on the first one's data); otherwise a
+	// temporary one.
+	dir := getenv(dataDirEnv)
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "tbbench-broker-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
 	}
-	defer os.RemoveAll(dir)
 	cfg.DataDir = dir
 	cfg.InsecureHTTPLoopback = true // the sandbox is plain http on loopback
 	counter := newEtcdCounter(cfg.Etcd.Prefix)
@@ -85,16 +95,49 @@ func runBrokerChild(ctx context.Context, ready func(readyLine), control *http.Se
 	startup := time.Since(start)
 
 	control.HandleFunc("GET /etcd", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, counter.snapshot()) })
-
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	control.HandleFunc("GET /leading", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, a.Broker().LeadingShards()) })
+	addr, closeControl, err := serveControl(control)
 	if err != nil {
 		return err
 	}
+	defer closeControl()
+	ready(readyLine{GRPC: a.GRPCAddr(), HTTP: a.HTTPAddr(), Control: addr, Startup: startup.String(), EtcdAddr: a.EtcdEndpoints()[0]})
+	return a.Wait(ctx)
+}
+
+// serveControl serves a child's control listener on loopback.
+func serveControl(control *http.ServeMux) (addr string, stop func(), err error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
 	cs := &http.Server{Handler: control, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = cs.Serve(lis) }()
-	defer cs.Close()
-	ready(readyLine{GRPC: a.GRPCAddr(), HTTP: a.HTTPAddr(), Control: lis.Addr().String(), Startup: startup.String(), EtcdAddr: a.EtcdEndpoints()[0]})
-	return a.Wait(ctx)
+	return lis.Addr().String(), func() { cs.Close() }, nil
+}
+
+// runEtcdChild runs an etcd member alone, with the production settings of
+// the broker's embedded one, for the figures of several replicas on one
+// etcd.
+func runEtcdChild(ctx context.Context, ready func(readyLine), control *http.ServeMux) error {
+	dir, err := os.MkdirTemp("", "tbbench-etcd-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	s, err := embedetcd.Start(ctx, embedetcd.Config{Dir: dir})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	addr, closeControl, err := serveControl(control)
+	if err != nil {
+		return err
+	}
+	defer closeControl()
+	ready(readyLine{Control: addr, EtcdAddr: s.Endpoint()})
+	<-ctx.Done()
+	return nil
 }
 
 // etcdCounter counts what an etcd client sends: every unary request and
@@ -103,13 +146,13 @@ func runBrokerChild(ctx context.Context, ready func(readyLine), control *http.Se
 // hot/ once a second), the leader's read of the reports (a Range under
 // hot/) and lease keep-alives.
 type etcdCounter struct {
-	hot []byte
-	mu  sync.Mutex
-	n   map[string]int64
+	prefix, hot, events, webhooks []byte
+	mu                            sync.Mutex
+	n                             map[string]int64
 }
 
 func newEtcdCounter(prefix string) *etcdCounter {
-	return &etcdCounter{hot: []byte(prefix + "hot/"), n: map[string]int64{}}
+	return &etcdCounter{prefix: []byte(prefix), hot: []byte(prefix + "hot/"), events: []byte(prefix + event.Prefix), webhooks: []byte(prefix + "webhooks/"), n: map[string]int64{}}
 }
 
 // Classes of etcd requests in etcdCounts.
@@ -117,7 +160,19 @@ const (
 	etcdHotReport = "hot-token report (Put hot/)"
 	etcdHotRead   = "hot-token read (Range hot/)"
 	etcdKeepAlive = "lease keep-alive"
+	etcdCompact   = "event retention (Range, DeleteRange events/)"
+	etcdWebhooks  = "webhook delivery poll (Range webhooks/)"
 )
+
+// background says whether a class of etcd requests is the broker's
+// time-driven background work, not a caller's.
+func background(class string) bool {
+	switch class {
+	case etcdHotReport, etcdHotRead, etcdKeepAlive, etcdCompact, etcdWebhooks:
+		return true
+	}
+	return false
+}
 
 func (c *etcdCounter) count(method string, msg any) {
 	class := method
@@ -127,8 +182,19 @@ func (c *etcdCounter) count(method string, msg any) {
 			class = etcdHotReport
 		}
 	case *etcdserverpb.RangeRequest:
-		if bytes.HasPrefix(m.Key, c.hot) {
+		switch {
+		case bytes.HasPrefix(m.Key, c.hot):
 			class = etcdHotRead
+		case bytes.HasPrefix(m.Key, c.events):
+			class = etcdCompact
+		case bytes.HasPrefix(m.Key, c.webhooks):
+			class = etcdWebhooks
+		default:
+			class = method + " " + c.segment(m.Key)
+		}
+	case *etcdserverpb.DeleteRangeRequest:
+		if bytes.HasPrefix(m.Key, c.events) {
+			class = etcdCompact
 		}
 	case *etcdserverpb.LeaseKeepAliveRequest:
 		class = etcdKeepAlive
@@ -136,6 +202,19 @@ func (c *etcdCounter) count(method string, msg any) {
 	c.mu.Lock()
 	c.n[class]++
 	c.mu.Unlock()
+}
+
+// segment is the first part of key after the broker's prefix: what kind of
+// record a request reads.
+func (c *etcdCounter) segment(key []byte) string {
+	rest, ok := bytes.CutPrefix(key, c.prefix)
+	if !ok {
+		return string(key)
+	}
+	if i := bytes.IndexByte(rest, '/'); i >= 0 {
+		rest = rest[:i+1]
+	}
+	return string(rest)
 }
 
 func (c *etcdCounter) snapshot() map[string]int64 {

@@ -51,6 +51,8 @@ func runChild(mode string) int {
 		err = runEchoChild(ctx, ready, control)
 	case "broker":
 		err = runBrokerChild(ctx, ready, control)
+	case "etcd":
+		err = runEtcdChild(ctx, ready, control)
 	default:
 		err = fmt.Errorf("unknown child mode %q", mode)
 	}

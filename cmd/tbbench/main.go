@@ -78,6 +78,19 @@ type options struct {
 	retries       int
 	markdown      string
 	profile       string
+	quick         bool
+
+	// The figures of scale: the miss path, the restart, background refresh
+	// across replicas and the propagation of admin changes.
+	misses          int
+	restart         bool
+	refreshTokens   int
+	refreshReplicas int
+	refreshShards   int
+	refreshLifetime time.Duration
+	refreshWindow   time.Duration
+	watchChanges    int
+	watchReplicas   int
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -103,8 +116,35 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.retries, "retries", 6, "noisy sets of rounds discarded and run again, in all; once they are used up, noisy sets are kept")
 	fs.StringVar(&o.markdown, "markdown", "", "also write the report as Markdown to this file")
 	fs.StringVar(&o.profile, "profile", "", "directory for CPU profiles of every server at the highest concurrency, each taken in one extra, unreported round of at least 3s")
+	fs.IntVar(&o.misses, "miss", 200, "GetToken calls of keys not cached, each beside a bare provider call, for the miss-path figure; 0 skips it")
+	fs.BoolVar(&o.restart, "restart", true, "restart the broker on the memory figure's tokens and time it until it serves them (needs -tokens)")
+	fs.IntVar(&o.refreshTokens, "refresh", 12000, "hot tokens with short lifetimes for the background refresh figure; 0 skips it")
+	fs.IntVar(&o.refreshReplicas, "refresh-replicas", 3, "broker replicas of the background refresh figure, on one etcd")
+	fs.IntVar(&o.refreshShards, "refresh-shards", 12, "refresher.shards of the background refresh figure's replicas")
+	fs.DurationVar(&o.refreshLifetime, "refresh-lifetime", 20*time.Second, "lifetime of the provider's tokens in the background refresh figure")
+	fs.DurationVar(&o.refreshWindow, "refresh-duration", 20*time.Second, "measured time of the background refresh figure")
+	fs.IntVar(&o.watchChanges, "watch", 50, "admin changes (a new API key) whose propagation to the other replicas is timed; 0 skips it")
+	fs.IntVar(&o.watchReplicas, "watch-replicas", 5, "replicas of the watch figure: the change is made on one and awaited on the others")
+	fs.BoolVar(&o.quick, "quick", false, "check that every part still runs, in seconds: one short round at c=16, few tokens, callers and samples; the figures mean nothing")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
+	}
+	if o.quick {
+		// Only the flags given explicitly keep their value.
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		quick := map[string]string{
+			"rounds": "1", "warmup": "50ms", "duration": "200ms", "c": "16", "retries": "0",
+			"tokens": "2000", "herd": "100", "herd-rounds": "1", "dev-runs": "1", "miss": "20",
+			"refresh": "300", "refresh-lifetime": "6s", "refresh-duration": "3s", "watch": "5",
+		}
+		for name, v := range quick {
+			if !set[name] {
+				if err := fs.Set(name, v); err != nil {
+					return nil, err
+				}
+			}
+		}
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
@@ -143,6 +183,17 @@ type bench struct {
 	affinity           string
 	retriesLeft        int
 	res                results
+
+	// What every broker process is configured with: the provider's client,
+	// the static API keys, the master key.
+	sb           *sandbox.Server
+	sbURL        string
+	clientID     string
+	clientSecret string
+	static       []app.APIKeyConfig
+	masterLine   string
+	keyring      *seal.Keyring
+	dataDir      string // the main broker's data directory
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -178,7 +229,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stderr, "wrote %s\n", opts.markdown)
 	}
-	return nil
+	return b.res.broken()
+}
+
+// broken reports what a run found wrong beyond its figures: tokens not
+// served as written, before or after the restart. A figure that misses its
+// target is not an error: the report says so.
+func (r *results) broken() error {
+	var errs []error
+	if m := r.mem; m != nil {
+		if m.mismatches > 0 || m.introspectMisses > 0 {
+			errs = append(errs, fmt.Errorf("memory: %d tokens not served and %d not introspected as written", m.mismatches, m.introspectMisses))
+		}
+		if x := m.restart; x != nil && (x.mismatches > 0 || x.introspectMisses > 0) {
+			errs = append(errs, fmt.Errorf("restart: %d tokens not served and %d not introspected as written", x.mismatches, x.introspectMisses))
+		}
+	}
+	if r.devErr != "" {
+		errs = append(errs, fmt.Errorf("dev start: %s", r.devErr))
+	}
+	return errors.Join(errs...)
 }
 
 // planPinning picks the first two CPUs this process may use.
@@ -207,9 +277,10 @@ func (b *bench) progress(format string, args ...any) {
 
 func (b *bench) runAll(ctx context.Context) error {
 	// The provider, on loopback in this process.
-	const clientID = "bench-client"
-	secret := rand.Text()
-	sb, err := sandbox.New(sandbox.Config{Clients: map[string]string{clientID: secret}, MaxRecorded: 1000})
+	b.clientID = "bench-client"
+	b.clientSecret = rand.Text()
+	var err error
+	b.sb, err = sandbox.New(sandbox.Config{Clients: map[string]string{b.clientID: b.clientSecret}, MaxRecorded: 1000})
 	if err != nil {
 		return err
 	}
@@ -217,38 +288,37 @@ func (b *bench) runAll(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sbServer := &http.Server{Handler: sb, ReadHeaderTimeout: 10 * time.Second}
+	sbServer := &http.Server{Handler: b.sb, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = sbServer.Serve(lis) }()
 	defer sbServer.Close()
+	b.sbURL = "http://" + lis.Addr().String() + sandbox.TokenPath
 
 	// API keys: one identity per gRPC connection (at most 4).
-	var static []app.APIKeyConfig
 	for i := range 4 {
 		id, key, sum, err := apikey.Generate()
 		if err != nil {
 			return err
 		}
 		b.keys = append(b.keys, key)
-		static = append(static, app.APIKeyConfig{ID: id, Identity: fmt.Sprintf("bench-%d", i), SHA256: sum})
+		b.static = append(b.static, app.APIKeyConfig{ID: id, Identity: fmt.Sprintf("bench-%d", i), SHA256: sum})
 	}
 	master, err := seal.GenerateKey("bench")
 	if err != nil {
 		return err
 	}
-	masterLine := seal.FormatKey(master)
-	keyring, err := seal.ParseKeyEnv(masterLine)
-	if err != nil {
+	b.masterLine = seal.FormatKey(master)
+	if b.keyring, err = seal.ParseKeyEnv(b.masterLine); err != nil {
 		return err
 	}
-	cfg, err := yaml.Marshal(brokerConfig("http://"+lis.Addr().String()+sandbox.TokenPath, clientID, secret, static))
-	if err != nil {
+	if b.dataDir, err = os.MkdirTemp("", "tbbench-broker-"); err != nil {
 		return err
 	}
+	defer os.RemoveAll(b.dataDir)
 	b.progress("starting the broker (embedded etcd, sandbox provider, API keys, policy)…")
-	if b.broker, err = startChild(ctx, "broker", b.serverCPU, []string{"TBBENCH_CHILD=broker", brokerConfigEnv + "=" + string(cfg), brokerKeyEnv + "=" + masterLine}); err != nil {
+	if b.broker, err = b.startBroker(ctx, b.serverCPU, brokerConfig(b.sbURL, b.clientID, b.clientSecret, b.static), b.dataDir); err != nil {
 		return err
 	}
-	defer b.broker.stop()
+	defer func() { b.broker.stop() }()
 
 	// The first GetToken is a miss: the broker asks the provider. Its
 	// answer is the reply the echo servers imitate.
@@ -261,7 +331,7 @@ func (b *bench) runAll(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("first GetToken from the broker: %w", err)
 	}
-	b.res.providerCallsBefore = sb.TokenCalls()
+	b.res.providerCallsBefore = b.sb.TokenCalls()
 	raw, err := proto.Marshal(reply)
 	if err != nil {
 		return err
@@ -302,31 +372,50 @@ func (b *bench) runAll(ctx context.Context) error {
 			return err
 		}
 	}
-	b.res.providerCallsDuring = sb.TokenCalls() - b.res.providerCallsBefore
+	b.res.providerCallsDuring = b.sb.TokenCalls() - b.res.providerCallsBefore
 	b.echo.stop()
 	if err := unpin(); err != nil {
 		return err
 	}
-
-	if b.opts.tokens > 0 {
-		// The load phases are over: the broker may now use every CPU, as
-		// it would in production.
-		if b.serverCPU != "" {
-			if err := pin(b.broker.ready.PID, b.affinity); err != nil {
-				return err
-			}
-			if err := b.broker.call(ctx, http.MethodPost, fmt.Sprintf("/procs?n=%d", runtime.NumCPU()), nil); err != nil {
-				return err
-			}
-		}
-		before := sb.TokenCalls()
-		if err := b.memoryPhase(ctx, keyring); err != nil {
+	// The load phases are over: the broker may now use every CPU, as it
+	// would in production.
+	if b.serverCPU != "" {
+		if err := pin(b.broker.ready.PID, b.affinity); err != nil {
 			return err
 		}
-		b.res.mem.providerCalls = sb.TokenCalls() - before
+		if err := b.broker.call(ctx, http.MethodPost, fmt.Sprintf("/procs?n=%d", runtime.NumCPU()), nil); err != nil {
+			return err
+		}
+	}
+	if b.opts.misses > 0 {
+		if err := b.missPhase(ctx); err != nil {
+			return err
+		}
+	}
+	if b.opts.tokens > 0 {
+		before := b.sb.TokenCalls()
+		if err := b.memoryPhase(ctx); err != nil {
+			return err
+		}
+		b.res.mem.providerCalls = b.sb.TokenCalls() - before
+		if b.opts.restart {
+			if err := b.restartPhase(ctx); err != nil {
+				return err
+			}
+		}
 	}
 	b.broker.stop()
 
+	if b.opts.refreshTokens > 0 {
+		if err := b.refreshPhase(ctx); err != nil {
+			return err
+		}
+	}
+	if b.opts.watchChanges > 0 {
+		if err := b.watchPhase(ctx); err != nil {
+			return err
+		}
+	}
 	if b.opts.herdCallers > 0 {
 		b.progress("herd: %d instances on one etcd, %d callers at once…", b.opts.herdInstances, b.opts.herdCallers)
 		h, err := runHerd(ctx, b.opts.herdInstances, b.opts.herdCallers, b.opts.herdRounds)
@@ -339,6 +428,20 @@ func (b *bench) runAll(ctx context.Context) error {
 		b.devPhase(ctx)
 	}
 	return nil
+}
+
+// startBroker starts a broker process with cfg, pinned to cpu unless it is
+// empty, on the data directory dir (a temporary one when empty).
+func (b *bench) startBroker(ctx context.Context, cpu string, cfg app.Config, dir string) (*child, error) {
+	raw, err := yaml.Marshal(cfg)
+	if err != nil {
+		return nil, err
+	}
+	env := []string{"TBBENCH_CHILD=broker", brokerConfigEnv + "=" + string(raw), brokerKeyEnv + "=" + b.masterLine}
+	if dir != "" {
+		env = append(env, dataDirEnv+"="+dir)
+	}
+	return startChild(ctx, "broker", cpu, env)
 }
 
 // phase runs one load phase and records the broker's etcd requests and

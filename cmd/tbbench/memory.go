@@ -79,6 +79,10 @@ type storedToken struct {
 type seeder struct {
 	cli  *clientv3.Client
 	keys *seal.Keyring
+	// issued is when token i was issued and lifetime how long it lasts;
+	// every token now and seedLifetime when nil.
+	issued   func(i int) time.Time
+	lifetime time.Duration
 }
 
 const (
@@ -89,7 +93,13 @@ const (
 
 // seed writes the records of tokens [0, n) and then the sentinel's.
 func (s *seeder) seed(ctx context.Context, n int) error {
-	issued := time.Now().UTC().Truncate(time.Second)
+	now := time.Now().UTC().Truncate(time.Second)
+	if s.issued == nil {
+		s.issued = func(int) time.Time { return now }
+	}
+	if s.lifetime == 0 {
+		s.lifetime = seedLifetime
+	}
 	var next atomic.Int64
 	errc := make(chan error, seedWorkers)
 	var wg sync.WaitGroup
@@ -100,7 +110,7 @@ func (s *seeder) seed(ctx context.Context, n int) error {
 				if lo >= n || ctx.Err() != nil {
 					return
 				}
-				if err := s.writeBatch(ctx, lo, min(lo+seedBatch, n), issued); err != nil {
+				if err := s.writeBatch(ctx, lo, min(lo+seedBatch, n)); err != nil {
 					errc <- err
 					return
 				}
@@ -112,7 +122,7 @@ func (s *seeder) seed(ctx context.Context, n int) error {
 	if err := <-errc; err != nil {
 		return err
 	}
-	ops, err := s.ops(ctx, sentinelProvider, []string{"done"}, "sentinel-token", issued)
+	ops, err := s.ops(ctx, sentinelProvider, []string{"done"}, "sentinel-token", now)
 	if err != nil {
 		return err
 	}
@@ -121,10 +131,10 @@ func (s *seeder) seed(ctx context.Context, n int) error {
 }
 
 // writeBatch writes tokens [lo, hi) in one transaction.
-func (s *seeder) writeBatch(ctx context.Context, lo, hi int, issued time.Time) error {
+func (s *seeder) writeBatch(ctx context.Context, lo, hi int) error {
 	ops := make([]clientv3.Op, 0, hi-lo)
 	for i := lo; i < hi; i++ {
-		tops, err := s.ops(ctx, benchProvider, seedScopes(i), seedToken(i), issued)
+		tops, err := s.ops(ctx, benchProvider, seedScopes(i), seedToken(i), s.issued(i))
 		if err != nil {
 			return err
 		}
@@ -149,7 +159,7 @@ func (s *seeder) ops(_ context.Context, provider string, scopes []string, tok st
 		return nil, err
 	}
 	val, err := json.Marshal(storedToken{Provider: provider, Scope: key.Scope, AccessToken: sealed, TokenType: "Bearer",
-		GrantedScope: key.Scope, IssuedAt: issued, ExpiresAt: issued.Add(seedLifetime), Generation: 1, ClientID: "bench"})
+		GrantedScope: key.Scope, IssuedAt: issued, ExpiresAt: issued.Add(s.lifetime), Generation: 1, ClientID: "bench"})
 	if err != nil {
 		return nil, err
 	}
@@ -170,11 +180,16 @@ type memResult struct {
 	// them were not found active with the written record's client.
 	introspected, introspectMisses int
 	providerCalls                  int
+	// dbSize and dbInUse are etcd's database file and the part of it in
+	// use, before and with the tokens.
+	dbBefore, dbSize, dbInUse int64
+	// restart is the restart figure, when it ran.
+	restart *restartResult
 }
 
 // memoryPhase loads b.opts.tokens tokens into the broker and measures its
 // process.
-func (b *bench) memoryPhase(ctx context.Context, keyring *seal.Keyring) error {
+func (b *bench) memoryPhase(ctx context.Context) error {
 	n := b.opts.tokens
 	b.progress("memory: loading %d distinct tokens into the broker's cache…", n)
 	m := &memResult{tokens: n}
@@ -186,6 +201,9 @@ func (b *bench) memoryPhase(ctx context.Context, keyring *seal.Keyring) error {
 		return err
 	}
 	defer cli.Close()
+	if st, err := cli.Status(ctx, b.broker.ready.EtcdAddr); err == nil {
+		m.dbBefore = st.DbSize
+	}
 	t, err := dialGRPC(b.broker.ready.GRPC, 1, b.keys)
 	if err != nil {
 		return err
@@ -194,7 +212,7 @@ func (b *bench) memoryPhase(ctx context.Context, keyring *seal.Keyring) error {
 	client := tokenbrokerv1.NewTokenBrokerServiceClient(t.conns[0])
 
 	start := time.Now()
-	if err := (&seeder{cli: cli, keys: keyring}).seed(ctx, n); err != nil {
+	if err := (&seeder{cli: cli, keys: b.keyring}).seed(ctx, n); err != nil {
 		return fmt.Errorf("memory: write tokens: %w", err)
 	}
 	for deadline := time.Now().Add(2 * time.Minute); ; {
@@ -209,22 +227,10 @@ func (b *bench) memoryPhase(ctx context.Context, keyring *seal.Keyring) error {
 	}
 	m.seconds = time.Since(start).Seconds()
 
-	// An evenly spread sample, asked for as callers ask.
-	sample := min(1000, n)
-	for j := range sample {
-		i := j * n / sample
-		resp, err := client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Provider: benchProvider, Scopes: seedScopes(i)})
-		m.checked++
-		if err != nil || resp.GetToken().GetAccessToken() != seedToken(i) {
-			m.mismatches++
-		}
-		if j%10 == 0 { // and introspected, from the record alone
-			in, err := client.Introspect(ctx, &tokenbrokerv1.IntrospectRequest{Token: seedToken(i)})
-			m.introspected++
-			if err != nil || !in.GetActive() || in.GetClientId() != "bench" {
-				m.introspectMisses++
-			}
-		}
+	m.checked, m.mismatches = checkServed(ctx, client, n)
+	m.introspected, m.introspectMisses = checkIntrospected(ctx, client, n)
+	if st, err := cli.Status(ctx, b.broker.ready.EtcdAddr); err == nil {
+		m.dbSize, m.dbInUse = st.DbSize, st.DbSizeInUse
 	}
 	if err := b.broker.call(ctx, http.MethodGet, "/mem", &m.after); err != nil {
 		return err
@@ -242,6 +248,37 @@ func (b *bench) memoryPhase(ctx context.Context, keyring *seal.Keyring) error {
 	b.progress("memory: %d tokens cached in %.1fs; RSS %s (%s once free memory is returned), live heap %s",
 		n, m.seconds, mib(m.after.RSS), mib(m.settled.RSS), mib(int64(m.after.HeapAlloc)))
 	return nil
+}
+
+// checkServed asks for an evenly spread sample of the n seeded tokens, as
+// callers ask, and returns how many it asked for and how many were not
+// served as written.
+func checkServed(ctx context.Context, client tokenbrokerv1.TokenBrokerServiceClient, n int) (checked, mismatches int) {
+	sample := min(1000, n)
+	for j := range sample {
+		i := j * n / sample
+		resp, err := client.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{Provider: benchProvider, Scopes: seedScopes(i)})
+		checked++
+		if err != nil || resp.GetToken().GetAccessToken() != seedToken(i) {
+			mismatches++
+		}
+	}
+	return checked, mismatches
+}
+
+// checkIntrospected introspects a tenth of checkServed's sample and returns
+// how many it introspected and how many were not active as written.
+func checkIntrospected(ctx context.Context, client tokenbrokerv1.TokenBrokerServiceClient, n int) (introspected, misses int) {
+	sample := min(1000, n)
+	for j := 0; j < sample; j += 10 {
+		i := j * n / sample
+		in, err := client.Introspect(ctx, &tokenbrokerv1.IntrospectRequest{Token: seedToken(i)})
+		introspected++
+		if err != nil || !in.GetActive() || in.GetClientId() != "bench" {
+			misses++
+		}
+	}
+	return introspected, misses
 }
 
 // memInfo is the memory of a process after a garbage collection.

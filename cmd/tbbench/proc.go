@@ -120,6 +120,10 @@ type readyLine struct {
 	EtcdAddr string `json:"etcd,omitempty"`
 }
 
+// childReadyTimeout bounds a child's start: a broker restarting on a
+// million tokens reads them all before it is ready.
+const childReadyTimeout = 5 * time.Minute
+
 // startChild runs this executable with args, pinned to cpu unless it is
 // empty, with env added, and waits for its ready line.
 func startChild(ctx context.Context, name, cpu string, env []string, args ...string) (*child, error) {
@@ -176,9 +180,9 @@ func startChild(ctx context.Context, name, cpu string, env []string, args ...str
 			return nil, fmt.Errorf("%s: %s", name, c.ready.Error)
 		}
 		return c, nil
-	case <-time.After(60 * time.Second):
+	case <-time.After(childReadyTimeout):
 		c.stop()
-		return nil, fmt.Errorf("%s not ready after 60s; its last log lines:\n%s", name, c.logs.String())
+		return nil, fmt.Errorf("%s not ready after %s; its last log lines:\n%s", name, childReadyTimeout, c.logs.String())
 	case <-ctx.Done():
 		c.stop()
 		return nil, ctx.Err()
