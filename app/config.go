@@ -398,6 +398,11 @@ type ProviderConfig struct {
 	// the introspection endpoint, and assumed true until then (the
 	// mediahaven preset sets true).
 	RefreshRevokesAccessToken *bool `yaml:"refresh_revokes_access_token"`
+
+	// DeviceAuthorizationURL is the RFC 8628 device authorization
+	// endpoint, for the device_code grant (grant_types: [device_code,
+	// refresh_token]).
+	DeviceAuthorizationURL string `yaml:"device_authorization_url"`
 }
 
 // DefaultMetricsAddr keeps the metrics on the machine unless the file says
@@ -628,9 +633,13 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 		}
 	}
 	for _, g := range pc.GrantTypes {
+		if g == "device_code" { // short for the RFC 8628 URN
+			g = string(broker.GrantDeviceCode)
+		}
 		p.GrantTypes = append(p.GrantTypes, broker.GrantType(g))
 	}
 	p.PKCE, p.RedirectURL = pc.PKCE, pc.RedirectURL
+	p.DeviceAuthorizationURL = pc.DeviceAuthorizationURL
 	p.ClientKeyAlgorithm, p.AssertionAudience = pc.ClientKeyAlgorithm, pc.ClientAssertionAudience
 	if pc.ClientKeyFile != "" {
 		data, err := os.ReadFile(pc.ClientKeyFile)

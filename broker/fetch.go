@@ -484,7 +484,7 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 	if g.RefreshToken != "" {
 		method = GrantRefreshToken
 	}
-	if method == GrantAuthorizationCode { // consented once, but holds no refresh token
+	if method == GrantAuthorizationCode || method == GrantDeviceCode { // consented once, but holds no refresh token
 		return nil, nil, "", fmt.Errorf("%w: account %q of provider %q has no refresh token", ErrReauthorizationRequired, g.Account, p.Name)
 	}
 	if !p.Allows(method) && method != GrantRefreshToken {
@@ -693,6 +693,19 @@ func isBearer(t string) bool { return strings.EqualFold(t, "bearer") }
 // transaction: events when given, else grant.recovered when the grant was
 // failing or needed reauthorization.
 func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, g, next *Grant, id string, rec *TokenRecord, events ...event.Event) error {
+	return b.commitWith(ctx, m, p, g, next, id, rec, fencedOps{}, events...)
+}
+
+// fencedOps are more conditions and writes for one of commit's
+// transactions.
+type fencedOps struct {
+	cmps []clientv3.Cmp
+	ops  []clientv3.Op
+}
+
+// commitWith is commit, its transaction also guarded by extra.cmps and
+// making extra.ops.
+func (b *Broker) commitWith(ctx context.Context, m *concurrency.Mutex, p *Provider, g, next *Grant, id string, rec *TokenRecord, extra fencedOps, events ...event.Event) error {
 	tkey := b.prefix + tokensPrefix + id
 	gkey := b.grantKey(g.Provider, g.Account)
 	pkey := b.prefix + providersPrefix + p.Name
@@ -731,6 +744,8 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 			writes = append(writes, clientv3.OpDelete(b.prefix+tokensPrefix+other))
 		}
 	}
+	writes = append(writes, extra.ops...)
+	unchanged = append(unchanged, extra.cmps...)
 	resp, err := b.cli.Txn(sctx).If(append(unchanged, m.IsOwner())...).Then(writes...).
 		Else(clientv3.OpGet(pkey), clientv3.OpGet(gkey)).Commit()
 	if err != nil {

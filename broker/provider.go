@@ -20,11 +20,15 @@ const (
 	GrantPassword          GrantType = "password"
 	GrantAuthorizationCode GrantType = "authorization_code"
 	GrantRefreshToken      GrantType = "refresh_token"
+	// GrantDeviceCode is the device authorization grant (RFC 8628): a
+	// person consents on another device to an account the broker then
+	// polls for.
+	GrantDeviceCode GrantType = oauth.DeviceCodeGrantType
 )
 
 func (g GrantType) valid() bool {
 	switch g {
-	case GrantClientCredentials, GrantPassword, GrantAuthorizationCode, GrantRefreshToken:
+	case GrantClientCredentials, GrantPassword, GrantAuthorizationCode, GrantRefreshToken, GrantDeviceCode:
 		return true
 	}
 	return false
@@ -42,6 +46,9 @@ type Provider struct {
 	AuthorizeURL     string
 	IntrospectionURL string
 	RevocationURL    string
+	// DeviceAuthorizationURL is the device authorization endpoint (RFC
+	// 8628 §3.1), for the device_code grant.
+	DeviceAuthorizationURL string
 	// GrantTokenURLs holds a token URL per grant where it differs from
 	// TokenURL (MediaHaven's password grant has its own endpoint).
 	GrantTokenURLs map[GrantType]string
@@ -169,7 +176,7 @@ func (p *Provider) Validate() error {
 	for name, u := range map[string]string{
 		"token_url": p.TokenURL, "authorize_url": p.AuthorizeURL,
 		"introspection_url": p.IntrospectionURL, "revocation_url": p.RevocationURL,
-		"redirect_url": p.RedirectURL,
+		"redirect_url": p.RedirectURL, "device_authorization_url": p.DeviceAuthorizationURL,
 	} {
 		if err := validateURL(u); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", name, err))

@@ -44,7 +44,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 		return nil, err
 	}
 	if b.requireHTTPS {
-		for _, u := range append([]string{p.TokenURL, p.AuthorizeURL, p.IntrospectionURL, p.RevocationURL}, slices.Collect(maps.Values(p.GrantTokenURLs))...) {
+		for _, u := range append([]string{p.TokenURL, p.AuthorizeURL, p.IntrospectionURL, p.RevocationURL, p.DeviceAuthorizationURL}, slices.Collect(maps.Values(p.GrantTokenURLs))...) {
 			if strings.HasPrefix(u, "http:") {
 				return nil, invalidf("provider %q: %s: plain http is refused (serve --insecure-http-loopback allows it to loopback addresses)", p.Name, quote(u))
 			}

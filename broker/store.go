@@ -23,6 +23,11 @@ const (
 	// learnedPrefix holds what the broker learned of a provider (see
 	// learnRevocation).
 	learnedPrefix = "learned/"
+	// devicePrefix holds pending device authorizations, one per account,
+	// and devicePollersPrefix the lock of the one replica that polls for
+	// each (see device.go).
+	devicePrefix        = "device_authorizations/"
+	devicePollersPrefix = "device_pollers/"
 )
 
 // DefaultPrefix is the etcd prefix of every key the broker writes.
@@ -87,6 +92,7 @@ type storedProvider struct {
 	AuthorizeURL         string            `json:"authorize_url,omitempty"`
 	IntrospectionURL     string            `json:"introspection_url,omitempty"`
 	RevocationURL        string            `json:"revocation_url,omitempty"`
+	DeviceAuthURL        string            `json:"device_authorization_url,omitempty"`
 	GrantTokenURLs       map[string]string `json:"grant_token_urls,omitempty"`
 	ClientID             string            `json:"client_id"`
 	ClientSecret         []byte            `json:"client_secret_sealed,omitempty"`
@@ -135,7 +141,7 @@ func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
 		ClientKeys: keys, ClientKeyAlgorithm: p.ClientKeyAlgorithm, AssertionAudience: p.AssertionAudience,
 		PreviousSecret: previous, PreviousSecretUntil: p.PreviousSecretUntil, ConfigSecretDigest: configDigest,
 		Name: p.Name, TokenURL: p.TokenURL, AuthorizeURL: p.AuthorizeURL,
-		IntrospectionURL: p.IntrospectionURL, RevocationURL: p.RevocationURL,
+		IntrospectionURL: p.IntrospectionURL, RevocationURL: p.RevocationURL, DeviceAuthURL: p.DeviceAuthorizationURL,
 		ClientID: p.ClientID, ClientSecret: secret, ClientAuth: p.ClientAuth.String(),
 		DefaultScopes: p.DefaultScopes, TokenParams: p.TokenParams,
 		DefaultTokenLifetime: p.DefaultTokenLifetime, PKCE: p.PKCE, RedirectURL: p.RedirectURL,
@@ -190,7 +196,7 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 		ClientKeys: keys, ClientKeyAlgorithm: s.ClientKeyAlgorithm, AssertionAudience: s.AssertionAudience,
 		PreviousSecret: previous, PreviousSecretUntil: s.PreviousSecretUntil, ConfigSecretDigest: configDigest,
 		Name: s.Name, TokenURL: s.TokenURL, AuthorizeURL: s.AuthorizeURL,
-		IntrospectionURL: s.IntrospectionURL, RevocationURL: s.RevocationURL,
+		IntrospectionURL: s.IntrospectionURL, RevocationURL: s.RevocationURL, DeviceAuthorizationURL: s.DeviceAuthURL,
 		ClientID: s.ClientID, ClientSecret: secret, ClientAuth: auth,
 		DefaultScopes: s.DefaultScopes, TokenParams: s.TokenParams,
 		DefaultTokenLifetime: s.DefaultTokenLifetime, PKCE: s.PKCE, RedirectURL: s.RedirectURL,

@@ -87,6 +87,7 @@ var grantTypes = map[tokenbrokerv1.GrantType]broker.GrantType{
 	tokenbrokerv1.GrantType_GRANT_TYPE_PASSWORD:           broker.GrantPassword,
 	tokenbrokerv1.GrantType_GRANT_TYPE_AUTHORIZATION_CODE: broker.GrantAuthorizationCode,
 	tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN:      broker.GrantRefreshToken,
+	tokenbrokerv1.GrantType_GRANT_TYPE_DEVICE_CODE:        broker.GrantDeviceCode,
 }
 
 // fromProvider converts the API's provider; output-only fields are ignored.
@@ -109,6 +110,7 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 		PKCE:             in.GetPkce(),
 	}
 	p.RefreshLeadFraction = in.GetRefreshLeadFraction()
+	p.DeviceAuthorizationURL = in.GetDeviceAuthorizationUrl()
 	p.RefreshRevokesAccessToken = in.RefreshRevokesAccessToken
 	for _, d := range []struct {
 		name string
@@ -170,6 +172,7 @@ func (s *adminServer) toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 		RefreshRevokesAccessToken:        p.RefreshRevokesAccessToken,
 		LearnedRefreshRevokesAccessToken: p.LearnedRefreshRevokesAccessToken,
 	}
+	out.DeviceAuthorizationUrl = p.DeviceAuthorizationURL
 	for _, d := range []struct {
 		in  time.Duration
 		out **durationpb.Duration

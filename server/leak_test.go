@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,6 +64,9 @@ const (
 	leakBogusKey      = "bK2mN7vC4xZ9aS1dF6gH"
 	leakUnknownToken  = "uT8yR3eW6qA1sD4fG7hJ"
 	leakForgedState   = "fS5gH2jK9lZ3xC6vB8nM"
+	leakDeviceCode    = "dV3cQ7wE1rT5yU9iO2pL"
+	leakDeviceAccess  = "aD6sF1gH4jK8lQ3wE7rT"
+	leakDeviceRefresh = "rD2fG5hJ9kL3zX8cV4bN"
 )
 
 // secretBook names every secret a flow used or saw, by value.
@@ -383,6 +387,7 @@ func runFlowsTraced(t *testing.T, tp trace.TracerProvider) *flowRun {
 		leakClientSecret: "client secret", leakPassword: "password", leakWrongSecret: "wrong client secret",
 		leakEchoSecret: "echoed client secret", leakEchoPassword: "echoed password", leakRotatedSecret: "rotated client secret",
 		leakBogusKey: "bogus API key", leakUnknownToken: "unknown token", leakForgedState: "forged state",
+		leakDeviceCode: "device code", leakDeviceAccess: "device grant's access token", leakDeviceRefresh: "device grant's refresh token",
 		leakSecretPart(testAdminKey):                                  "admin API key",
 		base64.StdEncoding.EncodeToString(testkeys.Primary.Secret):    "master key",
 		base64.RawURLEncoding.EncodeToString(testkeys.Primary.Secret): "master key (url)",
@@ -402,6 +407,7 @@ func runFlowsTraced(t *testing.T, tp trace.TracerProvider) *flowRun {
 	r.clientCredentialsFlows(t)
 	r.passwordFlows(t)
 	r.consentFlows(t)
+	r.deviceFlows(t)
 	r.providerErrorFlows(t)
 	r.rotationFlows(t)
 	r.apiKeyFlows(t)
@@ -651,6 +657,70 @@ func (r *flowRun) consentFlows(t *testing.T) {
 		t.Fatalf("Refresh(carol): %v", err)
 	}
 	r.token(ref.GetToken())
+}
+
+// deviceFlows onboards an account through the device authorization grant
+// at a provider that quotes the device code and the client secret in its
+// authorization_pending answers.
+func (r *flowRun) deviceFlows(t *testing.T) {
+	t.Helper()
+	var polls atomic.Int32
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_ = req.ParseForm()
+		w.Header().Set("Content-Type", "application/json")
+		if req.PostForm.Get("client_secret") != leakClientSecret {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"error":"invalid_client"}`)
+			return
+		}
+		switch req.URL.Path {
+		case "/device":
+			_ = json.NewEncoder(w).Encode(map[string]any{"device_code": leakDeviceCode, "user_code": "LEAK-TEST", "verification_uri": "https://idp.example/device", "expires_in": 60, "interval": 1})
+		case "/token":
+			if polls.Add(1) == 1 {
+				w.WriteHeader(http.StatusBadRequest)
+				_ = json.NewEncoder(w).Encode(map[string]string{"error": "authorization_pending",
+					"error_description": "device code " + req.PostForm.Get("device_code") + " of client secret " + req.PostForm.Get("client_secret") + " pending"})
+				return
+			}
+			_ = json.NewEncoder(w).Encode(map[string]any{"access_token": leakDeviceAccess, "refresh_token": leakDeviceRefresh, "token_type": "Bearer", "expires_in": 3600})
+		}
+	}))
+	t.Cleanup(ts.Close)
+	put, err := r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{ClientSecret: leakClientSecret, Provider: &tokenbrokerv1.Provider{
+		Name: "tv", TokenUrl: ts.URL + "/token", DeviceAuthorizationUrl: ts.URL + "/device", ClientId: leakClientID,
+		ClientAuthStyle: tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST,
+		GrantTypes:      []tokenbrokerv1.GrantType{tokenbrokerv1.GrantType_GRANT_TYPE_DEVICE_CODE, tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN},
+	}})
+	if err != nil {
+		t.Fatalf("PutProvider(tv): %v", err)
+	}
+	r.said.addMsg("PutProvider(tv)", put)
+	start, err := r.in.admin.StartAuthorization(ctxb, &tokenbrokerv1.StartAuthorizationRequest{Provider: "tv", Account: "den",
+		Flow: tokenbrokerv1.AuthorizationFlow_AUTHORIZATION_FLOW_DEVICE_CODE})
+	if err != nil {
+		t.Fatalf("StartAuthorization(device): %v", err)
+	}
+	r.said.addMsg("StartAuthorization(device)", start)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		grants, err := r.in.admin.ListGrants(ctxb, &tokenbrokerv1.ListGrantsRequest{Provider: "tv"})
+		if err != nil {
+			t.Fatalf("ListGrants(tv): %v", err)
+		}
+		if gs := grants.GetGrants(); len(gs) == 1 && gs[0].GetHealth() == tokenbrokerv1.GrantHealth_GRANT_HEALTH_OK {
+			r.said.addMsg("ListGrants(tv)", grants)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the device grant is not ok after 15s: %v", grants)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	got, err := r.in.tokens.GetToken(ctxb, &tokenbrokerv1.GetTokenRequest{Provider: "tv", Account: "den"})
+	if err != nil || got.GetToken().GetAccessToken() != leakDeviceAccess {
+		t.Fatalf("GetToken(tv/den) = %v, %v; want the device grant's token", got, err)
+	}
 }
 
 // echoProvider answers every token request with invalid_client, quoting

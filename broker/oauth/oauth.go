@@ -159,7 +159,7 @@ var defaultHTTPClient = &http.Client{
 // error, even when a provider echoes them in error_description.
 var secretParams = []string{
 	"client_secret", "password", "refresh_token", "code", "code_verifier",
-	"assertion", "client_assertion", "subject_token", "actor_token",
+	"assertion", "client_assertion", "subject_token", "actor_token", "device_code",
 }
 
 // Token posts r to the token endpoint and returns the parsed token.

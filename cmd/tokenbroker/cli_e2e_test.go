@@ -12,10 +12,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/internal/fakes"
 	"github.com/tokenbroker/tokenbroker/sandbox"
 )
 
@@ -233,6 +235,56 @@ func TestCLIAgainstDev(t *testing.T) {
 		got := dev.cli(t, tok+"\n", nil, "token", "introspect", "--token-stdin")
 		if got.code != 0 || !regexp.MustCompile(`(?m)^ACTIVE\s+true\n[\s\S]*^PROVIDER\s+sandbox\n`).MatchString(got.stdout) {
 			t.Errorf("token introspect: exit %d, stdout:\n%s\nstderr %q; want 0, active, provider sandbox", got.code, got.stdout, got.stderr)
+		}
+	})
+
+	t.Run("device authorization", func(t *testing.T) {
+		tests := []struct {
+			name       string
+			script     []string // the provider's answers before consent
+			wantCode   int
+			wantStdout string // regexp, after the user code's line
+			wantStderr string
+		}{
+			{name: "consent", wantStdout: `(?m)^tv-consent\s+kiosk\s+device_code\s+ok\s`, wantStderr: "Authorized."},
+			{name: "refused", script: []string{"access_denied"}, wantCode: exitRefused, wantStderr: "tokenbroker: device authorization: provider tv-refused: oauth: token endpoint answered 400: access_denied\n"},
+		}
+		for _, tt := range tests {
+			f := fakes.NewDevice(t, 1, tt.script...)
+			provider := "tv-" + tt.name
+			put := dev.cli(t, "", map[string]string{"S": fakes.DeviceClientSecret}, "provider", "put", provider, "--token-url", f.URL+"/token",
+				"--device-authorization-url", f.URL+"/device", "--client-id", fakes.DeviceClientID, "--client-secret-env", "S",
+				"--auth-style", "post", "--grant", "device_code", "--grant", "refresh_token", "--scope", "api")
+			if put.code != 0 || !regexp.MustCompile(`(?m)^DEVICE AUTHORIZATION URL\s+`+regexp.QuoteMeta(f.URL+"/device")+`\n`).MatchString(put.stdout) {
+				t.Fatalf("%s: provider put: exit %d, stdout:\n%s\nstderr %q", tt.name, put.code, put.stdout, put.stderr)
+			}
+			done := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Go(func() { // the person consents once the CLI waits
+				for len(f.Polls()) < 2 {
+					select {
+					case <-done:
+						return
+					case <-time.After(50 * time.Millisecond):
+					}
+				}
+				f.Approve()
+			})
+			start := time.Now()
+			got := dev.cli(t, "", nil, "grant", "authorize", provider, "kiosk", "--device")
+			close(done)
+			wg.Wait()
+			t.Logf("%s: grant authorize --device took %v (%d polls)", tt.name, time.Since(start), len(f.Polls()))
+			code, rest, _ := strings.Cut(got.stdout, "\n")
+			if got.code != tt.wantCode || code != fakes.DeviceUserCode || !regexp.MustCompile(tt.wantStdout).MatchString(rest) {
+				t.Errorf("%s: grant authorize --device: exit %d, stdout:\n%s\nwant exit %d, the user code %s, then %q", tt.name, got.code, got.stdout, tt.wantCode, fakes.DeviceUserCode, tt.wantStdout)
+			}
+			if !strings.Contains(got.stderr, f.URL+"/activate") || !strings.Contains(got.stderr, tt.wantStderr) {
+				t.Errorf("%s: grant authorize --device: stderr %q, want the verification URI and %q", tt.name, got.stderr, tt.wantStderr)
+			}
+		}
+		if got := dev.cli(t, "", nil, "token", "get", "tv-consent", "--account", "kiosk"); got.code != 0 || got.stdout != "device-at-3\n" {
+			t.Errorf("token get of the consented account: exit %d, stdout %q, stderr %q; want the token of the consent", got.code, got.stdout, got.stderr)
 		}
 	})
 

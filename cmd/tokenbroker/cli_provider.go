@@ -27,6 +27,7 @@ var grantTypeNames = map[string]tokenbrokerv1.GrantType{
 	"password":           tokenbrokerv1.GrantType_GRANT_TYPE_PASSWORD,
 	"authorization_code": tokenbrokerv1.GrantType_GRANT_TYPE_AUTHORIZATION_CODE,
 	"refresh_token":      tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN,
+	"device_code":        tokenbrokerv1.GrantType_GRANT_TYPE_DEVICE_CODE,
 }
 
 func parseGrantType(flag, s string) (tokenbrokerv1.GrantType, error) {
@@ -124,12 +125,13 @@ from --base-url; flags given explicitly win over the preset.`,
 	f.StringVar(&p.AuthorizeUrl, "authorize-url", "", "authorization endpoint URL (authorization_code grant)")
 	f.StringVar(&p.IntrospectionUrl, "introspection-url", "", "RFC 7662 introspection endpoint URL")
 	f.StringVar(&p.RevocationUrl, "revocation-url", "", "RFC 7009 revocation endpoint URL")
+	f.StringVar(&p.DeviceAuthorizationUrl, "device-authorization-url", "", "RFC 8628 device authorization endpoint URL (device_code grant)")
 	f.StringVar(&p.ClientId, "client-id", "", "the broker's client_id at the provider")
 	f.BoolVar(&secretStdin, "client-secret-stdin", false, "read the client secret from stdin")
 	f.StringVar(&secretEnv, "client-secret-env", "", "read the client secret from this environment variable")
 	f.StringVar(&authStyle, "auth-style", "", "client authentication at the token endpoint: basic, post or basic+post (default basic)")
 	f.StringSliceVar(&p.DefaultScopes, "scope", nil, "default scope, repeatable or comma-separated")
-	f.StringSliceVar(&grants, "grant", nil, "allowed grant, repeatable: client_credentials, password, authorization_code, refresh_token (default client_credentials)")
+	f.StringSliceVar(&grants, "grant", nil, "allowed grant, repeatable: client_credentials, password, authorization_code, device_code, refresh_token (default client_credentials)")
 	f.StringVar(&p.Preset, "preset", "", "preset of a known provider: mediacore, mediahound, mediavalet, mediaflow, mediahaven or oidc")
 	f.StringVar(&p.BaseUrl, "base-url", "", "the preset's base URL: the instance, or the OIDC issuer")
 	f.BoolVar(&p.Pkce, "pkce", false, "send an S256 PKCE challenge with authorization requests")
@@ -276,6 +278,7 @@ func (c *cli) printProvider(p *tokenbrokerv1.Provider) error {
 		{"AUTHORIZE URL", cell(p.GetAuthorizeUrl())},
 		{"INTROSPECTION URL", cell(p.GetIntrospectionUrl())},
 		{"REVOCATION URL", cell(p.GetRevocationUrl())},
+		{"DEVICE AUTHORIZATION URL", cell(p.GetDeviceAuthorizationUrl())},
 		{"REDIRECT URI", cell(p.GetRedirectUri())},
 		{"CLIENT ID", cell(p.GetClientId())},
 		{"CLIENT SECRET", secretCell(p.GetClientSecret())},

@@ -95,6 +95,9 @@ const (
 	GrantType_GRANT_TYPE_AUTHORIZATION_CODE GrantType = 3
 	// RFC 6749 section 6.
 	GrantType_GRANT_TYPE_REFRESH_TOKEN GrantType = 4
+	// RFC 8628 (device authorization grant,
+	// urn:ietf:params:oauth:grant-type:device_code).
+	GrantType_GRANT_TYPE_DEVICE_CODE GrantType = 6
 )
 
 // Enum value maps for GrantType.
@@ -105,6 +108,7 @@ var (
 		2: "GRANT_TYPE_PASSWORD",
 		3: "GRANT_TYPE_AUTHORIZATION_CODE",
 		4: "GRANT_TYPE_REFRESH_TOKEN",
+		6: "GRANT_TYPE_DEVICE_CODE",
 	}
 	GrantType_value = map[string]int32{
 		"GRANT_TYPE_UNSPECIFIED":        0,
@@ -112,6 +116,7 @@ var (
 		"GRANT_TYPE_PASSWORD":           2,
 		"GRANT_TYPE_AUTHORIZATION_CODE": 3,
 		"GRANT_TYPE_REFRESH_TOKEN":      4,
+		"GRANT_TYPE_DEVICE_CODE":        6,
 	}
 )
 
@@ -140,6 +145,60 @@ func (x GrantType) Number() protoreflect.EnumNumber {
 // Deprecated: Use GrantType.Descriptor instead.
 func (GrantType) EnumDescriptor() ([]byte, []int) {
 	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+// AuthorizationFlow is how a person consents to an account.
+type AuthorizationFlow int32
+
+const (
+	// Not set: the authorization code flow.
+	AuthorizationFlow_AUTHORIZATION_FLOW_UNSPECIFIED AuthorizationFlow = 0
+	// The browser redirect flow (RFC 6749 section 4.1).
+	AuthorizationFlow_AUTHORIZATION_FLOW_AUTHORIZATION_CODE AuthorizationFlow = 1
+	// The device authorization grant (RFC 8628): a user code entered at the
+	// provider's verification URI, on any device.
+	AuthorizationFlow_AUTHORIZATION_FLOW_DEVICE_CODE AuthorizationFlow = 2
+)
+
+// Enum value maps for AuthorizationFlow.
+var (
+	AuthorizationFlow_name = map[int32]string{
+		0: "AUTHORIZATION_FLOW_UNSPECIFIED",
+		1: "AUTHORIZATION_FLOW_AUTHORIZATION_CODE",
+		2: "AUTHORIZATION_FLOW_DEVICE_CODE",
+	}
+	AuthorizationFlow_value = map[string]int32{
+		"AUTHORIZATION_FLOW_UNSPECIFIED":        0,
+		"AUTHORIZATION_FLOW_AUTHORIZATION_CODE": 1,
+		"AUTHORIZATION_FLOW_DEVICE_CODE":        2,
+	}
+)
+
+func (x AuthorizationFlow) Enum() *AuthorizationFlow {
+	p := new(AuthorizationFlow)
+	*p = x
+	return p
+}
+
+func (x AuthorizationFlow) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AuthorizationFlow) Descriptor() protoreflect.EnumDescriptor {
+	return file_tokenbroker_v1_admin_proto_enumTypes[2].Descriptor()
+}
+
+func (AuthorizationFlow) Type() protoreflect.EnumType {
+	return &file_tokenbroker_v1_admin_proto_enumTypes[2]
+}
+
+func (x AuthorizationFlow) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AuthorizationFlow.Descriptor instead.
+func (AuthorizationFlow) EnumDescriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 // GrantHealth is the state of a grant.
@@ -192,11 +251,11 @@ func (x GrantHealth) String() string {
 }
 
 func (GrantHealth) Descriptor() protoreflect.EnumDescriptor {
-	return file_tokenbroker_v1_admin_proto_enumTypes[2].Descriptor()
+	return file_tokenbroker_v1_admin_proto_enumTypes[3].Descriptor()
 }
 
 func (GrantHealth) Type() protoreflect.EnumType {
-	return &file_tokenbroker_v1_admin_proto_enumTypes[2]
+	return &file_tokenbroker_v1_admin_proto_enumTypes[3]
 }
 
 func (x GrantHealth) Number() protoreflect.EnumNumber {
@@ -205,7 +264,7 @@ func (x GrantHealth) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use GrantHealth.Descriptor instead.
 func (GrantHealth) EnumDescriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 // WebhookDeliveryStatus is where one delivery stands.
@@ -253,11 +312,11 @@ func (x WebhookDeliveryStatus) String() string {
 }
 
 func (WebhookDeliveryStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_tokenbroker_v1_admin_proto_enumTypes[3].Descriptor()
+	return file_tokenbroker_v1_admin_proto_enumTypes[4].Descriptor()
 }
 
 func (WebhookDeliveryStatus) Type() protoreflect.EnumType {
-	return &file_tokenbroker_v1_admin_proto_enumTypes[3]
+	return &file_tokenbroker_v1_admin_proto_enumTypes[4]
 }
 
 func (x WebhookDeliveryStatus) Number() protoreflect.EnumNumber {
@@ -266,7 +325,7 @@ func (x WebhookDeliveryStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WebhookDeliveryStatus.Descriptor instead.
 func (WebhookDeliveryStatus) EnumDescriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 // SecretInfo describes a stored secret without revealing it.
@@ -407,8 +466,10 @@ type Provider struct {
 	// Output only: what the broker learned of refresh_revokes_access_token
 	// through the introspection endpoint; unset until it has.
 	LearnedRefreshRevokesAccessToken *bool `protobuf:"varint,26,opt,name=learned_refresh_revokes_access_token,json=learnedRefreshRevokesAccessToken,proto3,oneof" json:"learned_refresh_revokes_access_token,omitempty"`
-	unknownFields                    protoimpl.UnknownFields
-	sizeCache                        protoimpl.SizeCache
+	// RFC 8628 device authorization endpoint URL, for the device_code grant.
+	DeviceAuthorizationUrl string `protobuf:"bytes,40,opt,name=device_authorization_url,json=deviceAuthorizationUrl,proto3" json:"device_authorization_url,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *Provider) Reset() {
@@ -621,6 +682,13 @@ func (x *Provider) GetLearnedRefreshRevokesAccessToken() bool {
 		return *x.LearnedRefreshRevokesAccessToken
 	}
 	return false
+}
+
+func (x *Provider) GetDeviceAuthorizationUrl() string {
+	if x != nil {
+		return x.DeviceAuthorizationUrl
+	}
+	return ""
 }
 
 // PutProviderRequest creates or replaces a provider.
@@ -1152,7 +1220,8 @@ type PutAccountRequest struct {
 	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
 	// The account's name.
 	Account string `protobuf:"bytes,2,opt,name=account,proto3" json:"account,omitempty"`
-	// GRANT_TYPE_PASSWORD or GRANT_TYPE_AUTHORIZATION_CODE.
+	// GRANT_TYPE_PASSWORD, GRANT_TYPE_AUTHORIZATION_CODE or
+	// GRANT_TYPE_DEVICE_CODE.
 	GrantType GrantType `protobuf:"varint,3,opt,name=grant_type,json=grantType,proto3,enum=tokenbroker.v1.GrantType" json:"grant_type,omitempty"`
 	// The resource owner's username (password grant).
 	Username string `protobuf:"bytes,4,opt,name=username,proto3" json:"username,omitempty"`
@@ -1292,7 +1361,9 @@ type StartAuthorizationRequest struct {
 	// The account's name.
 	Account string `protobuf:"bytes,2,opt,name=account,proto3" json:"account,omitempty"`
 	// Scopes to ask consent for; empty means the account's or the provider's.
-	Scopes        []string `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	Scopes []string `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// The consent flow; the authorization code flow when unset.
+	Flow          AuthorizationFlow `protobuf:"varint,4,opt,name=flow,proto3,enum=tokenbroker.v1.AuthorizationFlow" json:"flow,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1348,15 +1419,34 @@ func (x *StartAuthorizationRequest) GetScopes() []string {
 	return nil
 }
 
+func (x *StartAuthorizationRequest) GetFlow() AuthorizationFlow {
+	if x != nil {
+		return x.Flow
+	}
+	return AuthorizationFlow_AUTHORIZATION_FLOW_UNSPECIFIED
+}
+
 // StartAuthorizationResponse tells where to send the person.
 type StartAuthorizationResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The provider's authorize URL to open in a browser.
+	// The provider's authorize URL to open in a browser (authorization code
+	// flow).
 	AuthorizeUrl string `protobuf:"bytes,1,opt,name=authorize_url,json=authorizeUrl,proto3" json:"authorize_url,omitempty"`
-	// The single-use state bound to this provider and account.
+	// The single-use state bound to this provider and account (authorization
+	// code flow).
 	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	// When the state stops being accepted.
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// When the state (or the device flow's user code) stops being accepted.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The code the person enters at verification_uri (device flow).
+	UserCode string `protobuf:"bytes,4,opt,name=user_code,json=userCode,proto3" json:"user_code,omitempty"`
+	// Where the person enters user_code (device flow).
+	VerificationUri string `protobuf:"bytes,5,opt,name=verification_uri,json=verificationUri,proto3" json:"verification_uri,omitempty"`
+	// verification_uri with the user code in it, when the provider sends one
+	// (device flow): a link or QR code needs no typing.
+	VerificationUriComplete string `protobuf:"bytes,6,opt,name=verification_uri_complete,json=verificationUriComplete,proto3" json:"verification_uri_complete,omitempty"`
+	// How often the broker polls the provider at first (device flow); a
+	// slow_down answer makes it 5 s longer.
+	Interval      *durationpb.Duration `protobuf:"bytes,7,opt,name=interval,proto3" json:"interval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1408,6 +1498,34 @@ func (x *StartAuthorizationResponse) GetState() string {
 func (x *StartAuthorizationResponse) GetExpireTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *StartAuthorizationResponse) GetUserCode() string {
+	if x != nil {
+		return x.UserCode
+	}
+	return ""
+}
+
+func (x *StartAuthorizationResponse) GetVerificationUri() string {
+	if x != nil {
+		return x.VerificationUri
+	}
+	return ""
+}
+
+func (x *StartAuthorizationResponse) GetVerificationUriComplete() string {
+	if x != nil {
+		return x.VerificationUriComplete
+	}
+	return ""
+}
+
+func (x *StartAuthorizationResponse) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
 	}
 	return nil
 }
@@ -3234,7 +3352,7 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x03set\x18\x01 \x01(\bR\x03set\x12 \n" +
 	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\x12;\n" +
 	"\vupdate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xdc\f\n" +
+	"updateTime\"\x96\r\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\ttoken_url\x18\x02 \x01(\tR\btokenUrl\x12#\n" +
@@ -3266,7 +3384,8 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"keep_alive\x18\x18 \x01(\v2\x19.google.protobuf.DurationR\tkeepAlive\x12D\n" +
 	"\x1crefresh_revokes_access_token\x18\x19 \x01(\bH\x00R\x19refreshRevokesAccessToken\x88\x01\x01\x12S\n" +
-	"$learned_refresh_revokes_access_token\x18\x1a \x01(\bH\x01R learnedRefreshRevokesAccessToken\x88\x01\x01\x1aA\n" +
+	"$learned_refresh_revokes_access_token\x18\x1a \x01(\bH\x01R learnedRefreshRevokesAccessToken\x88\x01\x01\x128\n" +
+	"\x18device_authorization_url\x18( \x01(\tR\x16deviceAuthorizationUrl\x1aA\n" +
 	"\x13GrantTokenUrlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -3320,16 +3439,21 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\bpassword\x18\x05 \x01(\tR\bpassword\x12\x16\n" +
 	"\x06scopes\x18\x06 \x03(\tR\x06scopes\"A\n" +
 	"\x12PutAccountResponse\x12+\n" +
-	"\x05grant\x18\x01 \x01(\v2\x15.tokenbroker.v1.GrantR\x05grant\"i\n" +
+	"\x05grant\x18\x01 \x01(\v2\x15.tokenbroker.v1.GrantR\x05grant\"\xa0\x01\n" +
 	"\x19StartAuthorizationRequest\x12\x1a\n" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x18\n" +
 	"\aaccount\x18\x02 \x01(\tR\aaccount\x12\x16\n" +
-	"\x06scopes\x18\x03 \x03(\tR\x06scopes\"\x94\x01\n" +
+	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x125\n" +
+	"\x04flow\x18\x04 \x01(\x0e2!.tokenbroker.v1.AuthorizationFlowR\x04flow\"\xcf\x02\n" +
 	"\x1aStartAuthorizationResponse\x12#\n" +
 	"\rauthorize_url\x18\x01 \x01(\tR\fauthorizeUrl\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"/\n" +
+	"expireTime\x12\x1b\n" +
+	"\tuser_code\x18\x04 \x01(\tR\buserCode\x12)\n" +
+	"\x10verification_uri\x18\x05 \x01(\tR\x0fverificationUri\x12:\n" +
+	"\x19verification_uri_complete\x18\x06 \x01(\tR\x17verificationUriComplete\x125\n" +
+	"\binterval\x18\a \x01(\v2\x19.google.protobuf.DurationR\binterval\"/\n" +
 	"\x11ListGrantsRequest\x12\x1a\n" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\"C\n" +
 	"\x12ListGrantsResponse\x12-\n" +
@@ -3445,13 +3569,18 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x1dCLIENT_AUTH_STYLE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17CLIENT_AUTH_STYLE_BASIC\x10\x01\x12\x1a\n" +
 	"\x16CLIENT_AUTH_STYLE_POST\x10\x02\x12$\n" +
-	" CLIENT_AUTH_STYLE_BASIC_AND_POST\x10\x03*\xa4\x01\n" +
+	" CLIENT_AUTH_STYLE_BASIC_AND_POST\x10\x03*\xc0\x01\n" +
 	"\tGrantType\x12\x1a\n" +
 	"\x16GRANT_TYPE_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dGRANT_TYPE_CLIENT_CREDENTIALS\x10\x01\x12\x17\n" +
 	"\x13GRANT_TYPE_PASSWORD\x10\x02\x12!\n" +
 	"\x1dGRANT_TYPE_AUTHORIZATION_CODE\x10\x03\x12\x1c\n" +
-	"\x18GRANT_TYPE_REFRESH_TOKEN\x10\x04*\xbc\x01\n" +
+	"\x18GRANT_TYPE_REFRESH_TOKEN\x10\x04\x12\x1a\n" +
+	"\x16GRANT_TYPE_DEVICE_CODE\x10\x06*\x86\x01\n" +
+	"\x11AuthorizationFlow\x12\"\n" +
+	"\x1eAUTHORIZATION_FLOW_UNSPECIFIED\x10\x00\x12)\n" +
+	"%AUTHORIZATION_FLOW_AUTHORIZATION_CODE\x10\x01\x12\"\n" +
+	"\x1eAUTHORIZATION_FLOW_DEVICE_CODE\x10\x02*\xbc\x01\n" +
 	"\vGrantHealth\x12\x1c\n" +
 	"\x18GRANT_HEALTH_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fGRANT_HEALTH_OK\x10\x01\x12\x1b\n" +
@@ -3504,164 +3633,167 @@ func file_tokenbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_tokenbroker_v1_admin_proto_rawDescData
 }
 
-var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
 var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_tokenbroker_v1_admin_proto_goTypes = []any{
 	(ClientAuthStyle)(0),                  // 0: tokenbroker.v1.ClientAuthStyle
 	(GrantType)(0),                        // 1: tokenbroker.v1.GrantType
-	(GrantHealth)(0),                      // 2: tokenbroker.v1.GrantHealth
-	(WebhookDeliveryStatus)(0),            // 3: tokenbroker.v1.WebhookDeliveryStatus
-	(*SecretInfo)(nil),                    // 4: tokenbroker.v1.SecretInfo
-	(*Provider)(nil),                      // 5: tokenbroker.v1.Provider
-	(*PutProviderRequest)(nil),            // 6: tokenbroker.v1.PutProviderRequest
-	(*PutProviderResponse)(nil),           // 7: tokenbroker.v1.PutProviderResponse
-	(*GetProviderRequest)(nil),            // 8: tokenbroker.v1.GetProviderRequest
-	(*GetProviderResponse)(nil),           // 9: tokenbroker.v1.GetProviderResponse
-	(*ListProvidersRequest)(nil),          // 10: tokenbroker.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),         // 11: tokenbroker.v1.ListProvidersResponse
-	(*DeleteProviderRequest)(nil),         // 12: tokenbroker.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil),        // 13: tokenbroker.v1.DeleteProviderResponse
-	(*Grant)(nil),                         // 14: tokenbroker.v1.Grant
-	(*PutAccountRequest)(nil),             // 15: tokenbroker.v1.PutAccountRequest
-	(*PutAccountResponse)(nil),            // 16: tokenbroker.v1.PutAccountResponse
-	(*StartAuthorizationRequest)(nil),     // 17: tokenbroker.v1.StartAuthorizationRequest
-	(*StartAuthorizationResponse)(nil),    // 18: tokenbroker.v1.StartAuthorizationResponse
-	(*ListGrantsRequest)(nil),             // 19: tokenbroker.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),            // 20: tokenbroker.v1.ListGrantsResponse
-	(*RevokeGrantRequest)(nil),            // 21: tokenbroker.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),           // 22: tokenbroker.v1.RevokeGrantResponse
-	(*ApiKey)(nil),                        // 23: tokenbroker.v1.ApiKey
-	(*CreateApiKeyRequest)(nil),           // 24: tokenbroker.v1.CreateApiKeyRequest
-	(*CreateApiKeyResponse)(nil),          // 25: tokenbroker.v1.CreateApiKeyResponse
-	(*ListApiKeysRequest)(nil),            // 26: tokenbroker.v1.ListApiKeysRequest
-	(*ListApiKeysResponse)(nil),           // 27: tokenbroker.v1.ListApiKeysResponse
-	(*RetireApiKeyRequest)(nil),           // 28: tokenbroker.v1.RetireApiKeyRequest
-	(*RetireApiKeyResponse)(nil),          // 29: tokenbroker.v1.RetireApiKeyResponse
-	(*RotateClientSecretRequest)(nil),     // 30: tokenbroker.v1.RotateClientSecretRequest
-	(*RotateClientSecretResponse)(nil),    // 31: tokenbroker.v1.RotateClientSecretResponse
-	(*Event)(nil),                         // 32: tokenbroker.v1.Event
-	(*ListEventsRequest)(nil),             // 33: tokenbroker.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),            // 34: tokenbroker.v1.ListEventsResponse
-	(*WatchEventsRequest)(nil),            // 35: tokenbroker.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),           // 36: tokenbroker.v1.WatchEventsResponse
-	(*Webhook)(nil),                       // 37: tokenbroker.v1.Webhook
-	(*PutWebhookRequest)(nil),             // 38: tokenbroker.v1.PutWebhookRequest
-	(*PutWebhookResponse)(nil),            // 39: tokenbroker.v1.PutWebhookResponse
-	(*GetWebhookRequest)(nil),             // 40: tokenbroker.v1.GetWebhookRequest
-	(*GetWebhookResponse)(nil),            // 41: tokenbroker.v1.GetWebhookResponse
-	(*ListWebhooksRequest)(nil),           // 42: tokenbroker.v1.ListWebhooksRequest
-	(*ListWebhooksResponse)(nil),          // 43: tokenbroker.v1.ListWebhooksResponse
-	(*DeleteWebhookRequest)(nil),          // 44: tokenbroker.v1.DeleteWebhookRequest
-	(*DeleteWebhookResponse)(nil),         // 45: tokenbroker.v1.DeleteWebhookResponse
-	(*WebhookDelivery)(nil),               // 46: tokenbroker.v1.WebhookDelivery
-	(*ListWebhookDeliveriesRequest)(nil),  // 47: tokenbroker.v1.ListWebhookDeliveriesRequest
-	(*ListWebhookDeliveriesResponse)(nil), // 48: tokenbroker.v1.ListWebhookDeliveriesResponse
-	(*RedeliverWebhookRequest)(nil),       // 49: tokenbroker.v1.RedeliverWebhookRequest
-	(*RedeliverWebhookResponse)(nil),      // 50: tokenbroker.v1.RedeliverWebhookResponse
-	nil,                                   // 51: tokenbroker.v1.Provider.GrantTokenUrlsEntry
-	nil,                                   // 52: tokenbroker.v1.Provider.TokenParamsEntry
-	(*timestamppb.Timestamp)(nil),         // 53: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 54: google.protobuf.Duration
+	(AuthorizationFlow)(0),                // 2: tokenbroker.v1.AuthorizationFlow
+	(GrantHealth)(0),                      // 3: tokenbroker.v1.GrantHealth
+	(WebhookDeliveryStatus)(0),            // 4: tokenbroker.v1.WebhookDeliveryStatus
+	(*SecretInfo)(nil),                    // 5: tokenbroker.v1.SecretInfo
+	(*Provider)(nil),                      // 6: tokenbroker.v1.Provider
+	(*PutProviderRequest)(nil),            // 7: tokenbroker.v1.PutProviderRequest
+	(*PutProviderResponse)(nil),           // 8: tokenbroker.v1.PutProviderResponse
+	(*GetProviderRequest)(nil),            // 9: tokenbroker.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),           // 10: tokenbroker.v1.GetProviderResponse
+	(*ListProvidersRequest)(nil),          // 11: tokenbroker.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),         // 12: tokenbroker.v1.ListProvidersResponse
+	(*DeleteProviderRequest)(nil),         // 13: tokenbroker.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),        // 14: tokenbroker.v1.DeleteProviderResponse
+	(*Grant)(nil),                         // 15: tokenbroker.v1.Grant
+	(*PutAccountRequest)(nil),             // 16: tokenbroker.v1.PutAccountRequest
+	(*PutAccountResponse)(nil),            // 17: tokenbroker.v1.PutAccountResponse
+	(*StartAuthorizationRequest)(nil),     // 18: tokenbroker.v1.StartAuthorizationRequest
+	(*StartAuthorizationResponse)(nil),    // 19: tokenbroker.v1.StartAuthorizationResponse
+	(*ListGrantsRequest)(nil),             // 20: tokenbroker.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),            // 21: tokenbroker.v1.ListGrantsResponse
+	(*RevokeGrantRequest)(nil),            // 22: tokenbroker.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),           // 23: tokenbroker.v1.RevokeGrantResponse
+	(*ApiKey)(nil),                        // 24: tokenbroker.v1.ApiKey
+	(*CreateApiKeyRequest)(nil),           // 25: tokenbroker.v1.CreateApiKeyRequest
+	(*CreateApiKeyResponse)(nil),          // 26: tokenbroker.v1.CreateApiKeyResponse
+	(*ListApiKeysRequest)(nil),            // 27: tokenbroker.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),           // 28: tokenbroker.v1.ListApiKeysResponse
+	(*RetireApiKeyRequest)(nil),           // 29: tokenbroker.v1.RetireApiKeyRequest
+	(*RetireApiKeyResponse)(nil),          // 30: tokenbroker.v1.RetireApiKeyResponse
+	(*RotateClientSecretRequest)(nil),     // 31: tokenbroker.v1.RotateClientSecretRequest
+	(*RotateClientSecretResponse)(nil),    // 32: tokenbroker.v1.RotateClientSecretResponse
+	(*Event)(nil),                         // 33: tokenbroker.v1.Event
+	(*ListEventsRequest)(nil),             // 34: tokenbroker.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),            // 35: tokenbroker.v1.ListEventsResponse
+	(*WatchEventsRequest)(nil),            // 36: tokenbroker.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),           // 37: tokenbroker.v1.WatchEventsResponse
+	(*Webhook)(nil),                       // 38: tokenbroker.v1.Webhook
+	(*PutWebhookRequest)(nil),             // 39: tokenbroker.v1.PutWebhookRequest
+	(*PutWebhookResponse)(nil),            // 40: tokenbroker.v1.PutWebhookResponse
+	(*GetWebhookRequest)(nil),             // 41: tokenbroker.v1.GetWebhookRequest
+	(*GetWebhookResponse)(nil),            // 42: tokenbroker.v1.GetWebhookResponse
+	(*ListWebhooksRequest)(nil),           // 43: tokenbroker.v1.ListWebhooksRequest
+	(*ListWebhooksResponse)(nil),          // 44: tokenbroker.v1.ListWebhooksResponse
+	(*DeleteWebhookRequest)(nil),          // 45: tokenbroker.v1.DeleteWebhookRequest
+	(*DeleteWebhookResponse)(nil),         // 46: tokenbroker.v1.DeleteWebhookResponse
+	(*WebhookDelivery)(nil),               // 47: tokenbroker.v1.WebhookDelivery
+	(*ListWebhookDeliveriesRequest)(nil),  // 48: tokenbroker.v1.ListWebhookDeliveriesRequest
+	(*ListWebhookDeliveriesResponse)(nil), // 49: tokenbroker.v1.ListWebhookDeliveriesResponse
+	(*RedeliverWebhookRequest)(nil),       // 50: tokenbroker.v1.RedeliverWebhookRequest
+	(*RedeliverWebhookResponse)(nil),      // 51: tokenbroker.v1.RedeliverWebhookResponse
+	nil,                                   // 52: tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	nil,                                   // 53: tokenbroker.v1.Provider.TokenParamsEntry
+	(*timestamppb.Timestamp)(nil),         // 54: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 55: google.protobuf.Duration
 }
 var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
-	53, // 0: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
-	51, // 1: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
-	4,  // 2: tokenbroker.v1.Provider.client_secret:type_name -> tokenbroker.v1.SecretInfo
+	54, // 0: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
+	52, // 1: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	5,  // 2: tokenbroker.v1.Provider.client_secret:type_name -> tokenbroker.v1.SecretInfo
 	0,  // 3: tokenbroker.v1.Provider.client_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	52, // 4: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
+	53, // 4: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
 	1,  // 5: tokenbroker.v1.Provider.grant_types:type_name -> tokenbroker.v1.GrantType
-	54, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
-	53, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	53, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	55, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
+	54, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	54, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 9: tokenbroker.v1.Provider.introspection_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	54, // 10: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
-	54, // 11: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
-	54, // 12: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
-	5,  // 13: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
-	5,  // 14: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	5,  // 15: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	5,  // 16: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
+	55, // 10: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
+	55, // 11: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
+	55, // 12: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
+	6,  // 13: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
+	6,  // 14: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	6,  // 15: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	6,  // 16: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
 	1,  // 17: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
-	4,  // 18: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
-	4,  // 19: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
-	2,  // 20: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
-	53, // 21: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
-	53, // 22: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
-	53, // 23: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	53, // 24: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
+	5,  // 18: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
+	5,  // 19: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
+	3,  // 20: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
+	54, // 21: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
+	54, // 22: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
+	54, // 23: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	54, // 24: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
 	1,  // 25: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
-	14, // 26: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
-	53, // 27: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
-	14, // 28: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
-	53, // 29: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
-	53, // 30: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
-	23, // 31: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
-	23, // 32: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
-	54, // 33: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
-	5,  // 34: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
-	53, // 35: tokenbroker.v1.Event.time:type_name -> google.protobuf.Timestamp
-	2,  // 36: tokenbroker.v1.Event.health_before:type_name -> tokenbroker.v1.GrantHealth
-	2,  // 37: tokenbroker.v1.Event.health_after:type_name -> tokenbroker.v1.GrantHealth
-	32, // 38: tokenbroker.v1.ListEventsResponse.events:type_name -> tokenbroker.v1.Event
-	32, // 39: tokenbroker.v1.WatchEventsResponse.event:type_name -> tokenbroker.v1.Event
-	4,  // 40: tokenbroker.v1.Webhook.secret:type_name -> tokenbroker.v1.SecretInfo
-	53, // 41: tokenbroker.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
-	53, // 42: tokenbroker.v1.Webhook.update_time:type_name -> google.protobuf.Timestamp
-	53, // 43: tokenbroker.v1.Webhook.paused_until:type_name -> google.protobuf.Timestamp
-	37, // 44: tokenbroker.v1.PutWebhookRequest.webhook:type_name -> tokenbroker.v1.Webhook
-	37, // 45: tokenbroker.v1.PutWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
-	37, // 46: tokenbroker.v1.GetWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
-	37, // 47: tokenbroker.v1.ListWebhooksResponse.webhooks:type_name -> tokenbroker.v1.Webhook
-	3,  // 48: tokenbroker.v1.WebhookDelivery.status:type_name -> tokenbroker.v1.WebhookDeliveryStatus
-	53, // 49: tokenbroker.v1.WebhookDelivery.first_attempt_time:type_name -> google.protobuf.Timestamp
-	53, // 50: tokenbroker.v1.WebhookDelivery.last_attempt_time:type_name -> google.protobuf.Timestamp
-	53, // 51: tokenbroker.v1.WebhookDelivery.next_attempt_time:type_name -> google.protobuf.Timestamp
-	46, // 52: tokenbroker.v1.ListWebhookDeliveriesResponse.deliveries:type_name -> tokenbroker.v1.WebhookDelivery
-	6,  // 53: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
-	8,  // 54: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
-	10, // 55: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
-	12, // 56: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
-	30, // 57: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
-	15, // 58: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
-	17, // 59: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
-	19, // 60: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
-	21, // 61: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
-	24, // 62: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
-	26, // 63: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
-	28, // 64: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
-	33, // 65: tokenbroker.v1.AdminService.ListEvents:input_type -> tokenbroker.v1.ListEventsRequest
-	35, // 66: tokenbroker.v1.AdminService.WatchEvents:input_type -> tokenbroker.v1.WatchEventsRequest
-	38, // 67: tokenbroker.v1.AdminService.PutWebhook:input_type -> tokenbroker.v1.PutWebhookRequest
-	40, // 68: tokenbroker.v1.AdminService.GetWebhook:input_type -> tokenbroker.v1.GetWebhookRequest
-	42, // 69: tokenbroker.v1.AdminService.ListWebhooks:input_type -> tokenbroker.v1.ListWebhooksRequest
-	44, // 70: tokenbroker.v1.AdminService.DeleteWebhook:input_type -> tokenbroker.v1.DeleteWebhookRequest
-	47, // 71: tokenbroker.v1.AdminService.ListWebhookDeliveries:input_type -> tokenbroker.v1.ListWebhookDeliveriesRequest
-	49, // 72: tokenbroker.v1.AdminService.RedeliverWebhook:input_type -> tokenbroker.v1.RedeliverWebhookRequest
-	7,  // 73: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
-	9,  // 74: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
-	11, // 75: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
-	13, // 76: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
-	31, // 77: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
-	16, // 78: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
-	18, // 79: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
-	20, // 80: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
-	22, // 81: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
-	25, // 82: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
-	27, // 83: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
-	29, // 84: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
-	34, // 85: tokenbroker.v1.AdminService.ListEvents:output_type -> tokenbroker.v1.ListEventsResponse
-	36, // 86: tokenbroker.v1.AdminService.WatchEvents:output_type -> tokenbroker.v1.WatchEventsResponse
-	39, // 87: tokenbroker.v1.AdminService.PutWebhook:output_type -> tokenbroker.v1.PutWebhookResponse
-	41, // 88: tokenbroker.v1.AdminService.GetWebhook:output_type -> tokenbroker.v1.GetWebhookResponse
-	43, // 89: tokenbroker.v1.AdminService.ListWebhooks:output_type -> tokenbroker.v1.ListWebhooksResponse
-	45, // 90: tokenbroker.v1.AdminService.DeleteWebhook:output_type -> tokenbroker.v1.DeleteWebhookResponse
-	48, // 91: tokenbroker.v1.AdminService.ListWebhookDeliveries:output_type -> tokenbroker.v1.ListWebhookDeliveriesResponse
-	50, // 92: tokenbroker.v1.AdminService.RedeliverWebhook:output_type -> tokenbroker.v1.RedeliverWebhookResponse
-	73, // [73:93] is the sub-list for method output_type
-	53, // [53:73] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	15, // 26: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
+	2,  // 27: tokenbroker.v1.StartAuthorizationRequest.flow:type_name -> tokenbroker.v1.AuthorizationFlow
+	54, // 28: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	55, // 29: tokenbroker.v1.StartAuthorizationResponse.interval:type_name -> google.protobuf.Duration
+	15, // 30: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
+	54, // 31: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
+	54, // 32: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
+	24, // 33: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
+	24, // 34: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
+	55, // 35: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
+	6,  // 36: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
+	54, // 37: tokenbroker.v1.Event.time:type_name -> google.protobuf.Timestamp
+	3,  // 38: tokenbroker.v1.Event.health_before:type_name -> tokenbroker.v1.GrantHealth
+	3,  // 39: tokenbroker.v1.Event.health_after:type_name -> tokenbroker.v1.GrantHealth
+	33, // 40: tokenbroker.v1.ListEventsResponse.events:type_name -> tokenbroker.v1.Event
+	33, // 41: tokenbroker.v1.WatchEventsResponse.event:type_name -> tokenbroker.v1.Event
+	5,  // 42: tokenbroker.v1.Webhook.secret:type_name -> tokenbroker.v1.SecretInfo
+	54, // 43: tokenbroker.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
+	54, // 44: tokenbroker.v1.Webhook.update_time:type_name -> google.protobuf.Timestamp
+	54, // 45: tokenbroker.v1.Webhook.paused_until:type_name -> google.protobuf.Timestamp
+	38, // 46: tokenbroker.v1.PutWebhookRequest.webhook:type_name -> tokenbroker.v1.Webhook
+	38, // 47: tokenbroker.v1.PutWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
+	38, // 48: tokenbroker.v1.GetWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
+	38, // 49: tokenbroker.v1.ListWebhooksResponse.webhooks:type_name -> tokenbroker.v1.Webhook
+	4,  // 50: tokenbroker.v1.WebhookDelivery.status:type_name -> tokenbroker.v1.WebhookDeliveryStatus
+	54, // 51: tokenbroker.v1.WebhookDelivery.first_attempt_time:type_name -> google.protobuf.Timestamp
+	54, // 52: tokenbroker.v1.WebhookDelivery.last_attempt_time:type_name -> google.protobuf.Timestamp
+	54, // 53: tokenbroker.v1.WebhookDelivery.next_attempt_time:type_name -> google.protobuf.Timestamp
+	47, // 54: tokenbroker.v1.ListWebhookDeliveriesResponse.deliveries:type_name -> tokenbroker.v1.WebhookDelivery
+	7,  // 55: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
+	9,  // 56: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
+	11, // 57: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
+	13, // 58: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
+	31, // 59: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
+	16, // 60: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
+	18, // 61: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
+	20, // 62: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
+	22, // 63: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
+	25, // 64: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
+	27, // 65: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
+	29, // 66: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
+	34, // 67: tokenbroker.v1.AdminService.ListEvents:input_type -> tokenbroker.v1.ListEventsRequest
+	36, // 68: tokenbroker.v1.AdminService.WatchEvents:input_type -> tokenbroker.v1.WatchEventsRequest
+	39, // 69: tokenbroker.v1.AdminService.PutWebhook:input_type -> tokenbroker.v1.PutWebhookRequest
+	41, // 70: tokenbroker.v1.AdminService.GetWebhook:input_type -> tokenbroker.v1.GetWebhookRequest
+	43, // 71: tokenbroker.v1.AdminService.ListWebhooks:input_type -> tokenbroker.v1.ListWebhooksRequest
+	45, // 72: tokenbroker.v1.AdminService.DeleteWebhook:input_type -> tokenbroker.v1.DeleteWebhookRequest
+	48, // 73: tokenbroker.v1.AdminService.ListWebhookDeliveries:input_type -> tokenbroker.v1.ListWebhookDeliveriesRequest
+	50, // 74: tokenbroker.v1.AdminService.RedeliverWebhook:input_type -> tokenbroker.v1.RedeliverWebhookRequest
+	8,  // 75: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
+	10, // 76: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
+	12, // 77: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
+	14, // 78: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
+	32, // 79: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
+	17, // 80: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
+	19, // 81: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
+	21, // 82: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
+	23, // 83: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
+	26, // 84: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
+	28, // 85: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
+	30, // 86: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
+	35, // 87: tokenbroker.v1.AdminService.ListEvents:output_type -> tokenbroker.v1.ListEventsResponse
+	37, // 88: tokenbroker.v1.AdminService.WatchEvents:output_type -> tokenbroker.v1.WatchEventsResponse
+	40, // 89: tokenbroker.v1.AdminService.PutWebhook:output_type -> tokenbroker.v1.PutWebhookResponse
+	42, // 90: tokenbroker.v1.AdminService.GetWebhook:output_type -> tokenbroker.v1.GetWebhookResponse
+	44, // 91: tokenbroker.v1.AdminService.ListWebhooks:output_type -> tokenbroker.v1.ListWebhooksResponse
+	46, // 92: tokenbroker.v1.AdminService.DeleteWebhook:output_type -> tokenbroker.v1.DeleteWebhookResponse
+	49, // 93: tokenbroker.v1.AdminService.ListWebhookDeliveries:output_type -> tokenbroker.v1.ListWebhookDeliveriesResponse
+	51, // 94: tokenbroker.v1.AdminService.RedeliverWebhook:output_type -> tokenbroker.v1.RedeliverWebhookResponse
+	75, // [75:95] is the sub-list for method output_type
+	55, // [55:75] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }
@@ -3675,7 +3807,7 @@ func file_tokenbroker_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_admin_proto_rawDesc), len(file_tokenbroker_v1_admin_proto_rawDesc)),
-			NumEnums:      4,
+			NumEnums:      5,
 			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   1,
