@@ -403,6 +403,12 @@ type ProviderConfig struct {
 	// endpoint, for the device_code grant (grant_types: [device_code,
 	// refresh_token]).
 	DeviceAuthorizationURL string `yaml:"device_authorization_url"`
+	// ClientCertificateFile (a PEM chain, the leaf first) and
+	// ClientCertificateKeyFile (its PEM private key) are presented on the
+	// TLS connection with client_auth_style tls_client_auth or
+	// self_signed_tls_client_auth (RFC 8705). The key is sealed in etcd.
+	ClientCertificateFile    string `yaml:"client_certificate_file"`
+	ClientCertificateKeyFile string `yaml:"client_certificate_key_file"`
 }
 
 // DefaultMetricsAddr keeps the metrics on the machine unless the file says
@@ -611,7 +617,7 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 		a, err := oauth.ParseAuthStyle(pc.ClientAuthStyle)
 		if err != nil {
 			// Reported here; Validate below checks the rest with the default.
-			errs = append(errs, fmt.Errorf("client_auth_style %q is not basic, post, basic+post or private_key_jwt", pc.ClientAuthStyle))
+			errs = append(errs, fmt.Errorf("client_auth_style %q is not basic, post, basic+post, private_key_jwt, tls_client_auth or self_signed_tls_client_auth", pc.ClientAuthStyle))
 		} else {
 			auth = a
 		}
@@ -640,6 +646,23 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 	}
 	p.PKCE, p.RedirectURL = pc.PKCE, pc.RedirectURL
 	p.DeviceAuthorizationURL = pc.DeviceAuthorizationURL
+	for _, f := range []struct {
+		name, path string
+		dst        *string
+	}{
+		{"client_certificate_file", pc.ClientCertificateFile, &p.ClientCertificate},
+		{"client_certificate_key_file", pc.ClientCertificateKeyFile, &p.ClientCertificateKey},
+	} {
+		if f.path == "" {
+			continue
+		}
+		data, err := os.ReadFile(f.path)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: cannot read %s", f.name, f.path))
+			continue
+		}
+		*f.dst = string(data)
+	}
 	p.ClientKeyAlgorithm, p.AssertionAudience = pc.ClientKeyAlgorithm, pc.ClientAssertionAudience
 	if pc.ClientKeyFile != "" {
 		data, err := os.ReadFile(pc.ClientKeyFile)

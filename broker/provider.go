@@ -75,6 +75,14 @@ type Provider struct {
 	// AssertionAudience is the aud of client assertions (the provider's
 	// issuer, for providers that want it); empty means the token endpoint.
 	AssertionAudience string
+	// ClientCertificate (a PEM chain, the leaf first) and
+	// ClientCertificateKey (its PEM private key, write-only) are presented
+	// on the TLS connection when ClientAuth (or IntrospectionAuth) is
+	// tls_client_auth or self_signed_tls_client_auth (RFC 8705).
+	// PutProvider keeps the stored pair when p brings neither.
+	ClientCertificate     string
+	ClientCertificateKey  string
+	CertificateUpdateTime time.Time
 	// DefaultScopes are requested when a caller names none.
 	DefaultScopes []string
 	// TokenParams are extra form parameters sent with every token request.
@@ -201,11 +209,12 @@ func (p *Provider) Validate() error {
 		errs = append(errs, tooLong("client_secret", len(p.ClientSecret), MaxClientSecretLen))
 	}
 	if _, ok := clientAuthMethods[p.ClientAuth]; !ok {
-		errs = append(errs, fmt.Errorf("client_auth_style %d is not one of basic, post, basic+post, private_key_jwt", p.ClientAuth))
+		errs = append(errs, fmt.Errorf("client_auth_style %d is not one of basic, post, basic+post, private_key_jwt, tls_client_auth, self_signed_tls_client_auth", p.ClientAuth))
 	}
 	if _, ok := clientAuthMethods[p.IntrospectionAuth]; !ok && p.IntrospectionAuth != 0 {
-		errs = append(errs, fmt.Errorf("introspection_auth_style %d is not one of basic, post, basic+post, private_key_jwt", p.IntrospectionAuth))
+		errs = append(errs, fmt.Errorf("introspection_auth_style %d is not one of basic, post, basic+post, private_key_jwt, tls_client_auth, self_signed_tls_client_auth", p.IntrospectionAuth))
 	}
+	errs = append(errs, p.validateClientCertificate()...)
 	if len(p.ClientKeys) > 1 {
 		errs = append(errs, errors.New("client_key: at most one key is imported at a time"))
 	}
@@ -428,6 +437,9 @@ var clientAuthMethods = map[oauth.AuthStyle]func(p *Provider, style oauth.AuthSt
 	oauth.AuthPost:          clientSecretAuth,
 	oauth.AuthBasicAndPost:  clientSecretAuth,
 	oauth.AuthPrivateKeyJWT: privateKeyJWTAuth,
+
+	oauth.AuthTLSClientAuth:           tlsClientAuth,
+	oauth.AuthSelfSignedTLSClientAuth: tlsClientAuth,
 }
 
 func clientSecretAuth(p *Provider, style oauth.AuthStyle, secret string) (oauth.ClientAuthenticator, error) {

@@ -116,6 +116,9 @@ type storedProvider struct {
 	ClientKeys           []storedClientKey `json:"client_keys,omitempty"`
 	ClientKeyAlgorithm   string            `json:"client_key_algorithm,omitempty"`
 	AssertionAudience    string            `json:"client_assertion_audience,omitempty"`
+	ClientCertificate    string            `json:"client_certificate,omitempty"`
+	ClientCertKey        []byte            `json:"client_certificate_key_sealed,omitempty"`
+	CertificateTime      time.Time         `json:"client_certificate_update_time,omitzero"`
 	CreateTime           time.Time         `json:"create_time"`
 	UpdateTime           time.Time         `json:"update_time"`
 }
@@ -137,7 +140,12 @@ func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	certKey, err := b.sealString(key, "client_certificate_key", p.ClientCertificateKey)
+	if err != nil {
+		return nil, err
+	}
 	s := storedProvider{
+		ClientCertificate: p.ClientCertificate, ClientCertKey: certKey, CertificateTime: p.CertificateUpdateTime,
 		ClientKeys: keys, ClientKeyAlgorithm: p.ClientKeyAlgorithm, AssertionAudience: p.AssertionAudience,
 		PreviousSecret: previous, PreviousSecretUntil: p.PreviousSecretUntil, ConfigSecretDigest: configDigest,
 		Name: p.Name, TokenURL: p.TokenURL, AuthorizeURL: p.AuthorizeURL,
@@ -192,7 +200,12 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 	if err != nil {
 		return nil, err
 	}
+	certKey, err := b.openString(key, "client_certificate_key", s.ClientCertKey)
+	if err != nil {
+		return nil, err
+	}
 	p := &Provider{
+		ClientCertificate: s.ClientCertificate, ClientCertificateKey: certKey, CertificateUpdateTime: s.CertificateTime,
 		ClientKeys: keys, ClientKeyAlgorithm: s.ClientKeyAlgorithm, AssertionAudience: s.AssertionAudience,
 		PreviousSecret: previous, PreviousSecretUntil: s.PreviousSecretUntil, ConfigSecretDigest: configDigest,
 		Name: s.Name, TokenURL: s.TokenURL, AuthorizeURL: s.AuthorizeURL,

@@ -34,6 +34,7 @@ func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutPro
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
+	p.ClientCertificateKey = req.GetClientCertificateKey()
 	if preset := req.GetProvider().GetPreset(); preset != "" {
 		if err := s.broker.ApplyPreset(ctx, &p, preset, req.GetProvider().GetBaseUrl()); err != nil {
 			return nil, toStatus(s.log, err)
@@ -43,7 +44,8 @@ func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutPro
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
-	s.log.Info("provider put", zap.String("provider", stored.Name), zap.Bool("secret_changed", req.GetClientSecret() != ""))
+	s.log.Info("provider put", zap.String("provider", stored.Name), zap.Bool("secret_changed", req.GetClientSecret() != ""),
+		zap.Bool("certificate_key_changed", req.GetClientCertificateKey() != ""))
 	return &tokenbrokerv1.PutProviderResponse{Provider: s.toProvider(stored)}, nil
 }
 
@@ -80,6 +82,9 @@ var authStyles = map[tokenbrokerv1.ClientAuthStyle]oauth.AuthStyle{
 	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC:          oauth.AuthBasic,
 	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST:           oauth.AuthPost,
 	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST: oauth.AuthBasicAndPost,
+
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH:             oauth.AuthTLSClientAuth,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH: oauth.AuthSelfSignedTLSClientAuth,
 }
 
 var grantTypes = map[tokenbrokerv1.GrantType]broker.GrantType{
@@ -111,6 +116,7 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 	}
 	p.RefreshLeadFraction = in.GetRefreshLeadFraction()
 	p.DeviceAuthorizationURL = in.GetDeviceAuthorizationUrl()
+	p.ClientCertificate = in.GetClientCertificate()
 	p.RefreshRevokesAccessToken = in.RefreshRevokesAccessToken
 	for _, d := range []struct {
 		name string
@@ -173,6 +179,10 @@ func (s *adminServer) toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 		LearnedRefreshRevokesAccessToken: p.LearnedRefreshRevokesAccessToken,
 	}
 	out.DeviceAuthorizationUrl = p.DeviceAuthorizationURL
+	out.ClientCertificate = p.ClientCertificate
+	if p.ClientCertificateKey != "" {
+		out.ClientCertificateKey = s.secretInfo(p.ClientCertificateKey, p.CertificateUpdateTime)
+	}
 	for _, d := range []struct {
 		in  time.Duration
 		out **durationpb.Duration

@@ -36,6 +36,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/seal"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
+	"github.com/tokenbroker/tokenbroker/internal/fakes"
 	"github.com/tokenbroker/tokenbroker/internal/testkeys"
 	"github.com/tokenbroker/tokenbroker/sandbox"
 	"github.com/tokenbroker/tokenbroker/server"
@@ -86,6 +87,17 @@ func (s *secretBook) add(name, value string) {
 	if _, ok := s.byVal[value]; !ok {
 		s.byVal[value] = name
 	}
+}
+
+// addStored adds a value etcd holds sealed under name (key#field). A
+// client certificate's key is PEM that shows its algorithm and public key,
+// as the certificate does: the flows add its private part alone.
+func (s *secretBook) addStored(name, plain string) {
+	_, field, _ := strings.Cut(name, "#")
+	if field == "client_certificate_key" {
+		return
+	}
+	s.add("stored "+field, plain)
 }
 
 func (s *secretBook) all() map[string]string {
@@ -408,6 +420,7 @@ func runFlowsTraced(t *testing.T, tp trace.TracerProvider) *flowRun {
 	r.passwordFlows(t)
 	r.consentFlows(t)
 	r.deviceFlows(t)
+	r.clientCertificateFlows(t)
 	r.providerErrorFlows(t)
 	r.rotationFlows(t)
 	r.apiKeyFlows(t)
@@ -721,6 +734,39 @@ func (r *flowRun) deviceFlows(t *testing.T) {
 	if err != nil || got.GetToken().GetAccessToken() != leakDeviceAccess {
 		t.Fatalf("GetToken(tv/den) = %v, %v; want the device grant's token", got, err)
 	}
+}
+
+// clientCertificateFlows registers a provider on tls_client_auth: first
+// with the key of another certificate (refused), then with its own; the
+// token request fails at the TLS handshake (the fake's CA is not trusted).
+func (r *flowRun) clientCertificateFlows(t *testing.T) {
+	t.Helper()
+	cert, other := fakes.NewClientCertificate(t, "tokenbroker"), fakes.NewClientCertificate(t, "other")
+	r.book.add("client certificate key", cert.PrivatePart(t))
+	r.book.add("another certificate's key", other.PrivatePart(t))
+	srv := fakes.NewMTLS(t, leakClientID, cert.Leaf)
+	provider := &tokenbrokerv1.Provider{Name: "pki", TokenUrl: srv.URL + "/token", ClientId: leakClientID,
+		ClientAuthStyle: tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH, ClientCertificate: string(cert.CertPEM)}
+	_, err := r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{Provider: provider, ClientCertificateKey: string(other.KeyPEM)})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("PutProvider with another certificate's key = %v, want InvalidArgument", err)
+	}
+	r.said.addErr("PutProvider(pki, another key)", err)
+	put, err := r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{Provider: provider, ClientCertificateKey: string(cert.KeyPEM)})
+	if err != nil || !put.GetProvider().GetClientCertificateKey().GetSet() {
+		t.Fatalf("PutProvider(pki) = %v, %v; want the key set", put, err)
+	}
+	r.said.addMsg("PutProvider(pki)", put)
+	got, err := r.in.admin.GetProvider(ctxb, &tokenbrokerv1.GetProviderRequest{Name: "pki"})
+	if err != nil {
+		t.Fatalf("GetProvider(pki): %v", err)
+	}
+	r.said.addMsg("GetProvider(pki)", got)
+	_, err = r.in.tokens.GetToken(ctxb, &tokenbrokerv1.GetTokenRequest{Provider: "pki"})
+	if err == nil {
+		t.Fatal("GetToken(pki) succeeded against a provider whose certificate is not trusted")
+	}
+	r.said.addErr("GetToken(pki)", err)
 }
 
 // echoProvider answers every token request with invalid_client, quoting
@@ -1074,8 +1120,7 @@ func TestNoSecretLeaksIntoLogsErrorsOrAdminResponses(t *testing.T) {
 	// Everything the broker keeps sealed is a secret too: the current
 	// refresh tokens, the PKCE verifier, the previous client secret.
 	for name, plain := range openAll(t, r.env, testkeys.Keyring()) {
-		_, field, _ := strings.Cut(name, "#")
-		r.book.add("stored "+field, plain)
+		r.book.addStored(name, plain)
 	}
 	book := r.book.all()
 	for _, kind := range []string{"issued access token", "issued refresh token", "issued id_token", "sent code_verifier", "authorization code", "created API key"} {

@@ -38,14 +38,23 @@ const (
 	// PrivateKeyJWT. It takes no secret, so ClientSecret does not
 	// implement it.
 	AuthPrivateKeyJWT
+	// AuthTLSClientAuth and AuthSelfSignedTLSClientAuth present the
+	// client's certificate on the TLS connection (RFC 8705 §2.1 PKI and
+	// §2.2 self-signed); see TLSClientAuth.
+	AuthTLSClientAuth
+	AuthSelfSignedTLSClientAuth
+
+	lastAuthStyle = AuthSelfSignedTLSClientAuth
 )
 
-var authStyleNames = [...]string{AuthBasic: "basic", AuthPost: "post", AuthBasicAndPost: "basic+post", AuthPrivateKeyJWT: "private_key_jwt"}
+var authStyleNames = [...]string{AuthBasic: "basic", AuthPost: "post", AuthBasicAndPost: "basic+post", AuthPrivateKeyJWT: "private_key_jwt",
+	AuthTLSClientAuth: "tls_client_auth", AuthSelfSignedTLSClientAuth: "self_signed_tls_client_auth"}
 
-// String returns "basic", "post", "basic+post" or "private_key_jwt", and
-// "AuthStyle(N)" for anything else.
+// String returns "basic", "post", "basic+post", "private_key_jwt",
+// "tls_client_auth" or "self_signed_tls_client_auth", and "AuthStyle(N)"
+// for anything else.
 func (s AuthStyle) String() string {
-	if s >= AuthBasic && s <= AuthPrivateKeyJWT {
+	if s >= AuthBasic && s <= lastAuthStyle {
 		return authStyleNames[s]
 	}
 	return "AuthStyle(" + strconv.Itoa(int(s)) + ")"
@@ -60,12 +69,12 @@ func (s AuthStyle) UsesSecret() bool { return s.valid() }
 // ParseAuthStyle is the inverse of AuthStyle.String. It returns an error for
 // any other string, the empty one included.
 func ParseAuthStyle(s string) (AuthStyle, error) {
-	for st := AuthBasic; st <= AuthPrivateKeyJWT; st++ {
+	for st := AuthBasic; st <= lastAuthStyle; st++ {
 		if authStyleNames[st] == s {
 			return st, nil
 		}
 	}
-	return 0, fmt.Errorf("oauth: unknown auth style %q (want basic, post, basic+post or private_key_jwt)", s)
+	return 0, fmt.Errorf("oauth: unknown auth style %q (want basic, post, basic+post, private_key_jwt, tls_client_auth or self_signed_tls_client_auth)", s)
 }
 
 // Request is one call to a token endpoint.
@@ -237,6 +246,11 @@ func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
 	hc := defaultHTTPClient
 	if c.HTTPClient != nil {
 		hc = c.HTTPClient
+	}
+	if ca, ok := auth.(ConnectionAuthenticator); ok {
+		if hc, err = ca.HTTPClient(hc); err != nil {
+			return nil, err
+		}
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

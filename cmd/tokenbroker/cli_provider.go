@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -19,6 +22,9 @@ var authStyles = map[string]tokenbrokerv1.ClientAuthStyle{
 	"basic":      tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC,
 	"post":       tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST,
 	"basic+post": tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST,
+
+	"tls_client_auth":             tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH,
+	"self_signed_tls_client_auth": tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH,
 }
 
 // grantTypeNames are the --grant values: the OAuth2 grant_type names.
@@ -69,6 +75,8 @@ func (c *cli) providerPutCommand() *cobra.Command {
 		tokenParams map[string]string
 		grantURLs   map[string]string
 		redirectURI string
+		certFile    string
+		keyFile     string
 	)
 	cmd := &cobra.Command{
 		Use:   "put NAME",
@@ -87,7 +95,7 @@ from --base-url; flags given explicitly win over the preset.`,
 			if authStyle != "" {
 				s, ok := authStyles[authStyle]
 				if !ok {
-					return usageErrorf("--auth-style %q: want basic, post or basic+post", authStyle)
+					return usageErrorf("--auth-style %q: want basic, post, basic+post, tls_client_auth or self_signed_tls_client_auth", authStyle)
 				}
 				p.ClientAuthStyle = s
 			}
@@ -104,6 +112,20 @@ from --base-url; flags given explicitly win over the preset.`,
 			}
 			p.DefaultTokenLifetime, p.TokenParams, p.GrantTokenUrls, p.RedirectUri = d, tokenParams, grantURLs, redirectURI
 			req := &tokenbrokerv1.PutProviderRequest{Provider: &p}
+			if certFile != "" {
+				data, err := os.ReadFile(certFile)
+				if err != nil {
+					return usageErrorf("--client-certificate-file: %v", err)
+				}
+				p.ClientCertificate = string(data)
+			}
+			if keyFile != "" {
+				data, err := os.ReadFile(keyFile)
+				if err != nil {
+					return usageErrorf("--client-certificate-key-file: %v", err)
+				}
+				req.ClientCertificateKey = string(data)
+			}
 			if secretStdin || secretEnv != "" {
 				if req.ClientSecret, err = c.readSecret("client secret", secretStdin, secretEnv); err != nil {
 					return err
@@ -129,7 +151,9 @@ from --base-url; flags given explicitly win over the preset.`,
 	f.StringVar(&p.ClientId, "client-id", "", "the broker's client_id at the provider")
 	f.BoolVar(&secretStdin, "client-secret-stdin", false, "read the client secret from stdin")
 	f.StringVar(&secretEnv, "client-secret-env", "", "read the client secret from this environment variable")
-	f.StringVar(&authStyle, "auth-style", "", "client authentication at the token endpoint: basic, post or basic+post (default basic)")
+	f.StringVar(&authStyle, "auth-style", "", "client authentication at the token endpoint: basic, post, basic+post, tls_client_auth or self_signed_tls_client_auth (default basic)")
+	f.StringVar(&certFile, "client-certificate-file", "", "PEM client certificate chain presented with tls_client_auth and self_signed_tls_client_auth")
+	f.StringVar(&keyFile, "client-certificate-key-file", "", "PEM private key of --client-certificate-file (sent once, never shown)")
 	f.StringSliceVar(&p.DefaultScopes, "scope", nil, "default scope, repeatable or comma-separated")
 	f.StringSliceVar(&grants, "grant", nil, "allowed grant, repeatable: client_credentials, password, authorization_code, device_code, refresh_token (default client_credentials)")
 	f.StringVar(&p.Preset, "preset", "", "preset of a known provider: mediacore, mediahound, mediavalet, mediaflow, mediahaven or oidc")
@@ -284,6 +308,8 @@ func (c *cli) printProvider(p *tokenbrokerv1.Provider) error {
 		{"CLIENT SECRET", secretCell(p.GetClientSecret())},
 		{"SECRET UPDATED", timeCell(p.GetClientSecret().GetUpdateTime())},
 		{"AUTH STYLE", authStyleCell(p.GetClientAuthStyle())},
+		{"CLIENT CERTIFICATE", certificateCell(p.GetClientCertificate())},
+		{"CERTIFICATE KEY", secretCell(p.GetClientCertificateKey())},
 		{"GRANTS", grantsCell(p.GetGrantTypes())},
 		{"SCOPES", listCell(p.GetDefaultScopes())},
 		{"TOKEN PARAMS", kv(p.GetTokenParams())},
@@ -292,6 +318,19 @@ func (c *cli) printProvider(p *tokenbrokerv1.Provider) error {
 		{"CREATED", timeCell(p.GetCreateTime())},
 		{"UPDATED", timeCell(p.GetUpdateTime())},
 	})
+}
+
+// certificateCell names a PEM certificate chain's leaf and its expiry.
+func certificateCell(chain string) string {
+	block, _ := pem.Decode([]byte(chain))
+	if block == nil {
+		return "-"
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return "(does not parse)"
+	}
+	return fmt.Sprintf("%s (expires %s)", c.Subject, c.NotAfter.UTC().Format(time.RFC3339))
 }
 
 func grantsCell(gs []tokenbrokerv1.GrantType) string {

@@ -29,7 +29,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		{name: "password as a flag", give: []string{"account", "put", "p", "a", "--grant", "password", "--password", "pw"}, want: "unknown flag: --password"},
 		{name: "api key as a flag", give: []string{"provider", "list", "--api-key", "k"}, want: "unknown flag: --api-key"},
 		{name: "two secret sources", give: []string{"provider", "put", "p", "--client-secret-stdin", "--client-secret-env", "S"}, env: map[string]string{"S": "x"}, want: "[client-secret-stdin client-secret-env] are set none of the others can be"},
-		{name: "bad auth style", give: []string{"provider", "put", "p", "--auth-style", "digest"}, want: `--auth-style "digest": want basic, post or basic+post`},
+		{name: "bad auth style", give: []string{"provider", "put", "p", "--auth-style", "digest"}, want: `--auth-style "digest": want basic, post, basic+post, tls_client_auth or self_signed_tls_client_auth`},
 		{name: "bad grant", give: []string{"provider", "put", "p", "--grant", "implicit"}, want: `--grant "implicit": want one of authorization_code, client_credentials, device_code, password, refresh_token`},
 		{name: "secret env unset", give: []string{"provider", "put", "p", "--client-secret-env", "NOT_SET"}, want: "client secret: $NOT_SET is empty or not set"},
 		{name: "secret stdin empty", give: []string{"provider", "put", "p", "--client-secret-stdin"}, stdin: "\n", want: "client secret: stdin is empty"},

@@ -36,6 +36,14 @@ const (
 	ClientAuthStyle_CLIENT_AUTH_STYLE_POST ClientAuthStyle = 2
 	// Both at once, as MediaHound requires.
 	ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST ClientAuthStyle = 3
+	// The provider's client certificate on the TLS connection, the provider
+	// checking its subject against its PKI (RFC 8705 section 2.1); client_id
+	// in the form body.
+	ClientAuthStyle_CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH ClientAuthStyle = 6
+	// The provider's self-signed client certificate on the TLS connection,
+	// the provider checking it against the client's registered keys (RFC
+	// 8705 section 2.2); client_id in the form body.
+	ClientAuthStyle_CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH ClientAuthStyle = 7
 )
 
 // Enum value maps for ClientAuthStyle.
@@ -45,12 +53,16 @@ var (
 		1: "CLIENT_AUTH_STYLE_BASIC",
 		2: "CLIENT_AUTH_STYLE_POST",
 		3: "CLIENT_AUTH_STYLE_BASIC_AND_POST",
+		6: "CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH",
+		7: "CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH",
 	}
 	ClientAuthStyle_value = map[string]int32{
-		"CLIENT_AUTH_STYLE_UNSPECIFIED":    0,
-		"CLIENT_AUTH_STYLE_BASIC":          1,
-		"CLIENT_AUTH_STYLE_POST":           2,
-		"CLIENT_AUTH_STYLE_BASIC_AND_POST": 3,
+		"CLIENT_AUTH_STYLE_UNSPECIFIED":                 0,
+		"CLIENT_AUTH_STYLE_BASIC":                       1,
+		"CLIENT_AUTH_STYLE_POST":                        2,
+		"CLIENT_AUTH_STYLE_BASIC_AND_POST":              3,
+		"CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH":             6,
+		"CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH": 7,
 	}
 )
 
@@ -468,8 +480,16 @@ type Provider struct {
 	LearnedRefreshRevokesAccessToken *bool `protobuf:"varint,26,opt,name=learned_refresh_revokes_access_token,json=learnedRefreshRevokesAccessToken,proto3,oneof" json:"learned_refresh_revokes_access_token,omitempty"`
 	// RFC 8628 device authorization endpoint URL, for the device_code grant.
 	DeviceAuthorizationUrl string `protobuf:"bytes,40,opt,name=device_authorization_url,json=deviceAuthorizationUrl,proto3" json:"device_authorization_url,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// The client certificate chain (PEM, the leaf first) presented on the TLS
+	// connection with the tls_client_auth and self_signed_tls_client_auth
+	// styles. Empty on a put, with an empty client_certificate_key, keeps the
+	// stored pair; a new certificate of the same key may come alone.
+	ClientCertificate string `protobuf:"bytes,41,opt,name=client_certificate,json=clientCertificate,proto3" json:"client_certificate,omitempty"`
+	// Output only: the client certificate's private key's state; the key
+	// itself is never returned.
+	ClientCertificateKey *SecretInfo `protobuf:"bytes,42,opt,name=client_certificate_key,json=clientCertificateKey,proto3" json:"client_certificate_key,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Provider) Reset() {
@@ -691,15 +711,32 @@ func (x *Provider) GetDeviceAuthorizationUrl() string {
 	return ""
 }
 
+func (x *Provider) GetClientCertificate() string {
+	if x != nil {
+		return x.ClientCertificate
+	}
+	return ""
+}
+
+func (x *Provider) GetClientCertificateKey() *SecretInfo {
+	if x != nil {
+		return x.ClientCertificateKey
+	}
+	return nil
+}
+
 // PutProviderRequest creates or replaces a provider.
 type PutProviderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The provider; output-only fields are ignored.
 	Provider *Provider `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
 	// The client secret; empty keeps the stored one. Never returned.
-	ClientSecret  string `protobuf:"bytes,2,opt,name=client_secret,json=clientSecret,proto3" json:"client_secret,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ClientSecret string `protobuf:"bytes,2,opt,name=client_secret,json=clientSecret,proto3" json:"client_secret,omitempty"`
+	// The private key (PEM) of provider.client_certificate; empty keeps the
+	// stored one. Never returned.
+	ClientCertificateKey string `protobuf:"bytes,3,opt,name=client_certificate_key,json=clientCertificateKey,proto3" json:"client_certificate_key,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *PutProviderRequest) Reset() {
@@ -742,6 +779,13 @@ func (x *PutProviderRequest) GetProvider() *Provider {
 func (x *PutProviderRequest) GetClientSecret() string {
 	if x != nil {
 		return x.ClientSecret
+	}
+	return ""
+}
+
+func (x *PutProviderRequest) GetClientCertificateKey() string {
+	if x != nil {
+		return x.ClientCertificateKey
 	}
 	return ""
 }
@@ -3352,7 +3396,7 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x03set\x18\x01 \x01(\bR\x03set\x12 \n" +
 	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\x12;\n" +
 	"\vupdate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\x96\r\n" +
+	"updateTime\"\x97\x0e\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\ttoken_url\x18\x02 \x01(\tR\btokenUrl\x12#\n" +
@@ -3385,7 +3429,9 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"keep_alive\x18\x18 \x01(\v2\x19.google.protobuf.DurationR\tkeepAlive\x12D\n" +
 	"\x1crefresh_revokes_access_token\x18\x19 \x01(\bH\x00R\x19refreshRevokesAccessToken\x88\x01\x01\x12S\n" +
 	"$learned_refresh_revokes_access_token\x18\x1a \x01(\bH\x01R learnedRefreshRevokesAccessToken\x88\x01\x01\x128\n" +
-	"\x18device_authorization_url\x18( \x01(\tR\x16deviceAuthorizationUrl\x1aA\n" +
+	"\x18device_authorization_url\x18( \x01(\tR\x16deviceAuthorizationUrl\x12-\n" +
+	"\x12client_certificate\x18) \x01(\tR\x11clientCertificate\x12P\n" +
+	"\x16client_certificate_key\x18* \x01(\v2\x1a.tokenbroker.v1.SecretInfoR\x14clientCertificateKey\x1aA\n" +
 	"\x13GrantTokenUrlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -3393,10 +3439,11 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x1f\n" +
 	"\x1d_refresh_revokes_access_tokenB'\n" +
-	"%_learned_refresh_revokes_access_token\"o\n" +
+	"%_learned_refresh_revokes_access_token\"\xa5\x01\n" +
 	"\x12PutProviderRequest\x124\n" +
 	"\bprovider\x18\x01 \x01(\v2\x18.tokenbroker.v1.ProviderR\bprovider\x12#\n" +
-	"\rclient_secret\x18\x02 \x01(\tR\fclientSecret\"K\n" +
+	"\rclient_secret\x18\x02 \x01(\tR\fclientSecret\x124\n" +
+	"\x16client_certificate_key\x18\x03 \x01(\tR\x14clientCertificateKey\"K\n" +
 	"\x13PutProviderResponse\x124\n" +
 	"\bprovider\x18\x01 \x01(\v2\x18.tokenbroker.v1.ProviderR\bprovider\"(\n" +
 	"\x12GetProviderRequest\x12\x12\n" +
@@ -3564,12 +3611,14 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x17RedeliverWebhookRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bevent_id\x18\x02 \x01(\tR\aeventId\"\x1a\n" +
-	"\x18RedeliverWebhookResponse*\x93\x01\n" +
+	"\x18RedeliverWebhookResponse*\xed\x01\n" +
 	"\x0fClientAuthStyle\x12!\n" +
 	"\x1dCLIENT_AUTH_STYLE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17CLIENT_AUTH_STYLE_BASIC\x10\x01\x12\x1a\n" +
 	"\x16CLIENT_AUTH_STYLE_POST\x10\x02\x12$\n" +
-	" CLIENT_AUTH_STYLE_BASIC_AND_POST\x10\x03*\xc0\x01\n" +
+	" CLIENT_AUTH_STYLE_BASIC_AND_POST\x10\x03\x12%\n" +
+	"!CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH\x10\x06\x121\n" +
+	"-CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH\x10\a*\xc0\x01\n" +
 	"\tGrantType\x12\x1a\n" +
 	"\x16GRANT_TYPE_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dGRANT_TYPE_CLIENT_CREDENTIALS\x10\x01\x12\x17\n" +
@@ -3707,93 +3756,94 @@ var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
 	55, // 10: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
 	55, // 11: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
 	55, // 12: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
-	6,  // 13: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
-	6,  // 14: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	6,  // 15: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	6,  // 16: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
-	1,  // 17: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
-	5,  // 18: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
-	5,  // 19: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
-	3,  // 20: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
-	54, // 21: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
-	54, // 22: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
-	54, // 23: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	54, // 24: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 25: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
-	15, // 26: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
-	2,  // 27: tokenbroker.v1.StartAuthorizationRequest.flow:type_name -> tokenbroker.v1.AuthorizationFlow
-	54, // 28: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
-	55, // 29: tokenbroker.v1.StartAuthorizationResponse.interval:type_name -> google.protobuf.Duration
-	15, // 30: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
-	54, // 31: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
-	54, // 32: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
-	24, // 33: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
-	24, // 34: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
-	55, // 35: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
-	6,  // 36: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
-	54, // 37: tokenbroker.v1.Event.time:type_name -> google.protobuf.Timestamp
-	3,  // 38: tokenbroker.v1.Event.health_before:type_name -> tokenbroker.v1.GrantHealth
-	3,  // 39: tokenbroker.v1.Event.health_after:type_name -> tokenbroker.v1.GrantHealth
-	33, // 40: tokenbroker.v1.ListEventsResponse.events:type_name -> tokenbroker.v1.Event
-	33, // 41: tokenbroker.v1.WatchEventsResponse.event:type_name -> tokenbroker.v1.Event
-	5,  // 42: tokenbroker.v1.Webhook.secret:type_name -> tokenbroker.v1.SecretInfo
-	54, // 43: tokenbroker.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
-	54, // 44: tokenbroker.v1.Webhook.update_time:type_name -> google.protobuf.Timestamp
-	54, // 45: tokenbroker.v1.Webhook.paused_until:type_name -> google.protobuf.Timestamp
-	38, // 46: tokenbroker.v1.PutWebhookRequest.webhook:type_name -> tokenbroker.v1.Webhook
-	38, // 47: tokenbroker.v1.PutWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
-	38, // 48: tokenbroker.v1.GetWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
-	38, // 49: tokenbroker.v1.ListWebhooksResponse.webhooks:type_name -> tokenbroker.v1.Webhook
-	4,  // 50: tokenbroker.v1.WebhookDelivery.status:type_name -> tokenbroker.v1.WebhookDeliveryStatus
-	54, // 51: tokenbroker.v1.WebhookDelivery.first_attempt_time:type_name -> google.protobuf.Timestamp
-	54, // 52: tokenbroker.v1.WebhookDelivery.last_attempt_time:type_name -> google.protobuf.Timestamp
-	54, // 53: tokenbroker.v1.WebhookDelivery.next_attempt_time:type_name -> google.protobuf.Timestamp
-	47, // 54: tokenbroker.v1.ListWebhookDeliveriesResponse.deliveries:type_name -> tokenbroker.v1.WebhookDelivery
-	7,  // 55: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
-	9,  // 56: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
-	11, // 57: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
-	13, // 58: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
-	31, // 59: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
-	16, // 60: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
-	18, // 61: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
-	20, // 62: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
-	22, // 63: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
-	25, // 64: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
-	27, // 65: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
-	29, // 66: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
-	34, // 67: tokenbroker.v1.AdminService.ListEvents:input_type -> tokenbroker.v1.ListEventsRequest
-	36, // 68: tokenbroker.v1.AdminService.WatchEvents:input_type -> tokenbroker.v1.WatchEventsRequest
-	39, // 69: tokenbroker.v1.AdminService.PutWebhook:input_type -> tokenbroker.v1.PutWebhookRequest
-	41, // 70: tokenbroker.v1.AdminService.GetWebhook:input_type -> tokenbroker.v1.GetWebhookRequest
-	43, // 71: tokenbroker.v1.AdminService.ListWebhooks:input_type -> tokenbroker.v1.ListWebhooksRequest
-	45, // 72: tokenbroker.v1.AdminService.DeleteWebhook:input_type -> tokenbroker.v1.DeleteWebhookRequest
-	48, // 73: tokenbroker.v1.AdminService.ListWebhookDeliveries:input_type -> tokenbroker.v1.ListWebhookDeliveriesRequest
-	50, // 74: tokenbroker.v1.AdminService.RedeliverWebhook:input_type -> tokenbroker.v1.RedeliverWebhookRequest
-	8,  // 75: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
-	10, // 76: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
-	12, // 77: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
-	14, // 78: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
-	32, // 79: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
-	17, // 80: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
-	19, // 81: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
-	21, // 82: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
-	23, // 83: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
-	26, // 84: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
-	28, // 85: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
-	30, // 86: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
-	35, // 87: tokenbroker.v1.AdminService.ListEvents:output_type -> tokenbroker.v1.ListEventsResponse
-	37, // 88: tokenbroker.v1.AdminService.WatchEvents:output_type -> tokenbroker.v1.WatchEventsResponse
-	40, // 89: tokenbroker.v1.AdminService.PutWebhook:output_type -> tokenbroker.v1.PutWebhookResponse
-	42, // 90: tokenbroker.v1.AdminService.GetWebhook:output_type -> tokenbroker.v1.GetWebhookResponse
-	44, // 91: tokenbroker.v1.AdminService.ListWebhooks:output_type -> tokenbroker.v1.ListWebhooksResponse
-	46, // 92: tokenbroker.v1.AdminService.DeleteWebhook:output_type -> tokenbroker.v1.DeleteWebhookResponse
-	49, // 93: tokenbroker.v1.AdminService.ListWebhookDeliveries:output_type -> tokenbroker.v1.ListWebhookDeliveriesResponse
-	51, // 94: tokenbroker.v1.AdminService.RedeliverWebhook:output_type -> tokenbroker.v1.RedeliverWebhookResponse
-	75, // [75:95] is the sub-list for method output_type
-	55, // [55:75] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	5,  // 13: tokenbroker.v1.Provider.client_certificate_key:type_name -> tokenbroker.v1.SecretInfo
+	6,  // 14: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
+	6,  // 15: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	6,  // 16: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	6,  // 17: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
+	1,  // 18: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
+	5,  // 19: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
+	5,  // 20: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
+	3,  // 21: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
+	54, // 22: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
+	54, // 23: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
+	54, // 24: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	54, // 25: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 26: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
+	15, // 27: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
+	2,  // 28: tokenbroker.v1.StartAuthorizationRequest.flow:type_name -> tokenbroker.v1.AuthorizationFlow
+	54, // 29: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	55, // 30: tokenbroker.v1.StartAuthorizationResponse.interval:type_name -> google.protobuf.Duration
+	15, // 31: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
+	54, // 32: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
+	54, // 33: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
+	24, // 34: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
+	24, // 35: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
+	55, // 36: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
+	6,  // 37: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
+	54, // 38: tokenbroker.v1.Event.time:type_name -> google.protobuf.Timestamp
+	3,  // 39: tokenbroker.v1.Event.health_before:type_name -> tokenbroker.v1.GrantHealth
+	3,  // 40: tokenbroker.v1.Event.health_after:type_name -> tokenbroker.v1.GrantHealth
+	33, // 41: tokenbroker.v1.ListEventsResponse.events:type_name -> tokenbroker.v1.Event
+	33, // 42: tokenbroker.v1.WatchEventsResponse.event:type_name -> tokenbroker.v1.Event
+	5,  // 43: tokenbroker.v1.Webhook.secret:type_name -> tokenbroker.v1.SecretInfo
+	54, // 44: tokenbroker.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
+	54, // 45: tokenbroker.v1.Webhook.update_time:type_name -> google.protobuf.Timestamp
+	54, // 46: tokenbroker.v1.Webhook.paused_until:type_name -> google.protobuf.Timestamp
+	38, // 47: tokenbroker.v1.PutWebhookRequest.webhook:type_name -> tokenbroker.v1.Webhook
+	38, // 48: tokenbroker.v1.PutWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
+	38, // 49: tokenbroker.v1.GetWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
+	38, // 50: tokenbroker.v1.ListWebhooksResponse.webhooks:type_name -> tokenbroker.v1.Webhook
+	4,  // 51: tokenbroker.v1.WebhookDelivery.status:type_name -> tokenbroker.v1.WebhookDeliveryStatus
+	54, // 52: tokenbroker.v1.WebhookDelivery.first_attempt_time:type_name -> google.protobuf.Timestamp
+	54, // 53: tokenbroker.v1.WebhookDelivery.last_attempt_time:type_name -> google.protobuf.Timestamp
+	54, // 54: tokenbroker.v1.WebhookDelivery.next_attempt_time:type_name -> google.protobuf.Timestamp
+	47, // 55: tokenbroker.v1.ListWebhookDeliveriesResponse.deliveries:type_name -> tokenbroker.v1.WebhookDelivery
+	7,  // 56: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
+	9,  // 57: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
+	11, // 58: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
+	13, // 59: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
+	31, // 60: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
+	16, // 61: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
+	18, // 62: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
+	20, // 63: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
+	22, // 64: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
+	25, // 65: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
+	27, // 66: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
+	29, // 67: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
+	34, // 68: tokenbroker.v1.AdminService.ListEvents:input_type -> tokenbroker.v1.ListEventsRequest
+	36, // 69: tokenbroker.v1.AdminService.WatchEvents:input_type -> tokenbroker.v1.WatchEventsRequest
+	39, // 70: tokenbroker.v1.AdminService.PutWebhook:input_type -> tokenbroker.v1.PutWebhookRequest
+	41, // 71: tokenbroker.v1.AdminService.GetWebhook:input_type -> tokenbroker.v1.GetWebhookRequest
+	43, // 72: tokenbroker.v1.AdminService.ListWebhooks:input_type -> tokenbroker.v1.ListWebhooksRequest
+	45, // 73: tokenbroker.v1.AdminService.DeleteWebhook:input_type -> tokenbroker.v1.DeleteWebhookRequest
+	48, // 74: tokenbroker.v1.AdminService.ListWebhookDeliveries:input_type -> tokenbroker.v1.ListWebhookDeliveriesRequest
+	50, // 75: tokenbroker.v1.AdminService.RedeliverWebhook:input_type -> tokenbroker.v1.RedeliverWebhookRequest
+	8,  // 76: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
+	10, // 77: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
+	12, // 78: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
+	14, // 79: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
+	32, // 80: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
+	17, // 81: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
+	19, // 82: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
+	21, // 83: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
+	23, // 84: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
+	26, // 85: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
+	28, // 86: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
+	30, // 87: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
+	35, // 88: tokenbroker.v1.AdminService.ListEvents:output_type -> tokenbroker.v1.ListEventsResponse
+	37, // 89: tokenbroker.v1.AdminService.WatchEvents:output_type -> tokenbroker.v1.WatchEventsResponse
+	40, // 90: tokenbroker.v1.AdminService.PutWebhook:output_type -> tokenbroker.v1.PutWebhookResponse
+	42, // 91: tokenbroker.v1.AdminService.GetWebhook:output_type -> tokenbroker.v1.GetWebhookResponse
+	44, // 92: tokenbroker.v1.AdminService.ListWebhooks:output_type -> tokenbroker.v1.ListWebhooksResponse
+	46, // 93: tokenbroker.v1.AdminService.DeleteWebhook:output_type -> tokenbroker.v1.DeleteWebhookResponse
+	49, // 94: tokenbroker.v1.AdminService.ListWebhookDeliveries:output_type -> tokenbroker.v1.ListWebhookDeliveriesResponse
+	51, // 95: tokenbroker.v1.AdminService.RedeliverWebhook:output_type -> tokenbroker.v1.RedeliverWebhookResponse
+	76, // [76:96] is the sub-list for method output_type
+	56, // [56:76] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }
