@@ -2,19 +2,12 @@ package interop_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
-	"math/big"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -124,21 +117,16 @@ func TestDeviceFlow(t *testing.T) {
 // self-signed), the server binds the token to it, and the broker serves
 // and introspects that token as it came.
 func TestMutualTLSClientAuth(t *testing.T) {
-	ca := newCA(t)
-	serverCert, serverKey := ca.issue(t, "127.0.0.1", true)
-	pkiCert, pkiKey := ca.issue(t, "broker-tls", false)
-	pki, err := tls.X509KeyPair(pkiCert, pkiKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := fakes.NewCA(t)
+	server, pki := ca.Server(t, "127.0.0.1"), ca.Client(t, "broker-tls")
 	self := fakes.NewClientCertificate(t, "broker-self-signed")
 	s := startAuthServer(t, serverOptions{RedirectURI: "http://127.0.0.1:9/unused", Env: map[string]string{
-		"MTLS_SERVER_CERT": string(serverCert), "MTLS_SERVER_KEY": string(serverKey), "MTLS_CA": string(ca.certPEM),
+		"MTLS_SERVER_CERT": string(server.CertPEM), "MTLS_SERVER_KEY": string(server.KeyPEM), "MTLS_CA": string(ca.CertPEM),
 		"MTLS_SUBJECT_DN": "CN=broker-tls", "MTLS_SELF_SIGNED": string(self.CertPEM),
 	}})
 	mtlsURL := s.mtlsURL(t)
 	roots := x509.NewCertPool()
-	roots.AddCert(ca.cert)
+	roots.AddCert(ca.Cert)
 	trusting := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}
 	b := newBroker(t, "", func(c *broker.Config) { c.OAuth = &oauth.Client{HTTPClient: trusting} })
 	d := s.discovery(t)
@@ -156,7 +144,7 @@ func TestMutualTLSClientAuth(t *testing.T) {
 		certPEM, keyPEM []byte
 		leaf            []byte
 	}{
-		{clientID: "broker-tls", style: oauth.AuthTLSClientAuth, certPEM: pkiCert, keyPEM: pkiKey, leaf: pki.Certificate[0]},
+		{clientID: "broker-tls", style: oauth.AuthTLSClientAuth, certPEM: pki.CertPEM, keyPEM: pki.KeyPEM, leaf: pki.Leaf.Raw},
 		{clientID: "broker-self-signed", style: oauth.AuthSelfSignedTLSClientAuth, certPEM: self.CertPEM, keyPEM: self.KeyPEM, leaf: self.Leaf.Raw},
 	}
 	for _, tt := range tests {
@@ -256,61 +244,4 @@ func (s *authServer) introspectWithCertificate(t *testing.T, base, endpoint, cli
 		t.Fatalf("introspection with the certificate = %d %+v (%v), want active", resp.StatusCode, v, err)
 	}
 	return v.Cnf["x5t#S256"]
-}
-
-// testCA issues the https listener's certificate and broker-tls's.
-type testCA struct {
-	cert    *x509.Certificate
-	key     *ecdsa.PrivateKey
-	certPEM []byte
-}
-
-func newCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "interop CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns a PEM certificate and key for cn: a server certificate
-// for the IP address cn, or a client certificate.
-func (ca *testCA) issue(t *testing.T, cn string, server bool) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP(cn)}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pk, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})
 }

@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -21,7 +22,7 @@ import (
 	"time"
 )
 
-// ClientCertificate is a self-signed ECDSA client certificate.
+// ClientCertificate is an ECDSA certificate with its key.
 type ClientCertificate struct {
 	CertPEM, KeyPEM []byte
 	Pair            tls.Certificate
@@ -32,6 +33,44 @@ type ClientCertificate struct {
 // valid for a day.
 func NewClientCertificate(t testing.TB, cn string) ClientCertificate {
 	t.Helper()
+	return issue(t, cn, nil, nil)
+}
+
+// CA issues certificates: servers' and clients'.
+type CA struct {
+	Cert    *x509.Certificate
+	CertPEM []byte
+	key     *ecdsa.PrivateKey
+}
+
+// NewCA makes a CA valid for a day.
+func NewCA(t testing.TB) *CA {
+	t.Helper()
+	c := issue(t, "test CA", nil, nil, func(tmpl *x509.Certificate) {
+		tmpl.IsCA, tmpl.BasicConstraintsValid, tmpl.KeyUsage, tmpl.ExtKeyUsage = true, true, x509.KeyUsageCertSign, nil
+	})
+	return &CA{Cert: c.Leaf, CertPEM: c.CertPEM, key: c.Pair.PrivateKey.(*ecdsa.PrivateKey)}
+}
+
+// Client issues a client certificate for cn.
+func (ca *CA) Client(t testing.TB, cn string) ClientCertificate {
+	t.Helper()
+	return issue(t, cn, ca.Cert, ca.key)
+}
+
+// Server issues a server certificate for the IP address ip.
+func (ca *CA) Server(t testing.TB, ip string) ClientCertificate {
+	t.Helper()
+	return issue(t, ip, ca.Cert, ca.key, func(tmpl *x509.Certificate) {
+		tmpl.ExtKeyUsage, tmpl.IPAddresses = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, []net.IP{net.ParseIP(ip)}
+	})
+}
+
+// issue makes a certificate for cn with a new ECDSA key, signed by
+// parent's key (self-signed when parent is nil), valid for a day; a client
+// certificate unless adjust says otherwise.
+func issue(t testing.TB, cn string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, adjust ...func(*x509.Certificate)) ClientCertificate {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +80,13 @@ func NewClientCertificate(t testing.TB, cn string) ClientCertificate {
 		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(24 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	for _, f := range adjust {
+		f(tmpl)
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +101,9 @@ func NewClientCertificate(t testing.TB, cn string) ClientCertificate {
 	if c.Pair, err = tls.X509KeyPair(c.CertPEM, c.KeyPEM); err != nil {
 		t.Fatal(err)
 	}
-	c.Leaf, _ = x509.ParseCertificate(der)
+	if c.Leaf, err = x509.ParseCertificate(der); err != nil {
+		t.Fatal(err)
+	}
 	return c
 }
 

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"os"
@@ -34,9 +34,9 @@ providers:
     client_certificate_key_file: ` + filepath.Join(dir, "client.key") + `
     grant_types: [device_code, refresh_token]
 `
-	cfg := defaultConfig()
-	if err := decodeConfig(strings.NewReader(give), &cfg); err != nil {
-		t.Fatalf("decodeConfig: %v", err)
+	cfg := DefaultConfig()
+	if err := DecodeConfig(strings.NewReader(give), &cfg); err != nil {
+		t.Fatalf("DecodeConfig: %v", err)
 	}
 	p, _, err := cfg.Providers[0].provider(os.Getenv)
 	if err != nil {
