@@ -289,7 +289,11 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 		return nil, fmt.Errorf("%w: account %q of provider %q", ErrNotFound, key.Account, key.Provider)
 	}
 	if g == nil {
-		g = &Grant{Provider: key.Provider, Type: GrantClientCredentials, Health: HealthOK}
+		g = &Grant{Provider: key.Provider, Type: p.ownGrant(), Health: HealthOK}
+	} else if key.Account == "" && g.Type != p.ownGrant() { // the provider changed how it obtains them
+		own := *g
+		own.Type = p.ownGrant()
+		g = &own
 	}
 	if g.Health == HealthReauthorizationRequired || g.Health == HealthPending {
 		return b.serveStale(cur, stale, fmt.Errorf("%w: account %q of provider %q: %s", ErrReauthorizationRequired, key.Account, key.Provider, cmp(g.LastError, "no consent yet")))
@@ -503,14 +507,16 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 		tok, err = b.call(ctx, p, g, method, grantScope(p, g, key), held)
 	}
 	if err != nil {
-		if rejectsGrant(err) && method != GrantClientCredentials {
+		if rejectsGrant(err) && !method.requestsAnew() {
 			return nil, nil, "", fmt.Errorf("%w: %w", ErrReauthorizationRequired, err)
 		}
 		return nil, nil, "", err
 	}
-	if tok.TokenType != "" && !isBearer(tok.TokenType) {
+	// RFC 8693 §2.2.1: an exchanged token that is not an access token has
+	// the token_type N_A.
+	if tok.TokenType != "" && !isBearer(tok.TokenType) && (method != GrantTokenExchange || !strings.EqualFold(tok.TokenType, "N_A")) {
 		err := &ProviderError{Provider: p.Name, Err: fmt.Errorf("%w: token_type %q is not bearer", oauth.ErrBadResponse, tok.TokenType)}
-		if g.Type != GrantClientCredentials && tok.RefreshToken != "" && tok.RefreshToken != g.RefreshToken {
+		if !g.Type.requestsAnew() && tok.RefreshToken != "" && tok.RefreshToken != g.RefreshToken {
 			// The access token is refused, but the provider rotated the
 			// refresh token all the same: the new one must be kept, or the
 			// lineage breaks on the next refresh.
@@ -542,7 +548,7 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 	}
 	// RFC 6749 §4.4.3: client credentials need no refresh token; a new
 	// token is simply requested (MediaHound).
-	if g.Type != GrantClientCredentials && tok.RefreshToken != "" && tok.RefreshToken != g.RefreshToken {
+	if !g.Type.requestsAnew() && tok.RefreshToken != "" && tok.RefreshToken != g.RefreshToken {
 		// Rotation (MediaHaven): the old refresh token is dead from now on;
 		// the new one is stored with the token, before anyone uses it.
 		next.RefreshToken, next.RefreshTokenUpdateTime = tok.RefreshToken, issued.UTC()
@@ -554,7 +560,7 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 // served until its hand-over when the next refresh, with refreshToken,
 // revokes it; rec keeps the provider's expiry otherwise.
 func (b *Broker) planHandOver(rec *TokenRecord, p *Provider, gt GrantType, refreshToken string) {
-	if gt == GrantClientCredentials || refreshToken == "" || !p.RevokesOnRefresh() {
+	if gt.requestsAnew() || refreshToken == "" || !p.RevokesOnRefresh() {
 		return
 	}
 	rec.ProviderExpiresAt = rec.ExpiresAt
@@ -578,6 +584,10 @@ func (b *Broker) call(ctx context.Context, p *Provider, g *Grant, method GrantTy
 		params.Set("password", g.Password)
 	case GrantRefreshToken:
 		params.Set("refresh_token", g.RefreshToken)
+	case GrantTokenExchange:
+		if err := b.exchangeParams(ctx, p, params); err != nil {
+			return nil, err
+		}
 	}
 	req, err := p.tokenRequest(method, params)
 	if err != nil {

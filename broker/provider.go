@@ -28,7 +28,7 @@ const (
 
 func (g GrantType) valid() bool {
 	switch g {
-	case GrantClientCredentials, GrantPassword, GrantAuthorizationCode, GrantRefreshToken, GrantDeviceCode:
+	case GrantClientCredentials, GrantPassword, GrantAuthorizationCode, GrantRefreshToken, GrantDeviceCode, GrantTokenExchange:
 		return true
 	}
 	return false
@@ -83,6 +83,10 @@ type Provider struct {
 	ClientCertificate     string
 	ClientCertificateKey  string
 	CertificateUpdateTime time.Time
+	// TokenExchange, with the token exchange grant allowed, makes the
+	// provider's own identity obtain its tokens by exchanging a subject
+	// token (RFC 8693).
+	TokenExchange *TokenExchange
 	// DefaultScopes are requested when a caller names none.
 	DefaultScopes []string
 	// TokenParams are extra form parameters sent with every token request.
@@ -215,6 +219,9 @@ func (p *Provider) Validate() error {
 		errs = append(errs, fmt.Errorf("introspection_auth_style %d is not one of basic, post, basic+post, private_key_jwt, tls_client_auth, self_signed_tls_client_auth", p.IntrospectionAuth))
 	}
 	errs = append(errs, p.validateClientCertificate()...)
+	if p.TokenExchange != nil {
+		errs = append(errs, p.TokenExchange.validate(p.Name)...)
+	}
 	if len(p.ClientKeys) > 1 {
 		errs = append(errs, errors.New("client_key: at most one key is imported at a time"))
 	}

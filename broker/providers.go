@@ -166,7 +166,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 func sameIdentity(a, b *Provider) bool {
 	return a.TokenURL == b.TokenURL && a.ClientID == b.ClientID && a.PKCE == b.PKCE && a.IntrospectionAuth == b.IntrospectionAuth && a.RedirectURL == b.RedirectURL &&
 		maps.Equal(a.GrantTokenURLs, b.GrantTokenURLs) && maps.Equal(a.TokenParams, b.TokenParams) &&
-		slices.Equal(a.DefaultScopes, b.DefaultScopes)
+		slices.Equal(a.DefaultScopes, b.DefaultScopes) && a.TokenExchange.equal(b.TokenExchange)
 }
 
 // GetProvider reads provider name from etcd, with what the broker learned

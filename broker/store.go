@@ -119,6 +119,7 @@ type storedProvider struct {
 	ClientCertificate    string            `json:"client_certificate,omitempty"`
 	ClientCertKey        []byte            `json:"client_certificate_key_sealed,omitempty"`
 	CertificateTime      time.Time         `json:"client_certificate_update_time,omitzero"`
+	TokenExchange        *storedExchange   `json:"token_exchange,omitempty"`
 	CreateTime           time.Time         `json:"create_time"`
 	UpdateTime           time.Time         `json:"update_time"`
 }
@@ -145,6 +146,7 @@ func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
 		return nil, err
 	}
 	s := storedProvider{
+		TokenExchange:     encodeExchange(p.TokenExchange),
 		ClientCertificate: p.ClientCertificate, ClientCertKey: certKey, CertificateTime: p.CertificateUpdateTime,
 		ClientKeys: keys, ClientKeyAlgorithm: p.ClientKeyAlgorithm, AssertionAudience: p.AssertionAudience,
 		PreviousSecret: previous, PreviousSecretUntil: p.PreviousSecretUntil, ConfigSecretDigest: configDigest,
@@ -205,6 +207,7 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 		return nil, err
 	}
 	p := &Provider{
+		TokenExchange:     decodeExchange(s.TokenExchange),
 		ClientCertificate: s.ClientCertificate, ClientCertificateKey: certKey, CertificateUpdateTime: s.CertificateTime,
 		ClientKeys: keys, ClientKeyAlgorithm: s.ClientKeyAlgorithm, AssertionAudience: s.AssertionAudience,
 		PreviousSecret: previous, PreviousSecretUntil: s.PreviousSecretUntil, ConfigSecretDigest: configDigest,
@@ -233,6 +236,34 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 		}
 	}
 	return p, nil
+}
+
+// storedExchange is the etcd encoding of a TokenExchange.
+type storedExchange struct {
+	SubjectProvider    string   `json:"subject_provider,omitempty"`
+	SubjectAccount     string   `json:"subject_account,omitempty"`
+	SubjectScopes      []string `json:"subject_scopes,omitempty"`
+	SubjectTokenFile   string   `json:"subject_token_file,omitempty"`
+	SubjectTokenType   string   `json:"subject_token_type,omitempty"`
+	RequestedTokenType string   `json:"requested_token_type,omitempty"`
+	Audience           []string `json:"audience,omitempty"`
+	Resource           []string `json:"resource,omitempty"`
+}
+
+func encodeExchange(x *TokenExchange) *storedExchange {
+	if x == nil {
+		return nil
+	}
+	s := storedExchange(*x)
+	return &s
+}
+
+func decodeExchange(s *storedExchange) *TokenExchange {
+	if s == nil {
+		return nil
+	}
+	x := TokenExchange(*s)
+	return &x
 }
 
 // storedClientKey is the etcd encoding of a ClientKey: the private key is
