@@ -409,6 +409,23 @@ type ProviderConfig struct {
 	// self_signed_tls_client_auth (RFC 8705). The key is sealed in etcd.
 	ClientCertificateFile    string `yaml:"client_certificate_file"`
 	ClientCertificateKeyFile string `yaml:"client_certificate_key_file"`
+	// TokenExchange, with grant_types [token_exchange], makes the
+	// provider's own identity exchange a subject token (RFC 8693).
+	TokenExchange *TokenExchangeConfig `yaml:"token_exchange"`
+}
+
+// TokenExchangeConfig is where a provider's subject token comes from
+// (subject_provider, through the broker, or subject_token_file, read at
+// every exchange) and what the exchange asks for.
+type TokenExchangeConfig struct {
+	SubjectProvider    string   `yaml:"subject_provider"`
+	SubjectAccount     string   `yaml:"subject_account"`
+	SubjectScopes      []string `yaml:"subject_scopes"`
+	SubjectTokenFile   string   `yaml:"subject_token_file"`
+	SubjectTokenType   string   `yaml:"subject_token_type"`
+	RequestedTokenType string   `yaml:"requested_token_type"`
+	Audience           []string `yaml:"audience"`
+	Resource           []string `yaml:"resource"`
 }
 
 // DefaultMetricsAddr keeps the metrics on the machine unless the file says
@@ -639,13 +656,20 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 		}
 	}
 	for _, g := range pc.GrantTypes {
-		if g == "device_code" { // short for the RFC 8628 URN
+		switch g { // short for the URNs
+		case "device_code":
 			g = string(broker.GrantDeviceCode)
+		case "token_exchange":
+			g = string(broker.GrantTokenExchange)
 		}
 		p.GrantTypes = append(p.GrantTypes, broker.GrantType(g))
 	}
 	p.PKCE, p.RedirectURL = pc.PKCE, pc.RedirectURL
 	p.DeviceAuthorizationURL = pc.DeviceAuthorizationURL
+	if pc.TokenExchange != nil {
+		x := broker.TokenExchange(*pc.TokenExchange)
+		p.TokenExchange = &x
+	}
 	for _, f := range []struct {
 		name, path string
 		dst        *string

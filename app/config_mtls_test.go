@@ -3,6 +3,7 @@ package app
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -55,5 +56,40 @@ providers:
 	}
 	if strings.Contains(err.Error(), string(other.KeyPEM[40:70])) {
 		t.Errorf("error %q quotes the key", err)
+	}
+}
+
+// TestConfigTokenExchange: a provider declares a token exchange whose
+// subject token is a projected service-account token.
+func TestConfigTokenExchange(t *testing.T) {
+	give := `
+providers:
+  - name: sts
+    token_url: https://sts.example.com/token
+    client_id: tokenbroker
+    client_secret: s
+    grant_types: [token_exchange]
+    token_exchange:
+      subject_token_file: /var/run/secrets/tokens/sts
+      requested_token_type: urn:ietf:params:oauth:token-type:access_token
+      audience: [orders]
+      resource: [https://orders.example.com/]
+`
+	cfg := DefaultConfig()
+	if err := DecodeConfig(strings.NewReader(give), &cfg); err != nil {
+		t.Fatalf("DecodeConfig: %v", err)
+	}
+	p, _, err := cfg.Providers[0].provider(os.Getenv)
+	if err != nil {
+		t.Fatalf("provider: %v", err)
+	}
+	want := broker.TokenExchange{SubjectTokenFile: "/var/run/secrets/tokens/sts", RequestedTokenType: broker.TokenTypeAccessToken,
+		Audience: []string{"orders"}, Resource: []string{"https://orders.example.com/"}}
+	if !p.Allows(broker.GrantTokenExchange) || p.TokenExchange == nil || !reflect.DeepEqual(*p.TokenExchange, want) {
+		t.Errorf("provider grants %v, token exchange %+v; want token_exchange and %+v", p.GrantTypes, p.TokenExchange, want)
+	}
+	cfg.Providers[0].TokenExchange.SubjectProvider = "other"
+	if _, _, err := cfg.Providers[0].provider(os.Getenv); err == nil || !strings.Contains(err.Error(), "exactly one of subject_provider and subject_token_file") {
+		t.Errorf("provider with two subject sources = %v, want an error", err)
 	}
 }

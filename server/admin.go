@@ -93,6 +93,7 @@ var grantTypes = map[tokenbrokerv1.GrantType]broker.GrantType{
 	tokenbrokerv1.GrantType_GRANT_TYPE_AUTHORIZATION_CODE: broker.GrantAuthorizationCode,
 	tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN:      broker.GrantRefreshToken,
 	tokenbrokerv1.GrantType_GRANT_TYPE_DEVICE_CODE:        broker.GrantDeviceCode,
+	tokenbrokerv1.GrantType_GRANT_TYPE_TOKEN_EXCHANGE:     broker.GrantTokenExchange,
 }
 
 // fromProvider converts the API's provider; output-only fields are ignored.
@@ -117,6 +118,16 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 	p.RefreshLeadFraction = in.GetRefreshLeadFraction()
 	p.DeviceAuthorizationURL = in.GetDeviceAuthorizationUrl()
 	p.ClientCertificate = in.GetClientCertificate()
+	if x := in.GetTokenExchange(); x != nil {
+		if x.GetSubjectTokenFile() != "" {
+			return broker.Provider{}, fmt.Errorf("%w: token_exchange.subject_token_file is set in the config file only", broker.ErrInvalidArgument)
+		}
+		p.TokenExchange = &broker.TokenExchange{
+			SubjectProvider: x.GetSubjectProvider(), SubjectAccount: x.GetSubjectAccount(), SubjectScopes: x.GetSubjectScopes(),
+			SubjectTokenType: x.GetSubjectTokenType(), RequestedTokenType: x.GetRequestedTokenType(),
+			Audience: x.GetAudience(), Resource: x.GetResource(),
+		}
+	}
 	p.RefreshRevokesAccessToken = in.RefreshRevokesAccessToken
 	for _, d := range []struct {
 		name string
@@ -180,6 +191,13 @@ func (s *adminServer) toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 	}
 	out.DeviceAuthorizationUrl = p.DeviceAuthorizationURL
 	out.ClientCertificate = p.ClientCertificate
+	if x := p.TokenExchange; x != nil {
+		out.TokenExchange = &tokenbrokerv1.TokenExchange{
+			SubjectProvider: x.SubjectProvider, SubjectAccount: x.SubjectAccount, SubjectScopes: x.SubjectScopes,
+			SubjectTokenFile: x.SubjectTokenFile, SubjectTokenType: x.SubjectTokenType, RequestedTokenType: x.RequestedTokenType,
+			Audience: x.Audience, Resource: x.Resource,
+		}
+	}
 	if p.ClientCertificateKey != "" {
 		out.ClientCertificateKey = s.secretInfo(p.ClientCertificateKey, p.CertificateUpdateTime)
 	}

@@ -34,6 +34,7 @@ var grantTypeNames = map[string]tokenbrokerv1.GrantType{
 	"authorization_code": tokenbrokerv1.GrantType_GRANT_TYPE_AUTHORIZATION_CODE,
 	"refresh_token":      tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN,
 	"device_code":        tokenbrokerv1.GrantType_GRANT_TYPE_DEVICE_CODE,
+	"token_exchange":     tokenbrokerv1.GrantType_GRANT_TYPE_TOKEN_EXCHANGE,
 }
 
 func parseGrantType(flag, s string) (tokenbrokerv1.GrantType, error) {
@@ -77,6 +78,7 @@ func (c *cli) providerPutCommand() *cobra.Command {
 		redirectURI string
 		certFile    string
 		keyFile     string
+		exchange    tokenbrokerv1.TokenExchange
 	)
 	cmd := &cobra.Command{
 		Use:   "put NAME",
@@ -112,6 +114,10 @@ from --base-url; flags given explicitly win over the preset.`,
 			}
 			p.DefaultTokenLifetime, p.TokenParams, p.GrantTokenUrls, p.RedirectUri = d, tokenParams, grantURLs, redirectURI
 			req := &tokenbrokerv1.PutProviderRequest{Provider: &p}
+			if exchange.SubjectProvider != "" || cmd.Flags().Changed("subject-account") || len(exchange.Audience) > 0 || len(exchange.Resource) > 0 ||
+				exchange.RequestedTokenType != "" || exchange.SubjectTokenType != "" || len(exchange.SubjectScopes) > 0 {
+				p.TokenExchange = &exchange
+			}
 			if certFile != "" {
 				data, err := os.ReadFile(certFile)
 				if err != nil {
@@ -154,8 +160,15 @@ from --base-url; flags given explicitly win over the preset.`,
 	f.StringVar(&authStyle, "auth-style", "", "client authentication at the token endpoint: basic, post, basic+post, tls_client_auth or self_signed_tls_client_auth (default basic)")
 	f.StringVar(&certFile, "client-certificate-file", "", "PEM client certificate chain presented with tls_client_auth and self_signed_tls_client_auth")
 	f.StringVar(&keyFile, "client-certificate-key-file", "", "PEM private key of --client-certificate-file (sent once, never shown)")
+	f.StringVar(&exchange.SubjectProvider, "subject-provider", "", "token_exchange grant: the provider whose token is the subject token")
+	f.StringVar(&exchange.SubjectAccount, "subject-account", "", "token_exchange grant: the account of --subject-provider")
+	f.StringSliceVar(&exchange.SubjectScopes, "subject-scope", nil, "token_exchange grant: scope of the subject token, repeatable")
+	f.StringVar(&exchange.SubjectTokenType, "subject-token-type", "", "token_exchange grant: subject_token_type URI (default the access_token type)")
+	f.StringVar(&exchange.RequestedTokenType, "requested-token-type", "", "token_exchange grant: requested_token_type URI")
+	f.StringSliceVar(&exchange.Audience, "audience", nil, "token_exchange grant: audience, repeatable")
+	f.StringSliceVar(&exchange.Resource, "resource", nil, "token_exchange grant: resource URI, repeatable")
 	f.StringSliceVar(&p.DefaultScopes, "scope", nil, "default scope, repeatable or comma-separated")
-	f.StringSliceVar(&grants, "grant", nil, "allowed grant, repeatable: client_credentials, password, authorization_code, device_code, refresh_token (default client_credentials)")
+	f.StringSliceVar(&grants, "grant", nil, "allowed grant, repeatable: client_credentials, password, authorization_code, device_code, token_exchange, refresh_token (default client_credentials)")
 	f.StringVar(&p.Preset, "preset", "", "preset of a known provider: mediacore, mediahound, mediavalet, mediaflow, mediahaven or oidc")
 	f.StringVar(&p.BaseUrl, "base-url", "", "the preset's base URL: the instance, or the OIDC issuer")
 	f.BoolVar(&p.Pkce, "pkce", false, "send an S256 PKCE challenge with authorization requests")
@@ -310,6 +323,7 @@ func (c *cli) printProvider(p *tokenbrokerv1.Provider) error {
 		{"AUTH STYLE", authStyleCell(p.GetClientAuthStyle())},
 		{"CLIENT CERTIFICATE", certificateCell(p.GetClientCertificate())},
 		{"CERTIFICATE KEY", secretCell(p.GetClientCertificateKey())},
+		{"TOKEN EXCHANGE", exchangeCell(p.GetTokenExchange())},
 		{"GRANTS", grantsCell(p.GetGrantTypes())},
 		{"SCOPES", listCell(p.GetDefaultScopes())},
 		{"TOKEN PARAMS", kv(p.GetTokenParams())},
@@ -318,6 +332,22 @@ func (c *cli) printProvider(p *tokenbrokerv1.Provider) error {
 		{"CREATED", timeCell(p.GetCreateTime())},
 		{"UPDATED", timeCell(p.GetUpdateTime())},
 	})
+}
+
+// exchangeCell says where a token exchange's subject token comes from
+// and for which audiences and resources.
+func exchangeCell(x *tokenbrokerv1.TokenExchange) string {
+	if x == nil {
+		return "-"
+	}
+	from := "file " + x.GetSubjectTokenFile()
+	if x.GetSubjectProvider() != "" {
+		from = "provider " + x.GetSubjectProvider()
+		if x.GetSubjectAccount() != "" {
+			from += " account " + x.GetSubjectAccount()
+		}
+	}
+	return fmt.Sprintf("subject from %s; audience %s; resource %s", from, listCell(x.GetAudience()), listCell(x.GetResource()))
 }
 
 // certificateCell names a PEM certificate chain's leaf and its expiry.

@@ -110,6 +110,9 @@ const (
 	// RFC 8628 (device authorization grant,
 	// urn:ietf:params:oauth:grant-type:device_code).
 	GrantType_GRANT_TYPE_DEVICE_CODE GrantType = 6
+	// RFC 8693 (token exchange,
+	// urn:ietf:params:oauth:grant-type:token-exchange).
+	GrantType_GRANT_TYPE_TOKEN_EXCHANGE GrantType = 7
 )
 
 // Enum value maps for GrantType.
@@ -121,6 +124,7 @@ var (
 		3: "GRANT_TYPE_AUTHORIZATION_CODE",
 		4: "GRANT_TYPE_REFRESH_TOKEN",
 		6: "GRANT_TYPE_DEVICE_CODE",
+		7: "GRANT_TYPE_TOKEN_EXCHANGE",
 	}
 	GrantType_value = map[string]int32{
 		"GRANT_TYPE_UNSPECIFIED":        0,
@@ -129,6 +133,7 @@ var (
 		"GRANT_TYPE_AUTHORIZATION_CODE": 3,
 		"GRANT_TYPE_REFRESH_TOKEN":      4,
 		"GRANT_TYPE_DEVICE_CODE":        6,
+		"GRANT_TYPE_TOKEN_EXCHANGE":     7,
 	}
 )
 
@@ -488,8 +493,11 @@ type Provider struct {
 	// Output only: the client certificate's private key's state; the key
 	// itself is never returned.
 	ClientCertificateKey *SecretInfo `protobuf:"bytes,42,opt,name=client_certificate_key,json=clientCertificateKey,proto3" json:"client_certificate_key,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// With GRANT_TYPE_TOKEN_EXCHANGE allowed, the provider's own identity
+	// obtains its tokens by exchanging a subject token (RFC 8693).
+	TokenExchange *TokenExchange `protobuf:"bytes,43,opt,name=token_exchange,json=tokenExchange,proto3" json:"token_exchange,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Provider) Reset() {
@@ -725,6 +733,127 @@ func (x *Provider) GetClientCertificateKey() *SecretInfo {
 	return nil
 }
 
+func (x *Provider) GetTokenExchange() *TokenExchange {
+	if x != nil {
+		return x.TokenExchange
+	}
+	return nil
+}
+
+// TokenExchange says where a provider's subject token comes from and what
+// the exchange asks for.
+type TokenExchange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The provider whose token (through the broker) is the subject token.
+	SubjectProvider string `protobuf:"bytes,1,opt,name=subject_provider,json=subjectProvider,proto3" json:"subject_provider,omitempty"`
+	// The account of subject_provider; its own identity when empty.
+	SubjectAccount string `protobuf:"bytes,2,opt,name=subject_account,json=subjectAccount,proto3" json:"subject_account,omitempty"`
+	// The scopes of the subject token; subject_provider's defaults when empty.
+	SubjectScopes []string `protobuf:"bytes,3,rep,name=subject_scopes,json=subjectScopes,proto3" json:"subject_scopes,omitempty"`
+	// Output only: a file whose contents are the subject token (a projected
+	// service-account token), read at every exchange. Only the config file
+	// sets it: the admin API does not let a caller name a file the broker
+	// reads.
+	SubjectTokenFile string `protobuf:"bytes,4,opt,name=subject_token_file,json=subjectTokenFile,proto3" json:"subject_token_file,omitempty"`
+	// subject_token_type; the access_token type for subject_provider, the jwt
+	// type for a file, when empty.
+	SubjectTokenType string `protobuf:"bytes,5,opt,name=subject_token_type,json=subjectTokenType,proto3" json:"subject_token_type,omitempty"`
+	// requested_token_type; not sent when empty.
+	RequestedTokenType string `protobuf:"bytes,6,opt,name=requested_token_type,json=requestedTokenType,proto3" json:"requested_token_type,omitempty"`
+	// The audience parameters.
+	Audience []string `protobuf:"bytes,7,rep,name=audience,proto3" json:"audience,omitempty"`
+	// The resource parameters: absolute URIs.
+	Resource      []string `protobuf:"bytes,8,rep,name=resource,proto3" json:"resource,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenExchange) Reset() {
+	*x = TokenExchange{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenExchange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenExchange) ProtoMessage() {}
+
+func (x *TokenExchange) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenExchange.ProtoReflect.Descriptor instead.
+func (*TokenExchange) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TokenExchange) GetSubjectProvider() string {
+	if x != nil {
+		return x.SubjectProvider
+	}
+	return ""
+}
+
+func (x *TokenExchange) GetSubjectAccount() string {
+	if x != nil {
+		return x.SubjectAccount
+	}
+	return ""
+}
+
+func (x *TokenExchange) GetSubjectScopes() []string {
+	if x != nil {
+		return x.SubjectScopes
+	}
+	return nil
+}
+
+func (x *TokenExchange) GetSubjectTokenFile() string {
+	if x != nil {
+		return x.SubjectTokenFile
+	}
+	return ""
+}
+
+func (x *TokenExchange) GetSubjectTokenType() string {
+	if x != nil {
+		return x.SubjectTokenType
+	}
+	return ""
+}
+
+func (x *TokenExchange) GetRequestedTokenType() string {
+	if x != nil {
+		return x.RequestedTokenType
+	}
+	return ""
+}
+
+func (x *TokenExchange) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+func (x *TokenExchange) GetResource() []string {
+	if x != nil {
+		return x.Resource
+	}
+	return nil
+}
+
 // PutProviderRequest creates or replaces a provider.
 type PutProviderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -741,7 +870,7 @@ type PutProviderRequest struct {
 
 func (x *PutProviderRequest) Reset() {
 	*x = PutProviderRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[2]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +882,7 @@ func (x *PutProviderRequest) String() string {
 func (*PutProviderRequest) ProtoMessage() {}
 
 func (x *PutProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[2]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +895,7 @@ func (x *PutProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutProviderRequest.ProtoReflect.Descriptor instead.
 func (*PutProviderRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PutProviderRequest) GetProvider() *Provider {
@@ -801,7 +930,7 @@ type PutProviderResponse struct {
 
 func (x *PutProviderResponse) Reset() {
 	*x = PutProviderResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[3]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -813,7 +942,7 @@ func (x *PutProviderResponse) String() string {
 func (*PutProviderResponse) ProtoMessage() {}
 
 func (x *PutProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[3]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -826,7 +955,7 @@ func (x *PutProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutProviderResponse.ProtoReflect.Descriptor instead.
 func (*PutProviderResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PutProviderResponse) GetProvider() *Provider {
@@ -847,7 +976,7 @@ type GetProviderRequest struct {
 
 func (x *GetProviderRequest) Reset() {
 	*x = GetProviderRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +988,7 @@ func (x *GetProviderRequest) String() string {
 func (*GetProviderRequest) ProtoMessage() {}
 
 func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +1001,7 @@ func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderRequest.ProtoReflect.Descriptor instead.
 func (*GetProviderRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetProviderRequest) GetName() string {
@@ -893,7 +1022,7 @@ type GetProviderResponse struct {
 
 func (x *GetProviderResponse) Reset() {
 	*x = GetProviderResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -905,7 +1034,7 @@ func (x *GetProviderResponse) String() string {
 func (*GetProviderResponse) ProtoMessage() {}
 
 func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -918,7 +1047,7 @@ func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderResponse.ProtoReflect.Descriptor instead.
 func (*GetProviderResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetProviderResponse) GetProvider() *Provider {
@@ -937,7 +1066,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -949,7 +1078,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -962,7 +1091,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 // ListProvidersResponse returns the providers.
@@ -976,7 +1105,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -988,7 +1117,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1001,7 +1130,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -1022,7 +1151,7 @@ type DeleteProviderRequest struct {
 
 func (x *DeleteProviderRequest) Reset() {
 	*x = DeleteProviderRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1034,7 +1163,7 @@ func (x *DeleteProviderRequest) String() string {
 func (*DeleteProviderRequest) ProtoMessage() {}
 
 func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1047,7 +1176,7 @@ func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProviderRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeleteProviderRequest) GetName() string {
@@ -1066,7 +1195,7 @@ type DeleteProviderResponse struct {
 
 func (x *DeleteProviderResponse) Reset() {
 	*x = DeleteProviderResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1207,7 @@ func (x *DeleteProviderResponse) String() string {
 func (*DeleteProviderResponse) ProtoMessage() {}
 
 func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1220,7 @@ func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderResponse.ProtoReflect.Descriptor instead.
 func (*DeleteProviderResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 // Grant is an account under a provider: one lineage of tokens.
@@ -1131,7 +1260,7 @@ type Grant struct {
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1272,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1285,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Grant) GetProvider() string {
@@ -1281,7 +1410,7 @@ type PutAccountRequest struct {
 
 func (x *PutAccountRequest) Reset() {
 	*x = PutAccountRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +1422,7 @@ func (x *PutAccountRequest) String() string {
 func (*PutAccountRequest) ProtoMessage() {}
 
 func (x *PutAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,7 +1435,7 @@ func (x *PutAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAccountRequest.ProtoReflect.Descriptor instead.
 func (*PutAccountRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PutAccountRequest) GetProvider() string {
@@ -1362,7 +1491,7 @@ type PutAccountResponse struct {
 
 func (x *PutAccountResponse) Reset() {
 	*x = PutAccountResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1374,7 +1503,7 @@ func (x *PutAccountResponse) String() string {
 func (*PutAccountResponse) ProtoMessage() {}
 
 func (x *PutAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1387,7 +1516,7 @@ func (x *PutAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAccountResponse.ProtoReflect.Descriptor instead.
 func (*PutAccountResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PutAccountResponse) GetGrant() *Grant {
@@ -1414,7 +1543,7 @@ type StartAuthorizationRequest struct {
 
 func (x *StartAuthorizationRequest) Reset() {
 	*x = StartAuthorizationRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1426,7 +1555,7 @@ func (x *StartAuthorizationRequest) String() string {
 func (*StartAuthorizationRequest) ProtoMessage() {}
 
 func (x *StartAuthorizationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1439,7 +1568,7 @@ func (x *StartAuthorizationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartAuthorizationRequest.ProtoReflect.Descriptor instead.
 func (*StartAuthorizationRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StartAuthorizationRequest) GetProvider() string {
@@ -1497,7 +1626,7 @@ type StartAuthorizationResponse struct {
 
 func (x *StartAuthorizationResponse) Reset() {
 	*x = StartAuthorizationResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1638,7 @@ func (x *StartAuthorizationResponse) String() string {
 func (*StartAuthorizationResponse) ProtoMessage() {}
 
 func (x *StartAuthorizationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1651,7 @@ func (x *StartAuthorizationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartAuthorizationResponse.ProtoReflect.Descriptor instead.
 func (*StartAuthorizationResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StartAuthorizationResponse) GetAuthorizeUrl() string {
@@ -1585,7 +1714,7 @@ type ListGrantsRequest struct {
 
 func (x *ListGrantsRequest) Reset() {
 	*x = ListGrantsRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1597,7 +1726,7 @@ func (x *ListGrantsRequest) String() string {
 func (*ListGrantsRequest) ProtoMessage() {}
 
 func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1610,7 +1739,7 @@ func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
 func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListGrantsRequest) GetProvider() string {
@@ -1631,7 +1760,7 @@ type ListGrantsResponse struct {
 
 func (x *ListGrantsResponse) Reset() {
 	*x = ListGrantsResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1643,7 +1772,7 @@ func (x *ListGrantsResponse) String() string {
 func (*ListGrantsResponse) ProtoMessage() {}
 
 func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1656,7 +1785,7 @@ func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
 func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListGrantsResponse) GetGrants() []*Grant {
@@ -1679,7 +1808,7 @@ type RevokeGrantRequest struct {
 
 func (x *RevokeGrantRequest) Reset() {
 	*x = RevokeGrantRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +1820,7 @@ func (x *RevokeGrantRequest) String() string {
 func (*RevokeGrantRequest) ProtoMessage() {}
 
 func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +1833,7 @@ func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RevokeGrantRequest) GetProvider() string {
@@ -1730,7 +1859,7 @@ type RevokeGrantResponse struct {
 
 func (x *RevokeGrantResponse) Reset() {
 	*x = RevokeGrantResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1742,7 +1871,7 @@ func (x *RevokeGrantResponse) String() string {
 func (*RevokeGrantResponse) ProtoMessage() {}
 
 func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1755,7 +1884,7 @@ func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 // ApiKey describes an API key without the key.
@@ -1777,7 +1906,7 @@ type ApiKey struct {
 
 func (x *ApiKey) Reset() {
 	*x = ApiKey{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1789,7 +1918,7 @@ func (x *ApiKey) String() string {
 func (*ApiKey) ProtoMessage() {}
 
 func (x *ApiKey) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1802,7 +1931,7 @@ func (x *ApiKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApiKey.ProtoReflect.Descriptor instead.
 func (*ApiKey) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ApiKey) GetId() string {
@@ -1853,7 +1982,7 @@ type CreateApiKeyRequest struct {
 
 func (x *CreateApiKeyRequest) Reset() {
 	*x = CreateApiKeyRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1865,7 +1994,7 @@ func (x *CreateApiKeyRequest) String() string {
 func (*CreateApiKeyRequest) ProtoMessage() {}
 
 func (x *CreateApiKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1878,7 +2007,7 @@ func (x *CreateApiKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApiKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateApiKeyRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateApiKeyRequest) GetIdentity() string {
@@ -1908,7 +2037,7 @@ type CreateApiKeyResponse struct {
 
 func (x *CreateApiKeyResponse) Reset() {
 	*x = CreateApiKeyResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1920,7 +2049,7 @@ func (x *CreateApiKeyResponse) String() string {
 func (*CreateApiKeyResponse) ProtoMessage() {}
 
 func (x *CreateApiKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1933,7 +2062,7 @@ func (x *CreateApiKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApiKeyResponse.ProtoReflect.Descriptor instead.
 func (*CreateApiKeyResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateApiKeyResponse) GetApiKey() *ApiKey {
@@ -1959,7 +2088,7 @@ type ListApiKeysRequest struct {
 
 func (x *ListApiKeysRequest) Reset() {
 	*x = ListApiKeysRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1971,7 +2100,7 @@ func (x *ListApiKeysRequest) String() string {
 func (*ListApiKeysRequest) ProtoMessage() {}
 
 func (x *ListApiKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1984,7 +2113,7 @@ func (x *ListApiKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApiKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListApiKeysRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 // ListApiKeysResponse returns keys without the keys themselves.
@@ -1998,7 +2127,7 @@ type ListApiKeysResponse struct {
 
 func (x *ListApiKeysResponse) Reset() {
 	*x = ListApiKeysResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2010,7 +2139,7 @@ func (x *ListApiKeysResponse) String() string {
 func (*ListApiKeysResponse) ProtoMessage() {}
 
 func (x *ListApiKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2023,7 +2152,7 @@ func (x *ListApiKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApiKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListApiKeysResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListApiKeysResponse) GetApiKeys() []*ApiKey {
@@ -2044,7 +2173,7 @@ type RetireApiKeyRequest struct {
 
 func (x *RetireApiKeyRequest) Reset() {
 	*x = RetireApiKeyRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2056,7 +2185,7 @@ func (x *RetireApiKeyRequest) String() string {
 func (*RetireApiKeyRequest) ProtoMessage() {}
 
 func (x *RetireApiKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2069,7 +2198,7 @@ func (x *RetireApiKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireApiKeyRequest.ProtoReflect.Descriptor instead.
 func (*RetireApiKeyRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RetireApiKeyRequest) GetId() string {
@@ -2088,7 +2217,7 @@ type RetireApiKeyResponse struct {
 
 func (x *RetireApiKeyResponse) Reset() {
 	*x = RetireApiKeyResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2229,7 @@ func (x *RetireApiKeyResponse) String() string {
 func (*RetireApiKeyResponse) ProtoMessage() {}
 
 func (x *RetireApiKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2242,7 @@ func (x *RetireApiKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireApiKeyResponse.ProtoReflect.Descriptor instead.
 func (*RetireApiKeyResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 // RotateClientSecretRequest names the provider and its new secret.
@@ -2133,7 +2262,7 @@ type RotateClientSecretRequest struct {
 
 func (x *RotateClientSecretRequest) Reset() {
 	*x = RotateClientSecretRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2145,7 +2274,7 @@ func (x *RotateClientSecretRequest) String() string {
 func (*RotateClientSecretRequest) ProtoMessage() {}
 
 func (x *RotateClientSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2158,7 +2287,7 @@ func (x *RotateClientSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateClientSecretRequest.ProtoReflect.Descriptor instead.
 func (*RotateClientSecretRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RotateClientSecretRequest) GetProvider() string {
@@ -2200,7 +2329,7 @@ type RotateClientSecretResponse struct {
 
 func (x *RotateClientSecretResponse) Reset() {
 	*x = RotateClientSecretResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2341,7 @@ func (x *RotateClientSecretResponse) String() string {
 func (*RotateClientSecretResponse) ProtoMessage() {}
 
 func (x *RotateClientSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2354,7 @@ func (x *RotateClientSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateClientSecretResponse.ProtoReflect.Descriptor instead.
 func (*RotateClientSecretResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RotateClientSecretResponse) GetProvider() *Provider {
@@ -2266,7 +2395,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2278,7 +2407,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2291,7 +2420,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Event) GetId() string {
@@ -2374,7 +2503,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2386,7 +2515,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2399,7 +2528,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListEventsRequest) GetAfterId() string {
@@ -2441,7 +2570,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2453,7 +2582,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2466,7 +2595,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -2491,7 +2620,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2503,7 +2632,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2516,7 +2645,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WatchEventsRequest) GetAfterId() string {
@@ -2551,7 +2680,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2563,7 +2692,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2576,7 +2705,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -2616,7 +2745,7 @@ type Webhook struct {
 
 func (x *Webhook) Reset() {
 	*x = Webhook{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2628,7 +2757,7 @@ func (x *Webhook) String() string {
 func (*Webhook) ProtoMessage() {}
 
 func (x *Webhook) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2641,7 +2770,7 @@ func (x *Webhook) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Webhook.ProtoReflect.Descriptor instead.
 func (*Webhook) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Webhook) GetId() string {
@@ -2728,7 +2857,7 @@ type PutWebhookRequest struct {
 
 func (x *PutWebhookRequest) Reset() {
 	*x = PutWebhookRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2740,7 +2869,7 @@ func (x *PutWebhookRequest) String() string {
 func (*PutWebhookRequest) ProtoMessage() {}
 
 func (x *PutWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2753,7 +2882,7 @@ func (x *PutWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutWebhookRequest.ProtoReflect.Descriptor instead.
 func (*PutWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *PutWebhookRequest) GetWebhook() *Webhook {
@@ -2784,7 +2913,7 @@ type PutWebhookResponse struct {
 
 func (x *PutWebhookResponse) Reset() {
 	*x = PutWebhookResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2796,7 +2925,7 @@ func (x *PutWebhookResponse) String() string {
 func (*PutWebhookResponse) ProtoMessage() {}
 
 func (x *PutWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2809,7 +2938,7 @@ func (x *PutWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutWebhookResponse.ProtoReflect.Descriptor instead.
 func (*PutWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PutWebhookResponse) GetWebhook() *Webhook {
@@ -2837,7 +2966,7 @@ type GetWebhookRequest struct {
 
 func (x *GetWebhookRequest) Reset() {
 	*x = GetWebhookRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2849,7 +2978,7 @@ func (x *GetWebhookRequest) String() string {
 func (*GetWebhookRequest) ProtoMessage() {}
 
 func (x *GetWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2862,7 +2991,7 @@ func (x *GetWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetWebhookRequest.ProtoReflect.Descriptor instead.
 func (*GetWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetWebhookRequest) GetId() string {
@@ -2883,7 +3012,7 @@ type GetWebhookResponse struct {
 
 func (x *GetWebhookResponse) Reset() {
 	*x = GetWebhookResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2895,7 +3024,7 @@ func (x *GetWebhookResponse) String() string {
 func (*GetWebhookResponse) ProtoMessage() {}
 
 func (x *GetWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2908,7 +3037,7 @@ func (x *GetWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetWebhookResponse.ProtoReflect.Descriptor instead.
 func (*GetWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetWebhookResponse) GetWebhook() *Webhook {
@@ -2927,7 +3056,7 @@ type ListWebhooksRequest struct {
 
 func (x *ListWebhooksRequest) Reset() {
 	*x = ListWebhooksRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2939,7 +3068,7 @@ func (x *ListWebhooksRequest) String() string {
 func (*ListWebhooksRequest) ProtoMessage() {}
 
 func (x *ListWebhooksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2952,7 +3081,7 @@ func (x *ListWebhooksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhooksRequest.ProtoReflect.Descriptor instead.
 func (*ListWebhooksRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 // ListWebhooksResponse returns subscriptions.
@@ -2966,7 +3095,7 @@ type ListWebhooksResponse struct {
 
 func (x *ListWebhooksResponse) Reset() {
 	*x = ListWebhooksResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2978,7 +3107,7 @@ func (x *ListWebhooksResponse) String() string {
 func (*ListWebhooksResponse) ProtoMessage() {}
 
 func (x *ListWebhooksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2991,7 +3120,7 @@ func (x *ListWebhooksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhooksResponse.ProtoReflect.Descriptor instead.
 func (*ListWebhooksResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListWebhooksResponse) GetWebhooks() []*Webhook {
@@ -3012,7 +3141,7 @@ type DeleteWebhookRequest struct {
 
 func (x *DeleteWebhookRequest) Reset() {
 	*x = DeleteWebhookRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3024,7 +3153,7 @@ func (x *DeleteWebhookRequest) String() string {
 func (*DeleteWebhookRequest) ProtoMessage() {}
 
 func (x *DeleteWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3037,7 +3166,7 @@ func (x *DeleteWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteWebhookRequest.ProtoReflect.Descriptor instead.
 func (*DeleteWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DeleteWebhookRequest) GetId() string {
@@ -3056,7 +3185,7 @@ type DeleteWebhookResponse struct {
 
 func (x *DeleteWebhookResponse) Reset() {
 	*x = DeleteWebhookResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3068,7 +3197,7 @@ func (x *DeleteWebhookResponse) String() string {
 func (*DeleteWebhookResponse) ProtoMessage() {}
 
 func (x *DeleteWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3081,7 +3210,7 @@ func (x *DeleteWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteWebhookResponse.ProtoReflect.Descriptor instead.
 func (*DeleteWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 // WebhookDelivery is the delivery of one event to one subscription.
@@ -3111,7 +3240,7 @@ type WebhookDelivery struct {
 
 func (x *WebhookDelivery) Reset() {
 	*x = WebhookDelivery{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3123,7 +3252,7 @@ func (x *WebhookDelivery) String() string {
 func (*WebhookDelivery) ProtoMessage() {}
 
 func (x *WebhookDelivery) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3136,7 +3265,7 @@ func (x *WebhookDelivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookDelivery.ProtoReflect.Descriptor instead.
 func (*WebhookDelivery) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WebhookDelivery) GetEventId() string {
@@ -3213,7 +3342,7 @@ type ListWebhookDeliveriesRequest struct {
 
 func (x *ListWebhookDeliveriesRequest) Reset() {
 	*x = ListWebhookDeliveriesRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3225,7 +3354,7 @@ func (x *ListWebhookDeliveriesRequest) String() string {
 func (*ListWebhookDeliveriesRequest) ProtoMessage() {}
 
 func (x *ListWebhookDeliveriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3238,7 +3367,7 @@ func (x *ListWebhookDeliveriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhookDeliveriesRequest.ProtoReflect.Descriptor instead.
 func (*ListWebhookDeliveriesRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListWebhookDeliveriesRequest) GetId() string {
@@ -3259,7 +3388,7 @@ type ListWebhookDeliveriesResponse struct {
 
 func (x *ListWebhookDeliveriesResponse) Reset() {
 	*x = ListWebhookDeliveriesResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3271,7 +3400,7 @@ func (x *ListWebhookDeliveriesResponse) String() string {
 func (*ListWebhookDeliveriesResponse) ProtoMessage() {}
 
 func (x *ListWebhookDeliveriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3284,7 +3413,7 @@ func (x *ListWebhookDeliveriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhookDeliveriesResponse.ProtoReflect.Descriptor instead.
 func (*ListWebhookDeliveriesResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListWebhookDeliveriesResponse) GetDeliveries() []*WebhookDelivery {
@@ -3307,7 +3436,7 @@ type RedeliverWebhookRequest struct {
 
 func (x *RedeliverWebhookRequest) Reset() {
 	*x = RedeliverWebhookRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3319,7 +3448,7 @@ func (x *RedeliverWebhookRequest) String() string {
 func (*RedeliverWebhookRequest) ProtoMessage() {}
 
 func (x *RedeliverWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3332,7 +3461,7 @@ func (x *RedeliverWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeliverWebhookRequest.ProtoReflect.Descriptor instead.
 func (*RedeliverWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RedeliverWebhookRequest) GetId() string {
@@ -3358,7 +3487,7 @@ type RedeliverWebhookResponse struct {
 
 func (x *RedeliverWebhookResponse) Reset() {
 	*x = RedeliverWebhookResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3370,7 +3499,7 @@ func (x *RedeliverWebhookResponse) String() string {
 func (*RedeliverWebhookResponse) ProtoMessage() {}
 
 func (x *RedeliverWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3383,7 +3512,7 @@ func (x *RedeliverWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeliverWebhookResponse.ProtoReflect.Descriptor instead.
 func (*RedeliverWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
@@ -3396,7 +3525,7 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x03set\x18\x01 \x01(\bR\x03set\x12 \n" +
 	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\x12;\n" +
 	"\vupdate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\x97\x0e\n" +
+	"updateTime\"\xdd\x0e\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\ttoken_url\x18\x02 \x01(\tR\btokenUrl\x12#\n" +
@@ -3431,7 +3560,8 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"$learned_refresh_revokes_access_token\x18\x1a \x01(\bH\x01R learnedRefreshRevokesAccessToken\x88\x01\x01\x128\n" +
 	"\x18device_authorization_url\x18( \x01(\tR\x16deviceAuthorizationUrl\x12-\n" +
 	"\x12client_certificate\x18) \x01(\tR\x11clientCertificate\x12P\n" +
-	"\x16client_certificate_key\x18* \x01(\v2\x1a.tokenbroker.v1.SecretInfoR\x14clientCertificateKey\x1aA\n" +
+	"\x16client_certificate_key\x18* \x01(\v2\x1a.tokenbroker.v1.SecretInfoR\x14clientCertificateKey\x12D\n" +
+	"\x0etoken_exchange\x18+ \x01(\v2\x1d.tokenbroker.v1.TokenExchangeR\rtokenExchange\x1aA\n" +
 	"\x13GrantTokenUrlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -3439,7 +3569,16 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x1f\n" +
 	"\x1d_refresh_revokes_access_tokenB'\n" +
-	"%_learned_refresh_revokes_access_token\"\xa5\x01\n" +
+	"%_learned_refresh_revokes_access_token\"\xd0\x02\n" +
+	"\rTokenExchange\x12)\n" +
+	"\x10subject_provider\x18\x01 \x01(\tR\x0fsubjectProvider\x12'\n" +
+	"\x0fsubject_account\x18\x02 \x01(\tR\x0esubjectAccount\x12%\n" +
+	"\x0esubject_scopes\x18\x03 \x03(\tR\rsubjectScopes\x12,\n" +
+	"\x12subject_token_file\x18\x04 \x01(\tR\x10subjectTokenFile\x12,\n" +
+	"\x12subject_token_type\x18\x05 \x01(\tR\x10subjectTokenType\x120\n" +
+	"\x14requested_token_type\x18\x06 \x01(\tR\x12requestedTokenType\x12\x1a\n" +
+	"\baudience\x18\a \x03(\tR\baudience\x12\x1a\n" +
+	"\bresource\x18\b \x03(\tR\bresource\"\xa5\x01\n" +
 	"\x12PutProviderRequest\x124\n" +
 	"\bprovider\x18\x01 \x01(\v2\x18.tokenbroker.v1.ProviderR\bprovider\x12#\n" +
 	"\rclient_secret\x18\x02 \x01(\tR\fclientSecret\x124\n" +
@@ -3618,14 +3757,15 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x16CLIENT_AUTH_STYLE_POST\x10\x02\x12$\n" +
 	" CLIENT_AUTH_STYLE_BASIC_AND_POST\x10\x03\x12%\n" +
 	"!CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH\x10\x06\x121\n" +
-	"-CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH\x10\a*\xc0\x01\n" +
+	"-CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH\x10\a*\xdf\x01\n" +
 	"\tGrantType\x12\x1a\n" +
 	"\x16GRANT_TYPE_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dGRANT_TYPE_CLIENT_CREDENTIALS\x10\x01\x12\x17\n" +
 	"\x13GRANT_TYPE_PASSWORD\x10\x02\x12!\n" +
 	"\x1dGRANT_TYPE_AUTHORIZATION_CODE\x10\x03\x12\x1c\n" +
 	"\x18GRANT_TYPE_REFRESH_TOKEN\x10\x04\x12\x1a\n" +
-	"\x16GRANT_TYPE_DEVICE_CODE\x10\x06*\x86\x01\n" +
+	"\x16GRANT_TYPE_DEVICE_CODE\x10\x06\x12\x1d\n" +
+	"\x19GRANT_TYPE_TOKEN_EXCHANGE\x10\a*\x86\x01\n" +
 	"\x11AuthorizationFlow\x12\"\n" +
 	"\x1eAUTHORIZATION_FLOW_UNSPECIFIED\x10\x00\x12)\n" +
 	"%AUTHORIZATION_FLOW_AUTHORIZATION_CODE\x10\x01\x12\"\n" +
@@ -3683,7 +3823,7 @@ func file_tokenbroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_tokenbroker_v1_admin_proto_goTypes = []any{
 	(ClientAuthStyle)(0),                  // 0: tokenbroker.v1.ClientAuthStyle
 	(GrantType)(0),                        // 1: tokenbroker.v1.GrantType
@@ -3692,158 +3832,160 @@ var file_tokenbroker_v1_admin_proto_goTypes = []any{
 	(WebhookDeliveryStatus)(0),            // 4: tokenbroker.v1.WebhookDeliveryStatus
 	(*SecretInfo)(nil),                    // 5: tokenbroker.v1.SecretInfo
 	(*Provider)(nil),                      // 6: tokenbroker.v1.Provider
-	(*PutProviderRequest)(nil),            // 7: tokenbroker.v1.PutProviderRequest
-	(*PutProviderResponse)(nil),           // 8: tokenbroker.v1.PutProviderResponse
-	(*GetProviderRequest)(nil),            // 9: tokenbroker.v1.GetProviderRequest
-	(*GetProviderResponse)(nil),           // 10: tokenbroker.v1.GetProviderResponse
-	(*ListProvidersRequest)(nil),          // 11: tokenbroker.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),         // 12: tokenbroker.v1.ListProvidersResponse
-	(*DeleteProviderRequest)(nil),         // 13: tokenbroker.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil),        // 14: tokenbroker.v1.DeleteProviderResponse
-	(*Grant)(nil),                         // 15: tokenbroker.v1.Grant
-	(*PutAccountRequest)(nil),             // 16: tokenbroker.v1.PutAccountRequest
-	(*PutAccountResponse)(nil),            // 17: tokenbroker.v1.PutAccountResponse
-	(*StartAuthorizationRequest)(nil),     // 18: tokenbroker.v1.StartAuthorizationRequest
-	(*StartAuthorizationResponse)(nil),    // 19: tokenbroker.v1.StartAuthorizationResponse
-	(*ListGrantsRequest)(nil),             // 20: tokenbroker.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),            // 21: tokenbroker.v1.ListGrantsResponse
-	(*RevokeGrantRequest)(nil),            // 22: tokenbroker.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),           // 23: tokenbroker.v1.RevokeGrantResponse
-	(*ApiKey)(nil),                        // 24: tokenbroker.v1.ApiKey
-	(*CreateApiKeyRequest)(nil),           // 25: tokenbroker.v1.CreateApiKeyRequest
-	(*CreateApiKeyResponse)(nil),          // 26: tokenbroker.v1.CreateApiKeyResponse
-	(*ListApiKeysRequest)(nil),            // 27: tokenbroker.v1.ListApiKeysRequest
-	(*ListApiKeysResponse)(nil),           // 28: tokenbroker.v1.ListApiKeysResponse
-	(*RetireApiKeyRequest)(nil),           // 29: tokenbroker.v1.RetireApiKeyRequest
-	(*RetireApiKeyResponse)(nil),          // 30: tokenbroker.v1.RetireApiKeyResponse
-	(*RotateClientSecretRequest)(nil),     // 31: tokenbroker.v1.RotateClientSecretRequest
-	(*RotateClientSecretResponse)(nil),    // 32: tokenbroker.v1.RotateClientSecretResponse
-	(*Event)(nil),                         // 33: tokenbroker.v1.Event
-	(*ListEventsRequest)(nil),             // 34: tokenbroker.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),            // 35: tokenbroker.v1.ListEventsResponse
-	(*WatchEventsRequest)(nil),            // 36: tokenbroker.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),           // 37: tokenbroker.v1.WatchEventsResponse
-	(*Webhook)(nil),                       // 38: tokenbroker.v1.Webhook
-	(*PutWebhookRequest)(nil),             // 39: tokenbroker.v1.PutWebhookRequest
-	(*PutWebhookResponse)(nil),            // 40: tokenbroker.v1.PutWebhookResponse
-	(*GetWebhookRequest)(nil),             // 41: tokenbroker.v1.GetWebhookRequest
-	(*GetWebhookResponse)(nil),            // 42: tokenbroker.v1.GetWebhookResponse
-	(*ListWebhooksRequest)(nil),           // 43: tokenbroker.v1.ListWebhooksRequest
-	(*ListWebhooksResponse)(nil),          // 44: tokenbroker.v1.ListWebhooksResponse
-	(*DeleteWebhookRequest)(nil),          // 45: tokenbroker.v1.DeleteWebhookRequest
-	(*DeleteWebhookResponse)(nil),         // 46: tokenbroker.v1.DeleteWebhookResponse
-	(*WebhookDelivery)(nil),               // 47: tokenbroker.v1.WebhookDelivery
-	(*ListWebhookDeliveriesRequest)(nil),  // 48: tokenbroker.v1.ListWebhookDeliveriesRequest
-	(*ListWebhookDeliveriesResponse)(nil), // 49: tokenbroker.v1.ListWebhookDeliveriesResponse
-	(*RedeliverWebhookRequest)(nil),       // 50: tokenbroker.v1.RedeliverWebhookRequest
-	(*RedeliverWebhookResponse)(nil),      // 51: tokenbroker.v1.RedeliverWebhookResponse
-	nil,                                   // 52: tokenbroker.v1.Provider.GrantTokenUrlsEntry
-	nil,                                   // 53: tokenbroker.v1.Provider.TokenParamsEntry
-	(*timestamppb.Timestamp)(nil),         // 54: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 55: google.protobuf.Duration
+	(*TokenExchange)(nil),                 // 7: tokenbroker.v1.TokenExchange
+	(*PutProviderRequest)(nil),            // 8: tokenbroker.v1.PutProviderRequest
+	(*PutProviderResponse)(nil),           // 9: tokenbroker.v1.PutProviderResponse
+	(*GetProviderRequest)(nil),            // 10: tokenbroker.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),           // 11: tokenbroker.v1.GetProviderResponse
+	(*ListProvidersRequest)(nil),          // 12: tokenbroker.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),         // 13: tokenbroker.v1.ListProvidersResponse
+	(*DeleteProviderRequest)(nil),         // 14: tokenbroker.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),        // 15: tokenbroker.v1.DeleteProviderResponse
+	(*Grant)(nil),                         // 16: tokenbroker.v1.Grant
+	(*PutAccountRequest)(nil),             // 17: tokenbroker.v1.PutAccountRequest
+	(*PutAccountResponse)(nil),            // 18: tokenbroker.v1.PutAccountResponse
+	(*StartAuthorizationRequest)(nil),     // 19: tokenbroker.v1.StartAuthorizationRequest
+	(*StartAuthorizationResponse)(nil),    // 20: tokenbroker.v1.StartAuthorizationResponse
+	(*ListGrantsRequest)(nil),             // 21: tokenbroker.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),            // 22: tokenbroker.v1.ListGrantsResponse
+	(*RevokeGrantRequest)(nil),            // 23: tokenbroker.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),           // 24: tokenbroker.v1.RevokeGrantResponse
+	(*ApiKey)(nil),                        // 25: tokenbroker.v1.ApiKey
+	(*CreateApiKeyRequest)(nil),           // 26: tokenbroker.v1.CreateApiKeyRequest
+	(*CreateApiKeyResponse)(nil),          // 27: tokenbroker.v1.CreateApiKeyResponse
+	(*ListApiKeysRequest)(nil),            // 28: tokenbroker.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),           // 29: tokenbroker.v1.ListApiKeysResponse
+	(*RetireApiKeyRequest)(nil),           // 30: tokenbroker.v1.RetireApiKeyRequest
+	(*RetireApiKeyResponse)(nil),          // 31: tokenbroker.v1.RetireApiKeyResponse
+	(*RotateClientSecretRequest)(nil),     // 32: tokenbroker.v1.RotateClientSecretRequest
+	(*RotateClientSecretResponse)(nil),    // 33: tokenbroker.v1.RotateClientSecretResponse
+	(*Event)(nil),                         // 34: tokenbroker.v1.Event
+	(*ListEventsRequest)(nil),             // 35: tokenbroker.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),            // 36: tokenbroker.v1.ListEventsResponse
+	(*WatchEventsRequest)(nil),            // 37: tokenbroker.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),           // 38: tokenbroker.v1.WatchEventsResponse
+	(*Webhook)(nil),                       // 39: tokenbroker.v1.Webhook
+	(*PutWebhookRequest)(nil),             // 40: tokenbroker.v1.PutWebhookRequest
+	(*PutWebhookResponse)(nil),            // 41: tokenbroker.v1.PutWebhookResponse
+	(*GetWebhookRequest)(nil),             // 42: tokenbroker.v1.GetWebhookRequest
+	(*GetWebhookResponse)(nil),            // 43: tokenbroker.v1.GetWebhookResponse
+	(*ListWebhooksRequest)(nil),           // 44: tokenbroker.v1.ListWebhooksRequest
+	(*ListWebhooksResponse)(nil),          // 45: tokenbroker.v1.ListWebhooksResponse
+	(*DeleteWebhookRequest)(nil),          // 46: tokenbroker.v1.DeleteWebhookRequest
+	(*DeleteWebhookResponse)(nil),         // 47: tokenbroker.v1.DeleteWebhookResponse
+	(*WebhookDelivery)(nil),               // 48: tokenbroker.v1.WebhookDelivery
+	(*ListWebhookDeliveriesRequest)(nil),  // 49: tokenbroker.v1.ListWebhookDeliveriesRequest
+	(*ListWebhookDeliveriesResponse)(nil), // 50: tokenbroker.v1.ListWebhookDeliveriesResponse
+	(*RedeliverWebhookRequest)(nil),       // 51: tokenbroker.v1.RedeliverWebhookRequest
+	(*RedeliverWebhookResponse)(nil),      // 52: tokenbroker.v1.RedeliverWebhookResponse
+	nil,                                   // 53: tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	nil,                                   // 54: tokenbroker.v1.Provider.TokenParamsEntry
+	(*timestamppb.Timestamp)(nil),         // 55: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 56: google.protobuf.Duration
 }
 var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
-	54, // 0: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
-	52, // 1: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	55, // 0: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
+	53, // 1: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
 	5,  // 2: tokenbroker.v1.Provider.client_secret:type_name -> tokenbroker.v1.SecretInfo
 	0,  // 3: tokenbroker.v1.Provider.client_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	53, // 4: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
+	54, // 4: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
 	1,  // 5: tokenbroker.v1.Provider.grant_types:type_name -> tokenbroker.v1.GrantType
-	55, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
-	54, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	54, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	56, // 6: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
+	55, // 7: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	55, // 8: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 9: tokenbroker.v1.Provider.introspection_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	55, // 10: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
-	55, // 11: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
-	55, // 12: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
+	56, // 10: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
+	56, // 11: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
+	56, // 12: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
 	5,  // 13: tokenbroker.v1.Provider.client_certificate_key:type_name -> tokenbroker.v1.SecretInfo
-	6,  // 14: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
-	6,  // 15: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	6,  // 16: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	6,  // 17: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
-	1,  // 18: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
-	5,  // 19: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
-	5,  // 20: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
-	3,  // 21: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
-	54, // 22: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
-	54, // 23: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
-	54, // 24: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	54, // 25: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 26: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
-	15, // 27: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
-	2,  // 28: tokenbroker.v1.StartAuthorizationRequest.flow:type_name -> tokenbroker.v1.AuthorizationFlow
-	54, // 29: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
-	55, // 30: tokenbroker.v1.StartAuthorizationResponse.interval:type_name -> google.protobuf.Duration
-	15, // 31: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
-	54, // 32: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
-	54, // 33: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
-	24, // 34: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
-	24, // 35: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
-	55, // 36: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
-	6,  // 37: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
-	54, // 38: tokenbroker.v1.Event.time:type_name -> google.protobuf.Timestamp
-	3,  // 39: tokenbroker.v1.Event.health_before:type_name -> tokenbroker.v1.GrantHealth
-	3,  // 40: tokenbroker.v1.Event.health_after:type_name -> tokenbroker.v1.GrantHealth
-	33, // 41: tokenbroker.v1.ListEventsResponse.events:type_name -> tokenbroker.v1.Event
-	33, // 42: tokenbroker.v1.WatchEventsResponse.event:type_name -> tokenbroker.v1.Event
-	5,  // 43: tokenbroker.v1.Webhook.secret:type_name -> tokenbroker.v1.SecretInfo
-	54, // 44: tokenbroker.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
-	54, // 45: tokenbroker.v1.Webhook.update_time:type_name -> google.protobuf.Timestamp
-	54, // 46: tokenbroker.v1.Webhook.paused_until:type_name -> google.protobuf.Timestamp
-	38, // 47: tokenbroker.v1.PutWebhookRequest.webhook:type_name -> tokenbroker.v1.Webhook
-	38, // 48: tokenbroker.v1.PutWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
-	38, // 49: tokenbroker.v1.GetWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
-	38, // 50: tokenbroker.v1.ListWebhooksResponse.webhooks:type_name -> tokenbroker.v1.Webhook
-	4,  // 51: tokenbroker.v1.WebhookDelivery.status:type_name -> tokenbroker.v1.WebhookDeliveryStatus
-	54, // 52: tokenbroker.v1.WebhookDelivery.first_attempt_time:type_name -> google.protobuf.Timestamp
-	54, // 53: tokenbroker.v1.WebhookDelivery.last_attempt_time:type_name -> google.protobuf.Timestamp
-	54, // 54: tokenbroker.v1.WebhookDelivery.next_attempt_time:type_name -> google.protobuf.Timestamp
-	47, // 55: tokenbroker.v1.ListWebhookDeliveriesResponse.deliveries:type_name -> tokenbroker.v1.WebhookDelivery
-	7,  // 56: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
-	9,  // 57: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
-	11, // 58: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
-	13, // 59: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
-	31, // 60: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
-	16, // 61: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
-	18, // 62: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
-	20, // 63: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
-	22, // 64: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
-	25, // 65: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
-	27, // 66: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
-	29, // 67: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
-	34, // 68: tokenbroker.v1.AdminService.ListEvents:input_type -> tokenbroker.v1.ListEventsRequest
-	36, // 69: tokenbroker.v1.AdminService.WatchEvents:input_type -> tokenbroker.v1.WatchEventsRequest
-	39, // 70: tokenbroker.v1.AdminService.PutWebhook:input_type -> tokenbroker.v1.PutWebhookRequest
-	41, // 71: tokenbroker.v1.AdminService.GetWebhook:input_type -> tokenbroker.v1.GetWebhookRequest
-	43, // 72: tokenbroker.v1.AdminService.ListWebhooks:input_type -> tokenbroker.v1.ListWebhooksRequest
-	45, // 73: tokenbroker.v1.AdminService.DeleteWebhook:input_type -> tokenbroker.v1.DeleteWebhookRequest
-	48, // 74: tokenbroker.v1.AdminService.ListWebhookDeliveries:input_type -> tokenbroker.v1.ListWebhookDeliveriesRequest
-	50, // 75: tokenbroker.v1.AdminService.RedeliverWebhook:input_type -> tokenbroker.v1.RedeliverWebhookRequest
-	8,  // 76: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
-	10, // 77: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
-	12, // 78: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
-	14, // 79: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
-	32, // 80: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
-	17, // 81: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
-	19, // 82: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
-	21, // 83: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
-	23, // 84: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
-	26, // 85: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
-	28, // 86: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
-	30, // 87: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
-	35, // 88: tokenbroker.v1.AdminService.ListEvents:output_type -> tokenbroker.v1.ListEventsResponse
-	37, // 89: tokenbroker.v1.AdminService.WatchEvents:output_type -> tokenbroker.v1.WatchEventsResponse
-	40, // 90: tokenbroker.v1.AdminService.PutWebhook:output_type -> tokenbroker.v1.PutWebhookResponse
-	42, // 91: tokenbroker.v1.AdminService.GetWebhook:output_type -> tokenbroker.v1.GetWebhookResponse
-	44, // 92: tokenbroker.v1.AdminService.ListWebhooks:output_type -> tokenbroker.v1.ListWebhooksResponse
-	46, // 93: tokenbroker.v1.AdminService.DeleteWebhook:output_type -> tokenbroker.v1.DeleteWebhookResponse
-	49, // 94: tokenbroker.v1.AdminService.ListWebhookDeliveries:output_type -> tokenbroker.v1.ListWebhookDeliveriesResponse
-	51, // 95: tokenbroker.v1.AdminService.RedeliverWebhook:output_type -> tokenbroker.v1.RedeliverWebhookResponse
-	76, // [76:96] is the sub-list for method output_type
-	56, // [56:76] is the sub-list for method input_type
-	56, // [56:56] is the sub-list for extension type_name
-	56, // [56:56] is the sub-list for extension extendee
-	0,  // [0:56] is the sub-list for field type_name
+	7,  // 14: tokenbroker.v1.Provider.token_exchange:type_name -> tokenbroker.v1.TokenExchange
+	6,  // 15: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
+	6,  // 16: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	6,  // 17: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	6,  // 18: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
+	1,  // 19: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
+	5,  // 20: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
+	5,  // 21: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
+	3,  // 22: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
+	55, // 23: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
+	55, // 24: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
+	55, // 25: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	55, // 26: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 27: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
+	16, // 28: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
+	2,  // 29: tokenbroker.v1.StartAuthorizationRequest.flow:type_name -> tokenbroker.v1.AuthorizationFlow
+	55, // 30: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	56, // 31: tokenbroker.v1.StartAuthorizationResponse.interval:type_name -> google.protobuf.Duration
+	16, // 32: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
+	55, // 33: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
+	55, // 34: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
+	25, // 35: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
+	25, // 36: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
+	56, // 37: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
+	6,  // 38: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
+	55, // 39: tokenbroker.v1.Event.time:type_name -> google.protobuf.Timestamp
+	3,  // 40: tokenbroker.v1.Event.health_before:type_name -> tokenbroker.v1.GrantHealth
+	3,  // 41: tokenbroker.v1.Event.health_after:type_name -> tokenbroker.v1.GrantHealth
+	34, // 42: tokenbroker.v1.ListEventsResponse.events:type_name -> tokenbroker.v1.Event
+	34, // 43: tokenbroker.v1.WatchEventsResponse.event:type_name -> tokenbroker.v1.Event
+	5,  // 44: tokenbroker.v1.Webhook.secret:type_name -> tokenbroker.v1.SecretInfo
+	55, // 45: tokenbroker.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
+	55, // 46: tokenbroker.v1.Webhook.update_time:type_name -> google.protobuf.Timestamp
+	55, // 47: tokenbroker.v1.Webhook.paused_until:type_name -> google.protobuf.Timestamp
+	39, // 48: tokenbroker.v1.PutWebhookRequest.webhook:type_name -> tokenbroker.v1.Webhook
+	39, // 49: tokenbroker.v1.PutWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
+	39, // 50: tokenbroker.v1.GetWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
+	39, // 51: tokenbroker.v1.ListWebhooksResponse.webhooks:type_name -> tokenbroker.v1.Webhook
+	4,  // 52: tokenbroker.v1.WebhookDelivery.status:type_name -> tokenbroker.v1.WebhookDeliveryStatus
+	55, // 53: tokenbroker.v1.WebhookDelivery.first_attempt_time:type_name -> google.protobuf.Timestamp
+	55, // 54: tokenbroker.v1.WebhookDelivery.last_attempt_time:type_name -> google.protobuf.Timestamp
+	55, // 55: tokenbroker.v1.WebhookDelivery.next_attempt_time:type_name -> google.protobuf.Timestamp
+	48, // 56: tokenbroker.v1.ListWebhookDeliveriesResponse.deliveries:type_name -> tokenbroker.v1.WebhookDelivery
+	8,  // 57: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
+	10, // 58: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
+	12, // 59: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
+	14, // 60: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
+	32, // 61: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
+	17, // 62: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
+	19, // 63: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
+	21, // 64: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
+	23, // 65: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
+	26, // 66: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
+	28, // 67: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
+	30, // 68: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
+	35, // 69: tokenbroker.v1.AdminService.ListEvents:input_type -> tokenbroker.v1.ListEventsRequest
+	37, // 70: tokenbroker.v1.AdminService.WatchEvents:input_type -> tokenbroker.v1.WatchEventsRequest
+	40, // 71: tokenbroker.v1.AdminService.PutWebhook:input_type -> tokenbroker.v1.PutWebhookRequest
+	42, // 72: tokenbroker.v1.AdminService.GetWebhook:input_type -> tokenbroker.v1.GetWebhookRequest
+	44, // 73: tokenbroker.v1.AdminService.ListWebhooks:input_type -> tokenbroker.v1.ListWebhooksRequest
+	46, // 74: tokenbroker.v1.AdminService.DeleteWebhook:input_type -> tokenbroker.v1.DeleteWebhookRequest
+	49, // 75: tokenbroker.v1.AdminService.ListWebhookDeliveries:input_type -> tokenbroker.v1.ListWebhookDeliveriesRequest
+	51, // 76: tokenbroker.v1.AdminService.RedeliverWebhook:input_type -> tokenbroker.v1.RedeliverWebhookRequest
+	9,  // 77: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
+	11, // 78: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
+	13, // 79: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
+	15, // 80: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
+	33, // 81: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
+	18, // 82: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
+	20, // 83: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
+	22, // 84: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
+	24, // 85: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
+	27, // 86: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
+	29, // 87: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
+	31, // 88: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
+	36, // 89: tokenbroker.v1.AdminService.ListEvents:output_type -> tokenbroker.v1.ListEventsResponse
+	38, // 90: tokenbroker.v1.AdminService.WatchEvents:output_type -> tokenbroker.v1.WatchEventsResponse
+	41, // 91: tokenbroker.v1.AdminService.PutWebhook:output_type -> tokenbroker.v1.PutWebhookResponse
+	43, // 92: tokenbroker.v1.AdminService.GetWebhook:output_type -> tokenbroker.v1.GetWebhookResponse
+	45, // 93: tokenbroker.v1.AdminService.ListWebhooks:output_type -> tokenbroker.v1.ListWebhooksResponse
+	47, // 94: tokenbroker.v1.AdminService.DeleteWebhook:output_type -> tokenbroker.v1.DeleteWebhookResponse
+	50, // 95: tokenbroker.v1.AdminService.ListWebhookDeliveries:output_type -> tokenbroker.v1.ListWebhookDeliveriesResponse
+	52, // 96: tokenbroker.v1.AdminService.RedeliverWebhook:output_type -> tokenbroker.v1.RedeliverWebhookResponse
+	77, // [77:97] is the sub-list for method output_type
+	57, // [57:77] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }
@@ -3858,7 +4000,7 @@ func file_tokenbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_admin_proto_rawDesc), len(file_tokenbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   49,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
