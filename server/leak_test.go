@@ -421,6 +421,7 @@ func runFlowsTraced(t *testing.T, tp trace.TracerProvider) *flowRun {
 	r.consentFlows(t)
 	r.deviceFlows(t)
 	r.clientCertificateFlows(t)
+	r.exchangeFlows(t)
 	r.providerErrorFlows(t)
 	r.rotationFlows(t)
 	r.apiKeyFlows(t)
@@ -767,6 +768,35 @@ func (r *flowRun) clientCertificateFlows(t *testing.T) {
 		t.Fatal("GetToken(pki) succeeded against a provider whose certificate is not trusted")
 	}
 	r.said.addErr("GetToken(pki)", err)
+}
+
+// exchangeFlows exchanges the sandbox's token at a security token service
+// that refuses it, quoting the subject token and the client secret.
+func (r *flowRun) exchangeFlows(t *testing.T) {
+	t.Helper()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_ = req.ParseForm()
+		_, secret, _ := req.BasicAuth()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": "invalid_grant",
+			"error_description": "subject token " + req.PostForm.Get("subject_token") + " of client secret " + secret + " refused"})
+	}))
+	t.Cleanup(ts.Close)
+	put, err := r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{ClientSecret: leakClientSecret, Provider: &tokenbrokerv1.Provider{
+		Name: "sts", TokenUrl: ts.URL + "/token", ClientId: leakClientID,
+		GrantTypes:    []tokenbrokerv1.GrantType{tokenbrokerv1.GrantType_GRANT_TYPE_TOKEN_EXCHANGE},
+		TokenExchange: &tokenbrokerv1.TokenExchange{SubjectProvider: "sb", Audience: []string{"orders"}},
+	}})
+	if err != nil {
+		t.Fatalf("PutProvider(sts): %v", err)
+	}
+	r.said.addMsg("PutProvider(sts)", put)
+	_, err = r.in.tokens.GetToken(ctxb, &tokenbrokerv1.GetTokenRequest{Provider: "sts"})
+	if err == nil {
+		t.Fatal("GetToken(sts) succeeded; the service refuses every exchange")
+	}
+	r.said.addErr("GetToken(sts)", err)
 }
 
 // echoProvider answers every token request with invalid_client, quoting
