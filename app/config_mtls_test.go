@@ -35,10 +35,7 @@ providers:
     client_certificate_key_file: ` + filepath.Join(dir, "client.key") + `
     grant_types: [device_code, refresh_token]
 `
-	cfg := DefaultConfig()
-	if err := DecodeConfig(strings.NewReader(give), &cfg); err != nil {
-		t.Fatalf("DecodeConfig: %v", err)
-	}
+	cfg := decodeOne(t, give)
 	p, _, err := cfg.Providers[0].provider(os.Getenv)
 	if err != nil {
 		t.Fatalf("provider: %v", err)
@@ -75,10 +72,7 @@ providers:
       audience: [orders]
       resource: [https://orders.example.com/]
 `
-	cfg := DefaultConfig()
-	if err := DecodeConfig(strings.NewReader(give), &cfg); err != nil {
-		t.Fatalf("DecodeConfig: %v", err)
-	}
+	cfg := decodeOne(t, give)
 	p, _, err := cfg.Providers[0].provider(os.Getenv)
 	if err != nil {
 		t.Fatalf("provider: %v", err)
@@ -92,4 +86,14 @@ providers:
 	if _, _, err := cfg.Providers[0].provider(os.Getenv); err == nil || !strings.Contains(err.Error(), "exactly one of subject_provider and subject_token_file") {
 		t.Errorf("provider with two subject sources = %v, want an error", err)
 	}
+}
+
+// decodeOne decodes a config file that declares providers.
+func decodeOne(t *testing.T, give string) Config {
+	t.Helper()
+	cfg := DefaultConfig()
+	if err := DecodeConfig(strings.NewReader(give), &cfg); err != nil {
+		t.Fatalf("DecodeConfig: %v", err)
+	}
+	return cfg
 }
