@@ -48,6 +48,9 @@ type storedDeviceAuthorization struct {
 	ExpiresAt               time.Time     `json:"expires_at"`
 	StartTime               time.Time     `json:"start_time"`
 	Polls                   int           `json:"polls"`
+	// Failures counts the polls in a row that got no answer or a
+	// temporary error.
+	Failures int `json:"failures,omitempty"`
 	PolledBy                string        `json:"polled_by,omitempty"`
 }
 
@@ -302,6 +305,8 @@ func (b *Broker) pollDeviceOnce(ctx context.Context, m *concurrency.Mutex, key s
 	next := *d
 	next.Polls++
 	next.PolledBy = b.replica
+	failures := next.Failures
+	next.Failures = 0
 	var oe *oauth.Error
 	switch {
 	case err == nil:
@@ -324,9 +329,10 @@ func (b *Broker) pollDeviceOnce(ctx context.Context, m *concurrency.Mutex, key s
 		b.endDevice(ctx, m, key, rev, d, &ProviderError{Provider: p.Name, Err: err}, log)
 		return true
 	default:
-		// The provider is down or did not answer: try again later, no
-		// sooner than it asks.
-		wait := next.Interval
+		// The provider is down or did not answer: try again later, backing
+		// off exponentially (RFC 8628 §3.5), no sooner than it asks.
+		next.Failures = failures + 1
+		wait := next.Interval << min(failures+1, 5)
 		if oe != nil {
 			wait = max(wait, oe.RetryAfter)
 		}

@@ -224,3 +224,27 @@ func TestDeviceAuthorizationOnePoller(t *testing.T) {
 		t.Errorf("grant.authorized events = %d, %v; want exactly one", len(evs), err)
 	}
 }
+
+// TestDeviceAuthorizationBacksOff: temporary errors double the wait
+// between polls (RFC 8628 §3.5); the next authorization_pending or token
+// ends the backoff.
+func TestDeviceAuthorizationBacksOff(t *testing.T) {
+	e := etcdtest.Start(t)
+	f := fakes.NewDevice(t, 1, "temporarily_unavailable", "temporarily_unavailable", oauth.CodeAuthorizationPending)
+	f.Approve()
+	b := newTestBroker(t, e)
+	putDeviceProvider(t, b, f)
+	if _, err := b.StartDeviceAuthorization(context.Background(), "tv", "lobby", nil); err != nil {
+		t.Fatalf("StartDeviceAuthorization: %v", err)
+	}
+	polls := f.WaitPolls(t, 4, 15*time.Second)
+	waitGrant(t, b, "lobby", 5*time.Second, func(g *Grant) bool { return g.Health == HealthOK })
+	wantGaps := []time.Duration{2 * time.Second, 4 * time.Second, time.Second} // after 1 and 2 failures, then after pending
+	for i, want := range wantGaps {
+		gap := polls[i+1].At.Sub(polls[i].At)
+		t.Logf("poll %d came %v after poll %d (%q)", i+2, gap, i+1, polls[i].Answer)
+		if gap < want || gap > want+2*time.Second {
+			t.Errorf("poll %d came %v after poll %d, want about %v", i+2, gap, i+1, want)
+		}
+	}
+}
