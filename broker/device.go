@@ -50,8 +50,8 @@ type storedDeviceAuthorization struct {
 	Polls                   int           `json:"polls"`
 	// Failures counts the polls in a row that got no answer or a
 	// temporary error.
-	Failures int `json:"failures,omitempty"`
-	PolledBy                string        `json:"polled_by,omitempty"`
+	Failures int    `json:"failures,omitempty"`
+	PolledBy string `json:"polled_by,omitempty"`
 }
 
 // deviceLeaseMargin is how long a pending authorization's record outlives
