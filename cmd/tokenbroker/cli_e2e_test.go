@@ -220,7 +220,7 @@ func TestCLIAgainstDev(t *testing.T) {
 		{
 			name:       "put a Google service account",
 			give:       []string{"provider", "put", "gsa", "--preset", "google-service-account", "--service-account-key-file", saFile, "--scope", "https://www.googleapis.com/auth/cloud-platform"},
-			wantStdout: `(?m)^TOKEN URL\s+https://oauth2\.googleapis\.com/token\n[\s\S]*^AUTH STYLE\s+none\n^CLIENT KEYS\s+kid-cli RS256\n[\s\S]*^JWT BEARER\s+iss=reporter@demo-project\.iam\.gserviceaccount\.com sub=- aud=https://oauth2\.googleapis\.com/token scope claim\n^GRANTS\s+jwt_bearer\n`,
+			wantStdout: `(?m)^TOKEN URL\s+https://oauth2\.googleapis\.com/token\n[\s\S]*^AUTH STYLE\s+none\n^CLIENT KEYS\s+kid-cli RS256\n[\s\S]*^JWT BEARER\s+iss=reporter@demo-project\.iam\.gserviceaccount\.com sub=- aud=https://oauth2\.googleapis\.com/token scope claim\n[\s\S]*^GRANTS\s+jwt_bearer\n`,
 		},
 		{name: "a jwt_bearer account acts for a user", give: []string{"account", "put", "gsa", "alice", "--grant", "jwt-bearer", "--username", "alice@example.com"}, wantStdout: `(?m)^gsa\s+alice\s+jwt_bearer\s`},
 		{name: "bad flag", give: []string{"provider", "put", "x", "--bogus"}, wantCode: exitUsage, wantStderr: "tokenbroker: unknown flag: --bogus (see 'tokenbroker provider put --help')"},
