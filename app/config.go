@@ -416,6 +416,34 @@ type ProviderConfig struct {
 	// the introspection endpoint, and assumed true until then (the
 	// mediahaven preset sets true).
 	RefreshRevokesAccessToken *bool `yaml:"refresh_revokes_access_token"`
+
+	// DeviceAuthorizationURL is the RFC 8628 device authorization
+	// endpoint, for the device_code grant (grant_types: [device_code,
+	// refresh_token]).
+	DeviceAuthorizationURL string `yaml:"device_authorization_url"`
+	// ClientCertificateFile (a PEM chain, the leaf first) and
+	// ClientCertificateKeyFile (its PEM private key) are presented on the
+	// TLS connection with client_auth_style tls_client_auth or
+	// self_signed_tls_client_auth (RFC 8705). The key is sealed in etcd.
+	ClientCertificateFile    string `yaml:"client_certificate_file"`
+	ClientCertificateKeyFile string `yaml:"client_certificate_key_file"`
+	// TokenExchange, with grant_types [token_exchange], makes the
+	// provider's own identity exchange a subject token (RFC 8693).
+	TokenExchange *TokenExchangeConfig `yaml:"token_exchange"`
+}
+
+// TokenExchangeConfig is where a provider's subject token comes from
+// (subject_provider, through the broker, or subject_token_file, read at
+// every exchange) and what the exchange asks for.
+type TokenExchangeConfig struct {
+	SubjectProvider    string   `yaml:"subject_provider"`
+	SubjectAccount     string   `yaml:"subject_account"`
+	SubjectScopes      []string `yaml:"subject_scopes"`
+	SubjectTokenFile   string   `yaml:"subject_token_file"`
+	SubjectTokenType   string   `yaml:"subject_token_type"`
+	RequestedTokenType string   `yaml:"requested_token_type"`
+	Audience           []string `yaml:"audience"`
+	Resource           []string `yaml:"resource"`
 }
 
 // JWTBearerConfig is what the assertions of a JWT-bearer grant claim.
@@ -646,7 +674,7 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 		a, err := oauth.ParseAuthStyle(pc.ClientAuthStyle)
 		if err != nil {
 			// Reported here; Validate below checks the rest with the default.
-			errs = append(errs, fmt.Errorf("client_auth_style %q is not basic, post, basic+post, private_key_jwt or none", pc.ClientAuthStyle))
+			errs = append(errs, fmt.Errorf("client_auth_style %q is not basic, post, basic+post, private_key_jwt, none, tls_client_auth or self_signed_tls_client_auth", pc.ClientAuthStyle))
 		} else {
 			auth = a
 		}
@@ -668,8 +696,13 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 		}
 	}
 	for _, g := range pc.GrantTypes {
-		if g == "jwt-bearer" || g == "jwt_bearer" {
+		switch g { // short for the URNs
+		case "jwt-bearer", "jwt_bearer":
 			g = string(broker.GrantJWTBearer)
+		case "device_code":
+			g = string(broker.GrantDeviceCode)
+		case "token_exchange":
+			g = string(broker.GrantTokenExchange)
 		}
 		p.GrantTypes = append(p.GrantTypes, broker.GrantType(g))
 	}
@@ -677,6 +710,28 @@ func (pc ProviderConfig) provider(getenv func(string) string) (broker.Provider, 
 		p.JWTBearer = broker.JWTBearer{Issuer: j.Issuer, Subject: j.Subject, Audience: j.Audience, ScopeClaim: j.ScopeClaim, Lifetime: j.Lifetime}
 	}
 	p.PKCE, p.RedirectURL = pc.PKCE, pc.RedirectURI
+	p.DeviceAuthorizationURL = pc.DeviceAuthorizationURL
+	if pc.TokenExchange != nil {
+		x := broker.TokenExchange(*pc.TokenExchange)
+		p.TokenExchange = &x
+	}
+	for _, f := range []struct {
+		name, path string
+		dst        *string
+	}{
+		{"client_certificate_file", pc.ClientCertificateFile, &p.ClientCertificate},
+		{"client_certificate_key_file", pc.ClientCertificateKeyFile, &p.ClientCertificateKey},
+	} {
+		if f.path == "" {
+			continue
+		}
+		data, err := os.ReadFile(f.path)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: cannot read %s", f.name, f.path))
+			continue
+		}
+		*f.dst = string(data)
+	}
 	p.ClientKeyAlgorithm, p.AssertionAudience = pc.ClientKeyAlgorithm, pc.ClientAssertionAudience
 	if pc.ClientKeyFile != "" {
 		data, err := os.ReadFile(pc.ClientKeyFile)

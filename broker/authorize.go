@@ -27,13 +27,22 @@ const AuthorizationTTL = 10 * time.Minute
 // ErrAuthorizationDenied: the person (or the provider) refused consent.
 var ErrAuthorizationDenied = errors.New("broker: authorization denied")
 
-// Authorization is a started consent flow.
+// Authorization is a started consent flow: a code grant's authorize URL
+// and state, or a device authorization's user code and verification URI.
 type Authorization struct {
 	// URL is the provider's authorize URL to open in a browser.
 	URL string
 	// State is single use and bound to the provider and account.
 	State     string
 	ExpiresAt time.Time
+	// UserCode is what the person enters at VerificationURI (device
+	// authorization); VerificationURIComplete, when the provider sends
+	// one, carries it already.
+	UserCode                string
+	VerificationURI         string
+	VerificationURIComplete string
+	// Interval is how often the broker polls the provider at first.
+	Interval time.Duration
 }
 
 // storedAuthorization is a pending consent, kept under the hash of its
@@ -53,43 +62,15 @@ type storedAuthorization struct {
 // challenge when the provider takes one). Errors wrap ErrInvalidArgument,
 // ErrNotFound or ErrStoreUnavailable.
 func (b *Broker) StartAuthorization(ctx context.Context, provider, account string, scopes []string) (*Authorization, error) {
-	if account == "" {
-		return nil, invalidf("account name is empty")
-	}
-	if err := ValidateAccountName(account); err != nil {
-		return nil, err
-	}
-	p, err := b.GetProvider(ctx, provider)
+	p, scope, err := b.consentTarget(ctx, provider, account, GrantAuthorizationCode, scopes, func(p *Provider) bool {
+		return p.Allows(GrantAuthorizationCode) && p.AuthorizeURL != ""
+	}, "an authorize_url")
 	if err != nil {
 		return nil, err
-	}
-	if !p.Allows(GrantAuthorizationCode) || p.AuthorizeURL == "" {
-		return nil, invalidf("provider %q has no authorization_code grant with an authorize_url", provider)
 	}
 	redirect := cmp(p.RedirectURL, *b.callbackURL.Load())
 	if redirect == "" {
 		return nil, invalidf("no redirect URI: set the provider's redirect_uri or the broker's public_url")
-	}
-	g, err := b.readGrant(ctx, b.grantKey(provider, account))
-	if err != nil {
-		return nil, err
-	}
-	if g == nil {
-		if g, err = b.PutAccount(ctx, Account{Provider: provider, Account: account, Type: GrantAuthorizationCode, Scopes: scopes}); err != nil {
-			return nil, err
-		}
-	} else if g.Type != GrantAuthorizationCode {
-		return nil, invalidf("account %q is a %s account", account, g.Type)
-	}
-	if len(scopes) == 0 {
-		scopes = g.Scopes
-	}
-	scope, err := normalizeScopes(scopes)
-	if err != nil {
-		return nil, err
-	}
-	if scope == "" {
-		scope = strings.Join(p.DefaultScopes, " ")
 	}
 
 	state := randomToken()
@@ -142,6 +123,50 @@ func (b *Broker) StartAuthorization(ctx context.Context, provider, account strin
 	}
 	u.RawQuery = query.Encode()
 	return &Authorization{URL: u.String(), State: state, ExpiresAt: stored.ExpiresAt}, nil
+}
+
+// consentTarget reads provider, and account, the account a consent flow
+// of grant type gt is for (created when missing), and returns the scope to
+// ask consent for: scopes, else the account's, else the provider's
+// defaults. ready says whether the provider has what the flow needs (what
+// names). Errors wrap ErrInvalidArgument, ErrNotFound or
+// ErrStoreUnavailable.
+func (b *Broker) consentTarget(ctx context.Context, provider, account string, gt GrantType, scopes []string, ready func(*Provider) bool, what string) (*Provider, string, error) {
+	if account == "" {
+		return nil, "", invalidf("account name is empty")
+	}
+	if err := ValidateAccountName(account); err != nil {
+		return nil, "", err
+	}
+	p, err := b.GetProvider(ctx, provider)
+	if err != nil {
+		return nil, "", err
+	}
+	if !ready(p) {
+		return nil, "", invalidf("provider %q has no %s grant with %s", provider, gt, what)
+	}
+	g, err := b.readGrant(ctx, b.grantKey(provider, account))
+	if err != nil {
+		return nil, "", err
+	}
+	if g == nil {
+		if g, err = b.PutAccount(ctx, Account{Provider: provider, Account: account, Type: gt, Scopes: scopes}); err != nil {
+			return nil, "", err
+		}
+	} else if g.Type != gt {
+		return nil, "", invalidf("account %q is a %s account, not a %s one", account, g.Type, gt)
+	}
+	if len(scopes) == 0 {
+		scopes = g.Scopes
+	}
+	scope, err := normalizeScopes(scopes)
+	if err != nil {
+		return nil, "", err
+	}
+	if scope == "" {
+		scope = strings.Join(p.DefaultScopes, " ")
+	}
+	return p, scope, nil
 }
 
 // Callback is what the provider's redirect brought back to the broker.
@@ -219,17 +244,27 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, cb Callback) (*Grant
 	if tok.State != "" && tok.State != cb.State { // Mediaflow echoes the state
 		return nil, &ProviderError{Provider: p.Name, Err: fmt.Errorf("%w: the echoed state differs", oauth.ErrBadResponse)}
 	}
+	return b.consented(ctx, p, a.Account, GrantAuthorizationCode, tok, issued, fencedOps{})
+}
+
+// consented stores what the provider answered a completed consent for
+// account of p, whose grant is of type gt: the grant becomes ok with tok's
+// refresh token, tok is its first token, and grant.authorized is recorded,
+// in one transaction that extra also guards and writes to. Errors wrap
+// ErrConflict (the account was removed or changed meanwhile), a
+// *ProviderError (tok is not a bearer token), ErrLockLost or
+// ErrStoreUnavailable.
+func (b *Broker) consented(ctx context.Context, p *Provider, account string, gt GrantType, tok *oauth.Token, issued time.Time, extra fencedOps) (*Grant, error) {
 	if tok.TokenType != "" && !isBearer(tok.TokenType) {
 		return nil, &ProviderError{Provider: p.Name, Err: fmt.Errorf("%w: token_type %q is not bearer", oauth.ErrBadResponse, tok.TokenType)}
 	}
-
-	gid := grantID(a.Provider, a.Account)
+	gid := grantID(p.Name, account)
 	m, unlock, err := b.grantLock(ctx, gid)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	tkey, err := NewTokenKey(a.Provider, a.Account, nil)
+	tkey, err := NewTokenKey(p.Name, account, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -237,8 +272,8 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, cb Callback) (*Grant
 	if err != nil {
 		return nil, err
 	}
-	if g == nil || g.Type != GrantAuthorizationCode {
-		return nil, fmt.Errorf("%w: account %q of provider %q was removed or changed during the consent", ErrConflict, a.Account, a.Provider)
+	if g == nil || g.Type != gt {
+		return nil, fmt.Errorf("%w: account %q of provider %q was removed or changed during the consent", ErrConflict, account, p.Name)
 	}
 	lifetime := tok.ExpiresIn
 	if lifetime <= 0 {
@@ -256,13 +291,13 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, cb Callback) (*Grant
 	next.LastRefresh, next.ExpireTime, next.RefreshedBy = issued.UTC(), rec.ExpiresAt.UTC(), b.replica
 	next.Generation++
 	next.UpdateTime = issued.UTC()
-	if err := b.commit(ctx, m, p, g, &next, tkey.id(), rec, b.grantEvent(event.GrantAuthorized, g, g.Health, next.Health, "")); err != nil {
+	if err := b.commitWith(ctx, m, p, g, &next, tkey.id(), rec, extra, b.grantEvent(event.GrantAuthorized, g, g.Health, next.Health, "")); err != nil {
 		return nil, err
 	}
 	b.offer(tkey.id(), rec)
 	b.clearCooldown(gid)
-	b.log.Info("authorization completed", zap.String("provider", a.Provider), zap.String("account", a.Account),
-		zap.Bool("refresh_token", tok.RefreshToken != ""))
+	b.log.Info("authorization completed", zap.String("provider", p.Name), zap.String("account", account),
+		zap.String("grant_type", string(gt)), zap.Bool("refresh_token", tok.RefreshToken != ""))
 	return &next, nil
 }
 

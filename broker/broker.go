@@ -99,6 +99,10 @@ type Config struct {
 	// CooldownBase is a grant's pause after a failed token request, doubled
 	// per consecutive failure up to 64 times; 1s when zero.
 	CooldownBase time.Duration
+	// DeviceScanInterval is how often a replica looks for pending device
+	// authorizations that no replica polls for (a new one, or one whose
+	// poller died); 1s when zero.
+	DeviceScanInterval time.Duration
 }
 
 // Broker obtains, caches and serves tokens. It is safe for concurrent use.
@@ -129,6 +133,8 @@ type Broker struct {
 	refresh        RefreshConfig
 	webhooks       WebhookConfig
 	webhookWake    chan struct{} // see wakeWebhooks
+	deviceScan     time.Duration
+	deviceWake     chan struct{} // see pollDevices
 	requireHTTPS   bool
 	obs            Observer
 	leading        []bool // per shard; guarded by mu
@@ -184,6 +190,8 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		refresh:        cfg.Refresh.withDefaults(),
 		webhooks:       cfg.Webhooks.withDefaults(),
 		webhookWake:    make(chan struct{}, 1),
+		deviceScan:     cmp(cfg.DeviceScanInterval, time.Second),
+		deviceWake:     make(chan struct{}, 1),
 		obs:            cfg.Observer,
 		discoveryClient: &http.Client{Timeout: 10 * time.Second,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
@@ -238,6 +246,8 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		go b.follow(m, rev)
 	}
 	b.startRefresher()
+	b.wg.Add(1)
+	go b.pollDevices()
 	return b, nil
 }
 

@@ -304,6 +304,10 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	}
 	if g == nil {
 		g = &Grant{Provider: key.Provider, Type: p.ownGrant(), Health: HealthOK}
+	} else if key.Account == "" && g.Type != p.ownGrant() { // the provider changed how it obtains them
+		own := *g
+		own.Type = p.ownGrant()
+		g = &own
 	}
 	if g.Health == HealthReauthorizationRequired || g.Health == HealthPending {
 		return b.serveStale(cur, stale, fmt.Errorf("%w: account %q of provider %q: %s", ErrReauthorizationRequired, key.Account, key.Provider, cmp(g.LastError, "no consent yet")))
@@ -498,7 +502,7 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 	if g.RefreshToken != "" {
 		method = GrantRefreshToken
 	}
-	if method == GrantAuthorizationCode { // consented once, but holds no refresh token
+	if method == GrantAuthorizationCode || method == GrantDeviceCode { // consented once, but holds no refresh token
 		return nil, nil, "", fmt.Errorf("%w: account %q of provider %q has no refresh token", ErrReauthorizationRequired, g.Account, p.Name)
 	}
 	if !p.Allows(method) && method != GrantRefreshToken {
@@ -524,7 +528,9 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 		}
 		return nil, nil, "", err
 	}
-	if tok.TokenType != "" && !isBearer(tok.TokenType) {
+	// RFC 8693 §2.2.1: an exchanged token that is not an access token has
+	// the token_type N_A.
+	if tok.TokenType != "" && !isBearer(tok.TokenType) && (method != GrantTokenExchange || !strings.EqualFold(tok.TokenType, "N_A")) {
 		err := &ProviderError{Provider: p.Name, Err: fmt.Errorf("%w: token_type %q is not bearer", oauth.ErrBadResponse, tok.TokenType)}
 		if !standalone(g.Type) && tok.RefreshToken != "" && tok.RefreshToken != g.RefreshToken {
 			// The access token is refused, but the provider rotated the
@@ -602,7 +608,7 @@ func (b *Broker) call(ctx context.Context, p *Provider, g *Grant, method GrantTy
 		// Each attempt gets its parameters anew: an assertion is signed
 		// for one request (its jti is not to be used twice).
 		req.Params = maps.Clone(base)
-		if err := grant.tokenParams(p, g, req.Params); err != nil {
+		if err := grant.tokenParams(ctx, b, p, g, req.Params); err != nil {
 			return nil, err
 		}
 		var tok *oauth.Token
@@ -714,6 +720,19 @@ func isBearer(t string) bool { return strings.EqualFold(t, "bearer") }
 // transaction: events when given, else grant.recovered when the grant was
 // failing or needed reauthorization.
 func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, g, next *Grant, id string, rec *TokenRecord, events ...event.Event) error {
+	return b.commitWith(ctx, m, p, g, next, id, rec, fencedOps{}, events...)
+}
+
+// fencedOps are more conditions and writes for one of commit's
+// transactions.
+type fencedOps struct {
+	cmps []clientv3.Cmp
+	ops  []clientv3.Op
+}
+
+// commitWith is commit, its transaction also guarded by extra.cmps and
+// making extra.ops.
+func (b *Broker) commitWith(ctx context.Context, m *concurrency.Mutex, p *Provider, g, next *Grant, id string, rec *TokenRecord, extra fencedOps, events ...event.Event) error {
 	tkey := b.prefix + tokensPrefix + id
 	gkey := b.grantKey(g.Provider, g.Account)
 	pkey := b.prefix + providersPrefix + p.Name
@@ -752,6 +771,8 @@ func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, 
 			writes = append(writes, clientv3.OpDelete(b.prefix+tokensPrefix+other))
 		}
 	}
+	writes = append(writes, extra.ops...)
+	unchanged = append(unchanged, extra.cmps...)
 	resp, err := b.cli.Txn(sctx).If(append(unchanged, m.IsOwner())...).Then(writes...).
 		Else(clientv3.OpGet(pkey), clientv3.OpGet(gkey)).Commit()
 	if err != nil {

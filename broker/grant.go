@@ -77,7 +77,7 @@ func (b *Broker) grantKey(provider, account string) string {
 type Account struct {
 	Provider string
 	Account  string
-	Type     GrantType // GrantPassword, GrantAuthorizationCode or GrantJWTBearer (Username is the subject)
+	Type     GrantType // GrantPassword, GrantAuthorizationCode, GrantDeviceCode or GrantJWTBearer (Username is the subject)
 	Username string
 	// Password; empty keeps the stored one.
 	Password string
@@ -116,16 +116,16 @@ func (b *Broker) PutAccount(ctx context.Context, a Account) (*Grant, error) {
 		if a.Username == "" {
 			return nil, invalidf("a password account needs a username")
 		}
-	case GrantAuthorizationCode:
+	case GrantAuthorizationCode, GrantDeviceCode:
 		if a.Username != "" || a.Password != "" {
-			return nil, invalidf("an authorization_code account has no username or password")
+			return nil, invalidf("an %s account has no username or password", a.Type)
 		}
 	case GrantJWTBearer:
 		if a.Username == "" || a.Password != "" {
 			return nil, invalidf("a jwt-bearer account has a username (the assertion's subject) and no password")
 		}
 	default:
-		return nil, invalidf("an account's grant type is password, authorization_code or jwt-bearer, not %s", quote(string(a.Type)))
+		return nil, invalidf("an account's grant type is password, authorization_code, jwt-bearer or %s, not %s", GrantDeviceCode, quote(string(a.Type)))
 	}
 	if !p.Allows(a.Type) {
 		return nil, invalidf("provider %q does not allow the %s grant", p.Name, a.Type)
@@ -142,7 +142,7 @@ func (b *Broker) PutAccount(ctx context.Context, a Account) (*Grant, error) {
 		if a.Password != "" {
 			g.PasswordUpdateTime = now
 		}
-		if a.Type == GrantAuthorizationCode {
+		if a.Type == GrantAuthorizationCode || a.Type == GrantDeviceCode {
 			g.Health = HealthPending
 		}
 		reset := true
@@ -270,6 +270,7 @@ func (b *Broker) RevokeGrant(ctx context.Context, provider, account string) erro
 		clientv3.OpDelete(key),
 		clientv3.OpDelete(tokens, clientv3.WithPrefix(), clientv3.WithPrevKV()),
 		clientv3.OpDelete(b.prefix + refreshingPrefix + grantID(provider, account)),
+		clientv3.OpDelete(b.deviceKey(provider, account)),
 	}
 	if g != nil {
 		ops = b.withEvent(ops, b.grantEvent(event.GrantRevoked, g, g.Health, "", ""))

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -21,7 +22,7 @@ type grantHandler interface {
 	// token request for account g of provider p. Its errors wrap
 	// ErrInvalidArgument when the provider or account is not configured
 	// for the grant, and carry no secret.
-	tokenParams(p *Provider, g *Grant, form url.Values) error
+	tokenParams(ctx context.Context, b *Broker, p *Provider, g *Grant, form url.Values) error
 	// standalone reports whether the grant obtains a token from what is
 	// configured alone, whenever asked: a refresh token that comes with
 	// it is not kept (the next token is obtained the same way), and its
@@ -37,19 +38,22 @@ var grantHandlers = map[GrantType]grantHandler{
 	GrantPassword:          passwordGrant{},
 	GrantRefreshToken:      refreshTokenGrant{},
 	GrantJWTBearer:         jwtBearerGrant{},
+	GrantTokenExchange:     tokenExchangeGrant{},
 }
 
 // clientCredentialsGrant is RFC 6749 §4.4: the client's credentials alone.
 type clientCredentialsGrant struct{}
 
-func (clientCredentialsGrant) tokenParams(*Provider, *Grant, url.Values) error { return nil }
-func (clientCredentialsGrant) standalone() bool                                { return true }
+func (clientCredentialsGrant) tokenParams(context.Context, *Broker, *Provider, *Grant, url.Values) error {
+	return nil
+}
+func (clientCredentialsGrant) standalone() bool { return true }
 
 // passwordGrant is RFC 6749 §4.3: the resource owner's username and
 // password.
 type passwordGrant struct{}
 
-func (passwordGrant) tokenParams(_ *Provider, g *Grant, form url.Values) error {
+func (passwordGrant) tokenParams(_ context.Context, _ *Broker, _ *Provider, g *Grant, form url.Values) error {
 	form.Set("username", g.Username)
 	form.Set("password", g.Password)
 	return nil
@@ -59,7 +63,7 @@ func (passwordGrant) standalone() bool { return false }
 // refreshTokenGrant is RFC 6749 §6: the account's refresh token.
 type refreshTokenGrant struct{}
 
-func (refreshTokenGrant) tokenParams(_ *Provider, g *Grant, form url.Values) error {
+func (refreshTokenGrant) tokenParams(_ context.Context, _ *Broker, _ *Provider, g *Grant, form url.Values) error {
 	form.Set("refresh_token", g.RefreshToken)
 	return nil
 }
@@ -72,7 +76,7 @@ func (refreshTokenGrant) standalone() bool { return false }
 // Google's domain-wide delegation has it).
 type jwtBearerGrant struct{}
 
-func (jwtBearerGrant) tokenParams(p *Provider, g *Grant, form url.Values) error {
+func (jwtBearerGrant) tokenParams(_ context.Context, _ *Broker, p *Provider, g *Grant, form url.Values) error {
 	k, ok := p.SigningKey()
 	if !ok {
 		return invalidf("provider %q: the jwt-bearer grant has no signing key", p.Name)
@@ -99,10 +103,23 @@ func (jwtBearerGrant) tokenParams(p *Provider, g *Grant, form url.Values) error 
 }
 func (jwtBearerGrant) standalone() bool { return true }
 
-// ownGrant is the grant type of p's own tokens (account ""): the
-// JWT-bearer grant when p allows it and not client_credentials, else
+// tokenExchangeGrant is RFC 8693 §2.1: a subject token, obtained at each
+// request, exchanged for the provider's own token (p.TokenExchange).
+type tokenExchangeGrant struct{}
+
+func (tokenExchangeGrant) tokenParams(ctx context.Context, b *Broker, p *Provider, _ *Grant, form url.Values) error {
+	return b.exchangeParams(ctx, p, form)
+}
+func (tokenExchangeGrant) standalone() bool { return true }
+
+// ownGrant is the grant type of p's own tokens (account ""): token
+// exchange when p allows it and has its settings; else the JWT-bearer
+// grant when p allows it and not client_credentials; else
 // client_credentials.
 func (p *Provider) ownGrant() GrantType {
+	if p.TokenExchange != nil && p.Allows(GrantTokenExchange) {
+		return GrantTokenExchange
+	}
 	if p.Allows(GrantJWTBearer) && !p.Allows(GrantClientCredentials) {
 		return GrantJWTBearer
 	}

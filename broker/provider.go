@@ -24,11 +24,15 @@ const (
 	// §2.1): the broker signs an assertion with the provider's client key
 	// (see JWTBearer) and trades it for a token.
 	GrantJWTBearer GrantType = oauth.JWTBearerGrantType
+	// GrantDeviceCode is the device authorization grant (RFC 8628): a
+	// person consents on another device to an account the broker then
+	// polls for.
+	GrantDeviceCode GrantType = oauth.DeviceCodeGrantType
 )
 
 func (g GrantType) valid() bool {
 	switch g {
-	case GrantClientCredentials, GrantPassword, GrantAuthorizationCode, GrantRefreshToken, GrantJWTBearer:
+	case GrantClientCredentials, GrantPassword, GrantAuthorizationCode, GrantRefreshToken, GrantJWTBearer, GrantDeviceCode, GrantTokenExchange:
 		return true
 	}
 	return false
@@ -78,6 +82,18 @@ type Provider struct {
 	// JWTBearer is the assertion of the JWT-bearer grant, signed with the
 	// signing key of ClientKeys.
 	JWTBearer JWTBearer
+	// ClientCertificate (a PEM chain, the leaf first) and
+	// ClientCertificateKey (its PEM private key, write-only) are presented
+	// on the TLS connection when ClientAuth (or IntrospectionAuth) is
+	// tls_client_auth or self_signed_tls_client_auth (RFC 8705).
+	// PutProvider keeps the stored pair when p brings neither.
+	ClientCertificate     string
+	ClientCertificateKey  string
+	CertificateUpdateTime time.Time
+	// TokenExchange, with the token exchange grant allowed, makes the
+	// provider's own identity obtain its tokens by exchanging a subject
+	// token (RFC 8693).
+	TokenExchange *TokenExchange
 	// DefaultScopes are requested when a caller names none.
 	DefaultScopes []string
 	// TokenParams are extra form parameters sent with every token request.
@@ -223,10 +239,14 @@ func (p *Provider) Validate() error {
 		errs = append(errs, tooLong("client_secret", len(p.ClientSecret), MaxClientSecretLen))
 	}
 	if _, ok := clientAuthMethods[p.ClientAuth]; !ok {
-		errs = append(errs, fmt.Errorf("client_auth_style %d is not one of basic, post, basic+post, private_key_jwt, none", p.ClientAuth))
+		errs = append(errs, fmt.Errorf("client_auth_style %d is not one of basic, post, basic+post, private_key_jwt, none, tls_client_auth, self_signed_tls_client_auth", p.ClientAuth))
 	}
 	if _, ok := clientAuthMethods[p.IntrospectionAuth]; !ok && p.IntrospectionAuth != 0 {
-		errs = append(errs, fmt.Errorf("introspection_auth_style %d is not one of basic, post, basic+post, private_key_jwt, none", p.IntrospectionAuth))
+		errs = append(errs, fmt.Errorf("introspection_auth_style %d is not one of basic, post, basic+post, private_key_jwt, none, tls_client_auth, self_signed_tls_client_auth", p.IntrospectionAuth))
+	}
+	errs = append(errs, p.validateClientCertificate()...)
+	if p.TokenExchange != nil {
+		errs = append(errs, p.TokenExchange.validate(p.Name)...)
 	}
 	if len(p.ClientKeys) > 1 {
 		errs = append(errs, errors.New("client_key: at most one key is imported at a time"))
@@ -453,6 +473,9 @@ var clientAuthMethods = map[oauth.AuthStyle]func(p *Provider, style oauth.AuthSt
 	oauth.AuthBasicAndPost:  clientSecretAuth,
 	oauth.AuthPrivateKeyJWT: privateKeyJWTAuth,
 	oauth.AuthNone:          noClientAuth,
+
+	oauth.AuthTLSClientAuth:           tlsClientAuth,
+	oauth.AuthSelfSignedTLSClientAuth: tlsClientAuth,
 }
 
 func noClientAuth(*Provider, oauth.AuthStyle, string) (oauth.ClientAuthenticator, error) {

@@ -44,7 +44,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 		return nil, err
 	}
 	if b.requireHTTPS {
-		for _, u := range append([]string{p.TokenURL, p.AuthorizeURL, p.IntrospectionURL, p.RevocationURL}, slices.Collect(maps.Values(p.GrantTokenURLs))...) {
+		for _, u := range append([]string{p.TokenURL, p.AuthorizeURL, p.IntrospectionURL, p.RevocationURL, p.DeviceAuthorizationURL}, slices.Collect(maps.Values(p.GrantTokenURLs))...) {
 			if strings.HasPrefix(u, "http:") {
 				return nil, invalidf("provider %q: %s: plain http is refused (serve --insecure-http-loopback allows it to loopback addresses)", p.Name, quote(u))
 			}
@@ -64,6 +64,9 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 		now := b.now().UTC()
 		next.CreateTime, next.UpdateTime = now, now
 		next.ClientKeys = nil
+		if p.ClientCertificate != "" || p.ClientCertificateKey != "" {
+			next.CertificateUpdateTime = now
+		}
 		cond := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 		ops := []clientv3.Op(nil)
 		change := "created"
@@ -86,6 +89,14 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 			}
 			next.PreviousSecret, next.PreviousSecretUntil = old.PreviousSecret, old.PreviousSecretUntil
 			next.ClientKeys = old.ClientKeys
+			if next.ClientCertificate == "" && next.ClientCertificateKey == "" {
+				next.ClientCertificate, next.ClientCertificateKey = old.ClientCertificate, old.ClientCertificateKey
+			} else if next.ClientCertificateKey == "" {
+				next.ClientCertificateKey = old.ClientCertificateKey // a renewed certificate of the same key
+			}
+			if next.ClientCertificate == old.ClientCertificate && next.ClientCertificateKey == old.ClientCertificateKey {
+				next.CertificateUpdateTime = old.CertificateUpdateTime
+			}
 			if secret == "" || secret == old.ClientSecret {
 				next.ClientSecret, next.SecretUpdateTime = old.ClientSecret, old.SecretUpdateTime
 			}
@@ -101,6 +112,12 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 		}
 		if next.SecretUpdateTime.Equal(now) && change == "" {
 			change = "client secret set"
+		}
+		if err := b.checkClientCertificate(&next, now); err != nil {
+			return nil, err
+		}
+		if next.CertificateUpdateTime.Equal(now) && change == "" {
+			change = "client certificate set"
 		}
 		signing, _ := next.SigningKey()
 		if len(imported) > 0 {
@@ -149,7 +166,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 func sameIdentity(a, b *Provider) bool {
 	return a.TokenURL == b.TokenURL && a.ClientID == b.ClientID && a.PKCE == b.PKCE && a.IntrospectionAuth == b.IntrospectionAuth && a.RedirectURL == b.RedirectURL &&
 		maps.Equal(a.GrantTokenURLs, b.GrantTokenURLs) && maps.Equal(a.TokenParams, b.TokenParams) &&
-		slices.Equal(a.DefaultScopes, b.DefaultScopes)
+		slices.Equal(a.DefaultScopes, b.DefaultScopes) && a.TokenExchange.equal(b.TokenExchange)
 }
 
 // GetProvider reads provider name from etcd, with what the broker learned

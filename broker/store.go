@@ -23,6 +23,11 @@ const (
 	// learnedPrefix holds what the broker learned of a provider (see
 	// learnRevocation).
 	learnedPrefix = "learned/"
+	// devicePrefix holds pending device authorizations, one per account,
+	// and devicePollersPrefix the lock of the one replica that polls for
+	// each (see device.go).
+	devicePrefix        = "device_authorizations/"
+	devicePollersPrefix = "device_pollers/"
 )
 
 // DefaultPrefix is the etcd prefix of every key the broker writes.
@@ -87,6 +92,7 @@ type storedProvider struct {
 	AuthorizeURL         string            `json:"authorize_url,omitempty"`
 	IntrospectionURL     string            `json:"introspection_url,omitempty"`
 	RevocationURL        string            `json:"revocation_url,omitempty"`
+	DeviceAuthURL        string            `json:"device_authorization_url,omitempty"`
 	GrantTokenURLs       map[string]string `json:"grant_token_urls,omitempty"`
 	ClientID             string            `json:"client_id"`
 	ClientSecret         []byte            `json:"client_secret_sealed,omitempty"`
@@ -111,6 +117,10 @@ type storedProvider struct {
 	ClientKeyAlgorithm   string            `json:"client_key_algorithm,omitempty"`
 	AssertionAudience    string            `json:"client_assertion_audience,omitempty"`
 	JWTBearer            *storedJWTBearer  `json:"jwt_bearer,omitempty"`
+	ClientCertificate    string            `json:"client_certificate,omitempty"`
+	ClientCertKey        []byte            `json:"client_certificate_key_sealed,omitempty"`
+	CertificateTime      time.Time         `json:"client_certificate_update_time,omitzero"`
+	TokenExchange        *storedExchange   `json:"token_exchange,omitempty"`
 	CreateTime           time.Time         `json:"create_time"`
 	UpdateTime           time.Time         `json:"update_time"`
 }
@@ -132,11 +142,17 @@ func (b *Broker) encodeProvider(key string, p *Provider) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	certKey, err := b.sealString(key, "client_certificate_key", p.ClientCertificateKey)
+	if err != nil {
+		return nil, err
+	}
 	s := storedProvider{
+		TokenExchange:     encodeExchange(p.TokenExchange),
+		ClientCertificate: p.ClientCertificate, ClientCertKey: certKey, CertificateTime: p.CertificateUpdateTime,
 		ClientKeys: keys, ClientKeyAlgorithm: p.ClientKeyAlgorithm, AssertionAudience: p.AssertionAudience,
 		PreviousSecret: previous, PreviousSecretUntil: p.PreviousSecretUntil, ConfigSecretDigest: configDigest,
 		Name: p.Name, TokenURL: p.TokenURL, AuthorizeURL: p.AuthorizeURL,
-		IntrospectionURL: p.IntrospectionURL, RevocationURL: p.RevocationURL,
+		IntrospectionURL: p.IntrospectionURL, RevocationURL: p.RevocationURL, DeviceAuthURL: p.DeviceAuthorizationURL,
 		ClientID: p.ClientID, ClientSecret: secret, ClientAuth: p.ClientAuth.String(),
 		DefaultScopes: p.DefaultScopes, TokenParams: p.TokenParams,
 		DefaultTokenLifetime: p.DefaultTokenLifetime, PKCE: p.PKCE, RedirectURL: p.RedirectURL,
@@ -200,11 +216,17 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 	if err != nil {
 		return nil, err
 	}
+	certKey, err := b.openString(key, "client_certificate_key", s.ClientCertKey)
+	if err != nil {
+		return nil, err
+	}
 	p := &Provider{
+		TokenExchange:     decodeExchange(s.TokenExchange),
+		ClientCertificate: s.ClientCertificate, ClientCertificateKey: certKey, CertificateUpdateTime: s.CertificateTime,
 		ClientKeys: keys, ClientKeyAlgorithm: s.ClientKeyAlgorithm, AssertionAudience: s.AssertionAudience,
 		PreviousSecret: previous, PreviousSecretUntil: s.PreviousSecretUntil, ConfigSecretDigest: configDigest,
 		Name: s.Name, TokenURL: s.TokenURL, AuthorizeURL: s.AuthorizeURL,
-		IntrospectionURL: s.IntrospectionURL, RevocationURL: s.RevocationURL,
+		IntrospectionURL: s.IntrospectionURL, RevocationURL: s.RevocationURL, DeviceAuthorizationURL: s.DeviceAuthURL,
 		ClientID: s.ClientID, ClientSecret: secret, ClientAuth: auth,
 		DefaultScopes: s.DefaultScopes, TokenParams: s.TokenParams,
 		DefaultTokenLifetime: s.DefaultTokenLifetime, PKCE: s.PKCE, RedirectURL: s.RedirectURL,
@@ -231,6 +253,34 @@ func (b *Broker) decodeProvider(key string, data []byte, rev int64) (*Provider, 
 		}
 	}
 	return p, nil
+}
+
+// storedExchange is the etcd encoding of a TokenExchange.
+type storedExchange struct {
+	SubjectProvider    string   `json:"subject_provider,omitempty"`
+	SubjectAccount     string   `json:"subject_account,omitempty"`
+	SubjectScopes      []string `json:"subject_scopes,omitempty"`
+	SubjectTokenFile   string   `json:"subject_token_file,omitempty"`
+	SubjectTokenType   string   `json:"subject_token_type,omitempty"`
+	RequestedTokenType string   `json:"requested_token_type,omitempty"`
+	Audience           []string `json:"audience,omitempty"`
+	Resource           []string `json:"resource,omitempty"`
+}
+
+func encodeExchange(x *TokenExchange) *storedExchange {
+	if x == nil {
+		return nil
+	}
+	s := storedExchange(*x)
+	return &s
+}
+
+func decodeExchange(s *storedExchange) *TokenExchange {
+	if s == nil {
+		return nil
+	}
+	x := TokenExchange(*s)
+	return &x
 }
 
 // storedClientKey is the etcd encoding of a ClientKey: the private key is

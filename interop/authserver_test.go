@@ -40,6 +40,9 @@ type serverOptions struct {
 	// BrokerJWKSURI is the broker's jwks_uri, for the private_key_jwt
 	// client broker-pkj (registered only when set).
 	BrokerJWKSURI string
+	// Env holds more of server.mjs's environment (DEVICE_INTERVAL, the
+	// MTLS_ variables).
+	Env map[string]string
 }
 
 // authServer is a running oidc-provider (server.mjs).
@@ -72,6 +75,9 @@ func startAuthServer(t *testing.T, opts serverOptions) *authServer {
 	}
 	if opts.AccessTokenTTL > 0 {
 		cmd.Env = append(cmd.Env, "ACCESS_TOKEN_TTL="+strconv.Itoa(int(opts.AccessTokenTTL/time.Second)))
+	}
+	for k, v := range opts.Env {
+		cmd.Env = append(cmd.Env, k+"="+v)
 	}
 	stdout := &firstLine{line: make(chan string, 1)}
 	stderr := &syncBuffer{}
@@ -164,6 +170,11 @@ type seenRequest struct {
 	RefreshToken  string `json:"refresh_token"` // digest of the refresh_token parameter
 	Token         string `json:"token"`         // digest of the token parameter
 	TokenTypeHint string `json:"token_type_hint"`
+	// ClientCert is the x5t#S256 of the client certificate presented on
+	// the connection (the https listener); "" for none.
+	ClientCert string `json:"client_cert"`
+	DeviceCode string `json:"device_code"` // digest of the device_code parameter
+	At         int64  `json:"at"`          // when it came, in Unix milliseconds
 }
 
 // digest is how server.mjs names a token it saw.

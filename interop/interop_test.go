@@ -27,12 +27,12 @@ const callbackPath = "/v1/oauth/callback"
 // newBroker builds a broker on an embedded etcd. The background refresher
 // is off, so that the authorization server sees only the requests the test
 // causes.
-func newBroker(t *testing.T, callbackURL string) *broker.Broker {
+func newBroker(t *testing.T, callbackURL string, opts ...func(*broker.Config)) *broker.Broker {
 	t.Helper()
 	e := etcdtest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	b, err := broker.New(ctx, broker.Config{
+	cfg := broker.Config{
 		Client:       e.Client(t, nil),
 		Keyring:      testkeys.Keyring(),
 		Logger:       zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)),
@@ -40,7 +40,11 @@ func newBroker(t *testing.T, callbackURL string) *broker.Broker {
 		FetchTimeout: 15 * time.Second,
 		CallbackURL:  callbackURL,
 		Refresh:      broker.RefreshConfig{Disabled: true},
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	b, err := broker.New(ctx, cfg)
 	if err != nil {
 		t.Fatalf("broker.New: %v", err)
 	}

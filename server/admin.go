@@ -49,6 +49,7 @@ func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutPro
 			return nil, toStatus(s.log, err)
 		}
 	}
+	p.ClientCertificateKey = req.GetClientCertificateKey()
 	if preset := req.GetProvider().GetPreset(); preset != "" {
 		if err := s.broker.ApplyPreset(ctx, &p, preset, req.GetProvider().GetBaseUrl()); err != nil {
 			return nil, toStatus(s.log, err)
@@ -59,7 +60,8 @@ func (s *adminServer) PutProvider(ctx context.Context, req *tokenbrokerv1.PutPro
 		return nil, toStatus(s.log, err)
 	}
 	s.log.Info("provider put", zap.String("provider", stored.Name), zap.Bool("secret_changed", req.GetClientSecret() != ""),
-		zap.Bool("client_key_imported", req.GetClientKey() != "" || req.GetServiceAccountKey() != ""))
+		zap.Bool("client_key_imported", req.GetClientKey() != "" || req.GetServiceAccountKey() != ""),
+		zap.Bool("certificate_key_changed", req.GetClientCertificateKey() != ""))
 	return &tokenbrokerv1.PutProviderResponse{Provider: s.toProvider(stored)}, nil
 }
 
@@ -98,6 +100,9 @@ var authStyles = map[tokenbrokerv1.ClientAuthStyle]oauth.AuthStyle{
 	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST:  oauth.AuthBasicAndPost,
 	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT: oauth.AuthPrivateKeyJWT,
 	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_NONE:            oauth.AuthNone,
+
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH:             oauth.AuthTLSClientAuth,
+	tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH: oauth.AuthSelfSignedTLSClientAuth,
 }
 
 var grantTypes = map[tokenbrokerv1.GrantType]broker.GrantType{
@@ -106,6 +111,8 @@ var grantTypes = map[tokenbrokerv1.GrantType]broker.GrantType{
 	tokenbrokerv1.GrantType_GRANT_TYPE_AUTHORIZATION_CODE: broker.GrantAuthorizationCode,
 	tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN:      broker.GrantRefreshToken,
 	tokenbrokerv1.GrantType_GRANT_TYPE_JWT_BEARER:         broker.GrantJWTBearer,
+	tokenbrokerv1.GrantType_GRANT_TYPE_DEVICE_CODE:        broker.GrantDeviceCode,
+	tokenbrokerv1.GrantType_GRANT_TYPE_TOKEN_EXCHANGE:     broker.GrantTokenExchange,
 }
 
 // fromProvider converts the API's provider; output-only fields are ignored.
@@ -140,6 +147,18 @@ func fromProvider(in *tokenbrokerv1.Provider) (broker.Provider, error) {
 		}
 	}
 	p.RefreshLeadFraction = in.GetRefreshLeadFraction()
+	p.DeviceAuthorizationURL = in.GetDeviceAuthorizationUrl()
+	p.ClientCertificate = in.GetClientCertificate()
+	if x := in.GetTokenExchange(); x != nil {
+		if x.GetSubjectTokenFile() != "" {
+			return broker.Provider{}, fmt.Errorf("%w: token_exchange.subject_token_file is set in the config file only", broker.ErrInvalidArgument)
+		}
+		p.TokenExchange = &broker.TokenExchange{
+			SubjectProvider: x.GetSubjectProvider(), SubjectAccount: x.GetSubjectAccount(), SubjectScopes: x.GetSubjectScopes(),
+			SubjectTokenType: x.GetSubjectTokenType(), RequestedTokenType: x.GetRequestedTokenType(),
+			Audience: x.GetAudience(), Resource: x.GetResource(),
+		}
+	}
 	p.RefreshRevokesAccessToken = in.RefreshRevokesAccessToken
 	for _, d := range []struct {
 		name string
@@ -205,6 +224,18 @@ func (s *adminServer) toProvider(p *broker.Provider) *tokenbrokerv1.Provider {
 
 		RefreshRevokesAccessToken:        p.RefreshRevokesAccessToken,
 		LearnedRefreshRevokesAccessToken: p.LearnedRefreshRevokesAccessToken,
+	}
+	out.DeviceAuthorizationUrl = p.DeviceAuthorizationURL
+	out.ClientCertificate = p.ClientCertificate
+	if x := p.TokenExchange; x != nil {
+		out.TokenExchange = &tokenbrokerv1.TokenExchange{
+			SubjectProvider: x.SubjectProvider, SubjectAccount: x.SubjectAccount, SubjectScopes: x.SubjectScopes,
+			SubjectTokenFile: x.SubjectTokenFile, SubjectTokenType: x.SubjectTokenType, RequestedTokenType: x.RequestedTokenType,
+			Audience: x.Audience, Resource: x.Resource,
+		}
+	}
+	if p.ClientCertificateKey != "" {
+		out.ClientCertificateKey = s.secretInfo(p.ClientCertificateKey, p.CertificateUpdateTime)
 	}
 	for _, d := range []struct {
 		in  time.Duration

@@ -2,9 +2,11 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tokenbroker/tokenbroker/broker"
@@ -24,14 +26,30 @@ func (s *adminServer) PutAccount(ctx context.Context, req *tokenbrokerv1.PutAcco
 	return &tokenbrokerv1.PutAccountResponse{Grant: s.toGrant(g)}, nil
 }
 
+// authorizationFlows starts each consent flow.
+var authorizationFlows = map[tokenbrokerv1.AuthorizationFlow]func(b *broker.Broker, ctx context.Context, provider, account string, scopes []string) (*broker.Authorization, error){
+	tokenbrokerv1.AuthorizationFlow_AUTHORIZATION_FLOW_UNSPECIFIED:        (*broker.Broker).StartAuthorization,
+	tokenbrokerv1.AuthorizationFlow_AUTHORIZATION_FLOW_AUTHORIZATION_CODE: (*broker.Broker).StartAuthorization,
+	tokenbrokerv1.AuthorizationFlow_AUTHORIZATION_FLOW_DEVICE_CODE:        (*broker.Broker).StartDeviceAuthorization,
+}
+
 func (s *adminServer) StartAuthorization(ctx context.Context, req *tokenbrokerv1.StartAuthorizationRequest) (*tokenbrokerv1.StartAuthorizationResponse, error) {
-	a, err := s.broker.StartAuthorization(ctx, req.GetProvider(), req.GetAccount(), req.GetScopes())
+	start, ok := authorizationFlows[req.GetFlow()]
+	if !ok {
+		return nil, toStatus(s.log, fmt.Errorf("%w: unknown flow %d", broker.ErrInvalidArgument, req.GetFlow()))
+	}
+	a, err := start(s.broker, ctx, req.GetProvider(), req.GetAccount(), req.GetScopes())
 	if err != nil {
 		return nil, toStatus(s.log, err)
 	}
-	return &tokenbrokerv1.StartAuthorizationResponse{
+	out := &tokenbrokerv1.StartAuthorizationResponse{
 		AuthorizeUrl: a.URL, State: a.State, ExpireTime: timestamppb.New(a.ExpiresAt),
-	}, nil
+		UserCode: a.UserCode, VerificationUri: a.VerificationURI, VerificationUriComplete: a.VerificationURIComplete,
+	}
+	if a.Interval > 0 {
+		out.Interval = durationpb.New(a.Interval)
+	}
+	return out, nil
 }
 
 func (s *adminServer) ListGrants(ctx context.Context, req *tokenbrokerv1.ListGrantsRequest) (*tokenbrokerv1.ListGrantsResponse, error) {

@@ -90,10 +90,9 @@ func TestEtcdHoldsOnlySealedSecretsThatSurviveARotation(t *testing.T) {
 	cli := r.env.etcd.Client(t, nil)
 	plain := openAll(t, r.env, testkeys.Keyring())
 	for name, v := range plain {
-		_, field, _ := strings.Cut(name, "#")
-		r.book.add("stored "+field, v)
+		r.book.addStored(name, v)
 	}
-	for _, field := range []string{"client_secret", "previous_client_secret", "password", "refresh_token", "access_token", "id_token", "code_verifier"} {
+	for _, field := range []string{"client_secret", "previous_client_secret", "password", "refresh_token", "access_token", "id_token", "code_verifier", "client_certificate_key"} {
 		found := false
 		for name := range plain {
 			found = found || strings.HasSuffix(name, "#"+field)

@@ -41,7 +41,8 @@ func (g *guard) auditCall(st *callState, method string, req, resp any, err error
 	switch r := req.(type) {
 	case *tokenbrokerv1.PutProviderRequest:
 		fields = append(fields, zap.String("provider", r.GetProvider().GetName()), zap.Bool("secret_set", r.GetClientSecret() != ""),
-			zap.Bool("client_key_imported", r.GetClientKey() != "" || r.GetServiceAccountKey() != ""))
+			zap.Bool("client_key_imported", r.GetClientKey() != "" || r.GetServiceAccountKey() != ""),
+			zap.Bool("certificate_key_set", r.GetClientCertificateKey() != ""))
 	case *tokenbrokerv1.RotateClientSecretRequest:
 		fields = append(fields, zap.String("provider", r.GetProvider()), zap.Bool("validated", !r.GetSkipValidation()),
 			zap.Duration("overlap", r.GetOverlap().AsDuration()))

@@ -41,6 +41,9 @@ var statusTable = []struct {
 	{broker.ErrStoreUnavailable, codes.Unavailable},
 	{broker.ErrProviderTimeout, codes.Unavailable},
 	{broker.ErrClosed, codes.Unavailable},
+	// A token exchange whose subject token file is missing: it may appear
+	// (a projected token being mounted).
+	{broker.ErrSubjectToken, codes.Unavailable},
 	{broker.ErrLockLost, codes.Aborted},
 	{broker.ErrConflict, codes.Aborted},
 	// A watcher that fell behind resumes after the last event it got.

@@ -65,6 +65,9 @@ const (
 	leakBogusKey      = "bK2mN7vC4xZ9aS1dF6gH"
 	leakUnknownToken  = "uT8yR3eW6qA1sD4fG7hJ"
 	leakForgedState   = "fS5gH2jK9lZ3xC6vB8nM"
+	leakDeviceCode    = "dV3cQ7wE1rT5yU9iO2pL"
+	leakDeviceAccess  = "aD6sF1gH4jK8lQ3wE7rT"
+	leakDeviceRefresh = "rD2fG5hJ9kL3zX8cV4bN"
 )
 
 // secretBook names every secret a flow used or saw, by value.
@@ -84,6 +87,17 @@ func (s *secretBook) add(name, value string) {
 	if _, ok := s.byVal[value]; !ok {
 		s.byVal[value] = name
 	}
+}
+
+// addStored adds a value etcd holds sealed under name (key#field). A
+// client certificate's key is PEM that shows its algorithm and public key,
+// as the certificate does: the flows add its private part alone.
+func (s *secretBook) addStored(name, plain string) {
+	_, field, _ := strings.Cut(name, "#")
+	if field == "client_certificate_key" {
+		return
+	}
+	s.add("stored "+field, plain)
 }
 
 func (s *secretBook) all() map[string]string {
@@ -387,6 +401,7 @@ func runFlowsTraced(t *testing.T, tp trace.TracerProvider) *flowRun {
 		leakClientSecret: "client secret", leakPassword: "password", leakWrongSecret: "wrong client secret",
 		leakEchoSecret: "echoed client secret", leakEchoPassword: "echoed password", leakRotatedSecret: "rotated client secret",
 		leakBogusKey: "bogus API key", leakUnknownToken: "unknown token", leakForgedState: "forged state",
+		leakDeviceCode: "device code", leakDeviceAccess: "device grant's access token", leakDeviceRefresh: "device grant's refresh token",
 		leakSecretPart(testAdminKey):                                  "admin API key",
 		base64.StdEncoding.EncodeToString(testkeys.Primary.Secret):    "master key",
 		base64.RawURLEncoding.EncodeToString(testkeys.Primary.Secret): "master key (url)",
@@ -407,6 +422,9 @@ func runFlowsTraced(t *testing.T, tp trace.TracerProvider) *flowRun {
 	r.clientCredentialsFlows(t)
 	r.passwordFlows(t)
 	r.consentFlows(t)
+	r.deviceFlows(t)
+	r.clientCertificateFlows(t)
+	r.exchangeFlows(t)
 	r.providerErrorFlows(t)
 	r.rotationFlows(t)
 	r.clientKeyFlows(t)
@@ -660,6 +678,135 @@ func (r *flowRun) consentFlows(t *testing.T) {
 	r.token(ref.GetToken())
 }
 
+// deviceFlows onboards an account through the device authorization grant
+// at a provider that quotes the device code and the client secret in its
+// authorization_pending answers.
+func (r *flowRun) deviceFlows(t *testing.T) {
+	t.Helper()
+	var polls atomic.Int32
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_ = req.ParseForm()
+		w.Header().Set("Content-Type", "application/json")
+		if req.PostForm.Get("client_secret") != leakClientSecret {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"error":"invalid_client"}`)
+			return
+		}
+		switch req.URL.Path {
+		case "/device":
+			_ = json.NewEncoder(w).Encode(map[string]any{"device_code": leakDeviceCode, "user_code": "LEAK-TEST", "verification_uri": "https://idp.example/device", "expires_in": 60, "interval": 1})
+		case "/token":
+			if polls.Add(1) == 1 {
+				w.WriteHeader(http.StatusBadRequest)
+				_ = json.NewEncoder(w).Encode(map[string]string{"error": "authorization_pending",
+					"error_description": "device code " + req.PostForm.Get("device_code") + " of client secret " + req.PostForm.Get("client_secret") + " pending"})
+				return
+			}
+			_ = json.NewEncoder(w).Encode(map[string]any{"access_token": leakDeviceAccess, "refresh_token": leakDeviceRefresh, "token_type": "Bearer", "expires_in": 3600})
+		}
+	}))
+	t.Cleanup(ts.Close)
+	put, err := r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{ClientSecret: leakClientSecret, Provider: &tokenbrokerv1.Provider{
+		Name: "tv", TokenUrl: ts.URL + "/token", DeviceAuthorizationUrl: ts.URL + "/device", ClientId: leakClientID,
+		ClientAuthStyle: tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_POST,
+		GrantTypes:      []tokenbrokerv1.GrantType{tokenbrokerv1.GrantType_GRANT_TYPE_DEVICE_CODE, tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN},
+	}})
+	if err != nil {
+		t.Fatalf("PutProvider(tv): %v", err)
+	}
+	r.said.addMsg("PutProvider(tv)", put)
+	start, err := r.in.admin.StartAuthorization(ctxb, &tokenbrokerv1.StartAuthorizationRequest{Provider: "tv", Account: "den",
+		Flow: tokenbrokerv1.AuthorizationFlow_AUTHORIZATION_FLOW_DEVICE_CODE})
+	if err != nil {
+		t.Fatalf("StartAuthorization(device): %v", err)
+	}
+	r.said.addMsg("StartAuthorization(device)", start)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		grants, err := r.in.admin.ListGrants(ctxb, &tokenbrokerv1.ListGrantsRequest{Provider: "tv"})
+		if err != nil {
+			t.Fatalf("ListGrants(tv): %v", err)
+		}
+		if gs := grants.GetGrants(); len(gs) == 1 && gs[0].GetHealth() == tokenbrokerv1.GrantHealth_GRANT_HEALTH_OK {
+			r.said.addMsg("ListGrants(tv)", grants)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the device grant is not ok after 15s: %v", grants)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	got, err := r.in.tokens.GetToken(ctxb, &tokenbrokerv1.GetTokenRequest{Provider: "tv", Account: "den"})
+	if err != nil || got.GetToken().GetAccessToken() != leakDeviceAccess {
+		t.Fatalf("GetToken(tv/den) = %v, %v; want the device grant's token", got, err)
+	}
+}
+
+// clientCertificateFlows registers a provider on tls_client_auth: first
+// with the key of another certificate (refused), then with its own; the
+// token request fails at the TLS handshake (the fake's CA is not trusted).
+func (r *flowRun) clientCertificateFlows(t *testing.T) {
+	t.Helper()
+	cert, other := fakes.NewClientCertificate(t, "tokenbroker"), fakes.NewClientCertificate(t, "other")
+	r.book.add("client certificate key", cert.PrivatePart(t))
+	r.book.add("another certificate's key", other.PrivatePart(t))
+	srv := fakes.NewMTLS(t, leakClientID, cert.Leaf)
+	provider := &tokenbrokerv1.Provider{Name: "pki", TokenUrl: srv.URL + "/token", ClientId: leakClientID,
+		ClientAuthStyle: tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH, ClientCertificate: string(cert.CertPEM)}
+	_, err := r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{Provider: provider, ClientCertificateKey: string(other.KeyPEM)})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("PutProvider with another certificate's key = %v, want InvalidArgument", err)
+	}
+	r.said.addErr("PutProvider(pki, another key)", err)
+	put, err := r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{Provider: provider, ClientCertificateKey: string(cert.KeyPEM)})
+	if err != nil || !put.GetProvider().GetClientCertificateKey().GetSet() {
+		t.Fatalf("PutProvider(pki) = %v, %v; want the key set", put, err)
+	}
+	r.said.addMsg("PutProvider(pki)", put)
+	got, err := r.in.admin.GetProvider(ctxb, &tokenbrokerv1.GetProviderRequest{Name: "pki"})
+	if err != nil {
+		t.Fatalf("GetProvider(pki): %v", err)
+	}
+	r.said.addMsg("GetProvider(pki)", got)
+	r.refusedToken(t, "pki") // the fake's certificate is not trusted
+}
+
+// refusedToken asks for a token of provider, which must fail, and records
+// the error.
+func (r *flowRun) refusedToken(t *testing.T, provider string) {
+	t.Helper()
+	_, err := r.in.tokens.GetToken(ctxb, &tokenbrokerv1.GetTokenRequest{Provider: provider})
+	if err == nil {
+		t.Fatalf("GetToken(%s) succeeded, want a refusal", provider)
+	}
+	r.said.addErr("GetToken("+provider+")", err)
+}
+
+// exchangeFlows exchanges the sandbox's token at a security token service
+// that refuses it, quoting the subject token and the client secret.
+func (r *flowRun) exchangeFlows(t *testing.T) {
+	t.Helper()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_ = req.ParseForm()
+		_, secret, _ := req.BasicAuth()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		_ = json.NewEncoder(w).Encode(map[string]string{"error": "invalid_grant",
+			"error_description": "subject token " + req.PostForm.Get("subject_token") + " of client secret " + secret + " refused"})
+	}))
+	t.Cleanup(ts.Close)
+	put, err := r.in.admin.PutProvider(ctxb, &tokenbrokerv1.PutProviderRequest{ClientSecret: leakClientSecret, Provider: &tokenbrokerv1.Provider{
+		Name: "sts", TokenUrl: ts.URL + "/token", ClientId: leakClientID,
+		GrantTypes:    []tokenbrokerv1.GrantType{tokenbrokerv1.GrantType_GRANT_TYPE_TOKEN_EXCHANGE},
+		TokenExchange: &tokenbrokerv1.TokenExchange{SubjectProvider: "sb", Audience: []string{"orders"}},
+	}})
+	if err != nil {
+		t.Fatalf("PutProvider(sts): %v", err)
+	}
+	r.said.addMsg("PutProvider(sts)", put)
+	r.refusedToken(t, "sts")
+}
+
 // echoProvider answers every token request with invalid_client, quoting
 // the client secret and the password it received, and the request body.
 func echoProvider(t *testing.T) string {
@@ -785,7 +932,7 @@ func (r *flowRun) clientKeyFlows(t *testing.T) {
 	for _, name := range []string{"imported client key", "imported client key (REST)", "rotated client key", "rotated client key (REST)"} {
 		pemText, d := testkeys.NewClientKeyPEM()
 		keys[name] = pemText
-		r.book.add(name, pemText)
+		r.book.add(name, testkeys.PrivatePart(pemText))
 		r.book.add(name+" (d)", d)
 	}
 	pkj := &tokenbrokerv1.Provider{Name: "pkj", TokenUrl: fp.URL + "/token", IntrospectionUrl: fp.URL + "/introspect", ClientId: leakClientID,
@@ -861,7 +1008,7 @@ func (r *flowRun) serviceAccountFlows(t *testing.T) {
 			PrivateKey string `json:"private_key"`
 		}
 		_ = json.Unmarshal(file, &pemText)
-		r.book.add("service account key "+name, pemText.PrivateKey)
+		r.book.add("service account key "+name, testkeys.PrivatePart(pemText.PrivateKey))
 		for _, m := range private {
 			r.book.add("service account key "+name+" (member)", m)
 		}
@@ -1172,8 +1319,7 @@ func TestNoSecretLeaksIntoLogsErrorsOrAdminResponses(t *testing.T) {
 	// Everything the broker keeps sealed is a secret too: the current
 	// refresh tokens, the PKCE verifier, the previous client secret.
 	for name, plain := range openAll(t, r.env, testkeys.Keyring()) {
-		_, field, _ := strings.Cut(name, "#")
-		r.book.add("stored "+field, plain)
+		r.book.addStored(name, plain)
 	}
 	book := r.book.all()
 	for _, kind := range []string{"issued access token", "issued refresh token", "issued id_token", "sent code_verifier", "authorization code", "created API key"} {

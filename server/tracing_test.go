@@ -276,8 +276,7 @@ func TestNoSecretLeaksIntoSpans(t *testing.T) {
 	tp, rec := newRecorder(t)
 	r := runFlowsTraced(t, tp)
 	for name, plain := range openAll(t, r.env, testkeys.Keyring()) {
-		_, field, _ := strings.Cut(name, "#")
-		r.book.add("stored "+field, plain)
+		r.book.addStored(name, plain)
 	}
 	r.stop()
 	spans := rec.Ended()

@@ -64,14 +64,21 @@ func (c *Client) Introspect(ctx context.Context, r Request, token string) (*Intr
 	return in, err
 }
 
-// introspection reads an introspection endpoint's answer.
-func introspection(resp *answer) (*Introspection, error) {
+// decodeAnswer returns the fields of a 2xx answer; a non-2xx one is an
+// *Error.
+func decodeAnswer(resp *answer) (fields, error) {
 	f, err := decodeBody(resp.contentType, resp.body)
 	if resp.status < 200 || resp.status > 299 {
 		e := newError(resp.status, f, resp.secrets)
 		e.RetryAfter = resp.retryAfter
 		return nil, e
 	}
+	return f, err
+}
+
+// introspection reads an introspection endpoint's answer.
+func introspection(resp *answer) (*Introspection, error) {
+	f, err := decodeAnswer(resp)
 	if err != nil {
 		return nil, err
 	}

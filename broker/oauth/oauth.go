@@ -42,14 +42,21 @@ const (
 	// whose assertion identifies the client (the JWT-bearer grant, RFC
 	// 7523 §3.1: client authentication is optional). See NoClientAuth.
 	AuthNone
+	// AuthTLSClientAuth and AuthSelfSignedTLSClientAuth present the
+	// client's certificate on the TLS connection (RFC 8705 §2.1 PKI and
+	// §2.2 self-signed); see TLSClientAuth.
+	AuthTLSClientAuth
+	AuthSelfSignedTLSClientAuth
 
-	lastAuthStyle = AuthNone
+	lastAuthStyle = AuthSelfSignedTLSClientAuth
 )
 
-var authStyleNames = [...]string{AuthBasic: "basic", AuthPost: "post", AuthBasicAndPost: "basic+post", AuthPrivateKeyJWT: "private_key_jwt", AuthNone: "none"}
+var authStyleNames = [...]string{AuthBasic: "basic", AuthPost: "post", AuthBasicAndPost: "basic+post", AuthPrivateKeyJWT: "private_key_jwt", AuthNone: "none",
+	AuthTLSClientAuth: "tls_client_auth", AuthSelfSignedTLSClientAuth: "self_signed_tls_client_auth"}
 
-// String returns "basic", "post", "basic+post", "private_key_jwt" or
-// "none", and "AuthStyle(N)" for anything else.
+// String returns "basic", "post", "basic+post", "private_key_jwt", "none",
+// "tls_client_auth" or "self_signed_tls_client_auth", and "AuthStyle(N)"
+// for anything else.
 func (s AuthStyle) String() string {
 	if s >= AuthBasic && s <= lastAuthStyle {
 		return authStyleNames[s]
@@ -71,7 +78,7 @@ func ParseAuthStyle(s string) (AuthStyle, error) {
 			return st, nil
 		}
 	}
-	return 0, fmt.Errorf("oauth: unknown auth style %q (want basic, post, basic+post, private_key_jwt or none)", s)
+	return 0, fmt.Errorf("oauth: unknown auth style %q (want basic, post, basic+post, private_key_jwt, none, tls_client_auth or self_signed_tls_client_auth)", s)
 }
 
 // Request is one call to a token endpoint.
@@ -165,7 +172,7 @@ var defaultHTTPClient = &http.Client{
 // error, even when a provider echoes them in error_description.
 var secretParams = []string{
 	"client_secret", "password", "refresh_token", "code", "code_verifier",
-	"assertion", "client_assertion", "subject_token", "actor_token",
+	"assertion", "client_assertion", "subject_token", "actor_token", "device_code",
 }
 
 // Token posts r to the token endpoint and returns the parsed token.
@@ -243,6 +250,11 @@ func (c *Client) post(ctx context.Context, r Request) (*answer, error) {
 	hc := defaultHTTPClient
 	if c.HTTPClient != nil {
 		hc = c.HTTPClient
+	}
+	if ca, ok := auth.(ConnectionAuthenticator); ok {
+		if hc, err = ca.HTTPClient(hc); err != nil {
+			return nil, err
+		}
 	}
 	resp, err := hc.Do(req)
 	if err != nil {

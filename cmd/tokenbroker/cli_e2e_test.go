@@ -7,15 +7,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/internal/fakes"
 	"github.com/tokenbroker/tokenbroker/internal/testkeys"
 	"github.com/tokenbroker/tokenbroker/sandbox"
 )
@@ -215,7 +220,7 @@ func TestCLIAgainstDev(t *testing.T) {
 		{
 			name:       "put a Google service account",
 			give:       []string{"provider", "put", "gsa", "--preset", "google-service-account", "--service-account-key-file", saFile, "--scope", "https://www.googleapis.com/auth/cloud-platform"},
-			wantStdout: `(?m)^TOKEN URL\s+https://oauth2\.googleapis\.com/token\n[\s\S]*^AUTH STYLE\s+none\n^CLIENT KEYS\s+kid-cli RS256\n[\s\S]*^JWT BEARER\s+iss=reporter@demo-project\.iam\.gserviceaccount\.com sub=- aud=https://oauth2\.googleapis\.com/token scope claim\n^GRANTS\s+jwt_bearer\n`,
+			wantStdout: `(?m)^TOKEN URL\s+https://oauth2\.googleapis\.com/token\n[\s\S]*^AUTH STYLE\s+none\n^CLIENT KEYS\s+kid-cli RS256\n[\s\S]*^JWT BEARER\s+iss=reporter@demo-project\.iam\.gserviceaccount\.com sub=- aud=https://oauth2\.googleapis\.com/token scope claim\n[\s\S]*^GRANTS\s+jwt_bearer\n`,
 		},
 		{name: "a jwt_bearer account acts for a user", give: []string{"account", "put", "gsa", "alice", "--grant", "jwt-bearer", "--username", "alice@example.com"}, wantStdout: `(?m)^gsa\s+alice\s+jwt_bearer\s`},
 		{name: "bad flag", give: []string{"provider", "put", "x", "--bogus"}, wantCode: exitUsage, wantStderr: "tokenbroker: unknown flag: --bogus (see 'tokenbroker provider put --help')"},
@@ -252,6 +257,103 @@ func TestCLIAgainstDev(t *testing.T) {
 		got := dev.cli(t, tok+"\n", nil, "token", "introspect", "--token-stdin")
 		if got.code != 0 || !regexp.MustCompile(`(?m)^ACTIVE\s+true\n[\s\S]*^PROVIDER\s+sandbox\n`).MatchString(got.stdout) {
 			t.Errorf("token introspect: exit %d, stdout:\n%s\nstderr %q; want 0, active, provider sandbox", got.code, got.stdout, got.stderr)
+		}
+	})
+
+	t.Run("device authorization", func(t *testing.T) {
+		tests := []struct {
+			name       string
+			script     []string // the provider's answers before consent
+			wantCode   int
+			wantStdout string // regexp, after the user code's line
+			wantStderr string
+		}{
+			{name: "consent", wantStdout: `(?m)^tv-consent\s+kiosk\s+device_code\s+ok\s`, wantStderr: "Authorized."},
+			{name: "refused", script: []string{"access_denied"}, wantCode: exitRefused, wantStderr: "tokenbroker: device authorization: provider tv-refused: oauth: token endpoint answered 400: access_denied\n"},
+		}
+		for _, tt := range tests {
+			f := fakes.NewDevice(t, 1, tt.script...)
+			provider := "tv-" + tt.name
+			put := dev.cli(t, "", map[string]string{"S": fakes.DeviceClientSecret}, "provider", "put", provider, "--token-url", f.URL+"/token",
+				"--device-authorization-url", f.URL+"/device", "--client-id", fakes.DeviceClientID, "--client-secret-env", "S",
+				"--auth-style", "post", "--grant", "device_code", "--grant", "refresh_token", "--scope", "api")
+			if put.code != 0 || !regexp.MustCompile(`(?m)^DEVICE AUTHORIZATION URL\s+`+regexp.QuoteMeta(f.URL+"/device")+`\n`).MatchString(put.stdout) {
+				t.Fatalf("%s: provider put: exit %d, stdout:\n%s\nstderr %q", tt.name, put.code, put.stdout, put.stderr)
+			}
+			done := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Go(func() { // the person consents once the CLI waits
+				for len(f.Polls()) < 2 {
+					select {
+					case <-done:
+						return
+					case <-time.After(50 * time.Millisecond):
+					}
+				}
+				f.Approve()
+			})
+			start := time.Now()
+			got := dev.cli(t, "", nil, "grant", "authorize", provider, "kiosk", "--device")
+			close(done)
+			wg.Wait()
+			t.Logf("%s: grant authorize --device took %v (%d polls)", tt.name, time.Since(start), len(f.Polls()))
+			code, rest, _ := strings.Cut(got.stdout, "\n")
+			if got.code != tt.wantCode || code != fakes.DeviceUserCode || !regexp.MustCompile(tt.wantStdout).MatchString(rest) {
+				t.Errorf("%s: grant authorize --device: exit %d, stdout:\n%s\nwant exit %d, the user code %s, then %q", tt.name, got.code, got.stdout, tt.wantCode, fakes.DeviceUserCode, tt.wantStdout)
+			}
+			if !strings.Contains(got.stderr, f.URL+"/activate") || !strings.Contains(got.stderr, tt.wantStderr) {
+				t.Errorf("%s: grant authorize --device: stderr %q, want the verification URI and %q", tt.name, got.stderr, tt.wantStderr)
+			}
+		}
+		if got := dev.cli(t, "", nil, "token", "get", "tv-consent", "--account", "kiosk"); got.code != 0 || got.stdout != "device-at-3\n" {
+			t.Errorf("token get of the consented account: exit %d, stdout %q, stderr %q; want the token of the consent", got.code, got.stdout, got.stderr)
+		}
+	})
+
+	t.Run("client certificate and token exchange", func(t *testing.T) {
+		dir := t.TempDir()
+		cert := fakes.NewClientCertificate(t, "tokenbroker-cli")
+		certFile, keyFile := filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key")
+		for f, data := range map[string][]byte{certFile: cert.CertPEM, keyFile: cert.KeyPEM} {
+			if err := os.WriteFile(f, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := dev.cli(t, "", nil, "provider", "put", "pki", "--token-url", "https://127.0.0.1:1/token", "--client-id", "pki-client",
+			"--auth-style", "tls_client_auth", "--client-certificate-file", certFile, "--client-certificate-key-file", keyFile)
+		if got.code != 0 || !regexp.MustCompile(`(?m)^AUTH STYLE\s+tls_client_auth\n[\s\S]*^CLIENT CERTIFICATE\s+CN=tokenbroker-cli \(expires \S+\)\n^CERTIFICATE KEY\s+set \(\w+\)\n`).MatchString(got.stdout) {
+			t.Errorf("provider put pki: exit %d, stdout:\n%s\nstderr %q; want tls_client_auth with the certificate and its key set", got.code, got.stdout, got.stderr)
+		}
+		if keyPart := cert.PrivatePart(t); strings.Contains(got.stdout+got.stderr, keyPart[:12]) {
+			t.Error("provider put printed the certificate's private key")
+		}
+
+		var (
+			mu       sync.Mutex
+			subjects []string
+		)
+		sts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_ = r.ParseForm()
+			mu.Lock()
+			defer mu.Unlock()
+			subjects = append(subjects, r.PostForm.Get("subject_token")+" "+r.PostForm.Get("audience"))
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"access_token":"exchanged-by-sts","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":300}`)
+		}))
+		defer sts.Close()
+		got = dev.cli(t, "", nil, "provider", "put", "sts", "--token-url", sts.URL+"/token", "--client-id", "sts-client",
+			"--grant", "token_exchange", "--subject-provider", "sandbox", "--audience", "orders")
+		if got.code != 0 || !regexp.MustCompile(`(?m)^TOKEN EXCHANGE\s+subject from provider sandbox; audience orders; resource -\n`).MatchString(got.stdout) {
+			t.Errorf("provider put sts: exit %d, stdout:\n%s\nstderr %q", got.code, got.stdout, got.stderr)
+		}
+		subject := strings.TrimSpace(dev.cli(t, "", nil, "token", "get", "sandbox").stdout)
+		if got = dev.cli(t, "", nil, "token", "get", "sts"); got.code != 0 || got.stdout != "exchanged-by-sts\n" {
+			t.Errorf("token get sts: exit %d, stdout %q, stderr %q; want the exchanged token", got.code, got.stdout, got.stderr)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(subjects) != 1 || subjects[0] != subject+" orders" {
+			t.Errorf("the STS received subject tokens %q, want the sandbox's token for orders", subjects)
 		}
 	})
 

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"maps"
 	"os"
@@ -22,6 +24,9 @@ var authStyles = map[string]tokenbrokerv1.ClientAuthStyle{
 	"basic+post":      tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_BASIC_AND_POST,
 	"private_key_jwt": tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT,
 	"none":            tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_NONE,
+
+	"tls_client_auth":             tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH,
+	"self_signed_tls_client_auth": tokenbrokerv1.ClientAuthStyle_CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH,
 }
 
 // grantTypeNames are the --grant values: the OAuth2 grant_type names.
@@ -31,6 +36,8 @@ var grantTypeNames = map[string]tokenbrokerv1.GrantType{
 	"authorization_code": tokenbrokerv1.GrantType_GRANT_TYPE_AUTHORIZATION_CODE,
 	"refresh_token":      tokenbrokerv1.GrantType_GRANT_TYPE_REFRESH_TOKEN,
 	"jwt_bearer":         tokenbrokerv1.GrantType_GRANT_TYPE_JWT_BEARER,
+	"device_code":        tokenbrokerv1.GrantType_GRANT_TYPE_DEVICE_CODE,
+	"token_exchange":     tokenbrokerv1.GrantType_GRANT_TYPE_TOKEN_EXCHANGE,
 }
 
 func parseGrantType(flag, s string) (tokenbrokerv1.GrantType, error) {
@@ -77,6 +84,9 @@ func (c *cli) providerPutCommand() *cobra.Command {
 		saKeyFile   string
 		jwtb        tokenbrokerv1.JwtBearerGrant
 		jwtbLife    time.Duration
+		certFile    string
+		certKeyFile string
+		exchange    tokenbrokerv1.TokenExchange
 	)
 	cmd := &cobra.Command{
 		Use:   "put NAME",
@@ -99,7 +109,7 @@ from --base-url; flags given explicitly win over the preset.`,
 			if authStyle != "" {
 				s, ok := authStyles[authStyle]
 				if !ok {
-					return usageErrorf("--auth-style %q: want basic, post, basic+post, private_key_jwt or none", authStyle)
+					return usageErrorf("--auth-style %q: want basic, post, basic+post, private_key_jwt, none, tls_client_auth or self_signed_tls_client_auth", authStyle)
 				}
 				p.ClientAuthStyle = s
 			}
@@ -116,6 +126,24 @@ from --base-url; flags given explicitly win over the preset.`,
 			}
 			p.DefaultTokenLifetime, p.TokenParams, p.GrantTokenUrls, p.RedirectUri = d, tokenParams, grantURLs, redirectURI
 			req := &tokenbrokerv1.PutProviderRequest{Provider: &p}
+			if exchange.SubjectProvider != "" || cmd.Flags().Changed("subject-account") || len(exchange.Audience) > 0 || len(exchange.Resource) > 0 ||
+				exchange.RequestedTokenType != "" || exchange.SubjectTokenType != "" || len(exchange.SubjectScopes) > 0 {
+				p.TokenExchange = &exchange
+			}
+			if certFile != "" {
+				data, err := os.ReadFile(certFile)
+				if err != nil {
+					return usageErrorf("--client-certificate-file: %v", err)
+				}
+				p.ClientCertificate = string(data)
+			}
+			if certKeyFile != "" {
+				data, err := os.ReadFile(certKeyFile)
+				if err != nil {
+					return usageErrorf("--client-certificate-key-file: %v", err)
+				}
+				req.ClientCertificateKey = string(data)
+			}
 			if secretStdin || secretEnv != "" {
 				if req.ClientSecret, err = c.readSecret("client secret", secretStdin, secretEnv); err != nil {
 					return err
@@ -151,10 +179,11 @@ from --base-url; flags given explicitly win over the preset.`,
 	f.StringVar(&p.AuthorizeUrl, "authorize-url", "", "authorization endpoint URL (authorization_code grant)")
 	f.StringVar(&p.IntrospectionUrl, "introspection-url", "", "RFC 7662 introspection endpoint URL")
 	f.StringVar(&p.RevocationUrl, "revocation-url", "", "RFC 7009 revocation endpoint URL")
+	f.StringVar(&p.DeviceAuthorizationUrl, "device-authorization-url", "", "RFC 8628 device authorization endpoint URL (device_code grant)")
 	f.StringVar(&p.ClientId, "client-id", "", "the broker's client_id at the provider")
 	f.BoolVar(&secretStdin, "client-secret-stdin", false, "read the client secret from stdin")
 	f.StringVar(&secretEnv, "client-secret-env", "", "read the client secret from this environment variable")
-	f.StringVar(&authStyle, "auth-style", "", "client authentication at the token endpoint: basic, post, basic+post or private_key_jwt (default basic)")
+	f.StringVar(&authStyle, "auth-style", "", "client authentication at the token endpoint: basic, post, basic+post, private_key_jwt, none, tls_client_auth or self_signed_tls_client_auth (default basic)")
 	f.StringVar(&keyFile, "client-key-file", "", "private_key_jwt: import the private key (PEM or JWK) from this file (default: the stored key, or a generated one)")
 	f.BoolVar(&keyStdin, "client-key-stdin", false, "private_key_jwt: read the private key (PEM or JWK) from stdin")
 	f.StringVar(&p.ClientKeyAlgorithm, "client-key-algorithm", "", "private_key_jwt: algorithm of a generated key: RS256, ES256 or EdDSA (default ES256)")
@@ -165,8 +194,17 @@ from --base-url; flags given explicitly win over the preset.`,
 	f.StringVar(&jwtb.Audience, "assertion-audience", "", "jwt_bearer grant: the aud of its assertions (default: the token endpoint)")
 	f.BoolVar(&jwtb.ScopeClaim, "assertion-scope-claim", false, "jwt_bearer grant: send the scopes in a scope claim, not a parameter")
 	f.DurationVar(&jwtbLife, "assertion-lifetime", 0, "jwt_bearer grant: how long each assertion is valid (default 1m)")
+	f.StringVar(&certFile, "client-certificate-file", "", "PEM client certificate chain presented with tls_client_auth and self_signed_tls_client_auth")
+	f.StringVar(&certKeyFile, "client-certificate-key-file", "", "PEM private key of --client-certificate-file (sent once, never shown)")
+	f.StringVar(&exchange.SubjectProvider, "subject-provider", "", "token_exchange grant: the provider whose token is the subject token")
+	f.StringVar(&exchange.SubjectAccount, "subject-account", "", "token_exchange grant: the account of --subject-provider")
+	f.StringSliceVar(&exchange.SubjectScopes, "subject-scope", nil, "token_exchange grant: scope of the subject token, repeatable")
+	f.StringVar(&exchange.SubjectTokenType, "subject-token-type", "", "token_exchange grant: subject_token_type URI (default the access_token type)")
+	f.StringVar(&exchange.RequestedTokenType, "requested-token-type", "", "token_exchange grant: requested_token_type URI")
+	f.StringSliceVar(&exchange.Audience, "audience", nil, "token_exchange grant: audience, repeatable")
+	f.StringSliceVar(&exchange.Resource, "resource", nil, "token_exchange grant: resource URI, repeatable")
 	f.StringSliceVar(&p.DefaultScopes, "scope", nil, "default scope, repeatable or comma-separated")
-	f.StringSliceVar(&grants, "grant", nil, "allowed grant, repeatable: client_credentials, password, authorization_code, refresh_token, jwt_bearer (default client_credentials)")
+	f.StringSliceVar(&grants, "grant", nil, "allowed grant, repeatable: client_credentials, password, authorization_code, device_code, token_exchange, refresh_token, jwt_bearer (default client_credentials)")
 	f.StringVar(&p.Preset, "preset", "", "preset of a known provider: mediacore, mediahound, mediavalet, mediaflow, mediahaven, google-service-account, or oidc or oauth (OpenID Connect discovery or RFC 8414 metadata from --base-url, the issuer)")
 	f.StringVar(&p.BaseUrl, "base-url", "", "the preset's base URL: the instance, or the OIDC issuer")
 	f.BoolVar(&p.Pkce, "pkce", false, "send an S256 PKCE challenge with authorization requests")
@@ -383,6 +421,7 @@ func (c *cli) printProvider(p *tokenbrokerv1.Provider) error {
 		{"AUTHORIZE URL", cell(p.GetAuthorizeUrl())},
 		{"INTROSPECTION URL", cell(p.GetIntrospectionUrl())},
 		{"REVOCATION URL", cell(p.GetRevocationUrl())},
+		{"DEVICE AUTHORIZATION URL", cell(p.GetDeviceAuthorizationUrl())},
 		{"REDIRECT URI", cell(p.GetRedirectUri())},
 		{"CLIENT ID", cell(p.GetClientId())},
 		{"CLIENT SECRET", secretCell(p.GetClientSecret())},
@@ -391,6 +430,9 @@ func (c *cli) printProvider(p *tokenbrokerv1.Provider) error {
 		{"CLIENT KEYS", clientKeysCell(p.GetClientKeys())},
 		{"ASSERTION AUDIENCE", cell(p.GetClientAssertionAudience())},
 		{"JWT BEARER", jwtBearerCell(p.GetJwtBearer())},
+		{"CLIENT CERTIFICATE", certificateCell(p.GetClientCertificate())},
+		{"CERTIFICATE KEY", secretCell(p.GetClientCertificateKey())},
+		{"TOKEN EXCHANGE", exchangeCell(p.GetTokenExchange())},
 		{"GRANTS", grantsCell(p.GetGrantTypes())},
 		{"SCOPES", listCell(p.GetDefaultScopes())},
 		{"TOKEN PARAMS", kv(p.GetTokenParams())},
@@ -424,6 +466,35 @@ func jwtBearerCell(j *tokenbrokerv1.JwtBearerGrant) string {
 		parts = append(parts, "scope claim")
 	}
 	return strings.Join(parts, " ")
+}
+
+// exchangeCell says where a token exchange's subject token comes from
+// and for which audiences and resources.
+func exchangeCell(x *tokenbrokerv1.TokenExchange) string {
+	if x == nil {
+		return "-"
+	}
+	from := "file " + x.GetSubjectTokenFile()
+	if x.GetSubjectProvider() != "" {
+		from = "provider " + x.GetSubjectProvider()
+		if x.GetSubjectAccount() != "" {
+			from += " account " + x.GetSubjectAccount()
+		}
+	}
+	return fmt.Sprintf("subject from %s; audience %s; resource %s", from, listCell(x.GetAudience()), listCell(x.GetResource()))
+}
+
+// certificateCell names a PEM certificate chain's leaf and its expiry.
+func certificateCell(chain string) string {
+	block, _ := pem.Decode([]byte(chain))
+	if block == nil {
+		return "-"
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return "(does not parse)"
+	}
+	return fmt.Sprintf("%s (expires %s)", c.Subject, c.NotAfter.UTC().Format(time.RFC3339))
 }
 
 func grantsCell(gs []tokenbrokerv1.GrantType) string {

@@ -79,3 +79,35 @@ func NewServiceAccountKey(kid, tokenURI string) (file []byte, key *rsa.PrivateKe
 	}
 	return file, k, private
 }
+
+// PrivatePart returns the base64 characters of a PEM PKCS#8 private key
+// (ECDSA or RSA) that encode only bytes of its private scalar or exponent:
+// what a leak check looks for, since the PEM armor and the DER around the
+// secret (algorithm identifiers, public key) also appear in certificates.
+func PrivatePart(pemText string) string {
+	block, _ := pem.Decode([]byte(pemText))
+	if block == nil {
+		panic("testkeys: not PEM")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		panic(err)
+	}
+	var secret []byte
+	switch k := k.(type) {
+	case *ecdsa.PrivateKey:
+		if secret, err = k.Bytes(); err != nil {
+			panic(err)
+		}
+	case *rsa.PrivateKey:
+		secret = k.D.Bytes()
+	default:
+		panic("testkeys: not an ECDSA or RSA key")
+	}
+	off := bytes.Index(block.Bytes, secret)
+	if off < 0 {
+		panic("testkeys: the secret is not in the key's DER")
+	}
+	start, end := (off+2)/3*4, (off+len(secret))/3*4
+	return base64.StdEncoding.EncodeToString(block.Bytes)[start:end]
+}

@@ -43,6 +43,14 @@ const (
 	// assertion identifies the client (RFC 7523 section 3.1; Google service
 	// accounts).
 	ClientAuthStyle_CLIENT_AUTH_STYLE_NONE ClientAuthStyle = 5
+	// The provider's client certificate on the TLS connection, the provider
+	// checking its subject against its PKI (RFC 8705 section 2.1); client_id
+	// in the form body.
+	ClientAuthStyle_CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH ClientAuthStyle = 6
+	// The provider's self-signed client certificate on the TLS connection,
+	// the provider checking it against the client's registered keys (RFC
+	// 8705 section 2.2); client_id in the form body.
+	ClientAuthStyle_CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH ClientAuthStyle = 7
 )
 
 // Enum value maps for ClientAuthStyle.
@@ -54,14 +62,18 @@ var (
 		3: "CLIENT_AUTH_STYLE_BASIC_AND_POST",
 		4: "CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT",
 		5: "CLIENT_AUTH_STYLE_NONE",
+		6: "CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH",
+		7: "CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH",
 	}
 	ClientAuthStyle_value = map[string]int32{
-		"CLIENT_AUTH_STYLE_UNSPECIFIED":     0,
-		"CLIENT_AUTH_STYLE_BASIC":           1,
-		"CLIENT_AUTH_STYLE_POST":            2,
-		"CLIENT_AUTH_STYLE_BASIC_AND_POST":  3,
-		"CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT": 4,
-		"CLIENT_AUTH_STYLE_NONE":            5,
+		"CLIENT_AUTH_STYLE_UNSPECIFIED":                 0,
+		"CLIENT_AUTH_STYLE_BASIC":                       1,
+		"CLIENT_AUTH_STYLE_POST":                        2,
+		"CLIENT_AUTH_STYLE_BASIC_AND_POST":              3,
+		"CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT":             4,
+		"CLIENT_AUTH_STYLE_NONE":                        5,
+		"CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH":             6,
+		"CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH": 7,
 	}
 )
 
@@ -110,6 +122,12 @@ const (
 	// urn:ietf:params:oauth:grant-type:jwt-bearer), signed with the
 	// provider's client key.
 	GrantType_GRANT_TYPE_JWT_BEARER GrantType = 5
+	// RFC 8628 (device authorization grant,
+	// urn:ietf:params:oauth:grant-type:device_code).
+	GrantType_GRANT_TYPE_DEVICE_CODE GrantType = 6
+	// RFC 8693 (token exchange,
+	// urn:ietf:params:oauth:grant-type:token-exchange).
+	GrantType_GRANT_TYPE_TOKEN_EXCHANGE GrantType = 7
 )
 
 // Enum value maps for GrantType.
@@ -121,6 +139,8 @@ var (
 		3: "GRANT_TYPE_AUTHORIZATION_CODE",
 		4: "GRANT_TYPE_REFRESH_TOKEN",
 		5: "GRANT_TYPE_JWT_BEARER",
+		6: "GRANT_TYPE_DEVICE_CODE",
+		7: "GRANT_TYPE_TOKEN_EXCHANGE",
 	}
 	GrantType_value = map[string]int32{
 		"GRANT_TYPE_UNSPECIFIED":        0,
@@ -129,6 +149,8 @@ var (
 		"GRANT_TYPE_AUTHORIZATION_CODE": 3,
 		"GRANT_TYPE_REFRESH_TOKEN":      4,
 		"GRANT_TYPE_JWT_BEARER":         5,
+		"GRANT_TYPE_DEVICE_CODE":        6,
+		"GRANT_TYPE_TOKEN_EXCHANGE":     7,
 	}
 )
 
@@ -157,6 +179,60 @@ func (x GrantType) Number() protoreflect.EnumNumber {
 // Deprecated: Use GrantType.Descriptor instead.
 func (GrantType) EnumDescriptor() ([]byte, []int) {
 	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+// AuthorizationFlow is how a person consents to an account.
+type AuthorizationFlow int32
+
+const (
+	// Not set: the authorization code flow.
+	AuthorizationFlow_AUTHORIZATION_FLOW_UNSPECIFIED AuthorizationFlow = 0
+	// The browser redirect flow (RFC 6749 section 4.1).
+	AuthorizationFlow_AUTHORIZATION_FLOW_AUTHORIZATION_CODE AuthorizationFlow = 1
+	// The device authorization grant (RFC 8628): a user code entered at the
+	// provider's verification URI, on any device.
+	AuthorizationFlow_AUTHORIZATION_FLOW_DEVICE_CODE AuthorizationFlow = 2
+)
+
+// Enum value maps for AuthorizationFlow.
+var (
+	AuthorizationFlow_name = map[int32]string{
+		0: "AUTHORIZATION_FLOW_UNSPECIFIED",
+		1: "AUTHORIZATION_FLOW_AUTHORIZATION_CODE",
+		2: "AUTHORIZATION_FLOW_DEVICE_CODE",
+	}
+	AuthorizationFlow_value = map[string]int32{
+		"AUTHORIZATION_FLOW_UNSPECIFIED":        0,
+		"AUTHORIZATION_FLOW_AUTHORIZATION_CODE": 1,
+		"AUTHORIZATION_FLOW_DEVICE_CODE":        2,
+	}
+)
+
+func (x AuthorizationFlow) Enum() *AuthorizationFlow {
+	p := new(AuthorizationFlow)
+	*p = x
+	return p
+}
+
+func (x AuthorizationFlow) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AuthorizationFlow) Descriptor() protoreflect.EnumDescriptor {
+	return file_tokenbroker_v1_admin_proto_enumTypes[2].Descriptor()
+}
+
+func (AuthorizationFlow) Type() protoreflect.EnumType {
+	return &file_tokenbroker_v1_admin_proto_enumTypes[2]
+}
+
+func (x AuthorizationFlow) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AuthorizationFlow.Descriptor instead.
+func (AuthorizationFlow) EnumDescriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 // GrantHealth is the state of a grant.
@@ -209,11 +285,11 @@ func (x GrantHealth) String() string {
 }
 
 func (GrantHealth) Descriptor() protoreflect.EnumDescriptor {
-	return file_tokenbroker_v1_admin_proto_enumTypes[2].Descriptor()
+	return file_tokenbroker_v1_admin_proto_enumTypes[3].Descriptor()
 }
 
 func (GrantHealth) Type() protoreflect.EnumType {
-	return &file_tokenbroker_v1_admin_proto_enumTypes[2]
+	return &file_tokenbroker_v1_admin_proto_enumTypes[3]
 }
 
 func (x GrantHealth) Number() protoreflect.EnumNumber {
@@ -222,7 +298,7 @@ func (x GrantHealth) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use GrantHealth.Descriptor instead.
 func (GrantHealth) EnumDescriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 // WebhookDeliveryStatus is where one delivery stands.
@@ -270,11 +346,11 @@ func (x WebhookDeliveryStatus) String() string {
 }
 
 func (WebhookDeliveryStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_tokenbroker_v1_admin_proto_enumTypes[3].Descriptor()
+	return file_tokenbroker_v1_admin_proto_enumTypes[4].Descriptor()
 }
 
 func (WebhookDeliveryStatus) Type() protoreflect.EnumType {
-	return &file_tokenbroker_v1_admin_proto_enumTypes[3]
+	return &file_tokenbroker_v1_admin_proto_enumTypes[4]
 }
 
 func (x WebhookDeliveryStatus) Number() protoreflect.EnumNumber {
@@ -283,7 +359,7 @@ func (x WebhookDeliveryStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WebhookDeliveryStatus.Descriptor instead.
 func (WebhookDeliveryStatus) EnumDescriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 // ClientKeyInfo describes a key the broker signs client assertions with,
@@ -597,7 +673,20 @@ type Provider struct {
 	ClientKeys []*ClientKeyInfo `protobuf:"bytes,29,rep,name=client_keys,json=clientKeys,proto3" json:"client_keys,omitempty"`
 	// The JWT-bearer grant's assertion, for providers that allow
 	// GRANT_TYPE_JWT_BEARER.
-	JwtBearer     *JwtBearerGrant `protobuf:"bytes,30,opt,name=jwt_bearer,json=jwtBearer,proto3" json:"jwt_bearer,omitempty"`
+	JwtBearer *JwtBearerGrant `protobuf:"bytes,30,opt,name=jwt_bearer,json=jwtBearer,proto3" json:"jwt_bearer,omitempty"`
+	// RFC 8628 device authorization endpoint URL, for the device_code grant.
+	DeviceAuthorizationUrl string `protobuf:"bytes,40,opt,name=device_authorization_url,json=deviceAuthorizationUrl,proto3" json:"device_authorization_url,omitempty"`
+	// The client certificate chain (PEM, the leaf first) presented on the TLS
+	// connection with the tls_client_auth and self_signed_tls_client_auth
+	// styles. Empty on a put, with an empty client_certificate_key, keeps the
+	// stored pair; a new certificate of the same key may come alone.
+	ClientCertificate string `protobuf:"bytes,41,opt,name=client_certificate,json=clientCertificate,proto3" json:"client_certificate,omitempty"`
+	// Output only: the client certificate's private key's state; the key
+	// itself is never returned.
+	ClientCertificateKey *SecretInfo `protobuf:"bytes,42,opt,name=client_certificate_key,json=clientCertificateKey,proto3" json:"client_certificate_key,omitempty"`
+	// With GRANT_TYPE_TOKEN_EXCHANGE allowed, the provider's own identity
+	// obtains its tokens by exchanging a subject token (RFC 8693).
+	TokenExchange *TokenExchange `protobuf:"bytes,43,opt,name=token_exchange,json=tokenExchange,proto3" json:"token_exchange,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -842,6 +931,148 @@ func (x *Provider) GetJwtBearer() *JwtBearerGrant {
 	return nil
 }
 
+func (x *Provider) GetDeviceAuthorizationUrl() string {
+	if x != nil {
+		return x.DeviceAuthorizationUrl
+	}
+	return ""
+}
+
+func (x *Provider) GetClientCertificate() string {
+	if x != nil {
+		return x.ClientCertificate
+	}
+	return ""
+}
+
+func (x *Provider) GetClientCertificateKey() *SecretInfo {
+	if x != nil {
+		return x.ClientCertificateKey
+	}
+	return nil
+}
+
+func (x *Provider) GetTokenExchange() *TokenExchange {
+	if x != nil {
+		return x.TokenExchange
+	}
+	return nil
+}
+
+// TokenExchange says where a provider's subject token comes from and what
+// the exchange asks for.
+type TokenExchange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The provider whose token (through the broker) is the subject token.
+	SubjectProvider string `protobuf:"bytes,1,opt,name=subject_provider,json=subjectProvider,proto3" json:"subject_provider,omitempty"`
+	// The account of subject_provider; its own identity when empty.
+	SubjectAccount string `protobuf:"bytes,2,opt,name=subject_account,json=subjectAccount,proto3" json:"subject_account,omitempty"`
+	// The scopes of the subject token; subject_provider's defaults when empty.
+	SubjectScopes []string `protobuf:"bytes,3,rep,name=subject_scopes,json=subjectScopes,proto3" json:"subject_scopes,omitempty"`
+	// Output only: a file whose contents are the subject token (a projected
+	// service-account token), read at every exchange. Only the config file
+	// sets it: the admin API does not let a caller name a file the broker
+	// reads.
+	SubjectTokenFile string `protobuf:"bytes,4,opt,name=subject_token_file,json=subjectTokenFile,proto3" json:"subject_token_file,omitempty"`
+	// subject_token_type; the access_token type for subject_provider, the jwt
+	// type for a file, when empty.
+	SubjectTokenType string `protobuf:"bytes,5,opt,name=subject_token_type,json=subjectTokenType,proto3" json:"subject_token_type,omitempty"`
+	// requested_token_type; not sent when empty.
+	RequestedTokenType string `protobuf:"bytes,6,opt,name=requested_token_type,json=requestedTokenType,proto3" json:"requested_token_type,omitempty"`
+	// The audience parameters.
+	Audience []string `protobuf:"bytes,7,rep,name=audience,proto3" json:"audience,omitempty"`
+	// The resource parameters: absolute URIs.
+	Resource      []string `protobuf:"bytes,8,rep,name=resource,proto3" json:"resource,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenExchange) Reset() {
+	*x = TokenExchange{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenExchange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenExchange) ProtoMessage() {}
+
+func (x *TokenExchange) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenExchange.ProtoReflect.Descriptor instead.
+func (*TokenExchange) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TokenExchange) GetSubjectProvider() string {
+	if x != nil {
+		return x.SubjectProvider
+	}
+	return ""
+}
+
+func (x *TokenExchange) GetSubjectAccount() string {
+	if x != nil {
+		return x.SubjectAccount
+	}
+	return ""
+}
+
+func (x *TokenExchange) GetSubjectScopes() []string {
+	if x != nil {
+		return x.SubjectScopes
+	}
+	return nil
+}
+
+func (x *TokenExchange) GetSubjectTokenFile() string {
+	if x != nil {
+		return x.SubjectTokenFile
+	}
+	return ""
+}
+
+func (x *TokenExchange) GetSubjectTokenType() string {
+	if x != nil {
+		return x.SubjectTokenType
+	}
+	return ""
+}
+
+func (x *TokenExchange) GetRequestedTokenType() string {
+	if x != nil {
+		return x.RequestedTokenType
+	}
+	return ""
+}
+
+func (x *TokenExchange) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+func (x *TokenExchange) GetResource() []string {
+	if x != nil {
+		return x.Resource
+	}
+	return nil
+}
+
 // PutProviderRequest creates or replaces a provider.
 type PutProviderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -859,13 +1090,16 @@ type PutProviderRequest struct {
 	// issuer, its token_uri the token endpoint and audience; with preset
 	// "google-service-account". Never returned.
 	ServiceAccountKey string `protobuf:"bytes,4,opt,name=service_account_key,json=serviceAccountKey,proto3" json:"service_account_key,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The private key (PEM) of provider.client_certificate; empty keeps the
+	// stored one. Never returned.
+	ClientCertificateKey string `protobuf:"bytes,5,opt,name=client_certificate_key,json=clientCertificateKey,proto3" json:"client_certificate_key,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *PutProviderRequest) Reset() {
 	*x = PutProviderRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1111,7 @@ func (x *PutProviderRequest) String() string {
 func (*PutProviderRequest) ProtoMessage() {}
 
 func (x *PutProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1124,7 @@ func (x *PutProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutProviderRequest.ProtoReflect.Descriptor instead.
 func (*PutProviderRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PutProviderRequest) GetProvider() *Provider {
@@ -921,6 +1155,13 @@ func (x *PutProviderRequest) GetServiceAccountKey() string {
 	return ""
 }
 
+func (x *PutProviderRequest) GetClientCertificateKey() string {
+	if x != nil {
+		return x.ClientCertificateKey
+	}
+	return ""
+}
+
 // PutProviderResponse returns the stored provider.
 type PutProviderResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -932,7 +1173,7 @@ type PutProviderResponse struct {
 
 func (x *PutProviderResponse) Reset() {
 	*x = PutProviderResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -944,7 +1185,7 @@ func (x *PutProviderResponse) String() string {
 func (*PutProviderResponse) ProtoMessage() {}
 
 func (x *PutProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -957,7 +1198,7 @@ func (x *PutProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutProviderResponse.ProtoReflect.Descriptor instead.
 func (*PutProviderResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PutProviderResponse) GetProvider() *Provider {
@@ -978,7 +1219,7 @@ type GetProviderRequest struct {
 
 func (x *GetProviderRequest) Reset() {
 	*x = GetProviderRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -990,7 +1231,7 @@ func (x *GetProviderRequest) String() string {
 func (*GetProviderRequest) ProtoMessage() {}
 
 func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1003,7 +1244,7 @@ func (x *GetProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderRequest.ProtoReflect.Descriptor instead.
 func (*GetProviderRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetProviderRequest) GetName() string {
@@ -1024,7 +1265,7 @@ type GetProviderResponse struct {
 
 func (x *GetProviderResponse) Reset() {
 	*x = GetProviderResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1036,7 +1277,7 @@ func (x *GetProviderResponse) String() string {
 func (*GetProviderResponse) ProtoMessage() {}
 
 func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1049,7 +1290,7 @@ func (x *GetProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProviderResponse.ProtoReflect.Descriptor instead.
 func (*GetProviderResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetProviderResponse) GetProvider() *Provider {
@@ -1068,7 +1309,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1321,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1334,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 // ListProvidersResponse returns the providers.
@@ -1107,7 +1348,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1360,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1373,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -1153,7 +1394,7 @@ type DeleteProviderRequest struct {
 
 func (x *DeleteProviderRequest) Reset() {
 	*x = DeleteProviderRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1406,7 @@ func (x *DeleteProviderRequest) String() string {
 func (*DeleteProviderRequest) ProtoMessage() {}
 
 func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1419,7 @@ func (x *DeleteProviderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderRequest.ProtoReflect.Descriptor instead.
 func (*DeleteProviderRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeleteProviderRequest) GetName() string {
@@ -1197,7 +1438,7 @@ type DeleteProviderResponse struct {
 
 func (x *DeleteProviderResponse) Reset() {
 	*x = DeleteProviderResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1450,7 @@ func (x *DeleteProviderResponse) String() string {
 func (*DeleteProviderResponse) ProtoMessage() {}
 
 func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1463,7 @@ func (x *DeleteProviderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteProviderResponse.ProtoReflect.Descriptor instead.
 func (*DeleteProviderResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 // Grant is an account under a provider: one lineage of tokens.
@@ -1262,7 +1503,7 @@ type Grant struct {
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1274,7 +1515,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1287,7 +1528,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Grant) GetProvider() string {
@@ -1395,8 +1636,8 @@ type PutAccountRequest struct {
 	Provider string `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
 	// The account's name.
 	Account string `protobuf:"bytes,2,opt,name=account,proto3" json:"account,omitempty"`
-	// GRANT_TYPE_PASSWORD, GRANT_TYPE_AUTHORIZATION_CODE or
-	// GRANT_TYPE_JWT_BEARER.
+	// GRANT_TYPE_PASSWORD, GRANT_TYPE_AUTHORIZATION_CODE, GRANT_TYPE_JWT_BEARER
+	// or GRANT_TYPE_DEVICE_CODE.
 	GrantType GrantType `protobuf:"varint,3,opt,name=grant_type,json=grantType,proto3,enum=tokenbroker.v1.GrantType" json:"grant_type,omitempty"`
 	// The resource owner's username (password grant), or the subject the
 	// assertions of a JWT-bearer account claim (a user the client acts for).
@@ -1413,7 +1654,7 @@ type PutAccountRequest struct {
 
 func (x *PutAccountRequest) Reset() {
 	*x = PutAccountRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1666,7 @@ func (x *PutAccountRequest) String() string {
 func (*PutAccountRequest) ProtoMessage() {}
 
 func (x *PutAccountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1679,7 @@ func (x *PutAccountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAccountRequest.ProtoReflect.Descriptor instead.
 func (*PutAccountRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PutAccountRequest) GetProvider() string {
@@ -1494,7 +1735,7 @@ type PutAccountResponse struct {
 
 func (x *PutAccountResponse) Reset() {
 	*x = PutAccountResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1506,7 +1747,7 @@ func (x *PutAccountResponse) String() string {
 func (*PutAccountResponse) ProtoMessage() {}
 
 func (x *PutAccountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1519,7 +1760,7 @@ func (x *PutAccountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutAccountResponse.ProtoReflect.Descriptor instead.
 func (*PutAccountResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PutAccountResponse) GetGrant() *Grant {
@@ -1537,14 +1778,16 @@ type StartAuthorizationRequest struct {
 	// The account's name.
 	Account string `protobuf:"bytes,2,opt,name=account,proto3" json:"account,omitempty"`
 	// Scopes to ask consent for; empty means the account's or the provider's.
-	Scopes        []string `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	Scopes []string `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// The consent flow; the authorization code flow when unset.
+	Flow          AuthorizationFlow `protobuf:"varint,4,opt,name=flow,proto3,enum=tokenbroker.v1.AuthorizationFlow" json:"flow,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartAuthorizationRequest) Reset() {
 	*x = StartAuthorizationRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1556,7 +1799,7 @@ func (x *StartAuthorizationRequest) String() string {
 func (*StartAuthorizationRequest) ProtoMessage() {}
 
 func (x *StartAuthorizationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1569,7 +1812,7 @@ func (x *StartAuthorizationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartAuthorizationRequest.ProtoReflect.Descriptor instead.
 func (*StartAuthorizationRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StartAuthorizationRequest) GetProvider() string {
@@ -1593,22 +1836,41 @@ func (x *StartAuthorizationRequest) GetScopes() []string {
 	return nil
 }
 
+func (x *StartAuthorizationRequest) GetFlow() AuthorizationFlow {
+	if x != nil {
+		return x.Flow
+	}
+	return AuthorizationFlow_AUTHORIZATION_FLOW_UNSPECIFIED
+}
+
 // StartAuthorizationResponse tells where to send the person.
 type StartAuthorizationResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The provider's authorize URL to open in a browser.
+	// The provider's authorize URL to open in a browser (authorization code
+	// flow).
 	AuthorizeUrl string `protobuf:"bytes,1,opt,name=authorize_url,json=authorizeUrl,proto3" json:"authorize_url,omitempty"`
-	// The single-use state bound to this provider and account.
+	// The single-use state bound to this provider and account (authorization
+	// code flow).
 	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	// When the state stops being accepted.
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// When the state (or the device flow's user code) stops being accepted.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The code the person enters at verification_uri (device flow).
+	UserCode string `protobuf:"bytes,4,opt,name=user_code,json=userCode,proto3" json:"user_code,omitempty"`
+	// Where the person enters user_code (device flow).
+	VerificationUri string `protobuf:"bytes,5,opt,name=verification_uri,json=verificationUri,proto3" json:"verification_uri,omitempty"`
+	// verification_uri with the user code in it, when the provider sends one
+	// (device flow): a link or QR code needs no typing.
+	VerificationUriComplete string `protobuf:"bytes,6,opt,name=verification_uri_complete,json=verificationUriComplete,proto3" json:"verification_uri_complete,omitempty"`
+	// How often the broker polls the provider at first (device flow); a
+	// slow_down answer makes it 5 s longer.
+	Interval      *durationpb.Duration `protobuf:"bytes,7,opt,name=interval,proto3" json:"interval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartAuthorizationResponse) Reset() {
 	*x = StartAuthorizationResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +1882,7 @@ func (x *StartAuthorizationResponse) String() string {
 func (*StartAuthorizationResponse) ProtoMessage() {}
 
 func (x *StartAuthorizationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +1895,7 @@ func (x *StartAuthorizationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartAuthorizationResponse.ProtoReflect.Descriptor instead.
 func (*StartAuthorizationResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StartAuthorizationResponse) GetAuthorizeUrl() string {
@@ -1657,6 +1919,34 @@ func (x *StartAuthorizationResponse) GetExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *StartAuthorizationResponse) GetUserCode() string {
+	if x != nil {
+		return x.UserCode
+	}
+	return ""
+}
+
+func (x *StartAuthorizationResponse) GetVerificationUri() string {
+	if x != nil {
+		return x.VerificationUri
+	}
+	return ""
+}
+
+func (x *StartAuthorizationResponse) GetVerificationUriComplete() string {
+	if x != nil {
+		return x.VerificationUriComplete
+	}
+	return ""
+}
+
+func (x *StartAuthorizationResponse) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
 // ListGrantsRequest filters grants.
 type ListGrantsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1668,7 +1958,7 @@ type ListGrantsRequest struct {
 
 func (x *ListGrantsRequest) Reset() {
 	*x = ListGrantsRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1680,7 +1970,7 @@ func (x *ListGrantsRequest) String() string {
 func (*ListGrantsRequest) ProtoMessage() {}
 
 func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1693,7 +1983,7 @@ func (x *ListGrantsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsRequest.ProtoReflect.Descriptor instead.
 func (*ListGrantsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListGrantsRequest) GetProvider() string {
@@ -1714,7 +2004,7 @@ type ListGrantsResponse struct {
 
 func (x *ListGrantsResponse) Reset() {
 	*x = ListGrantsResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +2016,7 @@ func (x *ListGrantsResponse) String() string {
 func (*ListGrantsResponse) ProtoMessage() {}
 
 func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +2029,7 @@ func (x *ListGrantsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListGrantsResponse.ProtoReflect.Descriptor instead.
 func (*ListGrantsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListGrantsResponse) GetGrants() []*Grant {
@@ -1762,7 +2052,7 @@ type RevokeGrantRequest struct {
 
 func (x *RevokeGrantRequest) Reset() {
 	*x = RevokeGrantRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +2064,7 @@ func (x *RevokeGrantRequest) String() string {
 func (*RevokeGrantRequest) ProtoMessage() {}
 
 func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +2077,7 @@ func (x *RevokeGrantRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantRequest.ProtoReflect.Descriptor instead.
 func (*RevokeGrantRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RevokeGrantRequest) GetProvider() string {
@@ -1813,7 +2103,7 @@ type RevokeGrantResponse struct {
 
 func (x *RevokeGrantResponse) Reset() {
 	*x = RevokeGrantResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1825,7 +2115,7 @@ func (x *RevokeGrantResponse) String() string {
 func (*RevokeGrantResponse) ProtoMessage() {}
 
 func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1838,7 +2128,7 @@ func (x *RevokeGrantResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeGrantResponse.ProtoReflect.Descriptor instead.
 func (*RevokeGrantResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 // ApiKey describes an API key without the key.
@@ -1860,7 +2150,7 @@ type ApiKey struct {
 
 func (x *ApiKey) Reset() {
 	*x = ApiKey{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1872,7 +2162,7 @@ func (x *ApiKey) String() string {
 func (*ApiKey) ProtoMessage() {}
 
 func (x *ApiKey) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1885,7 +2175,7 @@ func (x *ApiKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApiKey.ProtoReflect.Descriptor instead.
 func (*ApiKey) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ApiKey) GetId() string {
@@ -1936,7 +2226,7 @@ type CreateApiKeyRequest struct {
 
 func (x *CreateApiKeyRequest) Reset() {
 	*x = CreateApiKeyRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1948,7 +2238,7 @@ func (x *CreateApiKeyRequest) String() string {
 func (*CreateApiKeyRequest) ProtoMessage() {}
 
 func (x *CreateApiKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1961,7 +2251,7 @@ func (x *CreateApiKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApiKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateApiKeyRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateApiKeyRequest) GetIdentity() string {
@@ -1991,7 +2281,7 @@ type CreateApiKeyResponse struct {
 
 func (x *CreateApiKeyResponse) Reset() {
 	*x = CreateApiKeyResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2003,7 +2293,7 @@ func (x *CreateApiKeyResponse) String() string {
 func (*CreateApiKeyResponse) ProtoMessage() {}
 
 func (x *CreateApiKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[23]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2016,7 +2306,7 @@ func (x *CreateApiKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApiKeyResponse.ProtoReflect.Descriptor instead.
 func (*CreateApiKeyResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateApiKeyResponse) GetApiKey() *ApiKey {
@@ -2042,7 +2332,7 @@ type ListApiKeysRequest struct {
 
 func (x *ListApiKeysRequest) Reset() {
 	*x = ListApiKeysRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2054,7 +2344,7 @@ func (x *ListApiKeysRequest) String() string {
 func (*ListApiKeysRequest) ProtoMessage() {}
 
 func (x *ListApiKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[24]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2067,7 +2357,7 @@ func (x *ListApiKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApiKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListApiKeysRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 // ListApiKeysResponse returns keys without the keys themselves.
@@ -2081,7 +2371,7 @@ type ListApiKeysResponse struct {
 
 func (x *ListApiKeysResponse) Reset() {
 	*x = ListApiKeysResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2093,7 +2383,7 @@ func (x *ListApiKeysResponse) String() string {
 func (*ListApiKeysResponse) ProtoMessage() {}
 
 func (x *ListApiKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[25]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,7 +2396,7 @@ func (x *ListApiKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApiKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListApiKeysResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListApiKeysResponse) GetApiKeys() []*ApiKey {
@@ -2127,7 +2417,7 @@ type RetireApiKeyRequest struct {
 
 func (x *RetireApiKeyRequest) Reset() {
 	*x = RetireApiKeyRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2429,7 @@ func (x *RetireApiKeyRequest) String() string {
 func (*RetireApiKeyRequest) ProtoMessage() {}
 
 func (x *RetireApiKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[26]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2442,7 @@ func (x *RetireApiKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireApiKeyRequest.ProtoReflect.Descriptor instead.
 func (*RetireApiKeyRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RetireApiKeyRequest) GetId() string {
@@ -2171,7 +2461,7 @@ type RetireApiKeyResponse struct {
 
 func (x *RetireApiKeyResponse) Reset() {
 	*x = RetireApiKeyResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2183,7 +2473,7 @@ func (x *RetireApiKeyResponse) String() string {
 func (*RetireApiKeyResponse) ProtoMessage() {}
 
 func (x *RetireApiKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[27]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2196,7 +2486,7 @@ func (x *RetireApiKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetireApiKeyResponse.ProtoReflect.Descriptor instead.
 func (*RetireApiKeyResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 // RotateClientSecretRequest names the provider and its new secret.
@@ -2216,7 +2506,7 @@ type RotateClientSecretRequest struct {
 
 func (x *RotateClientSecretRequest) Reset() {
 	*x = RotateClientSecretRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2228,7 +2518,7 @@ func (x *RotateClientSecretRequest) String() string {
 func (*RotateClientSecretRequest) ProtoMessage() {}
 
 func (x *RotateClientSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[28]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2241,7 +2531,7 @@ func (x *RotateClientSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateClientSecretRequest.ProtoReflect.Descriptor instead.
 func (*RotateClientSecretRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RotateClientSecretRequest) GetProvider() string {
@@ -2291,7 +2581,7 @@ type RotateClientKeyRequest struct {
 
 func (x *RotateClientKeyRequest) Reset() {
 	*x = RotateClientKeyRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2303,7 +2593,7 @@ func (x *RotateClientKeyRequest) String() string {
 func (*RotateClientKeyRequest) ProtoMessage() {}
 
 func (x *RotateClientKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[29]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2316,7 +2606,7 @@ func (x *RotateClientKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateClientKeyRequest.ProtoReflect.Descriptor instead.
 func (*RotateClientKeyRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RotateClientKeyRequest) GetProvider() string {
@@ -2358,7 +2648,7 @@ type RotateClientKeyResponse struct {
 
 func (x *RotateClientKeyResponse) Reset() {
 	*x = RotateClientKeyResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2370,7 +2660,7 @@ func (x *RotateClientKeyResponse) String() string {
 func (*RotateClientKeyResponse) ProtoMessage() {}
 
 func (x *RotateClientKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[30]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2383,7 +2673,7 @@ func (x *RotateClientKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateClientKeyResponse.ProtoReflect.Descriptor instead.
 func (*RotateClientKeyResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RotateClientKeyResponse) GetProvider() *Provider {
@@ -2404,7 +2694,7 @@ type RotateClientSecretResponse struct {
 
 func (x *RotateClientSecretResponse) Reset() {
 	*x = RotateClientSecretResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2416,7 +2706,7 @@ func (x *RotateClientSecretResponse) String() string {
 func (*RotateClientSecretResponse) ProtoMessage() {}
 
 func (x *RotateClientSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[31]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2429,7 +2719,7 @@ func (x *RotateClientSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateClientSecretResponse.ProtoReflect.Descriptor instead.
 func (*RotateClientSecretResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RotateClientSecretResponse) GetProvider() *Provider {
@@ -2470,7 +2760,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2482,7 +2772,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[32]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2495,7 +2785,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Event) GetId() string {
@@ -2578,7 +2868,7 @@ type ListEventsRequest struct {
 
 func (x *ListEventsRequest) Reset() {
 	*x = ListEventsRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2590,7 +2880,7 @@ func (x *ListEventsRequest) String() string {
 func (*ListEventsRequest) ProtoMessage() {}
 
 func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[33]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2603,7 +2893,7 @@ func (x *ListEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListEventsRequest) GetAfterId() string {
@@ -2645,7 +2935,7 @@ type ListEventsResponse struct {
 
 func (x *ListEventsResponse) Reset() {
 	*x = ListEventsResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2657,7 +2947,7 @@ func (x *ListEventsResponse) String() string {
 func (*ListEventsResponse) ProtoMessage() {}
 
 func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[34]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2670,7 +2960,7 @@ func (x *ListEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListEventsResponse) GetEvents() []*Event {
@@ -2695,7 +2985,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2707,7 +2997,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[35]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2720,7 +3010,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *WatchEventsRequest) GetAfterId() string {
@@ -2755,7 +3045,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2767,7 +3057,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[36]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2780,7 +3070,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -2820,7 +3110,7 @@ type Webhook struct {
 
 func (x *Webhook) Reset() {
 	*x = Webhook{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2832,7 +3122,7 @@ func (x *Webhook) String() string {
 func (*Webhook) ProtoMessage() {}
 
 func (x *Webhook) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[37]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2845,7 +3135,7 @@ func (x *Webhook) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Webhook.ProtoReflect.Descriptor instead.
 func (*Webhook) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Webhook) GetId() string {
@@ -2932,7 +3222,7 @@ type PutWebhookRequest struct {
 
 func (x *PutWebhookRequest) Reset() {
 	*x = PutWebhookRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2944,7 +3234,7 @@ func (x *PutWebhookRequest) String() string {
 func (*PutWebhookRequest) ProtoMessage() {}
 
 func (x *PutWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[38]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2957,7 +3247,7 @@ func (x *PutWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutWebhookRequest.ProtoReflect.Descriptor instead.
 func (*PutWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PutWebhookRequest) GetWebhook() *Webhook {
@@ -2988,7 +3278,7 @@ type PutWebhookResponse struct {
 
 func (x *PutWebhookResponse) Reset() {
 	*x = PutWebhookResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3000,7 +3290,7 @@ func (x *PutWebhookResponse) String() string {
 func (*PutWebhookResponse) ProtoMessage() {}
 
 func (x *PutWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[39]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3013,7 +3303,7 @@ func (x *PutWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutWebhookResponse.ProtoReflect.Descriptor instead.
 func (*PutWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PutWebhookResponse) GetWebhook() *Webhook {
@@ -3041,7 +3331,7 @@ type GetWebhookRequest struct {
 
 func (x *GetWebhookRequest) Reset() {
 	*x = GetWebhookRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3053,7 +3343,7 @@ func (x *GetWebhookRequest) String() string {
 func (*GetWebhookRequest) ProtoMessage() {}
 
 func (x *GetWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[40]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3066,7 +3356,7 @@ func (x *GetWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetWebhookRequest.ProtoReflect.Descriptor instead.
 func (*GetWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetWebhookRequest) GetId() string {
@@ -3087,7 +3377,7 @@ type GetWebhookResponse struct {
 
 func (x *GetWebhookResponse) Reset() {
 	*x = GetWebhookResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3099,7 +3389,7 @@ func (x *GetWebhookResponse) String() string {
 func (*GetWebhookResponse) ProtoMessage() {}
 
 func (x *GetWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[41]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3112,7 +3402,7 @@ func (x *GetWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetWebhookResponse.ProtoReflect.Descriptor instead.
 func (*GetWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetWebhookResponse) GetWebhook() *Webhook {
@@ -3131,7 +3421,7 @@ type ListWebhooksRequest struct {
 
 func (x *ListWebhooksRequest) Reset() {
 	*x = ListWebhooksRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3143,7 +3433,7 @@ func (x *ListWebhooksRequest) String() string {
 func (*ListWebhooksRequest) ProtoMessage() {}
 
 func (x *ListWebhooksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[42]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3156,7 +3446,7 @@ func (x *ListWebhooksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhooksRequest.ProtoReflect.Descriptor instead.
 func (*ListWebhooksRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 // ListWebhooksResponse returns subscriptions.
@@ -3170,7 +3460,7 @@ type ListWebhooksResponse struct {
 
 func (x *ListWebhooksResponse) Reset() {
 	*x = ListWebhooksResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3182,7 +3472,7 @@ func (x *ListWebhooksResponse) String() string {
 func (*ListWebhooksResponse) ProtoMessage() {}
 
 func (x *ListWebhooksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[43]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3195,7 +3485,7 @@ func (x *ListWebhooksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhooksResponse.ProtoReflect.Descriptor instead.
 func (*ListWebhooksResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListWebhooksResponse) GetWebhooks() []*Webhook {
@@ -3216,7 +3506,7 @@ type DeleteWebhookRequest struct {
 
 func (x *DeleteWebhookRequest) Reset() {
 	*x = DeleteWebhookRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3228,7 +3518,7 @@ func (x *DeleteWebhookRequest) String() string {
 func (*DeleteWebhookRequest) ProtoMessage() {}
 
 func (x *DeleteWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[44]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3241,7 +3531,7 @@ func (x *DeleteWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteWebhookRequest.ProtoReflect.Descriptor instead.
 func (*DeleteWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *DeleteWebhookRequest) GetId() string {
@@ -3260,7 +3550,7 @@ type DeleteWebhookResponse struct {
 
 func (x *DeleteWebhookResponse) Reset() {
 	*x = DeleteWebhookResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3272,7 +3562,7 @@ func (x *DeleteWebhookResponse) String() string {
 func (*DeleteWebhookResponse) ProtoMessage() {}
 
 func (x *DeleteWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[45]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3285,7 +3575,7 @@ func (x *DeleteWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteWebhookResponse.ProtoReflect.Descriptor instead.
 func (*DeleteWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{45}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 // WebhookDelivery is the delivery of one event to one subscription.
@@ -3315,7 +3605,7 @@ type WebhookDelivery struct {
 
 func (x *WebhookDelivery) Reset() {
 	*x = WebhookDelivery{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3327,7 +3617,7 @@ func (x *WebhookDelivery) String() string {
 func (*WebhookDelivery) ProtoMessage() {}
 
 func (x *WebhookDelivery) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[46]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3340,7 +3630,7 @@ func (x *WebhookDelivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookDelivery.ProtoReflect.Descriptor instead.
 func (*WebhookDelivery) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{46}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *WebhookDelivery) GetEventId() string {
@@ -3417,7 +3707,7 @@ type ListWebhookDeliveriesRequest struct {
 
 func (x *ListWebhookDeliveriesRequest) Reset() {
 	*x = ListWebhookDeliveriesRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[47]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3429,7 +3719,7 @@ func (x *ListWebhookDeliveriesRequest) String() string {
 func (*ListWebhookDeliveriesRequest) ProtoMessage() {}
 
 func (x *ListWebhookDeliveriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[47]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3442,7 +3732,7 @@ func (x *ListWebhookDeliveriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhookDeliveriesRequest.ProtoReflect.Descriptor instead.
 func (*ListWebhookDeliveriesRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{47}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListWebhookDeliveriesRequest) GetId() string {
@@ -3463,7 +3753,7 @@ type ListWebhookDeliveriesResponse struct {
 
 func (x *ListWebhookDeliveriesResponse) Reset() {
 	*x = ListWebhookDeliveriesResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[48]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3475,7 +3765,7 @@ func (x *ListWebhookDeliveriesResponse) String() string {
 func (*ListWebhookDeliveriesResponse) ProtoMessage() {}
 
 func (x *ListWebhookDeliveriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[48]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3488,7 +3778,7 @@ func (x *ListWebhookDeliveriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhookDeliveriesResponse.ProtoReflect.Descriptor instead.
 func (*ListWebhookDeliveriesResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{48}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListWebhookDeliveriesResponse) GetDeliveries() []*WebhookDelivery {
@@ -3511,7 +3801,7 @@ type RedeliverWebhookRequest struct {
 
 func (x *RedeliverWebhookRequest) Reset() {
 	*x = RedeliverWebhookRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[49]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3523,7 +3813,7 @@ func (x *RedeliverWebhookRequest) String() string {
 func (*RedeliverWebhookRequest) ProtoMessage() {}
 
 func (x *RedeliverWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[49]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3536,7 +3826,7 @@ func (x *RedeliverWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeliverWebhookRequest.ProtoReflect.Descriptor instead.
 func (*RedeliverWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{49}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RedeliverWebhookRequest) GetId() string {
@@ -3562,7 +3852,7 @@ type RedeliverWebhookResponse struct {
 
 func (x *RedeliverWebhookResponse) Reset() {
 	*x = RedeliverWebhookResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[50]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3574,7 +3864,7 @@ func (x *RedeliverWebhookResponse) String() string {
 func (*RedeliverWebhookResponse) ProtoMessage() {}
 
 func (x *RedeliverWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[50]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3587,7 +3877,7 @@ func (x *RedeliverWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeliverWebhookResponse.ProtoReflect.Descriptor instead.
 func (*RedeliverWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{50}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{51}
 }
 
 var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
@@ -3614,7 +3904,7 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x03set\x18\x01 \x01(\bR\x03set\x12 \n" +
 	"\vfingerprint\x18\x02 \x01(\tR\vfingerprint\x12;\n" +
 	"\vupdate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xc9\x0e\n" +
+	"updateTime\"\xca\x10\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\ttoken_url\x18\x02 \x01(\tR\btokenUrl\x12#\n" +
@@ -3652,7 +3942,11 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\vclient_keys\x18\x1d \x03(\v2\x1d.tokenbroker.v1.ClientKeyInfoR\n" +
 	"clientKeys\x12=\n" +
 	"\n" +
-	"jwt_bearer\x18\x1e \x01(\v2\x1e.tokenbroker.v1.JwtBearerGrantR\tjwtBearer\x1aA\n" +
+	"jwt_bearer\x18\x1e \x01(\v2\x1e.tokenbroker.v1.JwtBearerGrantR\tjwtBearer\x128\n" +
+	"\x18device_authorization_url\x18( \x01(\tR\x16deviceAuthorizationUrl\x12-\n" +
+	"\x12client_certificate\x18) \x01(\tR\x11clientCertificate\x12P\n" +
+	"\x16client_certificate_key\x18* \x01(\v2\x1a.tokenbroker.v1.SecretInfoR\x14clientCertificateKey\x12D\n" +
+	"\x0etoken_exchange\x18+ \x01(\v2\x1d.tokenbroker.v1.TokenExchangeR\rtokenExchange\x1aA\n" +
 	"\x13GrantTokenUrlsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
@@ -3660,13 +3954,23 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x1f\n" +
 	"\x1d_refresh_revokes_access_tokenB'\n" +
-	"%_learned_refresh_revokes_access_token\"\xbe\x01\n" +
+	"%_learned_refresh_revokes_access_token\"\xd0\x02\n" +
+	"\rTokenExchange\x12)\n" +
+	"\x10subject_provider\x18\x01 \x01(\tR\x0fsubjectProvider\x12'\n" +
+	"\x0fsubject_account\x18\x02 \x01(\tR\x0esubjectAccount\x12%\n" +
+	"\x0esubject_scopes\x18\x03 \x03(\tR\rsubjectScopes\x12,\n" +
+	"\x12subject_token_file\x18\x04 \x01(\tR\x10subjectTokenFile\x12,\n" +
+	"\x12subject_token_type\x18\x05 \x01(\tR\x10subjectTokenType\x120\n" +
+	"\x14requested_token_type\x18\x06 \x01(\tR\x12requestedTokenType\x12\x1a\n" +
+	"\baudience\x18\a \x03(\tR\baudience\x12\x1a\n" +
+	"\bresource\x18\b \x03(\tR\bresource\"\xf4\x01\n" +
 	"\x12PutProviderRequest\x124\n" +
 	"\bprovider\x18\x01 \x01(\v2\x18.tokenbroker.v1.ProviderR\bprovider\x12#\n" +
 	"\rclient_secret\x18\x02 \x01(\tR\fclientSecret\x12\x1d\n" +
 	"\n" +
 	"client_key\x18\x03 \x01(\tR\tclientKey\x12.\n" +
-	"\x13service_account_key\x18\x04 \x01(\tR\x11serviceAccountKey\"K\n" +
+	"\x13service_account_key\x18\x04 \x01(\tR\x11serviceAccountKey\x124\n" +
+	"\x16client_certificate_key\x18\x05 \x01(\tR\x14clientCertificateKey\"K\n" +
 	"\x13PutProviderResponse\x124\n" +
 	"\bprovider\x18\x01 \x01(\v2\x18.tokenbroker.v1.ProviderR\bprovider\"(\n" +
 	"\x12GetProviderRequest\x12\x12\n" +
@@ -3709,16 +4013,21 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\bpassword\x18\x05 \x01(\tR\bpassword\x12\x16\n" +
 	"\x06scopes\x18\x06 \x03(\tR\x06scopes\"A\n" +
 	"\x12PutAccountResponse\x12+\n" +
-	"\x05grant\x18\x01 \x01(\v2\x15.tokenbroker.v1.GrantR\x05grant\"i\n" +
+	"\x05grant\x18\x01 \x01(\v2\x15.tokenbroker.v1.GrantR\x05grant\"\xa0\x01\n" +
 	"\x19StartAuthorizationRequest\x12\x1a\n" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x18\n" +
 	"\aaccount\x18\x02 \x01(\tR\aaccount\x12\x16\n" +
-	"\x06scopes\x18\x03 \x03(\tR\x06scopes\"\x94\x01\n" +
+	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x125\n" +
+	"\x04flow\x18\x04 \x01(\x0e2!.tokenbroker.v1.AuthorizationFlowR\x04flow\"\xcf\x02\n" +
 	"\x1aStartAuthorizationResponse\x12#\n" +
 	"\rauthorize_url\x18\x01 \x01(\tR\fauthorizeUrl\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\"/\n" +
+	"expireTime\x12\x1b\n" +
+	"\tuser_code\x18\x04 \x01(\tR\buserCode\x12)\n" +
+	"\x10verification_uri\x18\x05 \x01(\tR\x0fverificationUri\x12:\n" +
+	"\x19verification_uri_complete\x18\x06 \x01(\tR\x17verificationUriComplete\x125\n" +
+	"\binterval\x18\a \x01(\v2\x19.google.protobuf.DurationR\binterval\"/\n" +
 	"\x11ListGrantsRequest\x12\x1a\n" +
 	"\bprovider\x18\x01 \x01(\tR\bprovider\"C\n" +
 	"\x12ListGrantsResponse\x12-\n" +
@@ -3837,21 +4146,29 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x17RedeliverWebhookRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bevent_id\x18\x02 \x01(\tR\aeventId\"\x1a\n" +
-	"\x18RedeliverWebhookResponse*\xd6\x01\n" +
+	"\x18RedeliverWebhookResponse*\xb0\x02\n" +
 	"\x0fClientAuthStyle\x12!\n" +
 	"\x1dCLIENT_AUTH_STYLE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17CLIENT_AUTH_STYLE_BASIC\x10\x01\x12\x1a\n" +
 	"\x16CLIENT_AUTH_STYLE_POST\x10\x02\x12$\n" +
 	" CLIENT_AUTH_STYLE_BASIC_AND_POST\x10\x03\x12%\n" +
 	"!CLIENT_AUTH_STYLE_PRIVATE_KEY_JWT\x10\x04\x12\x1a\n" +
-	"\x16CLIENT_AUTH_STYLE_NONE\x10\x05*\xbf\x01\n" +
+	"\x16CLIENT_AUTH_STYLE_NONE\x10\x05\x12%\n" +
+	"!CLIENT_AUTH_STYLE_TLS_CLIENT_AUTH\x10\x06\x121\n" +
+	"-CLIENT_AUTH_STYLE_SELF_SIGNED_TLS_CLIENT_AUTH\x10\a*\xfa\x01\n" +
 	"\tGrantType\x12\x1a\n" +
 	"\x16GRANT_TYPE_UNSPECIFIED\x10\x00\x12!\n" +
 	"\x1dGRANT_TYPE_CLIENT_CREDENTIALS\x10\x01\x12\x17\n" +
 	"\x13GRANT_TYPE_PASSWORD\x10\x02\x12!\n" +
 	"\x1dGRANT_TYPE_AUTHORIZATION_CODE\x10\x03\x12\x1c\n" +
 	"\x18GRANT_TYPE_REFRESH_TOKEN\x10\x04\x12\x19\n" +
-	"\x15GRANT_TYPE_JWT_BEARER\x10\x05*\xbc\x01\n" +
+	"\x15GRANT_TYPE_JWT_BEARER\x10\x05\x12\x1a\n" +
+	"\x16GRANT_TYPE_DEVICE_CODE\x10\x06\x12\x1d\n" +
+	"\x19GRANT_TYPE_TOKEN_EXCHANGE\x10\a*\x86\x01\n" +
+	"\x11AuthorizationFlow\x12\"\n" +
+	"\x1eAUTHORIZATION_FLOW_UNSPECIFIED\x10\x00\x12)\n" +
+	"%AUTHORIZATION_FLOW_AUTHORIZATION_CODE\x10\x01\x12\"\n" +
+	"\x1eAUTHORIZATION_FLOW_DEVICE_CODE\x10\x02*\xbc\x01\n" +
 	"\vGrantHealth\x12\x1c\n" +
 	"\x18GRANT_HEALTH_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fGRANT_HEALTH_OK\x10\x01\x12\x1b\n" +
@@ -3905,177 +4222,183 @@ func file_tokenbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_tokenbroker_v1_admin_proto_rawDescData
 }
 
-var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_tokenbroker_v1_admin_proto_goTypes = []any{
 	(ClientAuthStyle)(0),                  // 0: tokenbroker.v1.ClientAuthStyle
 	(GrantType)(0),                        // 1: tokenbroker.v1.GrantType
-	(GrantHealth)(0),                      // 2: tokenbroker.v1.GrantHealth
-	(WebhookDeliveryStatus)(0),            // 3: tokenbroker.v1.WebhookDeliveryStatus
-	(*ClientKeyInfo)(nil),                 // 4: tokenbroker.v1.ClientKeyInfo
-	(*JwtBearerGrant)(nil),                // 5: tokenbroker.v1.JwtBearerGrant
-	(*SecretInfo)(nil),                    // 6: tokenbroker.v1.SecretInfo
-	(*Provider)(nil),                      // 7: tokenbroker.v1.Provider
-	(*PutProviderRequest)(nil),            // 8: tokenbroker.v1.PutProviderRequest
-	(*PutProviderResponse)(nil),           // 9: tokenbroker.v1.PutProviderResponse
-	(*GetProviderRequest)(nil),            // 10: tokenbroker.v1.GetProviderRequest
-	(*GetProviderResponse)(nil),           // 11: tokenbroker.v1.GetProviderResponse
-	(*ListProvidersRequest)(nil),          // 12: tokenbroker.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),         // 13: tokenbroker.v1.ListProvidersResponse
-	(*DeleteProviderRequest)(nil),         // 14: tokenbroker.v1.DeleteProviderRequest
-	(*DeleteProviderResponse)(nil),        // 15: tokenbroker.v1.DeleteProviderResponse
-	(*Grant)(nil),                         // 16: tokenbroker.v1.Grant
-	(*PutAccountRequest)(nil),             // 17: tokenbroker.v1.PutAccountRequest
-	(*PutAccountResponse)(nil),            // 18: tokenbroker.v1.PutAccountResponse
-	(*StartAuthorizationRequest)(nil),     // 19: tokenbroker.v1.StartAuthorizationRequest
-	(*StartAuthorizationResponse)(nil),    // 20: tokenbroker.v1.StartAuthorizationResponse
-	(*ListGrantsRequest)(nil),             // 21: tokenbroker.v1.ListGrantsRequest
-	(*ListGrantsResponse)(nil),            // 22: tokenbroker.v1.ListGrantsResponse
-	(*RevokeGrantRequest)(nil),            // 23: tokenbroker.v1.RevokeGrantRequest
-	(*RevokeGrantResponse)(nil),           // 24: tokenbroker.v1.RevokeGrantResponse
-	(*ApiKey)(nil),                        // 25: tokenbroker.v1.ApiKey
-	(*CreateApiKeyRequest)(nil),           // 26: tokenbroker.v1.CreateApiKeyRequest
-	(*CreateApiKeyResponse)(nil),          // 27: tokenbroker.v1.CreateApiKeyResponse
-	(*ListApiKeysRequest)(nil),            // 28: tokenbroker.v1.ListApiKeysRequest
-	(*ListApiKeysResponse)(nil),           // 29: tokenbroker.v1.ListApiKeysResponse
-	(*RetireApiKeyRequest)(nil),           // 30: tokenbroker.v1.RetireApiKeyRequest
-	(*RetireApiKeyResponse)(nil),          // 31: tokenbroker.v1.RetireApiKeyResponse
-	(*RotateClientSecretRequest)(nil),     // 32: tokenbroker.v1.RotateClientSecretRequest
-	(*RotateClientKeyRequest)(nil),        // 33: tokenbroker.v1.RotateClientKeyRequest
-	(*RotateClientKeyResponse)(nil),       // 34: tokenbroker.v1.RotateClientKeyResponse
-	(*RotateClientSecretResponse)(nil),    // 35: tokenbroker.v1.RotateClientSecretResponse
-	(*Event)(nil),                         // 36: tokenbroker.v1.Event
-	(*ListEventsRequest)(nil),             // 37: tokenbroker.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),            // 38: tokenbroker.v1.ListEventsResponse
-	(*WatchEventsRequest)(nil),            // 39: tokenbroker.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),           // 40: tokenbroker.v1.WatchEventsResponse
-	(*Webhook)(nil),                       // 41: tokenbroker.v1.Webhook
-	(*PutWebhookRequest)(nil),             // 42: tokenbroker.v1.PutWebhookRequest
-	(*PutWebhookResponse)(nil),            // 43: tokenbroker.v1.PutWebhookResponse
-	(*GetWebhookRequest)(nil),             // 44: tokenbroker.v1.GetWebhookRequest
-	(*GetWebhookResponse)(nil),            // 45: tokenbroker.v1.GetWebhookResponse
-	(*ListWebhooksRequest)(nil),           // 46: tokenbroker.v1.ListWebhooksRequest
-	(*ListWebhooksResponse)(nil),          // 47: tokenbroker.v1.ListWebhooksResponse
-	(*DeleteWebhookRequest)(nil),          // 48: tokenbroker.v1.DeleteWebhookRequest
-	(*DeleteWebhookResponse)(nil),         // 49: tokenbroker.v1.DeleteWebhookResponse
-	(*WebhookDelivery)(nil),               // 50: tokenbroker.v1.WebhookDelivery
-	(*ListWebhookDeliveriesRequest)(nil),  // 51: tokenbroker.v1.ListWebhookDeliveriesRequest
-	(*ListWebhookDeliveriesResponse)(nil), // 52: tokenbroker.v1.ListWebhookDeliveriesResponse
-	(*RedeliverWebhookRequest)(nil),       // 53: tokenbroker.v1.RedeliverWebhookRequest
-	(*RedeliverWebhookResponse)(nil),      // 54: tokenbroker.v1.RedeliverWebhookResponse
-	nil,                                   // 55: tokenbroker.v1.Provider.GrantTokenUrlsEntry
-	nil,                                   // 56: tokenbroker.v1.Provider.TokenParamsEntry
-	(*timestamppb.Timestamp)(nil),         // 57: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 58: google.protobuf.Duration
+	(AuthorizationFlow)(0),                // 2: tokenbroker.v1.AuthorizationFlow
+	(GrantHealth)(0),                      // 3: tokenbroker.v1.GrantHealth
+	(WebhookDeliveryStatus)(0),            // 4: tokenbroker.v1.WebhookDeliveryStatus
+	(*ClientKeyInfo)(nil),                 // 5: tokenbroker.v1.ClientKeyInfo
+	(*JwtBearerGrant)(nil),                // 6: tokenbroker.v1.JwtBearerGrant
+	(*SecretInfo)(nil),                    // 7: tokenbroker.v1.SecretInfo
+	(*Provider)(nil),                      // 8: tokenbroker.v1.Provider
+	(*TokenExchange)(nil),                 // 9: tokenbroker.v1.TokenExchange
+	(*PutProviderRequest)(nil),            // 10: tokenbroker.v1.PutProviderRequest
+	(*PutProviderResponse)(nil),           // 11: tokenbroker.v1.PutProviderResponse
+	(*GetProviderRequest)(nil),            // 12: tokenbroker.v1.GetProviderRequest
+	(*GetProviderResponse)(nil),           // 13: tokenbroker.v1.GetProviderResponse
+	(*ListProvidersRequest)(nil),          // 14: tokenbroker.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),         // 15: tokenbroker.v1.ListProvidersResponse
+	(*DeleteProviderRequest)(nil),         // 16: tokenbroker.v1.DeleteProviderRequest
+	(*DeleteProviderResponse)(nil),        // 17: tokenbroker.v1.DeleteProviderResponse
+	(*Grant)(nil),                         // 18: tokenbroker.v1.Grant
+	(*PutAccountRequest)(nil),             // 19: tokenbroker.v1.PutAccountRequest
+	(*PutAccountResponse)(nil),            // 20: tokenbroker.v1.PutAccountResponse
+	(*StartAuthorizationRequest)(nil),     // 21: tokenbroker.v1.StartAuthorizationRequest
+	(*StartAuthorizationResponse)(nil),    // 22: tokenbroker.v1.StartAuthorizationResponse
+	(*ListGrantsRequest)(nil),             // 23: tokenbroker.v1.ListGrantsRequest
+	(*ListGrantsResponse)(nil),            // 24: tokenbroker.v1.ListGrantsResponse
+	(*RevokeGrantRequest)(nil),            // 25: tokenbroker.v1.RevokeGrantRequest
+	(*RevokeGrantResponse)(nil),           // 26: tokenbroker.v1.RevokeGrantResponse
+	(*ApiKey)(nil),                        // 27: tokenbroker.v1.ApiKey
+	(*CreateApiKeyRequest)(nil),           // 28: tokenbroker.v1.CreateApiKeyRequest
+	(*CreateApiKeyResponse)(nil),          // 29: tokenbroker.v1.CreateApiKeyResponse
+	(*ListApiKeysRequest)(nil),            // 30: tokenbroker.v1.ListApiKeysRequest
+	(*ListApiKeysResponse)(nil),           // 31: tokenbroker.v1.ListApiKeysResponse
+	(*RetireApiKeyRequest)(nil),           // 32: tokenbroker.v1.RetireApiKeyRequest
+	(*RetireApiKeyResponse)(nil),          // 33: tokenbroker.v1.RetireApiKeyResponse
+	(*RotateClientSecretRequest)(nil),     // 34: tokenbroker.v1.RotateClientSecretRequest
+	(*RotateClientKeyRequest)(nil),        // 35: tokenbroker.v1.RotateClientKeyRequest
+	(*RotateClientKeyResponse)(nil),       // 36: tokenbroker.v1.RotateClientKeyResponse
+	(*RotateClientSecretResponse)(nil),    // 37: tokenbroker.v1.RotateClientSecretResponse
+	(*Event)(nil),                         // 38: tokenbroker.v1.Event
+	(*ListEventsRequest)(nil),             // 39: tokenbroker.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),            // 40: tokenbroker.v1.ListEventsResponse
+	(*WatchEventsRequest)(nil),            // 41: tokenbroker.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),           // 42: tokenbroker.v1.WatchEventsResponse
+	(*Webhook)(nil),                       // 43: tokenbroker.v1.Webhook
+	(*PutWebhookRequest)(nil),             // 44: tokenbroker.v1.PutWebhookRequest
+	(*PutWebhookResponse)(nil),            // 45: tokenbroker.v1.PutWebhookResponse
+	(*GetWebhookRequest)(nil),             // 46: tokenbroker.v1.GetWebhookRequest
+	(*GetWebhookResponse)(nil),            // 47: tokenbroker.v1.GetWebhookResponse
+	(*ListWebhooksRequest)(nil),           // 48: tokenbroker.v1.ListWebhooksRequest
+	(*ListWebhooksResponse)(nil),          // 49: tokenbroker.v1.ListWebhooksResponse
+	(*DeleteWebhookRequest)(nil),          // 50: tokenbroker.v1.DeleteWebhookRequest
+	(*DeleteWebhookResponse)(nil),         // 51: tokenbroker.v1.DeleteWebhookResponse
+	(*WebhookDelivery)(nil),               // 52: tokenbroker.v1.WebhookDelivery
+	(*ListWebhookDeliveriesRequest)(nil),  // 53: tokenbroker.v1.ListWebhookDeliveriesRequest
+	(*ListWebhookDeliveriesResponse)(nil), // 54: tokenbroker.v1.ListWebhookDeliveriesResponse
+	(*RedeliverWebhookRequest)(nil),       // 55: tokenbroker.v1.RedeliverWebhookRequest
+	(*RedeliverWebhookResponse)(nil),      // 56: tokenbroker.v1.RedeliverWebhookResponse
+	nil,                                   // 57: tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	nil,                                   // 58: tokenbroker.v1.Provider.TokenParamsEntry
+	(*timestamppb.Timestamp)(nil),         // 59: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 60: google.protobuf.Duration
 }
 var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
-	57, // 0: tokenbroker.v1.ClientKeyInfo.create_time:type_name -> google.protobuf.Timestamp
-	57, // 1: tokenbroker.v1.ClientKeyInfo.retire_time:type_name -> google.protobuf.Timestamp
-	58, // 2: tokenbroker.v1.JwtBearerGrant.lifetime:type_name -> google.protobuf.Duration
-	57, // 3: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
-	55, // 4: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
-	6,  // 5: tokenbroker.v1.Provider.client_secret:type_name -> tokenbroker.v1.SecretInfo
+	59, // 0: tokenbroker.v1.ClientKeyInfo.create_time:type_name -> google.protobuf.Timestamp
+	59, // 1: tokenbroker.v1.ClientKeyInfo.retire_time:type_name -> google.protobuf.Timestamp
+	60, // 2: tokenbroker.v1.JwtBearerGrant.lifetime:type_name -> google.protobuf.Duration
+	59, // 3: tokenbroker.v1.SecretInfo.update_time:type_name -> google.protobuf.Timestamp
+	57, // 4: tokenbroker.v1.Provider.grant_token_urls:type_name -> tokenbroker.v1.Provider.GrantTokenUrlsEntry
+	7,  // 5: tokenbroker.v1.Provider.client_secret:type_name -> tokenbroker.v1.SecretInfo
 	0,  // 6: tokenbroker.v1.Provider.client_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	56, // 7: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
+	58, // 7: tokenbroker.v1.Provider.token_params:type_name -> tokenbroker.v1.Provider.TokenParamsEntry
 	1,  // 8: tokenbroker.v1.Provider.grant_types:type_name -> tokenbroker.v1.GrantType
-	58, // 9: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
-	57, // 10: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
-	57, // 11: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
+	60, // 9: tokenbroker.v1.Provider.default_token_lifetime:type_name -> google.protobuf.Duration
+	59, // 10: tokenbroker.v1.Provider.create_time:type_name -> google.protobuf.Timestamp
+	59, // 11: tokenbroker.v1.Provider.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 12: tokenbroker.v1.Provider.introspection_auth_style:type_name -> tokenbroker.v1.ClientAuthStyle
-	58, // 13: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
-	58, // 14: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
-	58, // 15: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
-	4,  // 16: tokenbroker.v1.Provider.client_keys:type_name -> tokenbroker.v1.ClientKeyInfo
-	5,  // 17: tokenbroker.v1.Provider.jwt_bearer:type_name -> tokenbroker.v1.JwtBearerGrant
-	7,  // 18: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
-	7,  // 19: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	7,  // 20: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
-	7,  // 21: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
-	1,  // 22: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
-	6,  // 23: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
-	6,  // 24: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
-	2,  // 25: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
-	57, // 26: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
-	57, // 27: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
-	57, // 28: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
-	57, // 29: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 30: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
-	16, // 31: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
-	57, // 32: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
-	16, // 33: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
-	57, // 34: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
-	57, // 35: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
-	25, // 36: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
-	25, // 37: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
-	58, // 38: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
-	58, // 39: tokenbroker.v1.RotateClientKeyRequest.overlap:type_name -> google.protobuf.Duration
-	7,  // 40: tokenbroker.v1.RotateClientKeyResponse.provider:type_name -> tokenbroker.v1.Provider
-	7,  // 41: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
-	57, // 42: tokenbroker.v1.Event.time:type_name -> google.protobuf.Timestamp
-	2,  // 43: tokenbroker.v1.Event.health_before:type_name -> tokenbroker.v1.GrantHealth
-	2,  // 44: tokenbroker.v1.Event.health_after:type_name -> tokenbroker.v1.GrantHealth
-	36, // 45: tokenbroker.v1.ListEventsResponse.events:type_name -> tokenbroker.v1.Event
-	36, // 46: tokenbroker.v1.WatchEventsResponse.event:type_name -> tokenbroker.v1.Event
-	6,  // 47: tokenbroker.v1.Webhook.secret:type_name -> tokenbroker.v1.SecretInfo
-	57, // 48: tokenbroker.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
-	57, // 49: tokenbroker.v1.Webhook.update_time:type_name -> google.protobuf.Timestamp
-	57, // 50: tokenbroker.v1.Webhook.paused_until:type_name -> google.protobuf.Timestamp
-	41, // 51: tokenbroker.v1.PutWebhookRequest.webhook:type_name -> tokenbroker.v1.Webhook
-	41, // 52: tokenbroker.v1.PutWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
-	41, // 53: tokenbroker.v1.GetWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
-	41, // 54: tokenbroker.v1.ListWebhooksResponse.webhooks:type_name -> tokenbroker.v1.Webhook
-	3,  // 55: tokenbroker.v1.WebhookDelivery.status:type_name -> tokenbroker.v1.WebhookDeliveryStatus
-	57, // 56: tokenbroker.v1.WebhookDelivery.first_attempt_time:type_name -> google.protobuf.Timestamp
-	57, // 57: tokenbroker.v1.WebhookDelivery.last_attempt_time:type_name -> google.protobuf.Timestamp
-	57, // 58: tokenbroker.v1.WebhookDelivery.next_attempt_time:type_name -> google.protobuf.Timestamp
-	50, // 59: tokenbroker.v1.ListWebhookDeliveriesResponse.deliveries:type_name -> tokenbroker.v1.WebhookDelivery
-	8,  // 60: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
-	10, // 61: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
-	12, // 62: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
-	14, // 63: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
-	32, // 64: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
-	33, // 65: tokenbroker.v1.AdminService.RotateClientKey:input_type -> tokenbroker.v1.RotateClientKeyRequest
-	17, // 66: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
-	19, // 67: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
-	21, // 68: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
-	23, // 69: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
-	26, // 70: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
-	28, // 71: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
-	30, // 72: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
-	37, // 73: tokenbroker.v1.AdminService.ListEvents:input_type -> tokenbroker.v1.ListEventsRequest
-	39, // 74: tokenbroker.v1.AdminService.WatchEvents:input_type -> tokenbroker.v1.WatchEventsRequest
-	42, // 75: tokenbroker.v1.AdminService.PutWebhook:input_type -> tokenbroker.v1.PutWebhookRequest
-	44, // 76: tokenbroker.v1.AdminService.GetWebhook:input_type -> tokenbroker.v1.GetWebhookRequest
-	46, // 77: tokenbroker.v1.AdminService.ListWebhooks:input_type -> tokenbroker.v1.ListWebhooksRequest
-	48, // 78: tokenbroker.v1.AdminService.DeleteWebhook:input_type -> tokenbroker.v1.DeleteWebhookRequest
-	51, // 79: tokenbroker.v1.AdminService.ListWebhookDeliveries:input_type -> tokenbroker.v1.ListWebhookDeliveriesRequest
-	53, // 80: tokenbroker.v1.AdminService.RedeliverWebhook:input_type -> tokenbroker.v1.RedeliverWebhookRequest
-	9,  // 81: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
-	11, // 82: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
-	13, // 83: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
-	15, // 84: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
-	35, // 85: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
-	34, // 86: tokenbroker.v1.AdminService.RotateClientKey:output_type -> tokenbroker.v1.RotateClientKeyResponse
-	18, // 87: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
-	20, // 88: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
-	22, // 89: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
-	24, // 90: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
-	27, // 91: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
-	29, // 92: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
-	31, // 93: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
-	38, // 94: tokenbroker.v1.AdminService.ListEvents:output_type -> tokenbroker.v1.ListEventsResponse
-	40, // 95: tokenbroker.v1.AdminService.WatchEvents:output_type -> tokenbroker.v1.WatchEventsResponse
-	43, // 96: tokenbroker.v1.AdminService.PutWebhook:output_type -> tokenbroker.v1.PutWebhookResponse
-	45, // 97: tokenbroker.v1.AdminService.GetWebhook:output_type -> tokenbroker.v1.GetWebhookResponse
-	47, // 98: tokenbroker.v1.AdminService.ListWebhooks:output_type -> tokenbroker.v1.ListWebhooksResponse
-	49, // 99: tokenbroker.v1.AdminService.DeleteWebhook:output_type -> tokenbroker.v1.DeleteWebhookResponse
-	52, // 100: tokenbroker.v1.AdminService.ListWebhookDeliveries:output_type -> tokenbroker.v1.ListWebhookDeliveriesResponse
-	54, // 101: tokenbroker.v1.AdminService.RedeliverWebhook:output_type -> tokenbroker.v1.RedeliverWebhookResponse
-	81, // [81:102] is the sub-list for method output_type
-	60, // [60:81] is the sub-list for method input_type
-	60, // [60:60] is the sub-list for extension type_name
-	60, // [60:60] is the sub-list for extension extendee
-	0,  // [0:60] is the sub-list for field type_name
+	60, // 13: tokenbroker.v1.Provider.refresh_min_lead:type_name -> google.protobuf.Duration
+	60, // 14: tokenbroker.v1.Provider.refresh_idle_after:type_name -> google.protobuf.Duration
+	60, // 15: tokenbroker.v1.Provider.keep_alive:type_name -> google.protobuf.Duration
+	5,  // 16: tokenbroker.v1.Provider.client_keys:type_name -> tokenbroker.v1.ClientKeyInfo
+	6,  // 17: tokenbroker.v1.Provider.jwt_bearer:type_name -> tokenbroker.v1.JwtBearerGrant
+	7,  // 18: tokenbroker.v1.Provider.client_certificate_key:type_name -> tokenbroker.v1.SecretInfo
+	9,  // 19: tokenbroker.v1.Provider.token_exchange:type_name -> tokenbroker.v1.TokenExchange
+	8,  // 20: tokenbroker.v1.PutProviderRequest.provider:type_name -> tokenbroker.v1.Provider
+	8,  // 21: tokenbroker.v1.PutProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	8,  // 22: tokenbroker.v1.GetProviderResponse.provider:type_name -> tokenbroker.v1.Provider
+	8,  // 23: tokenbroker.v1.ListProvidersResponse.providers:type_name -> tokenbroker.v1.Provider
+	1,  // 24: tokenbroker.v1.Grant.grant_type:type_name -> tokenbroker.v1.GrantType
+	7,  // 25: tokenbroker.v1.Grant.password:type_name -> tokenbroker.v1.SecretInfo
+	7,  // 26: tokenbroker.v1.Grant.refresh_token:type_name -> tokenbroker.v1.SecretInfo
+	3,  // 27: tokenbroker.v1.Grant.health:type_name -> tokenbroker.v1.GrantHealth
+	59, // 28: tokenbroker.v1.Grant.last_refresh_time:type_name -> google.protobuf.Timestamp
+	59, // 29: tokenbroker.v1.Grant.expire_time:type_name -> google.protobuf.Timestamp
+	59, // 30: tokenbroker.v1.Grant.create_time:type_name -> google.protobuf.Timestamp
+	59, // 31: tokenbroker.v1.Grant.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 32: tokenbroker.v1.PutAccountRequest.grant_type:type_name -> tokenbroker.v1.GrantType
+	18, // 33: tokenbroker.v1.PutAccountResponse.grant:type_name -> tokenbroker.v1.Grant
+	2,  // 34: tokenbroker.v1.StartAuthorizationRequest.flow:type_name -> tokenbroker.v1.AuthorizationFlow
+	59, // 35: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	60, // 36: tokenbroker.v1.StartAuthorizationResponse.interval:type_name -> google.protobuf.Duration
+	18, // 37: tokenbroker.v1.ListGrantsResponse.grants:type_name -> tokenbroker.v1.Grant
+	59, // 38: tokenbroker.v1.ApiKey.create_time:type_name -> google.protobuf.Timestamp
+	59, // 39: tokenbroker.v1.ApiKey.retire_time:type_name -> google.protobuf.Timestamp
+	27, // 40: tokenbroker.v1.CreateApiKeyResponse.api_key:type_name -> tokenbroker.v1.ApiKey
+	27, // 41: tokenbroker.v1.ListApiKeysResponse.api_keys:type_name -> tokenbroker.v1.ApiKey
+	60, // 42: tokenbroker.v1.RotateClientSecretRequest.overlap:type_name -> google.protobuf.Duration
+	60, // 43: tokenbroker.v1.RotateClientKeyRequest.overlap:type_name -> google.protobuf.Duration
+	8,  // 44: tokenbroker.v1.RotateClientKeyResponse.provider:type_name -> tokenbroker.v1.Provider
+	8,  // 45: tokenbroker.v1.RotateClientSecretResponse.provider:type_name -> tokenbroker.v1.Provider
+	59, // 46: tokenbroker.v1.Event.time:type_name -> google.protobuf.Timestamp
+	3,  // 47: tokenbroker.v1.Event.health_before:type_name -> tokenbroker.v1.GrantHealth
+	3,  // 48: tokenbroker.v1.Event.health_after:type_name -> tokenbroker.v1.GrantHealth
+	38, // 49: tokenbroker.v1.ListEventsResponse.events:type_name -> tokenbroker.v1.Event
+	38, // 50: tokenbroker.v1.WatchEventsResponse.event:type_name -> tokenbroker.v1.Event
+	7,  // 51: tokenbroker.v1.Webhook.secret:type_name -> tokenbroker.v1.SecretInfo
+	59, // 52: tokenbroker.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
+	59, // 53: tokenbroker.v1.Webhook.update_time:type_name -> google.protobuf.Timestamp
+	59, // 54: tokenbroker.v1.Webhook.paused_until:type_name -> google.protobuf.Timestamp
+	43, // 55: tokenbroker.v1.PutWebhookRequest.webhook:type_name -> tokenbroker.v1.Webhook
+	43, // 56: tokenbroker.v1.PutWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
+	43, // 57: tokenbroker.v1.GetWebhookResponse.webhook:type_name -> tokenbroker.v1.Webhook
+	43, // 58: tokenbroker.v1.ListWebhooksResponse.webhooks:type_name -> tokenbroker.v1.Webhook
+	4,  // 59: tokenbroker.v1.WebhookDelivery.status:type_name -> tokenbroker.v1.WebhookDeliveryStatus
+	59, // 60: tokenbroker.v1.WebhookDelivery.first_attempt_time:type_name -> google.protobuf.Timestamp
+	59, // 61: tokenbroker.v1.WebhookDelivery.last_attempt_time:type_name -> google.protobuf.Timestamp
+	59, // 62: tokenbroker.v1.WebhookDelivery.next_attempt_time:type_name -> google.protobuf.Timestamp
+	52, // 63: tokenbroker.v1.ListWebhookDeliveriesResponse.deliveries:type_name -> tokenbroker.v1.WebhookDelivery
+	10, // 64: tokenbroker.v1.AdminService.PutProvider:input_type -> tokenbroker.v1.PutProviderRequest
+	12, // 65: tokenbroker.v1.AdminService.GetProvider:input_type -> tokenbroker.v1.GetProviderRequest
+	14, // 66: tokenbroker.v1.AdminService.ListProviders:input_type -> tokenbroker.v1.ListProvidersRequest
+	16, // 67: tokenbroker.v1.AdminService.DeleteProvider:input_type -> tokenbroker.v1.DeleteProviderRequest
+	34, // 68: tokenbroker.v1.AdminService.RotateClientSecret:input_type -> tokenbroker.v1.RotateClientSecretRequest
+	35, // 69: tokenbroker.v1.AdminService.RotateClientKey:input_type -> tokenbroker.v1.RotateClientKeyRequest
+	19, // 70: tokenbroker.v1.AdminService.PutAccount:input_type -> tokenbroker.v1.PutAccountRequest
+	21, // 71: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
+	23, // 72: tokenbroker.v1.AdminService.ListGrants:input_type -> tokenbroker.v1.ListGrantsRequest
+	25, // 73: tokenbroker.v1.AdminService.RevokeGrant:input_type -> tokenbroker.v1.RevokeGrantRequest
+	28, // 74: tokenbroker.v1.AdminService.CreateApiKey:input_type -> tokenbroker.v1.CreateApiKeyRequest
+	30, // 75: tokenbroker.v1.AdminService.ListApiKeys:input_type -> tokenbroker.v1.ListApiKeysRequest
+	32, // 76: tokenbroker.v1.AdminService.RetireApiKey:input_type -> tokenbroker.v1.RetireApiKeyRequest
+	39, // 77: tokenbroker.v1.AdminService.ListEvents:input_type -> tokenbroker.v1.ListEventsRequest
+	41, // 78: tokenbroker.v1.AdminService.WatchEvents:input_type -> tokenbroker.v1.WatchEventsRequest
+	44, // 79: tokenbroker.v1.AdminService.PutWebhook:input_type -> tokenbroker.v1.PutWebhookRequest
+	46, // 80: tokenbroker.v1.AdminService.GetWebhook:input_type -> tokenbroker.v1.GetWebhookRequest
+	48, // 81: tokenbroker.v1.AdminService.ListWebhooks:input_type -> tokenbroker.v1.ListWebhooksRequest
+	50, // 82: tokenbroker.v1.AdminService.DeleteWebhook:input_type -> tokenbroker.v1.DeleteWebhookRequest
+	53, // 83: tokenbroker.v1.AdminService.ListWebhookDeliveries:input_type -> tokenbroker.v1.ListWebhookDeliveriesRequest
+	55, // 84: tokenbroker.v1.AdminService.RedeliverWebhook:input_type -> tokenbroker.v1.RedeliverWebhookRequest
+	11, // 85: tokenbroker.v1.AdminService.PutProvider:output_type -> tokenbroker.v1.PutProviderResponse
+	13, // 86: tokenbroker.v1.AdminService.GetProvider:output_type -> tokenbroker.v1.GetProviderResponse
+	15, // 87: tokenbroker.v1.AdminService.ListProviders:output_type -> tokenbroker.v1.ListProvidersResponse
+	17, // 88: tokenbroker.v1.AdminService.DeleteProvider:output_type -> tokenbroker.v1.DeleteProviderResponse
+	37, // 89: tokenbroker.v1.AdminService.RotateClientSecret:output_type -> tokenbroker.v1.RotateClientSecretResponse
+	36, // 90: tokenbroker.v1.AdminService.RotateClientKey:output_type -> tokenbroker.v1.RotateClientKeyResponse
+	20, // 91: tokenbroker.v1.AdminService.PutAccount:output_type -> tokenbroker.v1.PutAccountResponse
+	22, // 92: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
+	24, // 93: tokenbroker.v1.AdminService.ListGrants:output_type -> tokenbroker.v1.ListGrantsResponse
+	26, // 94: tokenbroker.v1.AdminService.RevokeGrant:output_type -> tokenbroker.v1.RevokeGrantResponse
+	29, // 95: tokenbroker.v1.AdminService.CreateApiKey:output_type -> tokenbroker.v1.CreateApiKeyResponse
+	31, // 96: tokenbroker.v1.AdminService.ListApiKeys:output_type -> tokenbroker.v1.ListApiKeysResponse
+	33, // 97: tokenbroker.v1.AdminService.RetireApiKey:output_type -> tokenbroker.v1.RetireApiKeyResponse
+	40, // 98: tokenbroker.v1.AdminService.ListEvents:output_type -> tokenbroker.v1.ListEventsResponse
+	42, // 99: tokenbroker.v1.AdminService.WatchEvents:output_type -> tokenbroker.v1.WatchEventsResponse
+	45, // 100: tokenbroker.v1.AdminService.PutWebhook:output_type -> tokenbroker.v1.PutWebhookResponse
+	47, // 101: tokenbroker.v1.AdminService.GetWebhook:output_type -> tokenbroker.v1.GetWebhookResponse
+	49, // 102: tokenbroker.v1.AdminService.ListWebhooks:output_type -> tokenbroker.v1.ListWebhooksResponse
+	51, // 103: tokenbroker.v1.AdminService.DeleteWebhook:output_type -> tokenbroker.v1.DeleteWebhookResponse
+	54, // 104: tokenbroker.v1.AdminService.ListWebhookDeliveries:output_type -> tokenbroker.v1.ListWebhookDeliveriesResponse
+	56, // 105: tokenbroker.v1.AdminService.RedeliverWebhook:output_type -> tokenbroker.v1.RedeliverWebhookResponse
+	85, // [85:106] is the sub-list for method output_type
+	64, // [64:85] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }
@@ -4089,8 +4412,8 @@ func file_tokenbroker_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_admin_proto_rawDesc), len(file_tokenbroker_v1_admin_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   53,
+			NumEnums:      5,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

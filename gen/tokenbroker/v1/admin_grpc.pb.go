@@ -80,7 +80,12 @@ type AdminServiceClient interface {
 	// StartAuthorization begins the browser consent flow of an
 	// authorization-code account: it returns the provider's authorize URL
 	// with a single-use state (and PKCE where the provider allows it). The
-	// gateway's /v1/oauth/callback completes the code exchange.
+	// gateway's /v1/oauth/callback completes the code exchange. With flow
+	// AUTHORIZATION_FLOW_DEVICE_CODE it starts the device authorization
+	// grant (RFC 8628) of a device_code account instead: it returns the user
+	// code and the verification URI to show the person, and the broker polls
+	// the provider (one replica at a time) until the person consents, which
+	// makes the account ready as the callback does.
 	StartAuthorization(ctx context.Context, in *StartAuthorizationRequest, opts ...grpc.CallOption) (*StartAuthorizationResponse, error)
 	// ListGrants lists grants with their health, optionally of one provider.
 	ListGrants(ctx context.Context, in *ListGrantsRequest, opts ...grpc.CallOption) (*ListGrantsResponse, error)
@@ -395,7 +400,12 @@ type AdminServiceServer interface {
 	// StartAuthorization begins the browser consent flow of an
 	// authorization-code account: it returns the provider's authorize URL
 	// with a single-use state (and PKCE where the provider allows it). The
-	// gateway's /v1/oauth/callback completes the code exchange.
+	// gateway's /v1/oauth/callback completes the code exchange. With flow
+	// AUTHORIZATION_FLOW_DEVICE_CODE it starts the device authorization
+	// grant (RFC 8628) of a device_code account instead: it returns the user
+	// code and the verification URI to show the person, and the broker polls
+	// the provider (one replica at a time) until the person consents, which
+	// makes the account ready as the callback does.
 	StartAuthorization(context.Context, *StartAuthorizationRequest) (*StartAuthorizationResponse, error)
 	// ListGrants lists grants with their health, optionally of one provider.
 	ListGrants(context.Context, *ListGrantsRequest) (*ListGrantsResponse, error)
