@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -298,10 +299,17 @@ func (b *Broker) catchUpTokens(ctx context.Context) error {
 	target := resp.Header.Revision
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
-	for asked := false; ; {
+	for asked, tries := false, 0; ; {
 		v, changed := b.tokensRev.at()
 		if v >= target {
 			return nil
+		}
+		if tries == catchUpProgressTries {
+			// etcd answers a progress request only while none of its
+			// watchers lags behind; rather than wait on that, read the
+			// token records changed since the watch's revision up to
+			// the target and apply them (offer keeps the newest).
+			return b.applyTokensChanged(ctx, v, target)
 		}
 		if !asked {
 			// The progress request goes to the stream of the watches,
@@ -315,8 +323,32 @@ func (b *Broker) catchUpTokens(ctx context.Context) error {
 		case <-changed:
 		case <-tick.C:
 			asked = false // not every watcher was in sync yet; ask again
+			tries++
 		case <-ctx.Done():
 			return storeError(ctx, "catch up with the token records", ctx.Err())
 		}
 	}
+}
+
+// catchUpProgressTries is how many progress requests, 50 ms apart,
+// catchUpTokens makes before it reads the changed records instead.
+const catchUpProgressTries = 6
+
+// applyTokensChanged reads the token records modified after revision from
+// up to revision to (one range read at to, filtered by etcd) and applies
+// them to memory as the watch would.
+func (b *Broker) applyTokensChanged(ctx context.Context, from, to int64) error {
+	prefix := b.prefix + tokensPrefix
+	resp, err := b.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(to), clientv3.WithMinModRev(from+1))
+	if err != nil {
+		return storeError(ctx, "read changed token records", err)
+	}
+	for _, kv := range resp.Kvs {
+		b.applyToken(strings.TrimPrefix(string(kv.Key), prefix), kv, false)
+	}
+	// Every record written up to to is in memory now; deletions are left
+	// to the watch (introspection reads the record from etcd before it
+	// answers active).
+	b.tokensRev.advance(to)
+	return nil
 }
