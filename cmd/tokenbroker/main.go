@@ -34,10 +34,9 @@ func main() {
 func mainExit() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	go func() {
-		<-ctx.Done()
-		stop() // the default action again: a second signal ends the process
-	}()
+	// The default action again once the first signal arrived: a second
+	// one ends the process.
+	defer context.AfterFunc(ctx, stop)()
 	return runAdminCLI(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv)
 }
 
