@@ -259,16 +259,16 @@ func (b *Broker) consented(ctx context.Context, p *Provider, account string, gt 
 		return nil, &ProviderError{Provider: p.Name, Err: fmt.Errorf("%w: token_type %q is not bearer", oauth.ErrBadResponse, tok.TokenType)}
 	}
 	gid := grantID(p.Name, account)
-	m, unlock, err := b.grantLock(ctx, gid)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
 	tkey, err := NewTokenKey(p.Name, account, nil)
 	if err != nil {
 		return nil, err
 	}
-	cur, g, err := b.readTokenAndGrant(ctx, tkey.id(), gid)
+	m, read, unlock, err := b.grantLock(ctx, gid, b.tokenAndGrantReads(tkey.id(), gid)...)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	cur, g, err := b.decodeTokenAndGrant(tkey.id(), gid, read)
 	if err != nil {
 		return nil, err
 	}

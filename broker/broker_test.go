@@ -675,7 +675,9 @@ func TestWriteTokenFencedByLock(t *testing.T) {
 	record := func(token string) *TokenRecord {
 		return &TokenRecord{Key: key, AccessToken: token, TokenType: "Bearer", IssuedAt: clock.Now(), ExpiresAt: clock.Now().Add(time.Hour), Generation: 1}
 	}
-	lock := func(t *testing.T) (*concurrency.Session, *concurrency.Mutex) {
+	// lock takes the token's lock in a session of its own, as another
+	// replica would.
+	lock := func(t *testing.T) (*concurrency.Session, *grantMutex) {
 		t.Helper()
 		sess, err := concurrency.NewSession(cli, concurrency.WithTTL(30))
 		if err != nil {
@@ -686,7 +688,11 @@ func TestWriteTokenFencedByLock(t *testing.T) {
 		if err := m.Lock(ctx); err != nil {
 			t.Fatal(err)
 		}
-		return sess, m
+		resp, err := cli.Get(ctx, m.Key())
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("read the lock's key: %v, %v", resp, err)
+		}
+		return sess, &grantMutex{key: m.Key(), rev: resp.Kvs[0].CreateRevision}
 	}
 
 	// While the lock is held the write commits.
@@ -696,8 +702,8 @@ func TestWriteTokenFencedByLock(t *testing.T) {
 	if err := b.commit(ctx, m, p, grant, grant, id, held); err != nil {
 		t.Fatalf("commit with the lock held: %v", err)
 	}
-	if err := m.Unlock(ctx); err != nil {
-		t.Fatal(err)
+	if resp, err := cli.Get(ctx, m.key); err != nil || len(resp.Kvs) != 0 || !m.released {
+		t.Fatalf("lock key after the commit: %v, %v (released %v); want it deleted by the commit", resp, err, m.released)
 	}
 	stored, err := b.readToken(ctx, id)
 	if err != nil || stored == nil || stored.AccessToken != held.AccessToken || stored.Revision != held.Revision {

@@ -13,7 +13,6 @@ import (
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
@@ -69,7 +68,7 @@ func (b *Broker) GetToken(ctx context.Context, r TokenRequest) (*TokenRecord, er
 	id := key.id()
 	rec, err := b.fetch(ctx, "get\x00"+id, key, func(cur *TokenRecord) bool {
 		return cur != nil && cur.servable(b.now(), minTTL)
-	}, "")
+	}, "", false)
 	if err != nil {
 		b.obs.TokenServed(OutcomeError)
 		return nil, err
@@ -109,7 +108,7 @@ func (b *Broker) Refresh(ctx context.Context, r TokenRequest, staleToken string)
 	if rec := b.cached(id); current(rec) || promised(rec, staleToken, b.now()) {
 		return rec, nil
 	}
-	return b.fetch(ctx, "refresh\x00"+id+"\x00"+staleToken, key, current, staleToken)
+	return b.fetch(ctx, "refresh\x00"+id+"\x00"+staleToken, key, current, staleToken, false)
 }
 
 // fetch runs fetchLocked once per flight key however many callers wait, on
@@ -121,7 +120,7 @@ func (b *Broker) Refresh(ctx context.Context, r TokenRequest, staleToken string)
 // A token promised to callers (TokenRecord.Promised) counts as good
 // whatever good says, unless it is stale: it is not replaced before the
 // expiry it was served with.
-func (b *Broker) fetch(ctx context.Context, flight string, key TokenKey, good func(*TokenRecord) bool, stale string) (*TokenRecord, error) {
+func (b *Broker) fetch(ctx context.Context, flight string, key TokenKey, good func(*TokenRecord) bool, stale string, background bool) (*TokenRecord, error) {
 	wanted := good
 	good = func(cur *TokenRecord) bool { return wanted(cur) || promised(cur, stale, b.now()) }
 	ch := b.flights.DoChan(flight, func() (any, error) {
@@ -136,9 +135,9 @@ func (b *Broker) fetch(ctx context.Context, flight string, key TokenKey, good fu
 		}
 		fctx, cancel := context.WithTimeout(base, b.fetchTimeout)
 		defer cancel()
-		rec, err := b.fetchLocked(fctx, key, good, stale)
+		rec, err := b.fetchLocked(fctx, key, good, stale, background)
 		if errors.Is(err, ErrConflict) { // an admin changed the provider or grant meanwhile
-			rec, err = b.fetchLocked(fctx, key, good, stale)
+			rec, err = b.fetchLocked(fctx, key, good, stale, background)
 		}
 		return rec, err
 	})
@@ -197,64 +196,10 @@ func promised(cur *TokenRecord, stale string, now time.Time) bool {
 	return cur != nil && cur.AccessToken != stale && cur.Promised(now)
 }
 
-// grantLock serializes everything that may call the provider for one grant:
-// a local mutex (the etcd mutex lets the same session in twice) and the
-// etcd lock that excludes other replicas. unlock must be called.
-func (b *Broker) grantLock(ctx context.Context, gid string) (m *concurrency.Mutex, unlock func(), err error) {
-	v, _ := b.local.LoadOrStore(gid, make(chan struct{}, 1))
-	local := v.(chan struct{})
-	select {
-	case local <- struct{}{}:
-	case <-ctx.Done():
-		return nil, nil, ctx.Err()
-	}
-	sess, err := b.session(ctx)
-	if err != nil {
-		<-local
-		return nil, nil, err
-	}
-	m = concurrency.NewMutex(sess, b.prefix+locksPrefix+gid)
-	// First try without waiting, bounded like any store call: with etcd
-	// unreachable the fetch fails within StoreTimeout rather than at its
-	// own deadline. Only a lock another fetch holds is waited for.
-	tctx, cancel := b.storeCtx(ctx)
-	err = m.TryLock(tctx)
-	cancel()
-	if errors.Is(err, concurrency.ErrLocked) {
-		err = m.Lock(ctx)
-	}
-	if err != nil {
-		<-local
-		return nil, nil, storeError(ctx, "lock grant "+gid, err)
-	}
-	return m, func() {
-		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.storeTimeout)
-		defer cancel()
-		if err := m.Unlock(uctx); err != nil {
-			// The session's lease releases it at the latest after SessionTTL.
-			b.log.Warn("unlock grant", zap.String("grant", gid), zap.Error(err))
-		}
-		<-local
-	}, nil
-}
-
-// releaseLater releases a fetch's grant lock without making the fetch's
-// callers wait for it: the token is stored (or the failure recorded) by
-// then, and the next fetch of the grant, here or on another replica, waits
-// for the release as before. The fetch in flight holds the broker open
-// (enter), so Close waits for the release too.
-func (b *Broker) releaseLater(unlock func()) {
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		unlock()
-	}()
-}
-
 // fetchLocked takes the grant's lock, re-reads the token and the grant, and
 // when the token is still not good enough, obtains a new one and stores it
 // fenced by the lock, the provider's and the grant's revisions.
-func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*TokenRecord) bool, stale string) (*TokenRecord, error) {
+func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*TokenRecord) bool, stale string, background bool) (*TokenRecord, error) {
 	gid := grantID(key.Provider, key.Account)
 	id := key.id()
 	// Read before waiting for the lock: an unknown provider takes no lock;
@@ -264,21 +209,28 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	//
 	// The read and the taking of the lock share one StoreTimeout: with
 	// etcd unreachable a fetch answers within it, whichever step waits.
+	//
+	// A background refresh goes to the lock directly: its token is known
+	// (the refresher found it in memory, due), its provider too, and what
+	// the read would find, the watch brings here as well; the reads under
+	// the lock decide.
 	budget := withStoreBudget(ctx, b.storeTimeout)
-	if _, cur, g, err := b.readForFetch(budget, key.Provider, id, gid); err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return nil, err
+	if !background {
+		if cur, g, err := b.readBeforeLock(budget, key.Provider, id, gid); err != nil {
+			if errors.Is(err, ErrNotFound) {
+				return nil, err
+			}
+			return b.serveStale(b.cached(id), stale, err)
+		} else if cur != nil && good(cur) {
+			b.offer(id, cur)
+			return cur, nil
+		} else if err, cooling := b.coolingDown(key.Provider, gid, g); cooling {
+			// Without queueing on the lock: the grant is left alone by every
+			// replica until its cooldown ends.
+			return b.serveStale(cur, stale, err)
 		}
-		return b.serveStale(b.cached(id), stale, err)
-	} else if cur != nil && good(cur) {
-		b.offer(id, cur)
-		return cur, nil
-	} else if err, cooling := b.coolingDown(key.Provider, gid, g); cooling {
-		// Without queueing on the lock: the grant is left alone by every
-		// replica until its cooldown ends.
-		return b.serveStale(cur, stale, err)
 	}
-	m, unlock, err := b.grantLock(budget, lockName(key))
+	m, read, unlock, err := b.grantLock(budget, lockName(key), b.fetchReads(key.Provider, id, gid)...)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && b.ctx.Err() == nil {
 			// The fetch's own budget ran out while another fetch of the
@@ -289,7 +241,7 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	}
 	defer b.releaseLater(unlock)
 
-	p, cur, g, err := b.readForFetch(ctx, key.Provider, id, gid)
+	p, cur, g, err := b.decodeFetchReads(key.Provider, id, gid, read)
 	if err != nil {
 		return nil, err
 	}
@@ -382,7 +334,7 @@ var ErrRefreshAnswerLost = errors.New("refresh answer lost: a replica presented 
 // there already: an earlier refresh whose answer was never stored (its
 // replica died mid-request), after which a provider that rotates refresh
 // tokens refuses the one stored.
-func (b *Broker) markRefreshing(ctx context.Context, m *concurrency.Mutex, gid string) (bool, error) {
+func (b *Broker) markRefreshing(ctx context.Context, m *grantMutex, gid string) (bool, error) {
 	val, err := json.Marshal(struct {
 		Replica string    `json:"replica"`
 		At      time.Time `json:"at"`
@@ -419,16 +371,37 @@ func (b *Broker) serveStale(cur *TokenRecord, stale string, err error) (*TokenRe
 	return nil, err
 }
 
-// readForFetch reads, in one round trip and at one revision, the provider,
-// a token record and its grant. The provider comes from etcd, not from
-// memory, so that the fenced write compares the revision that is current.
-func (b *Broker) readForFetch(ctx context.Context, provider, id, gid string) (*Provider, *TokenRecord, *Grant, error) {
-	pkey := b.prefix + providersPrefix + provider
-	rec, g, extra, err := b.readTokenAndGrantWith(ctx, id, gid, clientv3.OpGet(pkey), clientv3.OpGet(b.learnedKey(provider)))
+// readBeforeLock reads, in one round trip and at one revision, a token
+// record and its grant, and whether the provider exists.
+func (b *Broker) readBeforeLock(ctx context.Context, provider, id, gid string) (*TokenRecord, *Grant, error) {
+	resps, err := b.read(ctx, "read token and grant", append(b.tokenAndGrantReads(id, gid),
+		clientv3.OpGet(b.prefix+providersPrefix+provider, clientv3.WithCountOnly()))...)
+	if err != nil {
+		return nil, nil, err
+	}
+	if resps[2].GetResponseRange().GetCount() == 0 {
+		return nil, nil, fmt.Errorf("%w: provider %q", ErrNotFound, provider)
+	}
+	return b.decodeTokenAndGrant(id, gid, resps)
+}
+
+// fetchReads are the reads a fetch makes under the grant's lock, in the
+// transaction that takes it: the token record, its grant, and the provider
+// from etcd, not from memory, so that the fenced write compares the
+// revision that is current.
+func (b *Broker) fetchReads(provider, id, gid string) []clientv3.Op {
+	return append(b.tokenAndGrantReads(id, gid),
+		clientv3.OpGet(b.prefix+providersPrefix+provider), clientv3.OpGet(b.learnedKey(provider)))
+}
+
+// decodeFetchReads decodes the answers to fetchReads.
+func (b *Broker) decodeFetchReads(provider, id, gid string, resps []*etcdserverpb.ResponseOp) (*Provider, *TokenRecord, *Grant, error) {
+	rec, g, err := b.decodeTokenAndGrant(id, gid, resps)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	kvs := extra[0].GetKvs()
+	pkey := b.prefix + providersPrefix + provider
+	kvs := resps[2].GetResponseRange().GetKvs()
 	if len(kvs) == 0 {
 		return nil, nil, nil, fmt.Errorf("%w: provider %q", ErrNotFound, provider)
 	}
@@ -436,7 +409,7 @@ func (b *Broker) readForFetch(ctx context.Context, provider, id, gid string) (*P
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	if kvs := extra[1].GetKvs(); len(kvs) > 0 {
+	if kvs := resps[3].GetResponseRange().GetKvs(); len(kvs) > 0 {
 		p.LearnedRefreshRevokesAccessToken = b.decodeLearned(string(kvs[0].Key), kvs[0].Value)
 	}
 	return p, rec, g, nil
@@ -444,23 +417,35 @@ func (b *Broker) readForFetch(ctx context.Context, provider, id, gid string) (*P
 
 // readTokenAndGrant reads a token record and its grant in one round trip.
 func (b *Broker) readTokenAndGrant(ctx context.Context, id, gid string) (*TokenRecord, *Grant, error) {
-	rec, g, _, err := b.readTokenAndGrantWith(ctx, id, gid)
-	return rec, g, err
+	resps, err := b.read(ctx, "read token and grant", b.tokenAndGrantReads(id, gid)...)
+	if err != nil {
+		return nil, nil, err
+	}
+	return b.decodeTokenAndGrant(id, gid, resps)
 }
 
-// readTokenAndGrantWith reads a token record, its grant (unless gid is
-// empty) and the ranges of the extra ops, in one transaction.
-func (b *Broker) readTokenAndGrantWith(ctx context.Context, id, gid string, extra ...clientv3.Op) (*TokenRecord, *Grant, []*etcdserverpb.RangeResponse, error) {
+// read makes ops, reads, in one transaction bounded like any store call.
+func (b *Broker) read(ctx context.Context, what string, ops ...clientv3.Op) ([]*etcdserverpb.ResponseOp, error) {
 	sctx, cancel := b.storeCtx(ctx)
 	defer cancel()
-	tkey, gkey := b.prefix+tokensPrefix+id, b.prefix+grantsPrefix+gid
-	ops := append([]clientv3.Op{clientv3.OpGet(tkey), clientv3.OpGet(gkey)}, extra...)
 	resp, err := b.cli.Txn(sctx).Then(ops...).Commit()
 	if err != nil {
-		return nil, nil, nil, storeError(ctx, "read token and grant", err)
+		return nil, storeError(ctx, what, err)
 	}
+	return resp.Responses, nil
+}
+
+func (b *Broker) tokenAndGrantReads(id, gid string) []clientv3.Op {
+	return []clientv3.Op{clientv3.OpGet(b.prefix + tokensPrefix + id), clientv3.OpGet(b.prefix + grantsPrefix + gid)}
+}
+
+// decodeTokenAndGrant decodes the answers to tokenAndGrantReads: the token
+// record and the grant (unless gid is empty), each nil when there is none.
+func (b *Broker) decodeTokenAndGrant(id, gid string, resps []*etcdserverpb.ResponseOp) (*TokenRecord, *Grant, error) {
+	tkey, gkey := b.prefix+tokensPrefix+id, b.prefix+grantsPrefix+gid
 	var rec *TokenRecord
-	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+	if kvs := resps[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+		var err error
 		if rec, err = b.decodeToken(tkey, kvs[0].Value, kvs[0].ModRevision); err != nil {
 			// An undecodable record (say, sealed with a retired key) is
 			// replaced by a new token rather than failing every caller.
@@ -469,16 +454,13 @@ func (b *Broker) readTokenAndGrantWith(ctx context.Context, id, gid string, extr
 		}
 	}
 	var g *Grant
-	if kvs := resp.Responses[1].GetResponseRange().GetKvs(); gid != "" && len(kvs) > 0 {
+	if kvs := resps[1].GetResponseRange().GetKvs(); gid != "" && len(kvs) > 0 {
+		var err error
 		if g, err = b.decodeGrant(gkey, kvs[0].Value, kvs[0].ModRevision); err != nil {
-			return nil, nil, nil, err
+			return nil, nil, err
 		}
 	}
-	extraResp := make([]*etcdserverpb.RangeResponse, len(extra))
-	for i := range extra {
-		extraResp[i] = resp.Responses[2+i].GetResponseRange()
-	}
-	return rec, g, extraResp, nil
+	return rec, g, nil
 }
 
 // readToken reads a token record from etcd; nil when there is none.
@@ -719,7 +701,7 @@ func isBearer(t string) bool { return strings.EqualFold(t, "bearer") }
 // The commit records the event of the grant's change in the same
 // transaction: events when given, else grant.recovered when the grant was
 // failing or needed reauthorization.
-func (b *Broker) commit(ctx context.Context, m *concurrency.Mutex, p *Provider, g, next *Grant, id string, rec *TokenRecord, events ...event.Event) error {
+func (b *Broker) commit(ctx context.Context, m *grantMutex, p *Provider, g, next *Grant, id string, rec *TokenRecord, events ...event.Event) error {
 	return b.commitWith(ctx, m, p, g, next, id, rec, fencedOps{}, events...)
 }
 
@@ -732,7 +714,7 @@ type fencedOps struct {
 
 // commitWith is commit, its transaction also guarded by extra.cmps and
 // making extra.ops.
-func (b *Broker) commitWith(ctx context.Context, m *concurrency.Mutex, p *Provider, g, next *Grant, id string, rec *TokenRecord, extra fencedOps, events ...event.Event) error {
+func (b *Broker) commitWith(ctx context.Context, m *grantMutex, p *Provider, g, next *Grant, id string, rec *TokenRecord, extra fencedOps, events ...event.Event) error {
 	tkey := b.prefix + tokensPrefix + id
 	gkey := b.grantKey(g.Provider, g.Account)
 	pkey := b.prefix + providersPrefix + p.Name
@@ -771,13 +753,17 @@ func (b *Broker) commitWith(ctx context.Context, m *concurrency.Mutex, p *Provid
 			writes = append(writes, clientv3.OpDelete(b.prefix+tokensPrefix+other))
 		}
 	}
+	// The lock goes with the write that ends the fetch: one etcd write
+	// less per token than a release of its own.
 	writes = append(writes, extra.ops...)
+	writes = append(writes, m.release())
 	unchanged = append(unchanged, extra.cmps...)
 	resp, err := b.cli.Txn(sctx).If(append(unchanged, m.IsOwner())...).Then(writes...).
 		Else(clientv3.OpGet(pkey), clientv3.OpGet(gkey)).Commit()
 	if err != nil {
 		return storeError(ctx, "write token", err)
 	}
+	m.releasedBy(resp)
 	if resp.Succeeded {
 		rec.Revision = resp.Header.Revision
 		b.forgetNow(others, resp.Header.Revision)
@@ -806,7 +792,7 @@ func (b *Broker) commitWith(ctx context.Context, m *concurrency.Mutex, p *Provid
 // failing otherwise, and starts the grant's cooldown.
 // next, when not nil, is the grant as the failed answer left it (a rotated
 // refresh token).
-func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provider, g, rotated *Grant, gid string, cause error) {
+func (b *Broker) noteFailure(ctx context.Context, m *grantMutex, p *Provider, g, rotated *Grant, gid string, cause error) {
 	if errors.Is(cause, ErrConflict) || b.ctx.Err() != nil {
 		return
 	}
@@ -850,7 +836,11 @@ func (b *Broker) noteFailure(ctx context.Context, m *concurrency.Mutex, p *Provi
 	if !sharedGrant(g) {
 		cond = append(cond, clientv3.Compare(clientv3.ModRevision(gkey), "=", g.Revision))
 	}
+	ops = append(ops, m.release())
 	resp, err := b.cli.Txn(sctx).If(cond...).Then(ops...).Commit()
+	if err == nil {
+		m.releasedBy(resp)
+	}
 	switch {
 	case err != nil:
 		b.log.Warn("record grant failure", zap.String("grant", gid), zap.Error(err))

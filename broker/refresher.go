@@ -474,7 +474,7 @@ func (b *Broker) refreshAll(ctx context.Context, tokens []dueToken) {
 				}
 			}
 			before := b.cached(key.id())
-			rec, err := b.fetch(ctx, "bg\x00"+key.id(), key, t.good, "")
+			rec, err := b.fetch(ctx, "bg\x00"+key.id(), key, t.good, "", true)
 			switch {
 			case err != nil && ctx.Err() == nil:
 				b.obs.RefreshFailed(key.Provider)

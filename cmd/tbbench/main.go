@@ -115,7 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Float64Var(&o.maxOther, "max-other", 0.25, "a set of alternating rounds during which the rest of the machine kept more than this many cores busy is discarded and run again")
 	fs.IntVar(&o.retries, "retries", 6, "noisy sets of rounds discarded and run again, in all; once they are used up, noisy sets are kept")
 	fs.StringVar(&o.markdown, "markdown", "", "also write the report as Markdown to this file")
-	fs.StringVar(&o.profile, "profile", "", "directory for CPU profiles of every server at the highest concurrency, each taken in one extra, unreported round of at least 3s")
+	fs.StringVar(&o.profile, "profile", "", "directory for CPU profiles of every server at the highest concurrency, each taken in one extra, unreported round of at least 3s, and of etcd and one replica over the background refresh figure's window")
 	fs.IntVar(&o.misses, "miss", 200, "GetToken calls of keys not cached, each beside a bare provider call, for the miss-path figure; 0 skips it")
 	fs.BoolVar(&o.restart, "restart", true, "restart the broker on the memory figure's tokens and time it until it serves them (needs -tokens)")
 	fs.IntVar(&o.refreshTokens, "refresh", 12000, "hot tokens with short lifetimes for the background refresh figure; 0 skips it")

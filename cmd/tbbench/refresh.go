@@ -204,6 +204,15 @@ func (b *bench) refreshPhase(ctx context.Context) error {
 		return err
 	}
 	w0 := time.Now()
+	var profiles sync.WaitGroup
+	if o.profile != "" {
+		// CPU profiles of etcd and the first replica over the window.
+		secs := max(int(o.refreshWindow/time.Second), 1)
+		for i, p := range procs[:2] {
+			name := []string{"refresh-etcd.pprof", "refresh-replica1.pprof"}[i]
+			profiles.Go(func() { b.saveProfile(ctx, p, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), name) })
+		}
+	}
 	sleep(ctx, o.refreshWindow)
 	w1 := time.Now()
 	r.window = w1.Sub(w0)
@@ -229,6 +238,7 @@ func (b *bench) refreshPhase(ctx context.Context) error {
 			r.leading = append(r.leading, len(shards))
 		}
 	}
+	profiles.Wait()
 	mu.Lock()
 	for _, e := range events {
 		if !e.at.Before(w0) && e.at.Before(w1) {
