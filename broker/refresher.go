@@ -252,7 +252,7 @@ func (b *Broker) lead(shard int, sess *concurrency.Session, f fence) {
 		defer func() { stop(); wg.Wait() }()
 		wg.Go(func() { b.deliverWebhooks(ctx, f) })
 	}
-	seen := map[string]time.Time{} // token id → last reported call
+	seen := map[string]time.Time{} // shard's token id → last reported call
 	var lastRead, lastKeepAliveScan, lastCompact, lastBalance time.Time
 	tick := time.NewTicker(b.refresh.Tick)
 	defer tick.Stop()
@@ -264,7 +264,7 @@ func (b *Broker) lead(shard int, sess *concurrency.Session, f fence) {
 		}
 		now := b.now()
 		if time.Since(lastRead) >= b.refresh.ReportInterval {
-			b.readHot(ctx, seen)
+			b.readHot(ctx, seen, shard)
 			lastRead = time.Now()
 		}
 		keepAliveScan := now.Sub(lastKeepAliveScan) >= keepAliveScanEvery
@@ -487,8 +487,10 @@ func (b *Broker) refreshAll(ctx context.Context, tokens []dueToken) {
 	wg.Wait()
 }
 
-// readHot merges every replica's report into seen, dropping what is idle.
-func (b *Broker) readHot(ctx context.Context, seen map[string]time.Time) {
+// readHot merges every replica's report of shard's tokens into seen,
+// dropping what is idle. seen holds shard's tokens only: the leader looks
+// at each of them on every tick.
+func (b *Broker) readHot(ctx context.Context, seen map[string]time.Time, shard int) {
 	sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
 	defer cancel()
 	resp, err := b.cli.Get(sctx, b.prefix+hotPrefix, clientv3.WithPrefix())
@@ -502,7 +504,7 @@ func (b *Broker) readHot(ctx context.Context, seen map[string]time.Time) {
 			continue
 		}
 		for _, id := range r.IDs {
-			if r.At.After(seen[id]) {
+			if shardOf(id, b.refresh.Shards) == shard && r.At.After(seen[id]) {
 				seen[id] = r.At
 			}
 		}

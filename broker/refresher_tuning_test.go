@@ -96,7 +96,7 @@ func TestRefresherRemembersCallsForTheProvidersIdleTime(t *testing.T) {
 	})
 	seen := map[string]time.Time{long.id(): clock.Now(), short.id(): clock.Now()}
 	clock.Advance(30 * time.Minute) // past the broker's 10 minutes, within patient's hour
-	b.readHot(context.Background(), seen)
+	b.readHot(context.Background(), seen, 0)
 	if _, ok := seen[long.id()]; !ok {
 		t.Errorf("a call to patient 30 minutes ago was forgotten; its idle time is an hour")
 	}
