@@ -10,10 +10,16 @@ import (
 
 // tokenCache maps token ids to their cache entries. Entries are added,
 // never removed. Reads take no lock and allocate nothing: each of a fixed
-// number of shards holds an immutable map behind an atomic pointer, and an
-// insert copies its shard's map. That costs an insert about a hundred
-// entries copied per 100k tokens, and keeps a cached token's overhead to
-// about one map slot (sync.Map's trie took about 110 B more per token).
+// number of shards holds immutable maps behind atomic pointers, and an
+// insert copies a map. That keeps a cached token's overhead to about one
+// map slot (sync.Map's trie took about 110 B more per token).
+//
+// An insert does not copy its whole shard: a shard is a large base map and
+// a small map of the keys added since, which an insert copies; once that
+// holds about the square root of the base's size, it is merged into a new
+// base. An insert then copies about 2√n entries for n in the shard, not n:
+// at a million tokens (about 1000 a shard) some 60 rather than 1000, which
+// is what loading them through the watch costs in time and garbage.
 type tokenCache struct {
 	seed   maphash.Seed
 	shards [cacheShards]cacheShard
@@ -22,8 +28,9 @@ type tokenCache struct {
 const cacheShards = 1024
 
 type cacheShard struct {
-	mu sync.Mutex // serializes inserts
-	m  atomic.Pointer[map[string]*cacheEntry]
+	mu     sync.Mutex // serializes inserts
+	base   atomic.Pointer[map[string]*cacheEntry]
+	recent atomic.Pointer[map[string]*cacheEntry] // added since base; nil when none
 }
 
 func newTokenCache() *tokenCache { return &tokenCache{seed: maphash.MakeSeed()} }
@@ -32,48 +39,82 @@ func (c *tokenCache) shard(id string) *cacheShard {
 	return &c.shards[maphash.String(c.seed, id)%cacheShards]
 }
 
-func (c *tokenCache) load(id string) (*cacheEntry, bool) {
-	m := c.shard(id).m.Load()
-	if m == nil {
-		return nil, false
+// maps returns the shard's maps. recent is loaded first: a merge stores
+// the new base before it clears recent, so an entry that moves from one to
+// the other is in one of the two a reader sees.
+func (s *cacheShard) maps() (base, recent map[string]*cacheEntry) {
+	if r := s.recent.Load(); r != nil {
+		recent = *r
 	}
-	e, ok := (*m)[id]
+	if b := s.base.Load(); b != nil {
+		base = *b
+	}
+	return base, recent
+}
+
+func (s *cacheShard) lookup(id string) (*cacheEntry, bool) {
+	base, recent := s.maps()
+	if e, ok := base[id]; ok {
+		return e, true
+	}
+	e, ok := recent[id]
 	return e, ok
 }
+
+func (c *tokenCache) load(id string) (*cacheEntry, bool) { return c.shard(id).lookup(id) }
 
 // loadOrAdd returns id's entry, adding an empty one when there is none.
 func (c *tokenCache) loadOrAdd(id string) *cacheEntry {
 	s := c.shard(id)
-	if m := s.m.Load(); m != nil {
-		if e, ok := (*m)[id]; ok {
-			return e
-		}
+	if e, ok := s.lookup(id); ok {
+		return e
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var old map[string]*cacheEntry
-	if m := s.m.Load(); m != nil {
-		if e, ok := (*m)[id]; ok {
-			return e
-		}
-		old = *m
+	if e, ok := s.lookup(id); ok {
+		return e
 	}
-	next := make(map[string]*cacheEntry, len(old)+1)
-	maps.Copy(next, old)
+	base, recent := s.maps()
 	e := &cacheEntry{}
+	if len(recent)+1 < mergeAt(len(base)) {
+		next := make(map[string]*cacheEntry, len(recent)+1)
+		maps.Copy(next, recent)
+		next[id] = e
+		s.recent.Store(&next)
+		return e
+	}
+	next := make(map[string]*cacheEntry, len(base)+len(recent)+1)
+	maps.Copy(next, base)
+	maps.Copy(next, recent)
 	next[id] = e
-	s.m.Store(&next)
+	s.base.Store(&next)
+	s.recent.Store(nil)
 	return e
+}
+
+// mergeAt is the size at which a shard's recent map is merged into its
+// base of n entries: about √n, at least 8.
+func mergeAt(n int) int {
+	m := 8
+	for m*m < n {
+		m *= 2
+	}
+	return m
 }
 
 // each calls f for every entry until f returns false.
 func (c *tokenCache) each(f func(id string, e *cacheEntry) bool) {
 	for i := range c.shards {
-		m := c.shards[i].m.Load()
-		if m == nil {
-			continue
+		base, recent := c.shards[i].maps()
+		for id, e := range base {
+			if !f(id, e) {
+				return
+			}
 		}
-		for id, e := range *m {
+		for id, e := range recent {
+			if _, dup := base[id]; dup {
+				continue // merged into base after recent was loaded
+			}
 			if !f(id, e) {
 				return
 			}
