@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
@@ -785,5 +786,41 @@ func hitsFromMemory(t *testing.T, b *Broker, requests *etcdtest.Counter, provide
 	}
 	if got := requests.Load() - before; got != 0 {
 		t.Errorf("%d cache hits made %d etcd requests, want 0", n, got)
+	}
+}
+
+// A broker starting on more token records than one read returns loads
+// every page into memory, each record as written.
+func TestStartLoadsEveryPage(t *testing.T) {
+	e := etcdtest.Start(t)
+	writer := newTestBroker(t, e)
+	cli := e.Client(t, nil)
+	n := 2*loadPage + 7
+	var ops []clientv3.Op
+	keys := make([]TokenKey, n)
+	for i := range n {
+		keys[i] = TokenKey{Provider: "p", Scope: fmt.Sprintf("s%04d", i)}
+		tkey := DefaultPrefix + tokensPrefix + keys[i].id()
+		val, err := writer.encodeToken(tkey, &TokenRecord{Key: keys[i], AccessToken: fmt.Sprintf("token-%04d", i), IssuedAt: t0, ExpiresAt: t0.Add(time.Hour)}, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops = append(ops, clientv3.OpPut(tkey, string(val)))
+		if len(ops) == 100 || i == n-1 {
+			if _, err := cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {
+				t.Fatal(err)
+			}
+			ops = nil
+		}
+	}
+	b := newTestBroker(t, e)
+	for i, key := range keys {
+		rec := b.cached(key.id())
+		if rec == nil || rec.AccessToken != fmt.Sprintf("token-%04d", i) || !rec.ExpiresAt.Equal(t0.Add(time.Hour)) {
+			t.Fatalf("record %d after the start: %+v, want token-%04d expiring at %v", i, rec, i, t0.Add(time.Hour))
+		}
+	}
+	if got := len(b.cachedNames()); got != n {
+		t.Errorf("memory holds %d tokens after the start, want %d", got, n)
 	}
 }

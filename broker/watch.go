@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -104,35 +106,70 @@ func (b *Broker) load(ctx context.Context) (int64, error) {
 const loadPage = 1000
 
 // reload replaces m's memory with what etcd holds at rev (the latest when
-// rev is 0) and returns the revision read.
+// rev is 0) and returns the revision read. The next page is read while
+// one is applied, and a page's records are decoded on every CPU: a
+// restart on many tokens waits for this.
 func (b *Broker) reload(ctx context.Context, m mirror, rev int64) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(m.prefix)
+	pages := make(chan []*mvccpb.KeyValue, 1)
+	var readErr error
+	var revRead atomic.Int64
+	revRead.Store(rev)
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		defer close(pages)
+		rev := rev
+		for from := m.prefix; ; {
+			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(loadPage)}
+			if rev > 0 {
+				opts = append(opts, clientv3.WithRev(rev))
+			}
+			sctx, cancel := context.WithTimeout(rctx, b.storeTimeout)
+			resp, err := b.cli.Get(sctx, from, opts...)
+			cancel()
+			if err != nil {
+				readErr = storeError(ctx, "load "+m.prefix, err)
+				return
+			}
+			if rev == 0 {
+				// The first page pins the revision the others are read at.
+				rev = resp.Header.Revision
+				revRead.Store(rev)
+			}
+			select {
+			case pages <- resp.Kvs:
+			case <-rctx.Done():
+				return
+			}
+			if !resp.More || len(resp.Kvs) == 0 {
+				return
+			}
+			from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		}
+	}()
 	seen := make(map[string]bool)
-	for from := m.prefix; ; {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(loadPage)}
-		if rev > 0 {
-			opts = append(opts, clientv3.WithRev(rev))
+	workers := runtime.GOMAXPROCS(0)
+	for kvs := range pages {
+		names := make([]string, len(kvs))
+		for i, kv := range kvs {
+			names[i] = m.name(kv.Key)
+			seen[names[i]] = true
 		}
-		sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
-		resp, err := b.cli.Get(sctx, from, opts...)
-		cancel()
-		if err != nil {
-			return 0, storeError(ctx, "load "+m.prefix, err)
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Go(func() {
+				for i := w; i < len(kvs); i += workers {
+					m.apply(names[i], kvs[i], false)
+				}
+			})
 		}
-		if rev == 0 {
-			// The first page pins the revision the others are read at.
-			rev = resp.Header.Revision
-		}
-		for _, kv := range resp.Kvs {
-			name := m.name(kv.Key)
-			seen[name] = true
-			m.apply(name, kv, false)
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		wg.Wait()
 	}
+	if readErr != nil { // written before pages was closed
+		return 0, readErr
+	}
+	rev = revRead.Load()
 	for _, name := range m.names() {
 		if !seen[name] {
 			m.apply(name, &mvccpb.KeyValue{ModRevision: rev}, true)
