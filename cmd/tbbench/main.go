@@ -16,6 +16,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -91,6 +92,9 @@ type options struct {
 	refreshWindow   time.Duration
 	watchChanges    int
 	watchReplicas   int
+	// brokerMemLimit is the GOMEMLIMIT of the broker process of the load,
+	// memory and restart figures; empty for none.
+	brokerMemLimit string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -106,6 +110,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.grpc, "grpc", true, "measure gRPC GetToken against the grpc-go echo")
 	fs.BoolVar(&o.rest, "rest", true, "measure REST GetToken against the gateway and net/http echoes")
 	fs.IntVar(&o.tokens, "tokens", 100000, "cached tokens for the memory figure; 0 skips it")
+	fs.StringVar(&o.brokerMemLimit, "broker-gomemlimit", "", "GOMEMLIMIT of the broker process of the load, memory and restart figures (as a deployment sets it a little under its container's memory limit, e.g. 900MiB); empty: none")
 	fs.IntVar(&o.herdCallers, "herd", 1000, "concurrent callers of the herd; 0 skips it")
 	fs.IntVar(&o.herdInstances, "herd-instances", 3, "broker instances of the herd, on one etcd")
 	fs.IntVar(&o.herdRounds, "herd-rounds", 3, "herds on a cold key, and again at expiry")
@@ -440,6 +445,8 @@ func (b *bench) startBroker(ctx context.Context, cpu string, cfg app.Config, dir
 	env := []string{"TBBENCH_CHILD=broker", brokerConfigEnv + "=" + string(raw), brokerKeyEnv + "=" + b.masterLine}
 	if dir != "" {
 		env = append(env, dataDirEnv+"="+dir)
+		// The broker of the load, memory and restart figures.
+		env = append(env, "GOMEMLIMIT="+cmp.Or(b.opts.brokerMemLimit, "off"))
 	}
 	return startChild(ctx, "broker", cpu, env)
 }
