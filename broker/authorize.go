@@ -280,7 +280,8 @@ func (b *Broker) consented(ctx context.Context, p *Provider, account string, gt 
 		lifetime = p.TokenLifetime()
 	}
 	rec := &TokenRecord{Key: tkey, AccessToken: tok.AccessToken, TokenType: tok.TokenType, Scope: tok.Scope,
-		IDToken: tok.IDToken, IssuedAt: issued, ExpiresAt: issued.Add(lifetime), Generation: 1}
+		IssuedAt: issued, ExpiresAt: issued.Add(lifetime), Generation: 1}
+	rec.setIDToken(tok.IDToken)
 	if cur != nil {
 		rec.Generation = cur.Generation + 1
 	}

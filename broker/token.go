@@ -45,41 +45,110 @@ func (k TokenKey) String() string {
 
 // TokenRecord is a token the broker obtained, as stored and cached. Values
 // are immutable once published: a refresh makes a new record.
+//
+// Every cached token costs a record in memory, so what few records carry
+// (an ID token, a hand-over, replaced tokens still valid) lives behind one
+// pointer, nil for most, rather than in fields every record pays for: see
+// IDToken and ProviderExpiresAt.
 type TokenRecord struct {
 	Key         TokenKey
 	AccessToken string
 	TokenType   string
 	Scope       string // granted scopes, space-separated ("" when the provider did not say)
-	IDToken     string
 	IssuedAt    time.Time
 	// ExpiresAt is the expiry served to callers. For most tokens it is
 	// the provider's; for a token that its replacement revokes, it is the
 	// moment the broker replaces it (see ProviderExpiresAt).
 	ExpiresAt time.Time
-	// ProviderExpiresAt is zero unless the token's replacement revokes it
-	// (a refresh-token grant of a provider that revokes on refresh, see
-	// Provider.RevokesOnRefresh). It is then the expiry the provider gave,
-	// and ExpiresAt is earlier: the hand-over, the moment the broker plans
-	// to replace the token. Every replica serves that same ExpiresAt, and
-	// nothing replaces the token before it (see Promised), so that no
-	// caller holds a token that dies before the expiry it was told.
-	ProviderExpiresAt time.Time
 	// Generation counts the tokens of this lineage: 1 for the first.
 	Generation int64
 	// Revision is the etcd revision that stored the record.
 	Revision int64
-	// previous are the tokens this one replaced that are still valid;
-	// nil when there are none (a pointer: most records have none, and
-	// every cached record pays for the field).
-	previous *[]previousToken
+	// rare holds the fields most records leave empty; nil when all are.
+	rare *rareFields
+}
+
+// rareFields are the fields of a TokenRecord that most records leave
+// empty. A record's rareFields are never changed once set: a setter makes
+// a new one, so that a copy of a record (see providers.go) never shares a
+// change.
+type rareFields struct {
+	idToken           string
+	providerExpiresAt time.Time
+	// previous are the tokens this one replaced that are still valid.
+	previous []previousToken
+}
+
+func (f *rareFields) empty() bool {
+	return f.idToken == "" && f.providerExpiresAt.IsZero() && len(f.previous) == 0
+}
+
+// setRare sets r's rare fields to f (none when f is empty).
+func (r *TokenRecord) setRare(f rareFields) {
+	if f.empty() {
+		r.rare = nil
+		return
+	}
+	r.rare = &f
+}
+
+func (r *TokenRecord) rareOf() rareFields {
+	if r.rare == nil {
+		return rareFields{}
+	}
+	return *r.rare
+}
+
+// IDToken is the OpenID Connect ID token issued with the access token, ""
+// when there was none.
+func (r *TokenRecord) IDToken() string {
+	if r.rare == nil {
+		return ""
+	}
+	return r.rare.idToken
+}
+
+// ProviderExpiresAt is zero unless the token's replacement revokes it (a
+// refresh-token grant of a provider that revokes on refresh, see
+// Provider.RevokesOnRefresh). It is then the expiry the provider gave, and
+// ExpiresAt is earlier: the hand-over, the moment the broker plans to
+// replace the token. Every replica serves that same ExpiresAt, and nothing
+// replaces the token before it (see Promised), so that no caller holds a
+// token that dies before the expiry it was told.
+func (r *TokenRecord) ProviderExpiresAt() time.Time {
+	if r.rare == nil {
+		return time.Time{}
+	}
+	return r.rare.providerExpiresAt
+}
+
+// setIDToken sets the ID token of r, a record not published yet.
+func (r *TokenRecord) setIDToken(idToken string) {
+	f := r.rareOf()
+	f.idToken = idToken
+	r.setRare(f)
+}
+
+// setProviderExpiresAt sets the provider's expiry of r, a record not
+// published yet (see ProviderExpiresAt).
+func (r *TokenRecord) setProviderExpiresAt(t time.Time) {
+	f := r.rareOf()
+	f.providerExpiresAt = t
+	r.setRare(f)
+}
+
+func (r *TokenRecord) setReplaced(p []previousToken) {
+	f := r.rareOf()
+	f.previous = p
+	r.setRare(f)
 }
 
 // replaced returns the tokens r replaced that are still valid.
 func (r *TokenRecord) replaced() []previousToken {
-	if r.previous == nil {
+	if r.rare == nil {
 		return nil
 	}
-	return *r.previous
+	return r.rare.previous
 }
 
 // Lifetime is how long the token was valid when it was issued.
@@ -99,7 +168,7 @@ func (r *TokenRecord) Fresh(now time.Time, minTTL time.Duration) bool {
 // replacement revokes it and its served expiry has not come. Callers are
 // served it until then even when it cannot meet their min_ttl.
 func (r *TokenRecord) Promised(now time.Time) bool {
-	return !r.ProviderExpiresAt.IsZero() && now.Before(r.ExpiresAt)
+	return r.rare != nil && !r.rare.providerExpiresAt.IsZero() && now.Before(r.ExpiresAt)
 }
 
 // servable reports whether the token may be served now to a caller asking
