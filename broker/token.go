@@ -70,8 +70,7 @@ type TokenRecord struct {
 
 // rareFields are the fields of a TokenRecord that most records leave
 // empty. A record's rareFields are never changed once set: a setter makes
-// a new one, so that a copy of a record (see providers.go) never shares a
-// change.
+// new ones, so that a copy of a record (*rec) does not see the change.
 type rareFields struct {
 	idToken           string
 	providerExpiresAt time.Time
