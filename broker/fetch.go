@@ -547,10 +547,9 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 		lifetime = p.TokenLifetime()
 	}
 	rec := &TokenRecord{
-		Key: key, AccessToken: tok.AccessToken, TokenType: tok.TokenType, Scope: tok.Scope,
-		IssuedAt: issued, ExpiresAt: issued.Add(lifetime), Generation: 1,
+		Key: key, AccessToken: tok.AccessToken, IssuedAt: issued, ExpiresAt: issued.Add(lifetime), Generation: 1,
 	}
-	rec.setIDToken(tok.IDToken)
+	rec.fill(tok.TokenType, tok.Scope, rareFields{idToken: tok.IDToken})
 	if prev != nil {
 		rec.Generation = prev.Generation + 1
 	}

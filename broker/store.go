@@ -370,7 +370,7 @@ func (b *Broker) encodeToken(key string, r *TokenRecord, clientID, username stri
 	}
 	return json.Marshal(storedToken{
 		Provider: r.Key.Provider, Account: r.Key.Account, Scope: r.Key.Scope,
-		AccessToken: access, TokenType: r.TokenType, GrantedScope: r.Scope, IDToken: id,
+		AccessToken: access, TokenType: r.TokenType(), GrantedScope: r.Scope(), IDToken: id,
 		IssuedAt: r.IssuedAt, ExpiresAt: r.ExpiresAt, ProviderExpiresAt: r.ProviderExpiresAt(), Generation: r.Generation,
 		ClientID: clientID, Username: username, Previous: r.replaced(),
 	})
@@ -402,18 +402,14 @@ func (b *Broker) decodeToken(key string, data []byte, rev int64) (*TokenRecord, 
 	if err != nil {
 		return nil, err
 	}
-	// A cache holds many records of few providers and token types, most
-	// granted the scopes they asked for: they share those strings.
-	s.Provider, s.TokenType = b.intern(s.Provider), b.intern(s.TokenType)
-	if s.GrantedScope == s.Scope {
-		s.GrantedScope = s.Scope
-	}
+	// A cache holds many records of few providers: they share the name.
+	// (Most share a token type and are granted the scopes they asked for:
+	// the record keeps no string of its own for those, see fill.)
 	r := &TokenRecord{
-		Key:         TokenKey{Provider: s.Provider, Account: s.Account, Scope: s.Scope},
-		AccessToken: access, TokenType: s.TokenType, Scope: s.GrantedScope,
-		IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt, Generation: s.Generation, Revision: rev,
+		Key:         TokenKey{Provider: b.intern(s.Provider), Account: s.Account, Scope: s.Scope},
+		AccessToken: access, IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt, Generation: s.Generation, Revision: rev,
 	}
-	r.setRare(rareFields{idToken: id, providerExpiresAt: s.ProviderExpiresAt, previous: s.Previous})
+	r.fill(b.intern(s.TokenType), s.GrantedScope, rareFields{idToken: id, providerExpiresAt: s.ProviderExpiresAt, previous: s.Previous})
 	return r, nil
 }
 

@@ -46,15 +46,14 @@ func (k TokenKey) String() string {
 // TokenRecord is a token the broker obtained, as stored and cached. Values
 // are immutable once published: a refresh makes a new record.
 //
-// Every cached token costs a record in memory, so what few records carry
-// (an ID token, a hand-over, replaced tokens still valid) lives behind one
-// pointer, nil for most, rather than in fields every record pays for: see
-// IDToken and ProviderExpiresAt.
+// Every cached token costs a record in memory, so a record pays for no
+// field most records leave empty or share: what few records carry (an ID
+// token, a hand-over, replaced tokens still valid, an unusual token type
+// or granted scope) lives behind one pointer, nil for most; see TokenType,
+// Scope, IDToken and ProviderExpiresAt.
 type TokenRecord struct {
 	Key         TokenKey
 	AccessToken string
-	TokenType   string
-	Scope       string // granted scopes, space-separated ("" when the provider did not say)
 	IssuedAt    time.Time
 	// ExpiresAt is the expiry served to callers. For most tokens it is
 	// the provider's; for a token that its replacement revokes, it is the
@@ -66,12 +65,40 @@ type TokenRecord struct {
 	Revision int64
 	// rare holds the fields most records leave empty; nil when all are.
 	rare *rareFields
+	// tokenType and scope say where TokenType and Scope are: the token
+	// types almost every provider sends, and the granted scope that is the
+	// one asked for, take a byte rather than a string each.
+	tokenType tokenTypeKind
+	scope     scopeKind
 }
+
+// tokenTypeKind is the token type of a record, or typeRare when the record
+// keeps it in its rareFields.
+type tokenTypeKind uint8
+
+const (
+	typeNone tokenTypeKind = iota // the provider sent none
+	typeBearer
+	typeLowerBearer // "bearer"
+	typeRare
+)
+
+// scopeKind is the granted scope of a record: none, the scope asked for
+// (Key.Scope), or scopeRare when the record keeps it in its rareFields.
+type scopeKind uint8
+
+const (
+	scopeNone scopeKind = iota
+	scopeAsked
+	scopeRare
+)
 
 // rareFields are the fields of a TokenRecord that most records leave
 // empty. A record's rareFields are never changed once set: a setter makes
 // new ones, so that a copy of a record (*rec) does not see the change.
 type rareFields struct {
+	tokenType         string // when the record's tokenType is typeRare
+	scope             string // when the record's scope is scopeRare
 	idToken           string
 	providerExpiresAt time.Time
 	// previous are the tokens this one replaced that are still valid.
@@ -79,7 +106,7 @@ type rareFields struct {
 }
 
 func (f *rareFields) empty() bool {
-	return f.idToken == "" && f.providerExpiresAt.IsZero() && len(f.previous) == 0
+	return f.tokenType == "" && f.scope == "" && f.idToken == "" && f.providerExpiresAt.IsZero() && len(f.previous) == 0
 }
 
 // setRare sets r's rare fields to f (none when f is empty).
@@ -96,6 +123,57 @@ func (r *TokenRecord) rareOf() rareFields {
 		return rareFields{}
 	}
 	return *r.rare
+}
+
+// TokenType is the token type the provider sent, "" when it sent none
+// (see Type).
+func (r *TokenRecord) TokenType() string {
+	switch r.tokenType {
+	case typeNone:
+		return ""
+	case typeBearer:
+		return "Bearer"
+	case typeLowerBearer:
+		return "bearer"
+	}
+	return r.rare.tokenType
+}
+
+// Scope is the scope the provider said it granted, space-separated; ""
+// when it did not say (see GrantedScope).
+func (r *TokenRecord) Scope() string {
+	switch r.scope {
+	case scopeNone:
+		return ""
+	case scopeAsked:
+		return r.Key.Scope
+	}
+	return r.rare.scope
+}
+
+// fill sets the token type, granted scope and rare fields of r, a record
+// not published yet whose Key is set.
+func (r *TokenRecord) fill(tokenType, scope string, f rareFields) {
+	f.tokenType, f.scope = "", ""
+	switch tokenType {
+	case "":
+		r.tokenType = typeNone
+	case "Bearer":
+		r.tokenType = typeBearer
+	case "bearer":
+		r.tokenType = typeLowerBearer
+	default:
+		r.tokenType, f.tokenType = typeRare, tokenType
+	}
+	switch scope {
+	case "":
+		r.scope = scopeNone
+	case r.Key.Scope:
+		r.scope = scopeAsked
+	default:
+		r.scope, f.scope = scopeRare, scope
+	}
+	r.setRare(f)
 }
 
 // IDToken is the OpenID Connect ID token issued with the access token, ""
@@ -119,13 +197,6 @@ func (r *TokenRecord) ProviderExpiresAt() time.Time {
 		return time.Time{}
 	}
 	return r.rare.providerExpiresAt
-}
-
-// setIDToken sets the ID token of r, a record not published yet.
-func (r *TokenRecord) setIDToken(idToken string) {
-	f := r.rareOf()
-	f.idToken = idToken
-	r.setRare(f)
 }
 
 // setProviderExpiresAt sets the provider's expiry of r, a record not
@@ -180,18 +251,27 @@ func (r *TokenRecord) servable(now time.Time, minTTL time.Duration) bool {
 // GrantedScope is the scope the token carries: what the provider said it
 // granted, else what was asked for.
 func (r *TokenRecord) GrantedScope() string {
-	if r.Scope != "" {
-		return r.Scope
+	if r.scope == scopeRare {
+		return r.rare.scope
 	}
 	return r.Key.Scope
 }
 
-// TokenType returns the token type, "Bearer" when the provider sent none.
+// Type returns the token type, "Bearer" when the provider sent none.
 func (r *TokenRecord) Type() string {
-	if r.TokenType == "" || strings.EqualFold(r.TokenType, "bearer") {
+	if r.tokenType != typeRare {
 		return "Bearer"
 	}
-	return r.TokenType
+	return tokenTypeOf(r.rare.tokenType)
+}
+
+// tokenTypeOf is the token type served for t, a type a provider sent:
+// "Bearer" when it sent none.
+func tokenTypeOf(t string) string {
+	if t == "" || strings.EqualFold(t, "bearer") {
+		return "Bearer"
+	}
+	return t
 }
 
 // tokenID is NewTokenKey(provider, account, scopes).id() built without the
