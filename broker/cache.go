@@ -11,19 +11,15 @@ import (
 // tokenCache maps token ids to their cache entries. Entries are added,
 // never removed. Reads take no lock and allocate nothing: each of a fixed
 // number of shards holds an immutable map behind an atomic pointer, and an
-// insert copies its shard's map. That costs an insert about 25 entries
-// copied per 100k tokens, and keeps a cached token's overhead to about one
-// map slot (sync.Map's trie took about 110 B more per token).
+// insert copies its shard's map. That costs an insert about a hundred
+// entries copied per 100k tokens, and keeps a cached token's overhead to
+// about one map slot (sync.Map's trie took about 110 B more per token).
 type tokenCache struct {
 	seed   maphash.Seed
 	shards [cacheShards]cacheShard
 }
 
-// cacheShards bounds what an insert copies. With a million tokens, 1024
-// shards made every insert copy a map of about 50 KB, some 50 GB of
-// garbage over the load of a million tokens for the collector to keep up
-// with. The shards themselves cost 16 bytes each.
-const cacheShards = 4096
+const cacheShards = 1024
 
 type cacheShard struct {
 	mu sync.Mutex // serializes inserts
