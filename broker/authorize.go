@@ -279,8 +279,8 @@ func (b *Broker) consented(ctx context.Context, p *Provider, account string, gt 
 	if lifetime <= 0 {
 		lifetime = p.TokenLifetime()
 	}
-	rec := &TokenRecord{Key: tkey, AccessToken: tok.AccessToken, TokenType: tok.TokenType, Scope: tok.Scope,
-		IDToken: tok.IDToken, IssuedAt: issued, ExpiresAt: issued.Add(lifetime), Generation: 1}
+	rec := &TokenRecord{Key: tkey, AccessToken: tok.AccessToken, IssuedAt: issued, ExpiresAt: issued.Add(lifetime), Generation: 1}
+	rec.fill(tok.TokenType, tok.Scope, rareFields{idToken: tok.IDToken})
 	if cur != nil {
 		rec.Generation = cur.Generation + 1
 	}

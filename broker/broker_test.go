@@ -72,7 +72,7 @@ func TestGetTokenMediaHound(t *testing.T) {
 		t.Errorf("GrantedScope() = %q, want %q", rec.GrantedScope(), "public")
 	}
 	if rec.Type() != "Bearer" {
-		t.Errorf("Type() = %q (TokenType %q), want Bearer", rec.Type(), rec.TokenType)
+		t.Errorf("Type() = %q (TokenType %q), want Bearer", rec.Type(), rec.TokenType())
 	}
 	if !rec.IssuedAt.Equal(t0) {
 		t.Errorf("IssuedAt = %v, want %v", rec.IssuedAt, t0)
@@ -89,7 +89,7 @@ func TestGetTokenMediaHound(t *testing.T) {
 	if err != nil || stored == nil {
 		t.Fatalf("readToken = %v, %v; want the stored record", stored, err)
 	}
-	if stored.AccessToken != rec.AccessToken || !stored.ExpiresAt.Equal(rec.ExpiresAt) || stored.Scope != "public" || stored.Revision != rec.Revision {
+	if stored.AccessToken != rec.AccessToken || !stored.ExpiresAt.Equal(rec.ExpiresAt) || stored.Scope() != "public" || stored.Revision != rec.Revision {
 		t.Errorf("etcd holds %+v, want %+v", stored, rec)
 	}
 }
@@ -674,7 +674,9 @@ func TestWriteTokenFencedByLock(t *testing.T) {
 	}
 	id := key.id()
 	record := func(token string) *TokenRecord {
-		return &TokenRecord{Key: key, AccessToken: token, TokenType: "Bearer", IssuedAt: clock.Now(), ExpiresAt: clock.Now().Add(time.Hour), Generation: 1}
+		r := &TokenRecord{Key: key, AccessToken: token, IssuedAt: clock.Now(), ExpiresAt: clock.Now().Add(time.Hour), Generation: 1}
+		r.fill("Bearer", "", rareFields{})
+		return r
 	}
 	// lock takes the token's lock in a session of its own, as another
 	// replica would.

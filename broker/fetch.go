@@ -300,12 +300,12 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	if lost {
 		b.log.Info("an earlier refresh of the grant got no stored answer; this one succeeded", zap.String("grant", gid))
 	}
-	if (next.RefreshToken == g.RefreshToken || g.RefreshToken == "") && (cur == nil || cur.ProviderExpiresAt.IsZero()) {
+	if (next.RefreshToken == g.RefreshToken || g.RefreshToken == "") && (cur == nil || cur.ProviderExpiresAt().IsZero()) {
 		// Tokens replaced stay valid until they expire, unless the provider
 		// rotated the refresh token, which revokes them (see commit), or
 		// revokes them on refresh.
 		if prev := carried(cur, rec.AccessToken, b.now()); len(prev) > 0 {
-			rec.previous = &prev
+			rec.setReplaced(prev)
 		}
 	}
 	if err := b.commit(ctx, m, p, g, next, id, rec); err != nil {
@@ -315,7 +315,7 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	b.offer(id, rec)
 	b.log.Info("token obtained", zap.Stringer("key", key), zap.Int64("generation", rec.Generation),
 		zap.Duration("lifetime", rec.Lifetime()), zap.Bool("refresh_token_rotated", next.RefreshToken != g.RefreshToken),
-		zap.Bool("served_until_hand_over", !rec.ProviderExpiresAt.IsZero()))
+		zap.Bool("served_until_hand_over", !rec.ProviderExpiresAt().IsZero()))
 	if method == GrantRefreshToken && cur != nil && cur.AccessToken != rec.AccessToken {
 		b.learnRevocation(ctx, p, cur)
 	}
@@ -529,9 +529,9 @@ func (b *Broker) obtain(ctx context.Context, p *Provider, g *Grant, key TokenKey
 		lifetime = p.TokenLifetime()
 	}
 	rec := &TokenRecord{
-		Key: key, AccessToken: tok.AccessToken, TokenType: tok.TokenType, Scope: tok.Scope, IDToken: tok.IDToken,
-		IssuedAt: issued, ExpiresAt: issued.Add(lifetime), Generation: 1,
+		Key: key, AccessToken: tok.AccessToken, IssuedAt: issued, ExpiresAt: issued.Add(lifetime), Generation: 1,
 	}
+	rec.fill(tok.TokenType, tok.Scope, rareFields{idToken: tok.IDToken})
 	if prev != nil {
 		rec.Generation = prev.Generation + 1
 	}
@@ -562,8 +562,8 @@ func (b *Broker) planHandOver(rec *TokenRecord, p *Provider, gt GrantType, refre
 	if standalone(gt) || refreshToken == "" || !p.RevokesOnRefresh() {
 		return
 	}
-	rec.ProviderExpiresAt = rec.ExpiresAt
-	rec.ExpiresAt = b.tuningOf(p).handOver(rec.IssuedAt, rec.ProviderExpiresAt)
+	rec.setProviderExpiresAt(rec.ExpiresAt)
+	rec.ExpiresAt = b.tuningOf(p).handOver(rec.IssuedAt, rec.ProviderExpiresAt())
 }
 
 // call makes one token request with bounded retries: temporary failures

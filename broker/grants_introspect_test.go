@@ -307,8 +307,8 @@ func TestOIDCDiscoveredProvider(t *testing.T) {
 	v.refresh = tokens[0].AnswerString("refresh_token")
 	checkRequest(t, f, "refresh", tokens[1], tokens[1].Form, wantRequest{path: "/oauth2/token", authorization: "basic",
 		params: map[string]string{"grant_type": "refresh_token", "refresh_token": "{refresh}"}}, v)
-	if rec.IDToken == "" || rec.IDToken != tokens[0].AnswerString("id_token") {
-		t.Errorf("GetToken served id_token %q, want the issued %q", rec.IDToken, tokens[0].AnswerString("id_token"))
+	if rec.IDToken() == "" || rec.IDToken() != tokens[0].AnswerString("id_token") {
+		t.Errorf("GetToken served id_token %q, want the issued %q", rec.IDToken(), tokens[0].AnswerString("id_token"))
 	}
 	if refreshed.AccessToken != tokens[1].AnswerString("access_token") {
 		t.Errorf("GetToken after expiry served %q, want the refreshed %q", refreshed.AccessToken, tokens[1].AnswerString("access_token"))

@@ -213,8 +213,8 @@ func TestServedExpiryIsAPromise(t *testing.T) {
 				case seen && !prev.expiresAt.Equal(rec.ExpiresAt):
 					differed++
 				case !seen:
-					served[rec.AccessToken] = servedToken{rec.AccessToken, rec.ExpiresAt, rec.ProviderExpiresAt}
-					if !rec.ProviderExpiresAt.IsZero() {
+					served[rec.AccessToken] = servedToken{rec.AccessToken, rec.ExpiresAt, rec.ProviderExpiresAt()}
+					if !rec.ProviderExpiresAt().IsZero() {
 						handOver++
 					}
 					checks.Add(1)
@@ -300,8 +300,8 @@ func TestHandOverIsNotAdvanced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if first.ProviderExpiresAt.IsZero() || !first.ExpiresAt.Equal(first.ProviderExpiresAt.Add(-2*time.Second)) {
-		t.Fatalf("served until %v, provider's expiry %v; want the hand-over 2s (the refresher's min lead) before the provider's expiry", first.ExpiresAt, first.ProviderExpiresAt)
+	if first.ProviderExpiresAt().IsZero() || !first.ExpiresAt.Equal(first.ProviderExpiresAt().Add(-2*time.Second)) {
+		t.Fatalf("served until %v, provider's expiry %v; want the hand-over 2s (the refresher's min lead) before the provider's expiry", first.ExpiresAt, first.ProviderExpiresAt())
 	}
 	calls := len(f.TokenRequests(""))
 	clock.Advance(first.ExpiresAt.Sub(clock.Now()) - 10*time.Second) // 10s left, min_ttl 1m
@@ -365,7 +365,7 @@ func TestSettingIsNotLearned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !first.ProviderExpiresAt.IsZero() {
+	if !first.ProviderExpiresAt().IsZero() {
 		t.Errorf("a provider set not to revoke has its token served until a hand-over %v", first.ExpiresAt)
 	}
 	if _, err := b.Refresh(context.Background(), req, first.AccessToken); err != nil {

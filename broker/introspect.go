@@ -45,7 +45,7 @@ func carried(cur *TokenRecord, next string, now time.Time) []previousToken {
 	var out []previousToken
 	nextHash := tokenHash(next)
 	if cur.AccessToken != next && cur.ExpiresAt.After(now) {
-		out = append(out, previousToken{Hash: tokenHash(cur.AccessToken), Scope: cur.Scope, IssuedAt: cur.IssuedAt, ExpiresAt: cur.ExpiresAt})
+		out = append(out, previousToken{Hash: tokenHash(cur.AccessToken), Scope: cur.Scope(), IssuedAt: cur.IssuedAt, ExpiresAt: cur.ExpiresAt})
 	}
 	for _, p := range cur.replaced() {
 		if len(out) == maxPrevious {
@@ -226,7 +226,7 @@ func (b *Broker) ownIntrospection(ctx context.Context, token string) (*Introspec
 		return nil, err
 	}
 	out := &Introspection{
-		Provider: s.Provider, Account: s.Account, ClientID: s.ClientID, TokenType: (&TokenRecord{TokenType: s.TokenType}).Type(), Username: s.Username,
+		Provider: s.Provider, Account: s.Account, ClientID: s.ClientID, TokenType: tokenTypeOf(s.TokenType), Username: s.Username,
 	}
 	hash := hex.EncodeToString(sum[:])
 	switch {

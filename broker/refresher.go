@@ -70,7 +70,7 @@ func (c RefreshConfig) withDefaults() RefreshConfig {
 // served until its hand-over is due a tick before it: refreshAll waits
 // for the moment itself.
 func (c RefreshConfig) due(rec *TokenRecord, now time.Time) bool {
-	if !rec.ProviderExpiresAt.IsZero() {
+	if !rec.ProviderExpiresAt().IsZero() {
 		return rec.ExpiresAt.Sub(now) <= c.Tick
 	}
 	life := rec.Lifetime()
@@ -419,7 +419,7 @@ type dueToken struct {
 // handOverOf is rec's hand-over, zero for a token served until the
 // provider's expiry.
 func handOverOf(rec *TokenRecord) time.Time {
-	if rec.ProviderExpiresAt.IsZero() {
+	if rec.ProviderExpiresAt().IsZero() {
 		return time.Time{}
 	}
 	return rec.ExpiresAt

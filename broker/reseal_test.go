@@ -129,7 +129,7 @@ func (f *resealFixture) populate(t *testing.T, b *Broker) {
 	if err != nil {
 		t.Fatalf("GetToken(alice): %v", err)
 	}
-	if rec.IDToken == "" {
+	if rec.IDToken() == "" {
 		t.Fatalf("alice's token has no id_token; the fixture must store one")
 	}
 	if _, err := b.StartAuthorization(ctx, "sb", "bob", []string{"read"}); err != nil {

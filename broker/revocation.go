@@ -55,7 +55,7 @@ func (b *Broker) learnRevocation(ctx context.Context, p *Provider, prev *TokenRe
 	if p.RefreshRevokesAccessToken != nil || p.LearnedRefreshRevokesAccessToken != nil || p.IntrospectionURL == "" {
 		return
 	}
-	expiry := prev.ProviderExpiresAt
+	expiry := prev.ProviderExpiresAt()
 	if expiry.IsZero() {
 		expiry = prev.ExpiresAt
 	}

@@ -346,13 +346,13 @@ func TestSeedGrants(t *testing.T) {
 			rec := accountToken(t, b, provider, account)
 
 			last := fakes.CheckTokenRequests(t, f, tt.want.tokenRequests, wantToken, v)
-			fakes.CheckServed(t, fakes.Served{AccessToken: rec.AccessToken, IDToken: rec.IDToken, TokenType: rec.Type(), ExpiresAt: rec.ExpiresAt, ProviderExpiresAt: rec.ProviderExpiresAt},
+			fakes.CheckServed(t, fakes.Served{AccessToken: rec.AccessToken, IDToken: rec.IDToken(), TokenType: rec.Type(), ExpiresAt: rec.ExpiresAt, ProviderExpiresAt: rec.ProviderExpiresAt()},
 				last, clock.Now(), seed.IDToken)
 			g := grantOf(t, b, provider, account)
 			// Every seed that refreshes revokes on refresh or does not say
 			// (MediaHaven says it does): a token of a grant with a refresh
 			// token is served until its hand-over.
-			if handedOver := !rec.ProviderExpiresAt.IsZero(); handedOver != (g.RefreshToken != "") {
+			if handedOver := !rec.ProviderExpiresAt().IsZero(); handedOver != (g.RefreshToken != "") {
 				t.Errorf("token served until a hand-over: %t, want %t (the grant holds a refresh token: %t)", handedOver, !handedOver, g.RefreshToken != "")
 			}
 			if want := f.RefreshTokens(); g.RefreshToken != lastOr(want, "") || g.Health != HealthOK {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
 )
@@ -82,7 +83,13 @@ func (b *Broker) openString(etcdKey, field string, sealed []byte) (string, error
 	if err != nil {
 		return "", fmt.Errorf("open %s of %s: %w", field, etcdKey, err)
 	}
-	return string(v), nil
+	if len(v) == 0 {
+		return "", nil
+	}
+	// Open returns a buffer of its own that nothing else refers to: the
+	// string is that buffer, not a copy of it (a cache full of tokens
+	// would otherwise make one more allocation per token it decodes).
+	return unsafe.String(unsafe.SliceData(v), len(v)), nil
 }
 
 // storedProvider is the etcd encoding of a Provider.
@@ -357,23 +364,16 @@ func (b *Broker) encodeToken(key string, r *TokenRecord, clientID, username stri
 	if err != nil {
 		return nil, err
 	}
-	id, err := b.sealString(key, "id_token", r.IDToken)
+	id, err := b.sealString(key, "id_token", r.IDToken())
 	if err != nil {
 		return nil, err
 	}
 	return json.Marshal(storedToken{
 		Provider: r.Key.Provider, Account: r.Key.Account, Scope: r.Key.Scope,
-		AccessToken: access, TokenType: r.TokenType, GrantedScope: r.Scope, IDToken: id,
-		IssuedAt: r.IssuedAt, ExpiresAt: r.ExpiresAt, ProviderExpiresAt: r.ProviderExpiresAt, Generation: r.Generation,
+		AccessToken: access, TokenType: r.TokenType(), GrantedScope: r.Scope(), IDToken: id,
+		IssuedAt: r.IssuedAt, ExpiresAt: r.ExpiresAt, ProviderExpiresAt: r.ProviderExpiresAt(), Generation: r.Generation,
 		ClientID: clientID, Username: username, Previous: r.replaced(),
 	})
-}
-
-func previousOf(p []previousToken) *[]previousToken {
-	if len(p) == 0 {
-		return nil
-	}
-	return &p
 }
 
 // intern returns the broker's copy of s. It is meant for values of few
@@ -402,18 +402,15 @@ func (b *Broker) decodeToken(key string, data []byte, rev int64) (*TokenRecord, 
 	if err != nil {
 		return nil, err
 	}
-	// A cache holds many records of few providers and token types, most
-	// granted the scopes they asked for: they share those strings.
-	s.Provider, s.TokenType = b.intern(s.Provider), b.intern(s.TokenType)
-	if s.GrantedScope == s.Scope {
-		s.GrantedScope = s.Scope
+	// A cache holds many records of few providers: they share the name.
+	// (Most share a token type and are granted the scopes they asked for:
+	// the record keeps no string of its own for those, see fill.)
+	r := &TokenRecord{
+		Key:         TokenKey{Provider: b.intern(s.Provider), Account: s.Account, Scope: s.Scope},
+		AccessToken: access, IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt, Generation: s.Generation, Revision: rev,
 	}
-	return &TokenRecord{
-		Key:         TokenKey{Provider: s.Provider, Account: s.Account, Scope: s.Scope},
-		AccessToken: access, TokenType: s.TokenType, Scope: s.GrantedScope, IDToken: id,
-		IssuedAt: s.IssuedAt, ExpiresAt: s.ExpiresAt, ProviderExpiresAt: s.ProviderExpiresAt, Generation: s.Generation, Revision: rev,
-		previous: previousOf(s.Previous),
-	}, nil
+	r.fill(b.intern(s.TokenType), s.GrantedScope, rareFields{idToken: id, providerExpiresAt: s.ProviderExpiresAt, previous: s.Previous})
+	return r, nil
 }
 
 // storedGrant is the etcd encoding of a Grant.

@@ -46,26 +46,40 @@ func TestTokenRecordFresh(t *testing.T) {
 func TestTokenRecordTypeAndScope(t *testing.T) {
 	tests := []struct {
 		name         string
+		giveKeyScope string
+		giveType     string
+		giveScope    string
 		give         TokenRecord
 		wantType     string
 		wantGranted  string
 		wantLifetime time.Duration
 	}{
-		{name: "lowercase bearer", give: TokenRecord{TokenType: "bearer", Scope: "public"}, wantType: "Bearer", wantGranted: "public"},
-		{name: "no type, no granted scope", give: TokenRecord{Key: TokenKey{Scope: "api openid"}}, wantType: "Bearer", wantGranted: "api openid"},
-		{name: "BEARER", give: TokenRecord{TokenType: "BEARER"}, wantType: "Bearer"},
-		{name: "other type kept", give: TokenRecord{TokenType: "DPoP", Scope: "read", Key: TokenKey{Scope: "read write"}}, wantType: "DPoP", wantGranted: "read"},
+		{name: "lowercase bearer", giveType: "bearer", giveScope: "public", wantType: "Bearer", wantGranted: "public"},
+		{name: "no type, no granted scope", giveKeyScope: "api openid", wantType: "Bearer", wantGranted: "api openid"},
+		{name: "Bearer, granted as asked", giveKeyScope: "api openid", giveType: "Bearer", giveScope: "api openid", wantType: "Bearer", wantGranted: "api openid"},
+		{name: "BEARER", giveType: "BEARER", wantType: "Bearer"},
+		{name: "other type kept", giveType: "DPoP", giveScope: "read", giveKeyScope: "read write", wantType: "DPoP", wantGranted: "read"},
 		{name: "lifetime", give: TokenRecord{IssuedAt: t0, ExpiresAt: t0.Add(7200 * time.Second)}, wantType: "Bearer", wantLifetime: 2 * time.Hour},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := tt.give.Type(); got != tt.wantType {
+			r := tt.give
+			r.Key.Scope = tt.giveKeyScope
+			r.fill(tt.giveType, tt.giveScope, rareFields{})
+			// The record answers with what it was given, as stored.
+			if got := r.TokenType(); got != tt.giveType {
+				t.Errorf("TokenType() = %q, want %q", got, tt.giveType)
+			}
+			if got := r.Scope(); got != tt.giveScope {
+				t.Errorf("Scope() = %q, want %q", got, tt.giveScope)
+			}
+			if got := r.Type(); got != tt.wantType {
 				t.Errorf("Type() = %q, want %q", got, tt.wantType)
 			}
-			if got := tt.give.GrantedScope(); got != tt.wantGranted {
+			if got := r.GrantedScope(); got != tt.wantGranted {
 				t.Errorf("GrantedScope() = %q, want %q", got, tt.wantGranted)
 			}
-			if got := tt.give.Lifetime(); got != tt.wantLifetime {
+			if got := r.Lifetime(); got != tt.wantLifetime {
 				t.Errorf("Lifetime() = %v, want %v", got, tt.wantLifetime)
 			}
 		})

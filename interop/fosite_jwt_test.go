@@ -189,8 +189,8 @@ func TestFositeJWTBearerGrant(t *testing.T) {
 	if err != nil {
 		t.Fatalf("GetToken through the JWT-bearer grant: %v", err)
 	}
-	if !s.active(t, tok.AccessToken) || tok.Scope != "write" {
-		t.Fatalf("token scope %q, active at fosite %v; want an active token for write", tok.Scope, s.active(t, tok.AccessToken))
+	if !s.active(t, tok.AccessToken) || tok.Scope() != "write" {
+		t.Fatalf("token scope %q, active at fosite %v; want an active token for write", tok.Scope(), s.active(t, tok.AccessToken))
 	}
 	again, err := b.GetToken(ctx, broker.TokenRequest{Provider: "fosite-jwtb", Scopes: []string{"write"}})
 	if err != nil || again.AccessToken != tok.AccessToken {

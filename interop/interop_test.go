@@ -361,9 +361,9 @@ func TestAuthorizationCode(t *testing.T) {
 	if err != nil {
 		t.Fatalf("GetToken after consent: %v", err)
 	}
-	if rec.IDToken == "" || rec.Type() != "Bearer" || rec.Lifetime() > ttl {
+	if rec.IDToken() == "" || rec.Type() != "Bearer" || rec.Lifetime() > ttl {
 		t.Errorf("GetToken: id_token %v, type %s, lifetime %v; want an id_token, Bearer, at most %v",
-			rec.IDToken != "", rec.Type(), rec.Lifetime(), ttl)
+			rec.IDToken() != "", rec.Type(), rec.Lifetime(), ttl)
 	}
 	if n := len(s.matching(t, func(r seenRequest) bool { return r.Endpoint == "token" })); n != 1 {
 		t.Errorf("server saw %d token requests after GetToken, want 1 (the exchange)", n)

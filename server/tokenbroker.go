@@ -101,7 +101,7 @@ func toToken(rec *broker.TokenRecord, now time.Time) *tokenbrokerv1.Token {
 		Scope:       rec.GrantedScope(),
 		ExpiresAt:   timestamppb.New(rec.ExpiresAt),
 		IssuedAt:    timestamppb.New(rec.IssuedAt),
-		IdToken:     rec.IDToken,
+		IdToken:     rec.IDToken(),
 		Provider:    rec.Key.Provider,
 		Account:     rec.Key.Account,
 	}
