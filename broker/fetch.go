@@ -213,9 +213,21 @@ func (b *Broker) fetchLocked(ctx context.Context, key TokenKey, good func(*Token
 	// A background refresh goes to the lock directly: its token is known
 	// (the refresher found it in memory, due), its provider too, and what
 	// the read would find, the watch brings here as well; the reads under
-	// the lock decide.
+	// the lock decide. So does a fetch for the provider's own identity
+	// (client credentials) of a provider memory knows, unless this replica
+	// saw its grant cooling down: the read would save a lock only when the
+	// watch lags, and costs every miss a round trip. A fetch for an
+	// account reads first, so that an account that does not exist takes
+	// no lock.
 	budget := withStoreBudget(ctx, b.storeTimeout)
-	if !background {
+	direct := background
+	if _, known := b.providers.Load(key.Provider); known && key.Account == "" {
+		if err, cooling := b.cooldown(gid); cooling {
+			return b.serveStale(b.cached(id), stale, err)
+		}
+		direct = true
+	}
+	if !direct {
 		if cur, g, err := b.readBeforeLock(budget, key.Provider, id, gid); err != nil {
 			if errors.Is(err, ErrNotFound) {
 				return nil, err

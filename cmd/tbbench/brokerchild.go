@@ -146,13 +146,13 @@ func runEtcdChild(ctx context.Context, ready func(readyLine), control *http.Serv
 // hot/ once a second), the leader's read of the reports (a Range under
 // hot/) and lease keep-alives.
 type etcdCounter struct {
-	prefix, hot, events, webhooks []byte
-	mu                            sync.Mutex
-	n                             map[string]int64
+	prefix, hot, events, webhooks, devices []byte
+	mu                                     sync.Mutex
+	n                                      map[string]int64
 }
 
 func newEtcdCounter(prefix string) *etcdCounter {
-	return &etcdCounter{prefix: []byte(prefix), hot: []byte(prefix + "hot/"), events: []byte(prefix + event.Prefix), webhooks: []byte(prefix + "webhooks/"), n: map[string]int64{}}
+	return &etcdCounter{prefix: []byte(prefix), hot: []byte(prefix + "hot/"), events: []byte(prefix + event.Prefix), webhooks: []byte(prefix + "webhooks/"), devices: []byte(prefix + "device_authorizations/"), n: map[string]int64{}}
 }
 
 // Classes of etcd requests in etcdCounts.
@@ -162,13 +162,14 @@ const (
 	etcdKeepAlive = "lease keep-alive"
 	etcdCompact   = "event retention (Range, DeleteRange events/)"
 	etcdWebhooks  = "webhook delivery poll (Range webhooks/)"
+	etcdDevices   = "device authorization scan (Range device_authorizations/)"
 )
 
 // background says whether a class of etcd requests is the broker's
 // time-driven background work, not a caller's.
 func background(class string) bool {
 	switch class {
-	case etcdHotReport, etcdHotRead, etcdKeepAlive, etcdCompact, etcdWebhooks:
+	case etcdHotReport, etcdHotRead, etcdKeepAlive, etcdCompact, etcdWebhooks, etcdDevices:
 		return true
 	}
 	return false
@@ -189,6 +190,8 @@ func (c *etcdCounter) count(method string, msg any) {
 			class = etcdCompact
 		case bytes.HasPrefix(m.Key, c.webhooks):
 			class = etcdWebhooks
+		case bytes.HasPrefix(m.Key, c.devices):
+			class = etcdDevices
 		default:
 			class = method + " " + c.segment(m.Key)
 		}

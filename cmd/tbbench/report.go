@@ -304,7 +304,7 @@ func (r *results) report(o *options) *report {
 		}
 		t.notes = append(t.notes,
 			"counted by an interceptor on the broker's etcd client (unary requests and every message sent on a stream), including the measured rounds' warm-ups",
-			"background: the refresher's hot-token report (one Put a second while tokens are in use), the leader's read of the reports (one Range a second), lease keep-alives, the event retention (a Range and a DeleteRange under events/ once a minute) and the shard-0 leader's look for webhook deliveries due (a Range under webhooks/ once a second); they do not grow with the calls",
+			"background: the refresher's hot-token report (one Put a second while tokens are in use), the leader's read of the reports (one Range a second), lease keep-alives, the event retention (a Range and a DeleteRange under events/ once a minute) the shard-0 leader's look for webhook deliveries due (a Range under webhooks/ once a second) and the scan for pending device authorizations (a Range of their keys under device_authorizations/ once a second); they do not grow with the calls",
 			fmt.Sprintf("provider calls during the load phases: %d (the token was fetched once before them)", r.providerCallsDuring))
 		rep.tables = append(rep.tables, t)
 	}
