@@ -347,6 +347,8 @@ func (r *results) report(o *options) *report {
 			{"of which app.Start, as the process measured it", fmtDurString(x.startup)},
 			{"the token written last answered from memory", fmtDur(x.served)},
 			{"RSS after the restart (after a GC)", mib(x.mem.RSS)},
+			{"of RSS: anonymous (RssAnon)", mib(x.mem.RSSAnon)},
+			{"of RSS: mapped files (RssFile: the binary, etcd's bbolt file, which etcd reads whole when it starts)", mib(x.mem.RSSFile)},
 			{"Go heap, live objects after GC", mib(int64(x.mem.HeapAlloc))},
 		}
 		t.notes = append(t.notes,
