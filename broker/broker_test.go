@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
@@ -824,5 +825,27 @@ func TestStartLoadsEveryPage(t *testing.T) {
 	}
 	if got := len(b.cachedNames()); got != n {
 		t.Errorf("memory holds %d tokens after the start, want %d", got, n)
+	}
+	// Both ways of reading a range deliver every record once, at one
+	// revision: RangeStream, and pages of Get for an etcd without it.
+	from, end := DefaultPrefix+tokensPrefix, clientv3.GetPrefixRangeEnd(DefaultPrefix+tokensPrefix)
+	for name, read := range map[string]func(context.Context, string, string, int64, func([]*mvccpb.KeyValue) bool) (int64, error){
+		"stream": b.streamRange, "pages": b.pagedRange,
+	} {
+		seen := map[string]int{}
+		rev, err := read(context.Background(), from, end, 0, func(kvs []*mvccpb.KeyValue) bool {
+			for _, kv := range kvs {
+				seen[string(kv.Key)]++
+			}
+			return true
+		})
+		if err != nil || rev == 0 || len(seen) != n {
+			t.Errorf("%s: read %d records at revision %d, %v; want %d", name, len(seen), rev, err, n)
+		}
+		for k, c := range seen {
+			if c != 1 {
+				t.Errorf("%s: %s read %d times", name, k, c)
+			}
+		}
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // A mirror keeps the keys under one etcd prefix in memory.
@@ -101,14 +103,16 @@ func (b *Broker) load(ctx context.Context) (int64, error) {
 	return rev, nil
 }
 
-// loadPage is how many records one read of a reload returns: a large
-// store arrives in pages rather than in one response held whole in memory.
+// loadPage is how many records one Get of a reload returns from an etcd
+// without RangeStream (pagedRange): a large store arrives in pages rather
+// than in one response held whole in memory.
 const loadPage = 1000
 
 // reload replaces m's memory with what etcd holds at rev (the latest when
-// rev is 0) and returns the revision read. The next page is read while
-// one is applied, and a page's records are decoded on every CPU: a
-// restart on many tokens waits for this.
+// rev is 0) and returns the revision read. The records arrive in chunks
+// of etcd's RangeStream (pages of Get from an older etcd); the next chunk
+// is read while one is applied, and a chunk's records are decoded on every
+// CPU: a restart on many tokens waits for this.
 func (b *Broker) reload(ctx context.Context, m mirror, rev int64) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(m.prefix)
 	pages := make(chan []*mvccpb.KeyValue, 1)
@@ -119,34 +123,24 @@ func (b *Broker) reload(ctx context.Context, m mirror, rev int64) (int64, error)
 	defer cancel()
 	go func() {
 		defer close(pages)
-		rev := rev
-		for from := m.prefix; ; {
-			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(loadPage)}
-			if rev > 0 {
-				opts = append(opts, clientv3.WithRev(rev))
-			}
-			sctx, cancel := context.WithTimeout(rctx, b.storeTimeout)
-			resp, err := b.cli.Get(sctx, from, opts...)
-			cancel()
-			if err != nil {
-				readErr = storeError(ctx, "load "+m.prefix, err)
-				return
-			}
-			if rev == 0 {
-				// The first page pins the revision the others are read at.
-				rev = resp.Header.Revision
-				revRead.Store(rev)
-			}
+		send := func(kvs []*mvccpb.KeyValue) bool {
 			select {
-			case pages <- resp.Kvs:
+			case pages <- kvs:
+				return true
 			case <-rctx.Done():
-				return
+				return false
 			}
-			if !resp.More || len(resp.Kvs) == 0 {
-				return
-			}
-			from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 		}
+		r, err := b.streamRange(rctx, m.prefix, end, rev, send)
+		if status.Code(err) == codes.Unimplemented {
+			// An etcd older than 3.7 has no RangeStream: pages of Get.
+			r, err = b.pagedRange(rctx, m.prefix, end, rev, send)
+		}
+		if err != nil {
+			readErr = storeError(ctx, "load "+m.prefix, err)
+			return
+		}
+		revRead.Store(r)
 	}()
 	seen := make(map[string]bool)
 	workers := runtime.GOMAXPROCS(0)
@@ -179,6 +173,72 @@ func (b *Broker) reload(ctx context.Context, m mirror, rev int64) (int64, error)
 		m.rev.advance(rev)
 	}
 	return rev, nil
+}
+
+// streamRange reads [from, end) at rev (the latest when 0) with etcd's
+// RangeStream, handing each chunk to send, and returns the revision read.
+// Each chunk is bounded by StoreTimeout, the whole stream is not. Unlike
+// pages of Get, whose every page makes etcd count the keys left in the
+// range (a million records in pages of 1000 visit 500 million keys), the
+// stream reads each key once.
+func (b *Broker) streamRange(ctx context.Context, from, end string, rev int64, send func([]*mvccpb.KeyValue) bool) (int64, error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stalled := time.AfterFunc(b.storeTimeout, cancel)
+	defer stalled.Stop()
+	opts := []clientv3.OpOption{clientv3.WithRange(end)}
+	if rev > 0 {
+		opts = append(opts, clientv3.WithRev(rev))
+	}
+	chunks, err := b.cli.GetStream(sctx, from, opts...)
+	if err != nil {
+		return 0, err
+	}
+	for chunk := range chunks {
+		if err := chunk.Err(); err != nil {
+			return 0, err
+		}
+		if h := chunk.GetHeader(); h != nil {
+			rev = h.Revision
+		}
+		stalled.Stop() // the time send waits is not etcd's
+		if len(chunk.Kvs) > 0 && !send(chunk.Kvs) {
+			return 0, ctx.Err()
+		}
+		stalled.Reset(b.storeTimeout)
+	}
+	if err := sctx.Err(); err != nil {
+		return 0, err
+	}
+	return rev, nil
+}
+
+// pagedRange is streamRange in pages of Get, for an etcd without
+// RangeStream.
+func (b *Broker) pagedRange(ctx context.Context, from, end string, rev int64, send func([]*mvccpb.KeyValue) bool) (int64, error) {
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(loadPage)}
+		if rev > 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		sctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+		resp, err := b.cli.Get(sctx, from, opts...)
+		cancel()
+		if err != nil {
+			return 0, err
+		}
+		if rev == 0 {
+			// The first page pins the revision the others are read at.
+			rev = resp.Header.Revision
+		}
+		if len(resp.Kvs) > 0 && !send(resp.Kvs) {
+			return 0, ctx.Err()
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rev, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
 }
 
 // follow applies every change under m's prefix after rev until Close. When
