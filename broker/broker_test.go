@@ -799,23 +799,7 @@ func TestStartLoadsEveryPage(t *testing.T) {
 	writer := newTestBroker(t, e)
 	cli := e.Client(t, nil)
 	n := 2*loadPage + 7
-	var ops []clientv3.Op
-	keys := make([]TokenKey, n)
-	for i := range n {
-		keys[i] = TokenKey{Provider: "p", Scope: fmt.Sprintf("s%04d", i)}
-		tkey := DefaultPrefix + tokensPrefix + keys[i].id()
-		val, err := writer.encodeToken(tkey, &TokenRecord{Key: keys[i], AccessToken: fmt.Sprintf("token-%04d", i), IssuedAt: t0, ExpiresAt: t0.Add(time.Hour)}, "", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ops = append(ops, clientv3.OpPut(tkey, string(val)))
-		if len(ops) == 100 || i == n-1 {
-			if _, err := cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {
-				t.Fatal(err)
-			}
-			ops = nil
-		}
-	}
+	keys := writeTokenRecords(t, writer, cli, n)
 	b := newTestBroker(t, e)
 	for i, key := range keys {
 		rec := b.cached(key.id())

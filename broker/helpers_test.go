@@ -339,3 +339,29 @@ func getToken(t *testing.T, b *Broker, provider string) *TokenRecord {
 
 // ptr returns a pointer to v.
 func ptr[T any](v T) *T { return &v }
+
+// writeTokenRecords writes n token records of provider p with b's encoder,
+// 100 to a transaction, straight to etcd (as another replica's fetches
+// would): the record of key i holds access token token-<i>, issued at t0
+// and expiring an hour later. It returns the keys in order.
+func writeTokenRecords(t testing.TB, b *Broker, cli *clientv3.Client, n int) []TokenKey {
+	t.Helper()
+	keys := make([]TokenKey, n)
+	var ops []clientv3.Op
+	for i := range n {
+		keys[i] = TokenKey{Provider: "p", Scope: fmt.Sprintf("s%04d", i)}
+		tkey := DefaultPrefix + tokensPrefix + keys[i].id()
+		val, err := b.encodeToken(tkey, &TokenRecord{Key: keys[i], AccessToken: fmt.Sprintf("token-%04d", i), IssuedAt: t0, ExpiresAt: t0.Add(time.Hour)}, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ops = append(ops, clientv3.OpPut(tkey, string(val)))
+		if len(ops) == 100 || i == n-1 {
+			if _, err := cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {
+				t.Fatal(err)
+			}
+			ops = nil
+		}
+	}
+	return keys
+}

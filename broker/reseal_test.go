@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -464,22 +463,7 @@ func TestResealWalksEveryPage(t *testing.T) {
 	old := newTestBroker(t, e, sealedWith(keyring(t, testkeys.Older)), resealRefreshOff())
 	cli := e.Client(t, nil)
 	n := 2*resealPageSize + 7
-	var ops []clientv3.Op
-	for i := range n {
-		key := TokenKey{Provider: "p", Scope: fmt.Sprintf("s%04d", i)}
-		tkey := DefaultPrefix + tokensPrefix + key.id()
-		val, err := old.encodeToken(tkey, &TokenRecord{Key: key, AccessToken: fmt.Sprintf("token-%04d", i), ExpiresAt: t0.Add(time.Hour)}, "", "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ops = append(ops, clientv3.OpPut(tkey, string(val)))
-		if len(ops) == 100 || i == n-1 {
-			if _, err := cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {
-				t.Fatal(err)
-			}
-			ops = nil
-		}
-	}
+	writeTokenRecords(t, old, cli, n)
 	stats, err := Reseal(context.Background(), cli, DefaultPrefix, keyring(t, testkeys.Primary, testkeys.Older))
 	if err != nil || stats.Scanned != n || stats.Resealed != n {
 		t.Fatalf("Reseal = %+v, %v; want %d records scanned and re-sealed", stats, err, n)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -116,9 +115,9 @@ const loadPage = 1000
 func (b *Broker) reload(ctx context.Context, m mirror, rev int64) (int64, error) {
 	end := clientv3.GetPrefixRangeEnd(m.prefix)
 	pages := make(chan []*mvccpb.KeyValue, 1)
+	// Written by the reader before it closes pages.
 	var readErr error
-	var revRead atomic.Int64
-	revRead.Store(rev)
+	readRev := rev
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -140,7 +139,7 @@ func (b *Broker) reload(ctx context.Context, m mirror, rev int64) (int64, error)
 			readErr = storeError(ctx, "load "+m.prefix, err)
 			return
 		}
-		revRead.Store(r)
+		readRev = r
 	}()
 	seen := make(map[string]bool)
 	workers := runtime.GOMAXPROCS(0)
@@ -160,10 +159,10 @@ func (b *Broker) reload(ctx context.Context, m mirror, rev int64) (int64, error)
 		}
 		wg.Wait()
 	}
-	if readErr != nil { // written before pages was closed
+	if readErr != nil {
 		return 0, readErr
 	}
-	rev = revRead.Load()
+	rev = readRev
 	for _, name := range m.names() {
 		if !seen[name] {
 			m.apply(name, &mvccpb.KeyValue{ModRevision: rev}, true)
@@ -194,6 +193,13 @@ func (b *Broker) streamRange(ctx context.Context, from, end string, rev int64, s
 	if err != nil {
 		return 0, err
 	}
+	// The client's reader of the stream ends once the stream is cancelled
+	// and it has handed over what it holds: wait for it.
+	defer func() {
+		cancel()
+		for range chunks {
+		}
+	}()
 	for chunk := range chunks {
 		if err := chunk.Err(); err != nil {
 			return 0, err
