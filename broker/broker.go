@@ -157,6 +157,8 @@ type Broker struct {
 	mu     sync.Mutex
 	closed bool
 	sess   *concurrency.Session
+	// sessTurn admits one caller of session at a time to make a new one.
+	sessTurn chan struct{}
 }
 
 // New loads the providers and tokens stored under the prefix into memory and
@@ -192,6 +194,7 @@ func New(ctx context.Context, cfg Config) (*Broker, error) {
 		webhookWake:    make(chan struct{}, 1),
 		deviceScan:     cmp(cfg.DeviceScanInterval, time.Second),
 		deviceWake:     make(chan struct{}, 1),
+		sessTurn:       make(chan struct{}, 1),
 		obs:            cfg.Observer,
 		discoveryClient: &http.Client{Timeout: 10 * time.Second,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
@@ -306,41 +309,86 @@ func (b *Broker) enter() bool {
 }
 
 // session returns the broker's etcd session, making a new one when the last
-// one's lease was lost.
+// one's lease was lost. One caller at a time makes it; the others wait for
+// their turn no longer than their own store call may take (storeCtx), so
+// that with etcd unreachable every caller fails within StoreTimeout rather
+// than after each caller queued before it has timed out in turn.
 func (b *Broker) session(ctx context.Context) (*concurrency.Session, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	if s, lost := b.liveSession(); lost == nil && s != nil {
+		return s, nil
+	}
 	// Revoking a lost session's lease and granting the new one share one
-	// StoreTimeout. The session's keepalive lives as long as b.ctx; ctx
-	// only bounds the grant.
+	// StoreTimeout, with the wait for the turn. The session's keepalive
+	// lives as long as b.ctx; ctx only bounds the grant.
 	grantCtx, cancel := b.storeCtx(ctx)
 	defer cancel()
-	if b.sess != nil {
-		select {
-		case <-b.sess.Done():
-			b.log.Warn("etcd session lost; starting a new one")
-			// The lease may still be alive in etcd (a member that comes back
-			// renews its leases): revoke it, so that the locks and
-			// leadership it holds go now rather than after its TTL, and the
-			// replicas do not win elections on keys of dead sessions.
-			if _, err := b.cli.Revoke(grantCtx, b.sess.Lease()); err != nil {
-				b.log.Debug("revoke the lost session's lease", zap.Error(err))
-			}
-			b.sess = nil
-		default:
-			return b.sess, nil
+	select {
+	case b.sessTurn <- struct{}{}:
+	case <-grantCtx.Done():
+		return nil, storeError(ctx, "grant session lease", grantCtx.Err())
+	}
+	defer func() { <-b.sessTurn }()
+	s, lost := b.liveSession()
+	if s != nil {
+		return s, nil // made by the caller whose turn came before
+	}
+	if lost != nil {
+		b.log.Warn("etcd session lost; starting a new one")
+		// The lease may still be alive in etcd (a member that comes back
+		// renews its leases): revoke it, so that the locks and leadership
+		// it holds go now rather than after its TTL, and the replicas do
+		// not win elections on keys of dead sessions.
+		if _, err := b.cli.Revoke(grantCtx, lost.Lease()); err != nil {
+			b.log.Debug("revoke the lost session's lease", zap.Error(err))
 		}
+		b.mu.Lock()
+		if b.sess == lost {
+			b.sess = nil
+		}
+		b.mu.Unlock()
 	}
 	lease, err := b.cli.Grant(grantCtx, int64(b.sessionTTL))
 	if err != nil {
 		return nil, storeError(ctx, "grant session lease", err)
 	}
-	s, err := concurrency.NewSession(b.cli, concurrency.WithLease(lease.ID), concurrency.WithContext(b.ctx))
+	s, err = concurrency.NewSession(b.cli, concurrency.WithLease(lease.ID), concurrency.WithContext(b.ctx))
 	if err != nil {
 		return nil, storeError(ctx, "start session", err)
 	}
-	b.sess = s
+	b.mu.Lock()
+	closed := b.closed
+	if !closed {
+		b.sess = s
+	}
+	b.mu.Unlock()
+	if closed {
+		// Close has taken the session it revokes already: this one is
+		// revoked here, or its locks would outlive the broker by its TTL.
+		s.Orphan()
+		rctx, cancel := context.WithTimeout(context.Background(), b.storeTimeout)
+		defer cancel()
+		if _, err := b.cli.Revoke(rctx, lease.ID); err != nil {
+			b.log.Debug("revoke a session made while closing", zap.Error(err))
+		}
+		return nil, ErrClosed
+	}
 	return s, nil
+}
+
+// liveSession returns the broker's session when it is alive, or the one
+// whose lease was lost (lost), or neither when there is none yet.
+func (b *Broker) liveSession() (s, lost *concurrency.Session) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sess == nil {
+		return nil, nil
+	}
+	select {
+	case <-b.sess.Done():
+		return nil, b.sess
+	default:
+		return b.sess, nil
+	}
 }
 
 // SetCallbackURL sets where providers send a person back after consent,
