@@ -109,9 +109,14 @@ func TestClientKeyRotationServesBothDuringOverlap(t *testing.T) {
 		t.Fatalf("RotateClientKey() = %v", err)
 	}
 	newKey, _ := rotated.SigningKey()
+	// Memory itself, not b.provider: that reads etcd when memory has not
+	// the provider yet, and AllJWKS below reads memory only.
 	eventually(t, "the watch brings the rotated provider", func() bool {
-		p, _ := b.provider(context.Background(), "pkj")
-		k, _ := p.SigningKey()
+		v, ok := b.providers.Load("pkj")
+		if !ok {
+			return false
+		}
+		k, _ := v.(*Provider).SigningKey()
 		return k.KeyID == newKey.KeyID
 	})
 	set, err := b.JWKS(context.Background(), "pkj")
