@@ -54,9 +54,17 @@ type brokerSetup struct {
 	counter *etcdtest.Counter
 }
 
-// withCounter counts the etcd requests of the broker's own client.
+// withCounter counts the etcd requests of the broker's own client. The
+// broker's periodic background work (the hot-token report and the leader's
+// read of it, the device-authorization scan: a request each a second) is
+// slowed to once an hour, so that what a test counts after settle is what
+// the calls it makes send.
 func withCounter(c *etcdtest.Counter) brokerOption {
-	return func(s *brokerSetup) { s.counter = c }
+	return func(s *brokerSetup) {
+		s.counter = c
+		s.cfg.Refresh.ReportInterval = time.Hour
+		s.cfg.DeviceScanInterval = time.Hour
+	}
 }
 
 // withClock makes c the broker's clock.
