@@ -148,6 +148,7 @@ type Broker struct {
 	introspection   tokenIndex
 	interned        sync.Map // string → string, see intern
 	tokensRev       revision // how far the token watch has applied etcd's history
+	providersRev    revision // how far the provider watch has
 	flights         singleflight.Group
 
 	ctx    context.Context

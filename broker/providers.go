@@ -156,6 +156,7 @@ func (b *Broker) PutProvider(ctx context.Context, p Provider, secret string) (*P
 		}
 		if txn.Succeeded {
 			next.Revision = txn.Header.Revision
+			b.awaitProviders(ctx, next.Revision)
 			return &next, nil
 		}
 	}
@@ -243,7 +244,33 @@ func (b *Broker) DeleteProvider(ctx context.Context, name string) error {
 	if !resp.Succeeded {
 		return fmt.Errorf("%w: provider %q", ErrNotFound, name)
 	}
+	b.awaitProviders(ctx, resp.Header.Revision)
 	return nil
+}
+
+// awaitProviders waits, up to StoreTimeout, until this replica's memory
+// holds every provider change up to rev, one of its own writes: once the
+// call that changed a provider returns, what reads memory only sees the
+// change on this replica (its JWKS serves a rotated key before the key
+// signs an assertion here, the refresher uses new tuning). A watch that
+// starts behind etcd's head catches up only in etcd's next sync, up to
+// 100 ms later. The change is committed either way: a wait that runs out
+// is logged, not returned.
+func (b *Broker) awaitProviders(ctx context.Context, rev int64) {
+	ctx, cancel := context.WithTimeout(ctx, b.storeTimeout)
+	defer cancel()
+	for {
+		v, changed := b.providersRev.at()
+		if v >= rev {
+			return
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			b.log.Warn("a provider change is not in this replica's memory yet", zap.Int64("revision", rev), zap.Int64("applied", v))
+			return
+		}
+	}
 }
 
 // provider returns provider name from memory, or from etcd when the watch
@@ -333,6 +360,7 @@ func (b *Broker) RotateClientSecret(ctx context.Context, name, secret string, va
 		}
 		if ok {
 			next.Revision = rev
+			b.awaitProviders(ctx, rev)
 			return &next, nil
 		}
 	}
@@ -386,6 +414,7 @@ func (b *Broker) RotateClientKey(ctx context.Context, name string, k ClientKey, 
 		}
 		if ok {
 			next.Revision = rev
+			b.awaitProviders(ctx, rev)
 			return &next, nil
 		}
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker/oauth"
 	"github.com/tokenbroker/tokenbroker/internal/etcdtest"
+	"github.com/tokenbroker/tokenbroker/internal/fakes"
 )
 
 func TestPutProviderCreateThenUpdate(t *testing.T) {
@@ -352,5 +353,44 @@ func TestPutProviderRefusesPlainHTTP(t *testing.T) {
 				t.Errorf("PutProvider(%s) = %v, want error %v (InvalidArgument)", tt.give, err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// Once a call that changes a provider returns, the replica that made it
+// holds the change in memory: its JWKS serves a rotated key before the key
+// signs here, and its refresher uses new tuning.
+func TestProviderChangesAreInMemoryOnReturn(t *testing.T) {
+	e := etcdtest.Start(t)
+	b := newTestBroker(t, e)
+	ctx := context.Background()
+	fp := fakes.NewAssertionProvider(t, "c")
+	p := pkjProvider("pkj", fp)
+	inMemory := func() *Provider {
+		v, ok := b.providers.Load("pkj")
+		if !ok {
+			return nil
+		}
+		return v.(*Provider)
+	}
+	for i := range 20 {
+		p.RefreshIdleAfter = time.Duration(i+1) * time.Minute
+		put := putProvider(t, b, p, "")
+		if m := inMemory(); m == nil || m.Revision != put.Revision || m.RefreshIdleAfter != p.RefreshIdleAfter {
+			t.Fatalf("round %d: memory holds %+v right after PutProvider returned revision %d", i, m, put.Revision)
+		}
+		rotated, err := b.RotateClientKey(ctx, "pkj", ClientKey{}, KeyES256, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, _ := rotated.SigningKey()
+		if all := b.AllJWKS(); len(all.Key(k.KeyID)) != 1 {
+			t.Fatalf("round %d: AllJWKS right after RotateClientKey returned lacks the new key %s", i, k.KeyID)
+		}
+		if err := b.DeleteProvider(ctx, "pkj"); err != nil {
+			t.Fatal(err)
+		}
+		if m := inMemory(); m != nil {
+			t.Fatalf("round %d: memory holds provider revision %d right after DeleteProvider returned", i, m.Revision)
+		}
 	}
 }

@@ -35,7 +35,7 @@ func (m mirror) name(key []byte) string {
 
 func (b *Broker) mirrors() []mirror {
 	return []mirror{
-		{prefix: b.prefix + providersPrefix, apply: b.applyProvider, names: syncMapKeys(&b.providers)},
+		{prefix: b.prefix + providersPrefix, apply: b.applyProvider, names: syncMapKeys(&b.providers), rev: &b.providersRev},
 		{prefix: b.prefix + tokensPrefix, apply: b.applyToken, names: b.cachedNames, rev: &b.tokensRev},
 	}
 }
