@@ -342,6 +342,26 @@ func (e *restartableEtcd) stop() {
 	}
 }
 
+// stopWhileCalled starts stopping the member and returns once cli's
+// requests fail, which is at once: the member then serves only the
+// streams it had open, for up to its request timeout, before it is gone.
+// closed is closed when the member has stopped.
+func (e *restartableEtcd) stopWhileCalled(cli *clientv3.Client) (closed <-chan struct{}) {
+	e.t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.stop()
+	}()
+	pollFor(e.t, "etcd to refuse requests", 5*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		_, err := cli.Get(ctx, "unreachable?")
+		return err != nil
+	})
+	return done
+}
+
 // endpoint is the client URL of the running member.
 func (e *restartableEtcd) endpoint() string {
 	e.mu.Lock()

@@ -110,13 +110,11 @@ func TestRefresherEtcdOutage(t *testing.T) {
 
 	// etcd is unreachable from the moment Close starts: it stops accepting
 	// at once, then waits up to its request timeout (5.2 s here) for the
-	// streams still open before it is gone.
+	// streams still open before it is gone. The probes start once it
+	// refuses requests: one sent before Close begins would obtain the
+	// token it asks for.
+	closed := etcd.stopWhileCalled(rs[0].cli)
 	stopped := time.Now()
-	closed := make(chan struct{})
-	go func() {
-		defer close(closed)
-		etcd.stop()
-	}()
 	var probes []time.Duration
 	for time.Since(stopped) < outage || !isClosed(closed) {
 		r := rs[len(probes)%len(rs)]

@@ -207,9 +207,7 @@ func TestRefresherRegressionEtcdOutageAnswersQuickly(t *testing.T) {
 	r := newFleetReplica(t, etcd.endpoint(), "bug5-0", cfg)
 	putProvider(t, r.Broker, sandboxProvider("orders", f.TokenURL()), sandboxClientSecret)
 	valid := getToken(t, r.Broker, "orders")
-	stopped := make(chan struct{})
-	go func() { defer close(stopped); etcd.stop() }()
-	time.Sleep(100 * time.Millisecond)
+	stopped := etcd.stopWhileCalled(r.cli)
 
 	start := time.Now()
 	_, err := r.GetToken(context.Background(), TokenRequest{Provider: "orders", Scopes: []string{"missing"}})
