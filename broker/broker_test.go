@@ -813,16 +813,22 @@ func TestStartLoadsEveryPage(t *testing.T) {
 	// Both ways of reading a range deliver every record once, at one
 	// revision: RangeStream, and pages of Get for an etcd without it.
 	from, end := DefaultPrefix+tokensPrefix, clientv3.GetPrefixRangeEnd(DefaultPrefix+tokensPrefix)
-	for name, read := range map[string]func(context.Context, string, string, int64, func([]*mvccpb.KeyValue) bool) (int64, error){
+	reads := map[string]func(context.Context, string, string, int64, func([]*mvccpb.KeyValue) bool) (int64, error){
 		"stream": b.streamRange, "pages": b.pagedRange,
-	} {
+	}
+	readAt := func(read func(context.Context, string, string, int64, func([]*mvccpb.KeyValue) bool) (int64, error), rev int64) (map[string]int, int64, error) {
 		seen := map[string]int{}
-		rev, err := read(context.Background(), from, end, 0, func(kvs []*mvccpb.KeyValue) bool {
+		rev, err := read(context.Background(), from, end, rev, func(kvs []*mvccpb.KeyValue) bool {
 			for _, kv := range kvs {
 				seen[string(kv.Key)]++
 			}
 			return true
 		})
+		return seen, rev, err
+	}
+	revs := map[string]int64{}
+	for name, read := range reads {
+		seen, rev, err := readAt(read, 0)
 		if err != nil || rev == 0 || len(seen) != n {
 			t.Errorf("%s: read %d records at revision %d, %v; want %d", name, len(seen), rev, err, n)
 		}
@@ -830,6 +836,18 @@ func TestStartLoadsEveryPage(t *testing.T) {
 			if c != 1 {
 				t.Errorf("%s: %s read %d times", name, k, c)
 			}
+		}
+		revs[name] = rev
+	}
+	// A read at a given revision returns that revision, not etcd's latest
+	// (which a watch from it would then skip the changes between).
+	if _, err := cli.Put(context.Background(), from+"later", "x"); err != nil {
+		t.Fatal(err)
+	}
+	for name, read := range reads {
+		seen, rev, err := readAt(read, revs[name])
+		if err != nil || rev != revs[name] || len(seen) != n {
+			t.Errorf("%s at revision %d: read %d records, returned revision %d, %v; want %d records and revision %d", name, revs[name], len(seen), rev, err, n, revs[name])
 		}
 	}
 }

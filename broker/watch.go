@@ -204,7 +204,10 @@ func (b *Broker) streamRange(ctx context.Context, from, end string, rev int64, s
 		if err := chunk.Err(); err != nil {
 			return 0, err
 		}
-		if h := chunk.GetHeader(); h != nil {
+		if h := chunk.GetHeader(); h != nil && rev == 0 {
+			// The stream reads at the revision it started at, which its
+			// header gives. (When asked for rev, the header still says
+			// etcd's latest, which is not what was read.)
 			rev = h.Revision
 		}
 		stalled.Stop() // the time send waits is not etcd's
